@@ -1,0 +1,1 @@
+"""framebench: one MLP classifier trained identically by every framework, timed honestly."""

@@ -1,0 +1,148 @@
+"""`framebench` / `python -m bench`: run the matrix, list what exists. User mistakes end in one line."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.config import PRESETS, ModelConfig, TrainConfig, resolve
+from bench.data import DATASETS, load_dataset
+from bench.errors import FrameBenchError
+from bench.results import environment, load_results, new_run_id, write_json
+from bench.runner import Matrix, plan, run_matrix
+from bench.tables import format_table, summary
+from bench.worker import EVENT_PREFIX, Job
+from impls import REGISTRY, backend_spec
+
+DEVICES = ("cpu", "gpu", "auto")
+
+
+def add_config_overrides(parser: argparse.ArgumentParser) -> None:
+    """One --flag per ModelConfig/TrainConfig field; unset flags keep the preset's value."""
+    for cls in (ModelConfig, TrainConfig):
+        group = parser.add_argument_group(f"{cls.__name__} overrides (default: the preset's value)")
+        for field in dataclasses.fields(cls):
+            flag = "--" + field.name.replace("_", "-")
+            if field.type == "bool":
+                group.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None)
+            elif field.name == "hidden":
+                group.add_argument(flag, dest=field.name, type=int_tuple, default=None, metavar="W1,W2,...")
+            else:
+                kind = {"int": int, "float": float}.get(field.type, str)
+                group.add_argument(flag, dest=field.name, type=kind, default=None)
+
+
+def int_tuple(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def overrides(args: argparse.Namespace, cls) -> dict:
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name) is not None}
+
+
+def split_list(text: str, allowed, what: str) -> tuple[str, ...]:
+    items = tuple(part.strip() for part in text.split(",") if part.strip())
+    if "all" in items:
+        return tuple(allowed)
+    for item in items:
+        if item not in allowed:
+            raise FrameBenchError(f"unknown {what} {item!r}; choose from: {', '.join(allowed)} (or all)")
+    return items
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="framebench", description="One MLP classifier, every framework, one honest table.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="train and time backends, writing a results directory")
+    run.add_argument("--backends", default="numpy", help="comma-separated registry names, or all")
+    run.add_argument("--variants", default="default", help="comma-separated variants (default, ...)")
+    run.add_argument("--device", default="cpu", help="cpu, gpu, auto, or a list such as cpu,gpu")
+    run.add_argument("--preset", default="mlp", choices=list(PRESETS))
+    run.add_argument("--dataset", default=None, help=f"{', '.join(DATASETS)} (default: the preset's)")
+    run.add_argument("--data-dir", default=None, help="folder holding mnist/ and fashion-mnist/ (or $FRAMEBENCH_DATA_DIR)")
+    run.add_argument("--results-dir", default="results", help="parent folder of the run's results directory")
+    run.add_argument("--run-id", default=None, help="results directory name; an existing one is appended to")
+    run.add_argument("--repeats", type=int, default=1, help="rounds over all backends")
+    run.add_argument("--seed", type=int, default=0, help="seed of weights and batch order")
+    run.add_argument("--same-seed", action="store_true", help="every repeat uses --seed (default: seed + repeat)")
+    run.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for every library (default: all cores)")
+    run.add_argument("--timeout", type=float, default=3600.0, help="seconds one run may take before it is killed")
+    add_config_overrides(run)
+    commands.add_parser("list", help="backends, presets and datasets")
+    return parser
+
+
+def command_run(args: argparse.Namespace) -> int:
+    model, train = resolve(args.preset, overrides(args, ModelConfig), overrides(args, TrainConfig))
+    dataset = args.dataset or PRESETS[args.preset].dataset
+    data = load_dataset(dataset, data_dir=args.data_dir)  # fails fast, once, on missing or bad data
+    backends = split_list(args.backends, REGISTRY, "backend")
+    devices = split_list(args.device, DEVICES, "device")
+    if args.repeats < 1 or args.threads < 1:
+        raise FrameBenchError("--repeats and --threads must be at least 1")
+    run_id = args.run_id or new_run_id()
+    directory = Path(args.results_dir) / run_id
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {"preset": args.preset, "dataset": dataset, "data_source": data.source,
+              "model": dataclasses.asdict(model), "train": dataclasses.asdict(train)}
+    write_json(directory, "config.json", config)
+    write_json(directory, "env.json", environment(args.threads))
+    matrix = Matrix(backends=backends, variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()), devices=devices,
+                    repeats=args.repeats, seed=args.seed, vary_seed=not args.same_seed)
+    template = Job(run_id=run_id, backend="", variant="", device="", dataset=dataset, data_dir=args.data_dir, preset=args.preset,
+                   config={"model": config["model"], "train": config["train"]}, repeat=0, seed=args.seed, threads=args.threads)
+    rows = run_matrix(plan(matrix, template), directory, args.timeout)
+    print(format_table(summary(load_results(directory)["runs"])))
+    print(directory)
+    return 0 if all(row["status"] in ("ok", "unavailable", "unsupported") for row in rows) else 1
+
+
+def describe_backend(name: str) -> dict:
+    """Ask a fresh process (with the backend's environment) what the backend supports."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **backend_spec(name).env}
+    result = subprocess.run([sys.executable, "-m", "bench.worker", "--describe", name], capture_output=True, text=True, env=env)
+    for line in result.stdout.splitlines():
+        if line.startswith(EVENT_PREFIX):
+            return json.loads(line[len(EVENT_PREFIX):])
+    return {"name": name, "error": (result.stderr.strip().splitlines() or ["no answer"])[-1]}
+
+
+def command_list(_: argparse.Namespace) -> int:
+    print("backends:")
+    for name, spec in REGISTRY.items():
+        info = describe_backend(name)
+        print(f"  {name:<12} {spec.summary}")
+        if "error" in info:
+            print(f"               not usable: {info['error']}")
+            continue
+        print(f"               variants: {', '.join(info['variants'])}; Adam epsilon: {info['adam_epsilon_form']}")
+        print(f"               devices: " + "; ".join(f"{d}: {why}" for d, why in info["devices"].items()))
+        lacking = {p: why for p, why in info["presets"].items() if why != "ok"}
+        for preset, why in lacking.items():
+            print(f"               preset {preset}: unsupported: {why}")
+    print("presets:")
+    for preset in PRESETS.values():
+        print(f"  {preset.name:<12} {preset.dataset:<14} {preset.source}")
+    print(f"datasets: {', '.join(DATASETS)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    handler = {"run": command_run, "list": command_list}[args.command]
+    try:
+        sys.exit(handler(args))
+    except FrameBenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; rows already written are kept", file=sys.stderr)
+        sys.exit(130)

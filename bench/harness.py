@@ -1,0 +1,129 @@
+"""What every backend must share: initial weights, batch order, the timed training loop, metrics.
+
+A backend never draws its own initial weights or shuffles its own data: both come from here, from
+the run's seed, so two backends given the same seed start identically and see identical batches.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from bench.config import ModelConfig, TrainConfig, parse_init
+from bench.data import Dataset
+from bench.errors import FrameBenchError
+from bench.metrics import evaluate
+from impls.base import Classifier
+
+WEIGHTS_STREAM = 0  # seed-sequence stream for the initial weights
+ORDER_STREAM = 1  # seed-sequence stream for the batch order; the epoch number follows it
+HE_TRUNCATION_STD = 0.87962566103423978  # std of a unit normal truncated at +-2, as Keras corrects for
+
+
+def truncated_normal(rng: np.random.Generator, std: float, shape: tuple[int, ...]) -> np.ndarray:
+    """Normal(0, std) redrawn until inside +-2 std, the definition TensorFlow and Keras use."""
+    values = rng.normal(0.0, std, size=shape)
+    outside = np.abs(values) > 2 * std
+    while outside.any():
+        values[outside] = rng.normal(0.0, std, size=int(outside.sum()))
+        outside = np.abs(values) > 2 * std
+    return values
+
+
+def draw(rng: np.random.Generator, init: str, shape: tuple[int, ...], fan_in: int, fan_out: int) -> np.ndarray:
+    name, params = parse_init(init)
+    if name == "he_normal":
+        return truncated_normal(rng, math.sqrt(2.0 / fan_in) / HE_TRUNCATION_STD, shape)
+    if name == "glorot_uniform":
+        limit = math.sqrt(6.0 / (fan_in + fan_out))
+        return rng.uniform(-limit, limit, size=shape)
+    if name == "normal":
+        return rng.normal(0.0, params[0], size=shape)
+    if name == "truncated_normal":
+        return truncated_normal(rng, params[0], shape)
+    if name == "uniform":
+        return rng.uniform(params[0], params[1], size=shape)
+    bound = 1.0 / math.sqrt(fan_in)  # torch_default: nn.Linear's U(+-1/sqrt(fan_in)), weights and biases
+    return rng.uniform(-bound, bound, size=shape)
+
+
+def layer_sizes(input_size: int, model: ModelConfig, num_classes: int) -> tuple[int, ...]:
+    return (input_size, *model.hidden, num_classes)
+
+
+def initial_weights(sizes: tuple[int, ...], model: ModelConfig, seed: int) -> list[np.ndarray]:
+    """`[W1 (in x out), b1, W2, b2, ...]` as float32, identical for every backend given the seed."""
+    rng = np.random.default_rng([seed, WEIGHTS_STREAM])
+    weights = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        weights.append(draw(rng, model.init, (fan_in, fan_out), fan_in, fan_out).astype(np.float32))
+        bias = np.zeros(fan_out) if model.zero_biases else draw(rng, model.init, (fan_out,), fan_in, fan_out)
+        weights.append(bias.astype(np.float32))
+    return weights
+
+
+def epoch_order(train: TrainConfig, n_train: int, seed: int, epoch: int) -> np.ndarray:
+    """Indices of the training samples in the order epoch `epoch` (0-based) consumes them."""
+    rng = np.random.default_rng([seed, ORDER_STREAM, epoch])
+    if train.sampling == "with_replacement":
+        return rng.integers(0, n_train, size=train.steps_per_epoch * train.batch_size)
+    return rng.permutation(n_train) if train.shuffle else np.arange(n_train)
+
+
+def steps_in(order: np.ndarray, batch_size: int) -> int:
+    return math.ceil(len(order) / batch_size)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    epoch: int  # 1-based
+    epoch_s: float  # wall-clock seconds of train_epoch + sync
+    step_losses: np.ndarray  # per-step training losses as the backend reported them
+    train_loss: float  # mean of the step losses
+    test_loss: float  # mean test loss, by bench.metrics
+    test_acc: float  # test accuracy, by bench.metrics
+    eval_s: float  # wall-clock seconds of predict_logits on the test set
+
+
+class DivergedError(FrameBenchError):
+    """A NaN or infinite training loss: the run ends with status `diverged`."""
+
+
+def train_epochs(
+    classifier: Classifier, data: Dataset, model: ModelConfig, train: TrainConfig, seed: int
+) -> Iterator[EpochResult]:
+    """Train epoch by epoch, yielding each epoch's measurements as soon as it is done.
+
+    Only `train_epoch` + `sync` are inside the clock; the order is drawn before it starts and the
+    test set is evaluated after it stops (and timed separately). Raises DivergedError after
+    yielding nothing for an epoch whose losses are not finite.
+    """
+    for epoch in range(train.epochs):
+        order = epoch_order(train, len(data.y_train), seed, epoch)
+        start = time.perf_counter()
+        losses = classifier.train_epoch(order, train.batch_size)
+        classifier.sync()
+        epoch_s = time.perf_counter() - start
+        losses = np.asarray(losses, dtype=np.float64)
+        if losses.shape != (steps_in(order, train.batch_size),):
+            raise FrameBenchError(f"backend returned {losses.shape} step losses for {steps_in(order, train.batch_size)} steps")
+        if not np.isfinite(losses).all():
+            step = int(np.argmin(np.isfinite(losses))) + 1
+            raise DivergedError(
+                f"training diverged: non-finite loss at epoch {epoch + 1}, step {step}; lower --lr or check the init"
+            )
+        start = time.perf_counter()
+        logits = classifier.predict_logits(data.x_test)
+        eval_s = time.perf_counter() - start
+        test_loss, test_acc = evaluate(logits, data.y_test, model, train)
+        yield EpochResult(epoch + 1, epoch_s, losses, float(losses.mean()), test_loss, test_acc, eval_s)

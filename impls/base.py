@@ -1,0 +1,97 @@
+"""The one interface every backend implements. Documented here once; backends only override."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import numpy as np
+
+from bench.config import ModelConfig, TrainConfig
+
+
+class Classifier(ABC):
+    """An MLP classifier trained by one framework, driven entirely by the harness.
+
+    The harness owns everything that must be identical across backends: the data, the initial
+    weights (`set_weights`), the order in which training samples are visited (`train_epoch`'s
+    `order`), the metrics (computed from `predict_logits`) and the clock. A backend only builds
+    the network, runs the optimisation steps it is told to run, and reports per-step losses.
+    """
+
+    # Variants this backend implements; "default" is its fastest honest implementation.
+    variants: ClassVar[tuple[str, ...]] = ("default",)
+    # Where Adam's epsilon goes in this backend's optimiser: "sqrt_v_hat" adds it to the
+    # bias-corrected sqrt(v_hat) (Kingma & Ba, PyTorch); "sqrt_v" adds it to the uncorrected sqrt(v)
+    # with the correction folded into the step size (Keras, TensorFlow's "epsilon hat").
+    adam_epsilon_form: ClassVar[str] = "sqrt_v_hat"
+    # Whether two runs with the same seed give bit-identical losses on the CPU.
+    deterministic_on_cpu: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        *,
+        model: ModelConfig,
+        train: TrainConfig,
+        input_size: int,
+        num_classes: int,
+        device: str,
+        seed: int,
+        variant: str = "default",
+    ) -> None:
+        """Build the network for `device` ("cpu" or "gpu"); `seed` drives the backend's own
+        randomness (dropout masks), which frameworks draw differently and is therefore not shared."""
+        self.model = model
+        self.train = train
+        self.sizes = (input_size, *model.hidden, num_classes)
+        self.device = device
+        self.seed = seed
+        self.variant = variant
+
+    @classmethod
+    def available(cls, device: str) -> tuple[bool, str]:
+        """(True, "") if the backend can run on `device` here, else (False, why not)."""
+        return (device == "cpu", "" if device == "cpu" else f"{cls.__name__} runs on the CPU only")
+
+    @classmethod
+    def configure_threads(cls, threads: int) -> None:
+        """Use `threads` CPU threads for the whole process; called once, before construction.
+        Backends extend this with their framework's own settings."""
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=threads)
+
+    @classmethod
+    def lacks(cls, model: ModelConfig, train: TrainConfig, variant: str) -> str | None:
+        """None if this configuration is supported, else the reason it is not (shown as a skip)."""
+        return None
+
+    @abstractmethod
+    def set_weights(self, weights: list[np.ndarray]) -> None:
+        """Load `[W1 (in x out), b1, W2, b2, ...]` (float32) and reset the optimiser state."""
+
+    @abstractmethod
+    def get_weights(self) -> list[np.ndarray]:
+        """The current parameters in the layout `set_weights` takes, as float32 NumPy arrays."""
+
+    def prepare(self, x_train: np.ndarray, y_train: np.ndarray) -> None:
+        """One-time, untimed: keep (and move to the device) the training set `train_epoch` indexes."""
+        self.x_train = x_train
+        self.y_train = y_train
+
+    @abstractmethod
+    def train_epoch(self, order: np.ndarray, batch_size: int) -> np.ndarray:
+        """Run one optimisation step per consecutive `batch_size` slice of `order` (indices into the
+        prepared training set, consumed exactly in that order; the last batch may be shorter) and
+        return the per-step mean training losses as a float array, one entry per step."""
+
+    @abstractmethod
+    def predict_logits(self, x: np.ndarray) -> np.ndarray:
+        """The last layer's pre-activations for `x`, without dropout, as a float32 NumPy array."""
+
+    def sync(self) -> None:
+        """Block until all queued device work is done, so the harness's clock reads honest times."""
+
+    def framework_version(self) -> str:
+        """The framework's version string, recorded with every result."""
+        return ""

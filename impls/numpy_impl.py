@@ -1,0 +1,202 @@
+"""NumPy with hand-written backprop: the oracle every framework is checked against.
+
+Float32 throughout, with buffers allocated once per batch size and in-place optimiser updates, so
+its speed measures NumPy's BLAS rather than Python allocation churn.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bench.config import PROB_CLIP
+from impls.base import Classifier
+
+
+def activate(name: str, a: np.ndarray) -> None:
+    """Apply a hidden activation in place."""
+    if name == "relu":
+        np.maximum(a, 0, out=a)
+    elif name == "sigmoid":
+        np.negative(a, out=a)
+        np.exp(a, out=a)
+        a += 1
+        np.reciprocal(a, out=a)
+    else:
+        np.tanh(a, out=a)
+
+
+def scale_by_derivative(name: str, grad: np.ndarray, h: np.ndarray) -> None:
+    """grad *= activation'(pre-activation), written in terms of the activation's output `h`."""
+    if name == "relu":
+        grad *= h > 0
+    elif name == "sigmoid":
+        grad *= h * (1 - h)
+    else:
+        grad *= 1 - h * h
+
+
+class NumpyClassifier(Classifier):
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.rng = np.random.default_rng(self.seed)
+        self.buffers: dict[int, dict[str, list[np.ndarray]]] = {}
+        self.layers = len(self.sizes) - 1
+
+    def framework_version(self) -> str:
+        return np.__version__
+
+    def set_weights(self, weights: list[np.ndarray]) -> None:
+        self.params = [np.array(w, dtype=np.float32) for w in weights]
+        self.grads = [np.empty_like(p) for p in self.params]
+        self.scratch = [np.empty_like(p) for p in self.params]
+        self.first_moment = [np.zeros_like(p) for p in self.params]
+        self.second_moment = [np.zeros_like(p) for p in self.params]
+        self.step_count = 0
+
+    def get_weights(self) -> list[np.ndarray]:
+        return [p.copy() for p in self.params]
+
+    def batch_buffers(self, n: int) -> dict[str, list[np.ndarray]]:
+        """Activations (`h`: input of each layer, then logits) and back-propagated gradients (`dh`)."""
+        if n not in self.buffers:
+            self.buffers[n] = {
+                "h": [np.empty((n, size), np.float32) for size in self.sizes],
+                "dh": [np.empty((n, size), np.float32) for size in self.sizes],
+                "kept": [np.empty((n, size), np.float32) for size in self.sizes[1:-1]],
+            }
+        return self.buffers[n]
+
+    def forward(self, x: np.ndarray, *, masks: list[np.ndarray] | None) -> list[np.ndarray]:
+        """Each layer's input (after activation and dropout), then the logits, as buffer views."""
+        bufs = self.batch_buffers(len(x))
+        h = bufs["h"]
+        if x is not h[0]:  # train_epoch gathers the batch straight into the buffer
+            h[0][...] = x
+        for layer in range(self.layers):
+            W, b = self.params[2 * layer], self.params[2 * layer + 1]
+            out = h[layer + 1]
+            np.matmul(h[layer], W, out=out)
+            out += b
+            if layer < self.layers - 1:
+                activate(self.model.hidden_activation, out)
+                if masks is not None:
+                    bufs["kept"][layer][...] = out  # pre-dropout activation, for the derivative
+                    out *= masks[layer]
+        return h
+
+    def dropout_masks(self, n: int) -> list[np.ndarray] | None:
+        """Inverted-dropout masks (0 or 1/keep) for one batch, or None without dropout."""
+        rate = self.model.dropout
+        if rate == 0:
+            return None
+        keep = np.float32(1.0 - rate)
+        return [(self.rng.random((n, size), dtype=np.float32) < keep) / keep for size in self.sizes[1:-1]]
+
+    def output_gradient(self, z: np.ndarray, y: np.ndarray, grad: np.ndarray) -> float:
+        """Mean loss of the batch; writes dLoss/dz into `grad` (same definitions as bench.metrics)."""
+        n, classes = z.shape
+        rows = np.arange(n)
+        if self.train.loss == "cross_entropy":
+            np.subtract(z, z.max(axis=1, keepdims=True), out=grad)
+            np.exp(grad, out=grad)
+            total = grad.sum(axis=1, keepdims=True)
+            grad /= total
+            p_true = grad[rows, y].copy()
+            if self.model.output_activation == "softmax":
+                loss = -np.log(np.clip(p_true, PROB_CLIP, 1 - PROB_CLIP)).mean()
+                grad *= ((p_true > PROB_CLIP) & (p_true < 1 - PROB_CLIP))[:, None]  # the clip's zero slope
+                grad[rows, y] -= (p_true > PROB_CLIP) & (p_true < 1 - PROB_CLIP)
+            else:
+                loss = (np.log(total[:, 0]) + z.max(axis=1) - z[rows, y]).mean()
+                grad[rows, y] -= 1
+            grad /= n
+            return float(loss)
+        out = self.apply_output_activation(z)
+        out[rows, y] -= 1  # out - onehot
+        loss = float((out * out).mean())
+        np.multiply(out, 2.0 / (n * classes), out=grad)
+        if self.model.output_activation == "relu":
+            grad *= z > 0
+        elif self.model.output_activation == "softmax":
+            p = self.apply_output_activation(z)
+            grad -= (grad * p).sum(axis=1, keepdims=True)
+            grad *= p
+        return loss
+
+    def apply_output_activation(self, z: np.ndarray) -> np.ndarray:
+        if self.model.output_activation == "softmax":
+            e = np.exp(z - z.max(axis=1, keepdims=True))
+            return e / e.sum(axis=1, keepdims=True)
+        if self.model.output_activation == "relu":
+            return np.maximum(z, 0)
+        return z.copy()
+
+    def loss_and_gradients(self, x: np.ndarray, y: np.ndarray, *, masks: list[np.ndarray] | None) -> float:
+        """Forward and backward for one batch; the gradients land in `self.grads`."""
+        h = self.forward(x, masks=masks)
+        dh = self.batch_buffers(len(x))["dh"]
+        loss = self.output_gradient(h[-1], y, dh[-1])
+        for layer in reversed(range(self.layers)):
+            delta = dh[layer + 1]
+            np.matmul(h[layer].T, delta, out=self.grads[2 * layer])
+            np.sum(delta, axis=0, out=self.grads[2 * layer + 1])
+            if layer == 0:
+                break
+            np.matmul(delta, self.params[2 * layer].T, out=dh[layer])
+            if masks is not None:
+                dh[layer] *= masks[layer - 1]
+                scale_by_derivative(self.model.hidden_activation, dh[layer], self.batch_buffers(len(x))["kept"][layer - 1])
+            else:
+                scale_by_derivative(self.model.hidden_activation, dh[layer], h[layer])
+        return loss
+
+    def apply_gradients(self) -> None:
+        """One in-place optimiser step from `self.grads`, with the same formulas as torch.optim."""
+        t = self.train
+        self.step_count += 1
+        for p, g, s, m, v in zip(self.params, self.grads, self.scratch, self.first_moment, self.second_moment):
+            if t.optimizer == "sgd":
+                np.multiply(g, t.lr, out=s)
+            elif t.optimizer == "momentum":
+                m *= t.momentum
+                m += g
+                np.multiply(m, t.lr, out=s)
+            else:
+                self.adam_direction(g, s, m, v)
+            p -= s
+
+    def adam_direction(self, g: np.ndarray, s: np.ndarray, m: np.ndarray, v: np.ndarray) -> None:
+        """Write Adam's step into `s`, with epsilon where `adam_epsilon_form` puts it."""
+        t, step = self.train, self.step_count
+        np.subtract(g, m, out=s)
+        s *= 1 - t.beta1
+        m += s
+        np.multiply(g, g, out=s)
+        s -= v
+        s *= 1 - t.beta2
+        v += s
+        correction1 = 1 - t.beta1**step
+        correction2 = 1 - t.beta2**step
+        np.sqrt(v, out=s)
+        if self.adam_epsilon_form == "sqrt_v_hat":
+            s /= np.float32(np.sqrt(correction2))
+            s += np.float32(t.adam_eps)
+            np.divide(m, s, out=s)
+            s *= np.float32(t.lr / correction1)
+        else:
+            s += np.float32(t.adam_eps)
+            np.divide(m, s, out=s)
+            s *= np.float32(t.lr * np.sqrt(correction2) / correction1)
+
+    def train_epoch(self, order: np.ndarray, batch_size: int) -> np.ndarray:
+        losses = []
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            x = self.batch_buffers(len(idx))["h"][0]
+            np.take(self.x_train, idx, axis=0, out=x)
+            losses.append(self.loss_and_gradients(x, self.y_train[idx], masks=self.dropout_masks(len(idx))))
+            self.apply_gradients()
+        return np.asarray(losses)
+
+    def predict_logits(self, x: np.ndarray) -> np.ndarray:
+        return self.forward(np.asarray(x, np.float32), masks=None)[-1].copy()
