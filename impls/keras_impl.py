@@ -1,0 +1,153 @@
+"""Keras 3 as in seeds 001 and 003: a Sequential of Dense (and Dropout) layers, compiled with Keras
+optimisers and losses and trained by `fit`, fed the harness's batch order unshuffled.
+
+The same code runs on whichever backend KERAS_BACKEND names; the registry gives it one name per
+backend and starts each in its own process. Per-step losses are collected by a metric that writes
+each step's loss into a device-side buffer, read once per epoch, because Keras's own logs only
+carry the running mean and would force a host sync per step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import keras
+from keras import ops
+
+from bench.config import PROB_CLIP
+from impls.base import Classifier
+
+
+class ProjectLoss(keras.losses.Loss):
+    """bench.metrics' loss definitions on the model's pre-activation output, in keras.ops."""
+
+    def __init__(self, *, loss: str, output_activation: str, classes: int) -> None:
+        super().__init__(name=f"{loss}_{output_activation}")
+        self.loss = loss
+        self.output_activation = output_activation
+        self.classes = classes
+
+    def call(self, y_true, z):
+        y = ops.cast(ops.reshape(y_true, (-1,)), "int32")
+        if self.loss == "cross_entropy":
+            if self.output_activation == "none":
+                return keras.losses.sparse_categorical_crossentropy(y, z, from_logits=True)
+            # Not Keras's own loss on softmax output: on TensorFlow it silently swaps in the logits
+            # and skips the clipping that the project's definition (and Keras's docs) promise.
+            p_true = ops.take_along_axis(ops.softmax(z, axis=-1), ops.expand_dims(y, 1), axis=1)[:, 0]
+            return -ops.log(ops.clip(p_true, PROB_CLIP, 1 - PROB_CLIP))
+        activation = {"softmax": lambda v: ops.softmax(v, axis=-1), "relu": ops.relu, "none": lambda v: v}
+        return keras.losses.mean_squared_error(ops.one_hot(y, self.classes), activation[self.output_activation](z))
+
+
+class StepLosses(keras.metrics.Metric):
+    """Records every training step's loss in a buffer; `result()` is the latest one."""
+
+    def __init__(self, loss_fn: keras.losses.Loss, capacity: int) -> None:
+        super().__init__(name="step_loss")
+        self.loss_fn = loss_fn
+        self.values = self.add_variable(shape=(capacity,), initializer="zeros", name="values")
+        self.count = self.add_variable(shape=(), initializer="zeros", dtype="int32", name="count")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        loss = ops.cast(self.loss_fn(y_true, y_pred), "float32")
+        self.values.assign(ops.scatter_update(self.values, ops.reshape(self.count, (1, 1)), ops.reshape(loss, (1,))))
+        self.count.assign(self.count + 1)
+
+    def result(self):
+        return self.values[ops.maximum(self.count - 1, 0)]
+
+    def read(self) -> np.ndarray:
+        return ops.convert_to_numpy(self.values)[: int(ops.convert_to_numpy(self.count))]
+
+
+class KerasClassifier(Classifier):
+    adam_epsilon_form = "sqrt_v"
+    variants = ("default", "xla")
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        keras.utils.set_random_seed(self.seed)
+        self.keras_device = "gpu:0" if self.device == "gpu" else "cpu:0"
+        with keras.device(self.keras_device):
+            self.net = keras.Sequential([keras.Input(shape=(self.sizes[0],)), *self.layers()])
+        self.loss_fn = ProjectLoss(loss=self.train.loss, output_activation=self.model.output_activation, classes=self.sizes[-1])
+        self.step_losses: StepLosses | None = None
+
+    def layers(self) -> list[keras.layers.Layer]:
+        layers = []
+        for index, width in enumerate(self.sizes[1:-1]):
+            layers.append(keras.layers.Dense(width, activation=self.model.hidden_activation))
+            if self.model.dropout > 0:
+                layers.append(keras.layers.Dropout(self.model.dropout, seed=self.seed + index))
+        layers.append(keras.layers.Dense(self.sizes[-1]))  # pre-activation output; the loss applies the rest
+        return layers
+
+    @classmethod
+    def available(cls, device: str) -> tuple[bool, str]:
+        if device == "cpu":
+            return True, ""
+        backend = keras.backend.backend()
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            found = bool(tf.config.list_physical_devices("GPU"))
+        elif backend == "torch":
+            import torch
+
+            found = torch.cuda.is_available()
+        else:
+            import jax
+
+            found = any(d.platform == "gpu" for d in jax.devices())
+        return (True, "") if found else (False, f"Keras on {backend} sees no GPU")
+
+    @classmethod
+    def configure_threads(cls, threads: int) -> None:
+        super().configure_threads(threads)
+        backend = keras.backend.backend()
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        elif backend == "torch":
+            import torch
+
+            torch.set_num_threads(threads)
+
+    def framework_version(self) -> str:
+        return f"keras {keras.__version__} on {keras.backend.backend()}"
+
+    def make_optimizer(self) -> keras.optimizers.Optimizer:
+        t = self.train
+        if t.optimizer == "adam":
+            return keras.optimizers.Adam(learning_rate=t.lr, beta_1=t.beta1, beta_2=t.beta2, epsilon=t.adam_eps)
+        return keras.optimizers.SGD(learning_rate=t.lr, momentum=t.momentum if t.optimizer == "momentum" else 0.0)
+
+    def compile(self) -> None:
+        """(Re)compile: a fresh optimiser (its state reset) and a step-loss buffer for any epoch length."""
+        capacity = max(len(self.x_train), self.train.steps_per_epoch)
+        self.step_losses = StepLosses(self.loss_fn, capacity)
+        self.net.compile(optimizer=self.make_optimizer(), loss=self.loss_fn, metrics=[self.step_losses],
+                         jit_compile=self.variant == "xla")
+
+    def set_weights(self, weights: list[np.ndarray]) -> None:
+        self.net.set_weights(weights)
+        if hasattr(self, "x_train"):
+            self.compile()
+
+    def get_weights(self) -> list[np.ndarray]:
+        return [np.asarray(w, dtype=np.float32) for w in self.net.get_weights()]
+
+    def prepare(self, x_train: np.ndarray, y_train: np.ndarray) -> None:
+        super().prepare(x_train, y_train)
+        self.compile()
+
+    def train_epoch(self, order: np.ndarray, batch_size: int) -> np.ndarray:
+        with keras.device(self.keras_device):
+            self.net.fit(self.x_train[order], self.y_train[order], batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
+        return self.step_losses.read()
+
+    def predict_logits(self, x: np.ndarray) -> np.ndarray:
+        with keras.device(self.keras_device):
+            return np.asarray(self.net.predict(x, batch_size=len(x), verbose=0), dtype=np.float32)
