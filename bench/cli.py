@@ -82,12 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def command_run(args: argparse.Namespace) -> int:
     model, train = resolve(args.preset, overrides(args, ModelConfig), overrides(args, TrainConfig))
-    dataset = args.dataset or PRESETS[args.preset].dataset
-    data = load_dataset(dataset, data_dir=args.data_dir)  # fails fast, once, on missing or bad data
     backends = split_list(args.backends, REGISTRY, "backend")
     devices = split_list(args.device, DEVICES, "device")
     if args.repeats < 1 or args.threads < 1:
         raise FrameBenchError("--repeats and --threads must be at least 1")
+    dataset = args.dataset or PRESETS[args.preset].dataset
+    data = load_dataset(dataset, data_dir=args.data_dir)  # fails fast, once, on missing or bad data
     run_id = args.run_id or new_run_id()
     directory = Path(args.results_dir) / run_id
     directory.mkdir(parents=True, exist_ok=True)

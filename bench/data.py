@@ -65,13 +65,15 @@ class Dataset:
 
 def parse_idx(raw: bytes, *, ndim: int, what: str) -> np.ndarray:
     """Decode an unsigned-byte IDX array, checking the magic number, rank and length against the header."""
-    if len(raw) < 4 + 4 * ndim:
+    if len(raw) < 4:
         raise FrameBenchError(f"{what}: truncated IDX header ({len(raw)} bytes)")
     zero, dtype_code, rank = struct.unpack(">HBB", raw[:4])
     if zero != 0 or dtype_code != IDX_MAGIC_UBYTE or rank != ndim:
         raise FrameBenchError(
             f"{what}: wrong IDX magic number 0x{raw[:4].hex()} (expected 0x000008{ndim:02x}); it is not this IDX file"
         )
+    if len(raw) < 4 + 4 * ndim:
+        raise FrameBenchError(f"{what}: truncated IDX header ({len(raw)} bytes)")
     shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     expected = 4 + 4 * ndim + int(np.prod(shape))
     if len(raw) != expected:

@@ -31,6 +31,21 @@ REGISTRY: dict[str, BackendSpec] = {
 }
 
 
+def plugin_specs(text: str) -> dict[str, BackendSpec]:
+    """Backends kept outside this repository, from $FRAMEBENCH_PLUGINS='name=module:Class,...'."""
+    specs = {}
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        name, _, target = entry.partition("=")
+        module, _, class_name = target.partition(":")
+        if not (name and module and class_name):
+            raise FrameBenchError(f"FRAMEBENCH_PLUGINS entry {entry!r} is not name=module:Class")
+        specs[name] = BackendSpec(name, module, class_name, f"plugin {module}:{class_name}")
+    return specs
+
+
+REGISTRY.update(plugin_specs(os.environ.get("FRAMEBENCH_PLUGINS", "")))
+
+
 def backend_spec(name: str) -> BackendSpec:
     if name not in REGISTRY:
         raise FrameBenchError(f"unknown backend {name!r}; choose from: {', '.join(REGISTRY)} (see `framebench list`)")

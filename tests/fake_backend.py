@@ -1,0 +1,40 @@
+"""A tiny scripted backend for the harness tests, loaded through $FRAMEBENCH_PLUGINS.
+
+$FAKE_MODE picks its behaviour at epoch 2: ok, crash (the process dies), hang, diverge (NaN loss),
+raise (a Python exception)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from impls.base import Classifier
+
+
+class FakeClassifier(Classifier):
+    def set_weights(self, weights):
+        self.weights = [w.copy() for w in weights]
+        self.epochs_run = 0
+
+    def get_weights(self):
+        return [w.copy() for w in self.weights]
+
+    def train_epoch(self, order, batch_size):
+        self.epochs_run += 1
+        mode = os.environ.get("FAKE_MODE", "ok")
+        if self.epochs_run == 2:
+            if mode == "crash":
+                os._exit(3)
+            if mode == "hang":
+                time.sleep(600)
+            if mode == "raise":
+                raise RuntimeError("scripted failure")
+        losses = np.array([order[i : i + batch_size].mean() / len(self.x_train) for i in range(0, len(order), batch_size)])
+        if mode == "diverge" and self.epochs_run == 2:
+            losses[3] = np.nan
+        return losses / self.epochs_run
+
+    def predict_logits(self, x):
+        return np.zeros((len(x), self.sizes[-1]), np.float32) + self.weights[-1]
