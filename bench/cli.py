@@ -123,7 +123,7 @@ def command_list(_: argparse.Namespace) -> int:
         if "error" in info:
             print(f"               not usable: {info['error']}")
             continue
-        print(f"               variants: {', '.join(info['variants'])}; Adam epsilon: {info['adam_epsilon_form']}")
+        print(f"               variants: {', '.join(info['variants'])}; Adam form: {info['adam_form']}")
         print(f"               devices: " + "; ".join(f"{d}: {why}" for d, why in info["devices"].items()))
         lacking = {p: why for p, why in info["presets"].items() if why != "ok"}
         for preset, why in lacking.items():

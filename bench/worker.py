@@ -116,7 +116,7 @@ def describe(name: str) -> dict:
         "name": name,
         "variants": list(cls.variants),
         "devices": {device: cls.available(device)[1] or "ok" for device in ("cpu", "gpu")},
-        "adam_epsilon_form": cls.adam_epsilon_form,
+        "adam_form": cls.adam_form,
         "presets": presets,
     }
 

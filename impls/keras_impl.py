@@ -61,7 +61,7 @@ class StepLosses(keras.metrics.Metric):
 
 
 class KerasClassifier(Classifier):
-    adam_epsilon_form = "sqrt_v"
+    adam_form = "keras"
     variants = ("default", "xla")
 
     def __init__(self, **kwargs) -> None:

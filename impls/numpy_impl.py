@@ -58,6 +58,9 @@ class NumpyClassifier(Classifier):
     def get_weights(self) -> list[np.ndarray]:
         return [p.astype(np.float32) for p in self.params]
 
+    def prepare(self, x_train: np.ndarray, y_train: np.ndarray) -> None:
+        super().prepare(x_train.astype(self.dtype, copy=False), y_train)
+
     def batch_buffers(self, n: int) -> dict[str, list[np.ndarray]]:
         """Activations (`h`: input of each layer, then logits) and back-propagated gradients (`dh`)."""
         if n not in self.buffers:
@@ -168,7 +171,7 @@ class NumpyClassifier(Classifier):
             p -= s
 
     def adam_direction(self, g: np.ndarray, s: np.ndarray, m: np.ndarray, v: np.ndarray) -> None:
-        """Write Adam's step into `s`, with epsilon where `adam_epsilon_form` puts it."""
+        """Write Adam's step into `s`, in the form `adam_form` names (see Classifier)."""
         t, step = self.train, self.step_count
         np.subtract(g, m, out=s)
         s *= 1 - t.beta1
@@ -177,18 +180,20 @@ class NumpyClassifier(Classifier):
         s -= v
         s *= 1 - t.beta2
         v += s
-        correction1 = 1 - t.beta1**step
-        correction2 = 1 - t.beta2**step
         np.sqrt(v, out=s)
-        if self.adam_epsilon_form == "sqrt_v_hat":
+        if self.adam_form == "torch":
+            correction1, correction2 = 1 - t.beta1**step, 1 - t.beta2**step
             s /= self.dtype(np.sqrt(correction2))
             s += self.dtype(t.adam_eps)
             np.divide(m, s, out=s)
             s *= self.dtype(t.lr / correction1)
         else:
+            one, step32 = np.float32(1), np.float32(step)
+            correction1 = one - np.power(np.float32(t.beta1), step32)
+            correction2 = one - np.power(np.float32(t.beta2), step32)
             s += self.dtype(t.adam_eps)
             np.divide(m, s, out=s)
-            s *= self.dtype(t.lr * np.sqrt(correction2) / correction1)
+            s *= self.dtype(np.float32(t.lr) * np.sqrt(correction2) / correction1)
 
     def train_epoch(self, order: np.ndarray, batch_size: int) -> np.ndarray:
         losses = []

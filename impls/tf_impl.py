@@ -98,7 +98,7 @@ class TFClassifier(Classifier):
     def apply_gradients(self, grads: list[tf.Tensor]) -> None:
         t = self.train
         self.step_count.assign_add(1)
-        step = tf.cast(self.step_count, tf.float32)
+        step = tf.cast(self.step_count, tf.float64)  # bias corrections in float64, as the "torch" form states
         for p, g, m, v in zip(self.params, grads, *self.slots):
             if t.optimizer == "sgd":
                 p.assign_sub(t.lr * g)
@@ -108,9 +108,9 @@ class TFClassifier(Classifier):
             else:
                 m.assign_add((g - m) * (1 - t.beta1))
                 v.assign_add((tf.square(g) - v) * (1 - t.beta2))
-                correction1 = 1 - tf.pow(t.beta1, step)
-                correction2 = 1 - tf.pow(t.beta2, step)
-                p.assign_sub((t.lr / correction1) * m / (tf.sqrt(v) / tf.sqrt(correction2) + t.adam_eps))
+                step_size = tf.cast(t.lr / (1 - tf.pow(tf.constant(t.beta1, tf.float64), step)), tf.float32)
+                correction2_sqrt = tf.cast(tf.sqrt(1 - tf.pow(tf.constant(t.beta2, tf.float64), step)), tf.float32)
+                p.assign_sub(step_size * m / (tf.sqrt(v) / correction2_sqrt + t.adam_eps))
 
     def train_step(self, idx: tf.Tensor) -> tf.Tensor:
         x = tf.gather(self.x_train, idx)

@@ -14,7 +14,7 @@ import pytest
 
 from bench.config import ModelConfig, TrainConfig
 from bench.harness import initial_weights
-from impls.numpy_impl import NumpyClassifier
+from tests.oracle import Float64Numpy
 
 STEP = 1e-6
 TOLERANCE = 1e-6
@@ -22,10 +22,6 @@ CASES = [
     *[(act, out, "cross_entropy") for act, out in itertools.product(("relu", "sigmoid", "tanh"), ("none", "softmax"))],
     *[(act, out, "mse") for act, out in itertools.product(("relu", "sigmoid", "tanh"), ("none", "relu", "softmax"))],
 ]
-
-
-class Float64Numpy(NumpyClassifier):
-    dtype = np.float64
 
 
 def build(activation: str, output: str, loss: str, dropout: float = 0.0) -> tuple[Float64Numpy, np.ndarray, np.ndarray]:
