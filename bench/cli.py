@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0, help="seed of weights and batch order")
     run.add_argument("--same-seed", action="store_true", help="every repeat uses --seed (default: seed + repeat)")
     run.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for every library (default: all cores)")
+    run.add_argument("--tf32", action="store_true", help="allow TensorFloat-32 GPU matmuls in every backend (default: off)")
     run.add_argument("--timeout", type=float, default=3600.0, help="seconds one run may take before it is killed")
     add_config_overrides(run)
     commands.add_parser("list", help="backends, presets and datasets")
@@ -91,14 +92,14 @@ def command_run(args: argparse.Namespace) -> int:
     run_id = args.run_id or new_run_id()
     directory = Path(args.results_dir) / run_id
     directory.mkdir(parents=True, exist_ok=True)
-    config = {"preset": args.preset, "dataset": dataset, "data_source": data.source,
+    config = {"preset": args.preset, "dataset": dataset, "data_source": data.source, "tf32": args.tf32,
               "model": dataclasses.asdict(model), "train": dataclasses.asdict(train)}
     write_json(directory, "config.json", config)
     write_json(directory, "env.json", environment(args.threads))
     matrix = Matrix(backends=backends, variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()), devices=devices,
                     repeats=args.repeats, seed=args.seed, vary_seed=not args.same_seed)
     template = Job(run_id=run_id, backend="", variant="", device="", dataset=dataset, data_dir=args.data_dir, preset=args.preset,
-                   config={"model": config["model"], "train": config["train"]}, repeat=0, seed=args.seed, threads=args.threads)
+                   config={"model": config["model"], "train": config["train"]}, repeat=0, seed=args.seed, threads=args.threads, tf32=args.tf32)
     rows = run_matrix(plan(matrix, template), directory, args.timeout)
     print(format_table(summary(load_results(directory)["runs"])))
     print(directory)

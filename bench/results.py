@@ -11,6 +11,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -98,9 +99,14 @@ def gpu_info() -> list[dict]:
     query = ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]
     try:
         lines = subprocess.run(query, capture_output=True, text=True, timeout=20, check=True).stdout.strip().splitlines()
+        banner = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=20).stdout
     except (OSError, subprocess.SubprocessError):
         return []
-    return [dict(zip(("name", "driver", "memory"), (part.strip() for part in line.split(",")))) for line in lines]
+    cuda = re.search(r"CUDA Version:\s*([\d.]+)", banner)
+    return [
+        {**dict(zip(("name", "driver", "memory"), (part.strip() for part in line.split(",")))), "cuda": cuda.group(1) if cuda else ""}
+        for line in lines
+    ]
 
 
 def git_commit() -> str:

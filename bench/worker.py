@@ -32,6 +32,7 @@ class Job:
     repeat: int  # 0-based repeat number
     seed: int  # seed of weights and batch order
     threads: int  # CPU threads for every library in the process
+    tf32: bool  # whether GPU float32 matrix products may use TensorFloat-32
 
     def keys(self) -> dict:
         """The identifying columns every table row of this run starts with."""
@@ -64,7 +65,7 @@ def run_job(job: Job) -> None:
         emit({"type": "end", "status": "unsupported", "error": reason})
         return
     try:
-        cls.configure_threads(job.threads)
+        cls.configure(threads=job.threads, tf32=job.tf32)
         data = load_dataset(job.dataset, data_dir=job.data_dir, allow_download=False)
         start = time.perf_counter()
         classifier = cls(

@@ -27,6 +27,11 @@ REGISTRY: dict[str, BackendSpec] = {
         BackendSpec("keras", "impls.keras_impl", "KerasClassifier", "Keras 3 Sequential + compile/fit, TensorFlow backend",
                     {"KERAS_BACKEND": "tensorflow"}),
         BackendSpec("torch", "impls.torch_impl", "TorchClassifier", "PyTorch nn.Module + torch.optim"),
+        BackendSpec("jax", "impls.jax_impl", "JaxClassifier", "JAX: jax.value_and_grad, the epoch in one jit-compiled lax.scan"),
+        BackendSpec("keras-torch", "impls.keras_impl", "KerasClassifier", "the keras backend's code on Keras's PyTorch backend",
+                    {"KERAS_BACKEND": "torch"}),
+        BackendSpec("keras-jax", "impls.keras_impl", "KerasClassifier", "the keras backend's code on Keras's JAX backend",
+                    {"KERAS_BACKEND": "jax"}),
     )
 }
 

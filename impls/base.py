@@ -55,9 +55,10 @@ class Classifier(ABC):
         return (device == "cpu", "" if device == "cpu" else f"{cls.__name__} runs on the CPU only")
 
     @classmethod
-    def configure_threads(cls, threads: int) -> None:
-        """Use `threads` CPU threads for the whole process; called once, before construction.
-        Backends extend this with their framework's own settings."""
+    def configure(cls, *, threads: int, tf32: bool) -> None:
+        """Process-wide settings, called once before construction: `threads` CPU threads for every
+        library, and whether float32 matrix products may use TensorFloat-32 on the GPU. Backends
+        extend this with their framework's own switches."""
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(limits=threads)

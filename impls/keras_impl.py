@@ -46,28 +46,36 @@ class StepLosses(keras.metrics.Metric):
         super().__init__(name="step_loss")
         self.loss_fn = loss_fn
         self.values = self.add_variable(shape=(capacity,), initializer="zeros", name="values")
-        self.count = self.add_variable(shape=(), initializer="zeros", dtype="int32", name="count")
+        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         loss = ops.cast(self.loss_fn(y_true, y_pred), "float32")
-        self.values.assign(ops.scatter_update(self.values, ops.reshape(self.count, (1, 1)), ops.reshape(loss, (1,))))
+        if str(getattr(loss, "device", "")) == "meta":
+            # Keras's torch backend builds metrics by tracing them on torch's "meta" device without
+            # a stateless scope, so an assignment here would leave the buffer without data.
+            return
+        index = ops.reshape(ops.cast(self.count, "int32"), (1, 1))
+        self.values.assign(ops.scatter_update(self.values, index, ops.reshape(loss, (1,))))
         self.count.assign(self.count + 1)
 
     def result(self):
-        return self.values[ops.maximum(self.count - 1, 0)]
+        return self.values[ops.maximum(ops.cast(self.count, "int32") - 1, 0)]
 
     def read(self) -> np.ndarray:
         return ops.convert_to_numpy(self.values)[: int(ops.convert_to_numpy(self.count))]
 
 
 class KerasClassifier(Classifier):
+    """`default` compiles as Keras does by default (`jit_compile="auto"`: eager on torch, XLA on
+    JAX, XLA on TensorFlow only with a GPU); `xla` forces `jit_compile=True` (torch.compile on torch)."""
+
     adam_form = "keras"
     variants = ("default", "xla")
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         keras.utils.set_random_seed(self.seed)
-        self.keras_device = "gpu:0" if self.device == "gpu" else "cpu:0"
+        self.keras_device = self.device  # "cpu"/"gpu": with an index ("cpu:0") Keras's torch backend loses the gradients
         with keras.device(self.keras_device):
             self.net = keras.Sequential([keras.Input(shape=(self.sizes[0],)), *self.layers()])
         self.loss_fn = ProjectLoss(loss=self.train.loss, output_activation=self.model.output_activation, classes=self.sizes[-1])
@@ -83,37 +91,19 @@ class KerasClassifier(Classifier):
         return layers
 
     @classmethod
-    def available(cls, device: str) -> tuple[bool, str]:
-        if device == "cpu":
-            return True, ""
-        backend = keras.backend.backend()
-        if backend == "tensorflow":
-            import tensorflow as tf
+    def native(cls) -> type[Classifier]:
+        """The framework backend Keras runs on here; device checks and process settings are its."""
+        from impls import load_backend
 
-            found = bool(tf.config.list_physical_devices("GPU"))
-        elif backend == "torch":
-            import torch
-
-            found = torch.cuda.is_available()
-        else:
-            import jax
-
-            found = any(d.platform == "gpu" for d in jax.devices())
-        return (True, "") if found else (False, f"Keras on {backend} sees no GPU")
+        return load_backend({"tensorflow": "tf", "torch": "torch", "jax": "jax"}[keras.backend.backend()])
 
     @classmethod
-    def configure_threads(cls, threads: int) -> None:
-        super().configure_threads(threads)
-        backend = keras.backend.backend()
-        if backend == "tensorflow":
-            import tensorflow as tf
+    def available(cls, device: str) -> tuple[bool, str]:
+        return cls.native().available(device)
 
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(1)
-        elif backend == "torch":
-            import torch
-
-            torch.set_num_threads(threads)
+    @classmethod
+    def configure(cls, *, threads: int, tf32: bool) -> None:
+        cls.native().configure(threads=threads, tf32=tf32)
 
     def framework_version(self) -> str:
         return f"keras {keras.__version__} on {keras.backend.backend()}"
@@ -125,11 +115,11 @@ class KerasClassifier(Classifier):
         return keras.optimizers.SGD(learning_rate=t.lr, momentum=t.momentum if t.optimizer == "momentum" else 0.0)
 
     def compile(self) -> None:
-        """(Re)compile: a fresh optimiser (its state reset) and a step-loss buffer for any epoch length."""
-        capacity = max(len(self.x_train), self.train.steps_per_epoch)
+        """(Re)compile: a fresh optimiser (its state reset) and a step-loss buffer for an epoch."""
+        capacity = max(-(-len(self.x_train) // self.train.batch_size), self.train.steps_per_epoch)
         self.step_losses = StepLosses(self.loss_fn, capacity)
         self.net.compile(optimizer=self.make_optimizer(), loss=self.loss_fn, metrics=[self.step_losses],
-                         jit_compile=self.variant == "xla")
+                         jit_compile=True if self.variant == "xla" else "auto")
 
     def set_weights(self, weights: list[np.ndarray]) -> None:
         self.net.set_weights(weights)

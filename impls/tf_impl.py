@@ -44,10 +44,11 @@ class TFClassifier(Classifier):
         return False, f"TensorFlow {tf.__version__} sees no GPU (tensorflow-cpu, or no CUDA build/driver)"
 
     @classmethod
-    def configure_threads(cls, threads: int) -> None:
-        super().configure_threads(threads)
+    def configure(cls, *, threads: int, tf32: bool) -> None:
+        super().configure(threads=threads, tf32=tf32)
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
+        tf.config.experimental.enable_tensor_float_32_execution(tf32)
 
     def framework_version(self) -> str:
         return tf.__version__

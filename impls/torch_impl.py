@@ -46,9 +46,11 @@ class TorchClassifier(Classifier):
         return False, f"torch {torch.__version__} sees no CUDA GPU"
 
     @classmethod
-    def configure_threads(cls, threads: int) -> None:
-        super().configure_threads(threads)
+    def configure(cls, *, threads: int, tf32: bool) -> None:
+        super().configure(threads=threads, tf32=tf32)
         torch.set_num_threads(threads)
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
 
     def framework_version(self) -> str:
         return torch.__version__

@@ -13,7 +13,8 @@ import pytest
 from bench.config import PRESETS, ModelConfig, TrainConfig
 from bench.errors import FrameBenchError
 from bench.harness import epoch_order, initial_weights
-from impls import REGISTRY, load_backend
+from impls import load_backend
+from tests.conftest import conformance_backends, needs_own_process
 from tests.oracle import Float64Numpy
 
 # float32 GEMMs summed in different orders (BLAS blocking, oneDNN, Eigen) differ by ~1e-7 relative
@@ -37,8 +38,12 @@ PRESET_STEPS_RTOL = 1e-4  # 20 steps of each preset's own configuration
 MLP = PRESETS["mlp"]
 
 
-@pytest.fixture(params=list(REGISTRY), scope="module")
+@pytest.fixture(params=conformance_backends(), scope="module")
 def backend(request):
+    """The backend's class; a backend needing another process environment (KERAS_BACKEND) is run
+    by conftest's pytest_pyfunc_call in a child pytest instead, so here only its name is given."""
+    if needs_own_process(request.param):
+        return request.param
     try:
         return load_backend(request.param)
     except FrameBenchError as exc:

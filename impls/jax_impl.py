@@ -1,0 +1,140 @@
+"""JAX: parameters as a pytree of jax.numpy arrays, the loss differentiated with jax.value_and_grad,
+SGD/momentum/Adam written against the NumPy oracle's formulas (no optax), and a whole epoch's full
+batches compiled into one jax.lax.scan; only a short last batch takes a separate compiled step."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bench.config import PROB_CLIP
+from impls.base import Classifier
+
+ACTIVATIONS = {"relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh}
+
+
+def gpu_devices() -> list:
+    try:
+        return jax.devices("gpu")
+    except RuntimeError:
+        return []
+
+
+class JaxClassifier(Classifier):
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.jax_device = gpu_devices()[0] if self.device == "gpu" else jax.devices("cpu")[0]
+        self.key = jax.random.PRNGKey(self.seed)
+        self.scan_epoch = jax.jit(self.scan_steps, donate_argnums=(0, 1))
+        self.single_step = jax.jit(self.step, donate_argnums=(0, 1))
+        self.logits = jax.jit(lambda params, x: self.forward(params, x, key=None))
+
+    @classmethod
+    def available(cls, device: str) -> tuple[bool, str]:
+        if device == "cpu" or gpu_devices():
+            return True, ""
+        return False, f"JAX {jax.__version__} sees no GPU (CPU-only jaxlib, or no CUDA plugin)"
+
+    @classmethod
+    def configure(cls, *, threads: int, tf32: bool) -> None:
+        """XLA has no thread-count setting once running: its CPU pool is sized from the CPU affinity
+        mask when the backend starts, so the process is pinned to `threads` cores before that."""
+        super().configure(threads=threads, tf32=tf32)
+        cores = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, cores[:threads])
+        jax.config.update("jax_default_matmul_precision", "tensorfloat32" if tf32 else "highest")
+
+    def framework_version(self) -> str:
+        return jax.__version__
+
+    def set_weights(self, weights: list[np.ndarray]) -> None:
+        self.params = [jax.device_put(jnp.asarray(w, jnp.float32), self.jax_device) for w in weights]
+        zeros = [jnp.zeros_like(p) for p in self.params]
+        self.opt_state = {"m": zeros, "v": [jnp.zeros_like(p) for p in self.params], "step": jnp.zeros((), jnp.int32)}
+
+    def get_weights(self) -> list[np.ndarray]:
+        return [np.asarray(p, dtype=np.float32) for p in self.params]
+
+    def prepare(self, x_train: np.ndarray, y_train: np.ndarray) -> None:
+        self.x_train = jax.device_put(x_train, self.jax_device)
+        self.y_train = jax.device_put(y_train.astype(np.int32), self.jax_device)
+
+    def forward(self, params: list, x: jnp.ndarray, *, key) -> jnp.ndarray:
+        """Pre-activation output; inverted dropout from `key` when one is given (training)."""
+        layers = len(params) // 2
+        h = x
+        for layer in range(layers):
+            h = h @ params[2 * layer] + params[2 * layer + 1]
+            if layer < layers - 1:
+                h = ACTIVATIONS[self.model.hidden_activation](h)
+                if key is not None and self.model.dropout > 0:
+                    keep = 1.0 - self.model.dropout
+                    h = h * jax.random.bernoulli(jax.random.fold_in(key, layer), keep, h.shape) / keep
+        return h
+
+    def loss(self, params: list, x: jnp.ndarray, y: jnp.ndarray, key) -> jnp.ndarray:
+        """bench.metrics' definitions in jax.numpy."""
+        z = self.forward(params, x, key=key)
+        if self.train.loss == "cross_entropy":
+            if self.model.output_activation == "softmax":
+                p_true = jnp.take_along_axis(jax.nn.softmax(z), y[:, None], axis=1)
+                return -jnp.mean(jnp.log(jnp.clip(p_true, PROB_CLIP, 1 - PROB_CLIP)))
+            return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(z), y[:, None], axis=1))
+        out = {"softmax": jax.nn.softmax, "relu": jax.nn.relu, "none": lambda v: v}[self.model.output_activation](z)
+        return jnp.mean(jnp.square(out - jax.nn.one_hot(y, self.sizes[-1])))
+
+    def update(self, params: list, grads: list, state: dict) -> tuple[list, dict]:
+        """The oracle's SGD / momentum / Adam in the "torch" form. JAX has no float64 by default, and
+        1 - beta**t in float32 is off by 1.3e-5 at t=1, so the corrections are -expm1(t log beta)
+        with log beta taken in float64 on the host: accurate to ~2e-7 relative."""
+        t, step = self.train, state["step"] + 1
+        if t.optimizer == "sgd":
+            return [p - t.lr * g for p, g in zip(params, grads)], {**state, "step": step}
+        if t.optimizer == "momentum":
+            m = [t.momentum * mi + g for mi, g in zip(state["m"], grads)]
+            return [p - t.lr * mi for p, mi in zip(params, m)], {**state, "m": m, "step": step}
+        m = [mi + (g - mi) * (1 - t.beta1) for mi, g in zip(state["m"], grads)]
+        v = [vi + (g * g - vi) * (1 - t.beta2) for vi, g in zip(state["v"], grads)]
+        stepf = step.astype(jnp.float32)
+        step_size = t.lr / -jnp.expm1(stepf * math.log(t.beta1))
+        correction2_sqrt = jnp.sqrt(-jnp.expm1(stepf * math.log(t.beta2)))
+        new = [p - step_size * mi / (jnp.sqrt(vi) / correction2_sqrt + t.adam_eps) for p, mi, vi in zip(params, m, v)]
+        return new, {"m": m, "v": v, "step": step}
+
+    def step(self, params: list, state: dict, x_all, y_all, idx, key) -> tuple[list, dict, jnp.ndarray]:
+        step_key = jax.random.fold_in(key, state["step"])
+        loss, grads = jax.value_and_grad(self.loss)(params, x_all[idx], y_all[idx], step_key)
+        params, state = self.update(params, grads, state)
+        return params, state, loss
+
+    def scan_steps(self, params: list, state: dict, x_all, y_all, batches, key):
+        def body(carry, idx):
+            params, state = carry
+            params, state, loss = self.step(params, state, x_all, y_all, idx, key)
+            return (params, state), loss
+
+        (params, state), losses = jax.lax.scan(body, (params, state), batches)
+        return params, state, losses
+
+    def train_epoch(self, order: np.ndarray, batch_size: int) -> np.ndarray:
+        full = len(order) // batch_size * batch_size
+        losses = []
+        if full:
+            batches = jax.device_put(order[:full].reshape(-1, batch_size).astype(np.int32), self.jax_device)
+            self.params, self.opt_state, scanned = self.scan_epoch(self.params, self.opt_state, self.x_train, self.y_train, batches, self.key)
+            losses.append(scanned)
+        if full < len(order):
+            rest = jax.device_put(order[full:].astype(np.int32), self.jax_device)
+            self.params, self.opt_state, loss = self.single_step(self.params, self.opt_state, self.x_train, self.y_train, rest, self.key)
+            losses.append(loss[None])
+        return np.asarray(jnp.concatenate(losses), dtype=np.float64)
+
+    def predict_logits(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.logits(self.params, jax.device_put(x, self.jax_device)), dtype=np.float32)
+
+    def sync(self) -> None:
+        jax.block_until_ready(self.params)
