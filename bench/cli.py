@@ -10,12 +10,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench.compare import Tolerances, compare, render_markdown
 from bench.config import PRESETS, ModelConfig, TrainConfig, resolve
 from bench.data import DATASETS, load_dataset
 from bench.errors import FrameBenchError
 from bench.results import environment, load_results, new_run_id, write_json
-from bench.runner import Matrix, plan, run_matrix
-from bench.tables import format_table, summary
+from bench.report import write_report
+from bench.runner import Matrix, plan, probe_gemms, run_matrix
+from bench.tables import format_table, not_run, perf_table, summary, to_markdown
+from bench.thresholds import DEFAULT_FILE as DEFAULT_THRESHOLDS
+from bench.thresholds import check, derive, write_thresholds
 from bench.worker import EVENT_PREFIX, Job
 from impls import REGISTRY, backend_spec
 
@@ -74,11 +78,42 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0, help="seed of weights and batch order")
     run.add_argument("--same-seed", action="store_true", help="every repeat uses --seed (default: seed + repeat)")
     run.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for every library (default: all cores)")
+    run.add_argument("--target-acc", type=float, default=None, help="test accuracy for time-to-accuracy (default: the preset's)")
     run.add_argument("--tf32", action="store_true", help="allow TensorFloat-32 GPU matmuls in every backend (default: off)")
+    run.add_argument("--no-floors", action="store_true", help="skip the GEMM probes behind floor_epoch_s and the efficiencies")
     run.add_argument("--timeout", type=float, default=3600.0, help="seconds one run may take before it is killed")
     add_config_overrides(run)
     commands.add_parser("list", help="backends, presets and datasets")
+    plot = commands.add_parser("plot", help="redraw the figures and report.md of a results directory")
+    plot.add_argument("directory")
+    comparison = commands.add_parser("compare", help="accuracy and time deltas between two results directories")
+    comparison.add_argument("base")
+    comparison.add_argument("new")
+    comparison.add_argument("--acc-tol", type=float, default=0.005, help="accepted accuracy drop, absolute (default 0.005)")
+    comparison.add_argument("--time-tol", type=float, default=0.10, help="accepted epoch-time growth, relative (default 0.10)")
+    comparison.add_argument("--allow-env-diff", action="store_true", help="compare timings across machines/thread counts")
+    comparison.add_argument("--markdown", default=None, help="also write the comparison as Markdown to this file")
+    checking = commands.add_parser("check", help="hold a results directory to the accuracy thresholds")
+    checking.add_argument("directory")
+    checking.add_argument("--thresholds", type=Path, default=DEFAULT_THRESHOLDS)
+    perf = commands.add_parser("perf", help="the speed matrix: backends x variants on several presets, with floors")
+    perf.add_argument("--presets", default="seed000,seed003,mlp")
+    perf.add_argument("--backends", default="all")
+    perf.add_argument("--variants", default="default,tutorial,xla,compile")
+    perf.add_argument("--repeats", type=int, default=2)
+    perf.add_argument("--epochs", type=int, default=3, help="epochs per run (the first is excluded from the steady state)")
+    perf.add_argument("--threads", type=int, default=os.cpu_count())
+    perf.add_argument("--results-dir", default="results")
+    deriving = commands.add_parser("thresholds", help="derive accuracy thresholds from measured results directories")
+    deriving.add_argument("directories", nargs="+")
+    deriving.add_argument("--margin", type=float, default=0.01, help="subtracted from the lowest measured accuracy")
+    deriving.add_argument("--output", type=Path, default=DEFAULT_THRESHOLDS)
     return parser
+
+
+def probe_devices(devices: tuple[str, ...]) -> tuple[str, ...]:
+    """Devices whose GEMMs to time: "auto" may become either."""
+    return tuple(d for d in ("cpu", "gpu") if d in devices or "auto" in devices)
 
 
 def command_run(args: argparse.Namespace) -> int:
@@ -93,15 +128,26 @@ def command_run(args: argparse.Namespace) -> int:
     directory = Path(args.results_dir) / run_id
     directory.mkdir(parents=True, exist_ok=True)
     config = {"preset": args.preset, "dataset": dataset, "data_source": data.source, "tf32": args.tf32,
+              "repeats": args.repeats, "seeds": f"{args.seed}" if args.same_seed else f"{args.seed} + repeat",
+              "target_acc": args.target_acc or PRESETS[args.preset].target_acc,
               "model": dataclasses.asdict(model), "train": dataclasses.asdict(train)}
     write_json(directory, "config.json", config)
     write_json(directory, "env.json", environment(args.threads))
     matrix = Matrix(backends=backends, variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()), devices=devices,
                     repeats=args.repeats, seed=args.seed, vary_seed=not args.same_seed)
     template = Job(run_id=run_id, backend="", variant="", device="", dataset=dataset, data_dir=args.data_dir, preset=args.preset,
-                   config={"model": config["model"], "train": config["train"]}, repeat=0, seed=args.seed, threads=args.threads, tf32=args.tf32)
-    rows = run_matrix(plan(matrix, template), directory, args.timeout)
-    print(format_table(summary(load_results(directory)["runs"])))
+                   config={"model": config["model"], "train": config["train"]}, repeat=0, seed=args.seed, threads=args.threads, tf32=args.tf32,
+                   target_acc=config["target_acc"])
+    floors = None
+    if not args.no_floors:
+        sizes = (data.input_size, *model.hidden, data.num_classes)
+        floors = probe_gemms(directory, sizes, train.batch_size, probe_devices(devices), args.threads, args.tf32)
+    rows = run_matrix(plan(matrix, template), directory, args.timeout, floors)
+    write_report(directory)
+    runs = load_results(directory)["runs"]
+    print(format_table(summary(runs)))
+    for line in not_run(runs):
+        print(f"not run: {line}")
     print(directory)
     return 0 if all(row["status"] in ("ok", "unavailable", "unsupported") for row in rows) else 1
 
@@ -136,9 +182,66 @@ def command_list(_: argparse.Namespace) -> int:
     return 0
 
 
+def command_plot(args: argparse.Namespace) -> int:
+    print(write_report(args.directory))
+    return 0
+
+
+def command_compare(args: argparse.Namespace) -> int:
+    tolerances = Tolerances(acc_tol=args.acc_tol, time_tol=args.time_tol)
+    table, lines, _ = compare(args.base, args.new, tolerances, allow_env_diff=args.allow_env_diff)
+    for line in lines:
+        print(line)
+    print(format_table(table))
+    if args.markdown:
+        Path(args.markdown).write_text(render_markdown(table, lines, tolerances, args.base, args.new))
+    regressions = table[table["verdict"].str.startswith("REGRESSION")]
+    print(f"{len(regressions)} regression(s)" if len(regressions) else "no regression")
+    return 1 if len(regressions) else 0
+
+
+def command_check(args: argparse.Namespace) -> int:
+    failures, notes = check(args.directory, args.thresholds)
+    for line in notes:
+        print(f"note: {line}")
+    for line in failures:
+        print(f"FAIL: {line}")
+    print(f"{len(failures)} below threshold" if failures else "all runs meet their thresholds")
+    return 1 if failures else 0
+
+
+def command_perf(args: argparse.Namespace) -> int:
+    """One `run` per preset (each its own results directory), then one table over all of them."""
+    perf_id = new_run_id()
+    directories = []
+    for preset in split_list(args.presets, PRESETS, "preset"):
+        run_args = build_parser().parse_args([
+            "run", "--preset", preset, "--backends", args.backends, "--variants", args.variants, "--repeats", str(args.repeats),
+            "--epochs", str(args.epochs), "--threads", str(args.threads), "--results-dir", args.results_dir,
+            "--run-id", f"perf-{perf_id}-{preset}",
+        ])
+        command_run(run_args)
+        directories.append(Path(args.results_dir) / run_args.run_id)
+    table = perf_table([load_results(d)["runs"] for d in directories])
+    print(format_table(table))
+    markdown = Path(args.results_dir) / f"perf-{perf_id}.md"
+    markdown.write_text(f"# framebench perf {perf_id}\n\n`{' '.join(sys.argv)}`\n\n" + to_markdown(table))
+    print(markdown)
+    return 0
+
+
+def command_thresholds(args: argparse.Namespace) -> int:
+    table = derive(args.directories, args.margin)
+    write_thresholds(table, args.output, " ".join(["framebench", *sys.argv[1:]]), args.directories)
+    print(format_table(table))
+    print(args.output)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    handler = {"run": command_run, "list": command_list}[args.command]
+    handler = {"run": command_run, "list": command_list, "plot": command_plot, "compare": command_compare,
+               "check": command_check, "thresholds": command_thresholds, "perf": command_perf}[args.command]
     try:
         sys.exit(handler(args))
     except FrameBenchError as exc:

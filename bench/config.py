@@ -89,6 +89,7 @@ class Preset:
     model: ModelConfig  # the network
     train: TrainConfig  # the optimisation
     source: str  # where it comes from, shown by `framebench list`
+    target_acc: float  # test accuracy whose first crossing times time-to-accuracy (--target-acc overrides)
 
 
 PRESETS: dict[str, Preset] = {
@@ -100,6 +101,7 @@ PRESETS: dict[str, Preset] = {
             model=ModelConfig(hidden=(512, 256), init="he_normal"),
             train=TrainConfig(optimizer="adam", lr=1e-3, batch_size=128, epochs=10),
             source="the default: 784-512-256-10 ReLU MLP, Adam",
+            target_acc=0.97,
         ),
         Preset(
             name="seed000",
@@ -107,6 +109,7 @@ PRESETS: dict[str, Preset] = {
             model=ModelConfig(hidden=(512,), output_activation="softmax", init="uniform(0, 0.1)"),
             train=TrainConfig(optimizer="sgd", lr=1e-3, batch_size=128, epochs=10, shuffle=False),
             source="seed 000: TensorFlow low-level API, tf.Variable + GradientTape",
+            target_acc=0.9,
         ),
         Preset(
             name="seed001",
@@ -114,6 +117,7 @@ PRESETS: dict[str, Preset] = {
             model=ModelConfig(hidden=(512, 256), output_activation="relu", init="truncated_normal(0.1)"),
             train=TrainConfig(optimizer="sgd", lr=1e-3, loss="mse", batch_size=128, epochs=10),
             source="seed 001: TensorFlow/Keras, ReLU output trained with MSE on one-hot labels",
+            target_acc=0.9,
         ),
         Preset(
             name="seed002",
@@ -123,6 +127,7 @@ PRESETS: dict[str, Preset] = {
                 optimizer="sgd", lr=0.1, batch_size=100, epochs=17, sampling="with_replacement", steps_per_epoch=600
             ),
             source="seed 002: NumPy two-layer net with hand-written backprop, batches drawn with replacement",
+            target_acc=0.9,
         ),
         Preset(
             name="seed003",
@@ -130,6 +135,7 @@ PRESETS: dict[str, Preset] = {
             model=ModelConfig(hidden=(128,), init="glorot_uniform"),
             train=TrainConfig(optimizer="adam", lr=1e-3, batch_size=32, epochs=5),
             source="seed 003: Keras Sequential on Fashion-MNIST",
+            target_acc=0.85,
         ),
         Preset(
             name="seed004",
@@ -137,6 +143,15 @@ PRESETS: dict[str, Preset] = {
             model=ModelConfig(hidden=(128, 256), init="torch_default", zero_biases=False),
             train=TrainConfig(optimizer="sgd", lr=1e-3, batch_size=64, epochs=25),
             source="seed 004: PyTorch nn.Module with a DataLoader",
+            target_acc=0.9,
+        ),
+        Preset(
+            name="ci",
+            dataset="mnist",
+            model=ModelConfig(hidden=(128,), init="he_normal"),
+            train=TrainConfig(optimizer="adam", lr=1e-3, batch_size=128, epochs=2),
+            source="short run for CI's accuracy thresholds (tests/test_thresholds.py); use with either dataset",
+            target_acc=0.95,
         ),
     )
 }

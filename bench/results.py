@@ -25,11 +25,13 @@ from bench.errors import FrameBenchError
 RUN_KEYS = ["run_id", "backend", "variant", "device", "dataset", "preset", "repeat", "seed"]
 RUNS_COLUMNS = RUN_KEYS + [
     "status", "error", "epochs_done", "setup_s", "first_epoch_s", "median_epoch_s", "total_train_s",
-    "samples_per_s", "final_test_acc", "final_test_loss", "peak_rss_mb", "framework_version", "threads",
+    "samples_per_s", "final_test_acc", "final_test_loss", "target_acc", "time_to_target_s", "floor_epoch_s",
+    "efficiency", "own_floor_epoch_s", "overhead_efficiency", "peak_rss_mb", "peak_gpu_mb", "framework_version", "threads",
 ]
 EPOCHS_COLUMNS = RUN_KEYS + ["epoch", "epoch_s", "train_loss", "test_loss", "test_acc", "eval_s"]
 STEPS_COLUMNS = ["run_id", "backend", "variant", "device", "repeat", "epoch", "step", "loss"]
-TABLES = {"runs": RUNS_COLUMNS, "epochs": EPOCHS_COLUMNS, "steps": STEPS_COLUMNS}
+GEMM_COLUMNS = ["library", "device", "threads", "kind", "layer", "m", "k", "n", "seconds", "gflops"]
+TABLES = {"runs": RUNS_COLUMNS, "epochs": EPOCHS_COLUMNS, "steps": STEPS_COLUMNS, "gemm": GEMM_COLUMNS}
 LIBRARIES = ("numpy", "pandas", "scikit-learn", "threadpoolctl", "tensorflow", "tensorflow-cpu", "keras", "torch", "jax", "jaxlib")
 
 

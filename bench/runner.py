@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import gemm
 from bench.results import append_rows
 from bench.worker import EVENT_PREFIX, Job
 from impls import backend_spec
@@ -47,13 +48,60 @@ def plan(matrix: Matrix, template: Job) -> list[Job]:
     ]
 
 
-def worker_env(job: Job) -> dict[str, str]:
+def thread_env(threads: int) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({name: str(job.threads) for name in THREAD_ENV_VARS})
+    env.update({name: str(threads) for name in THREAD_ENV_VARS})
     env["TF_NUM_INTEROP_THREADS"] = "1"
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    env.update(backend_spec(job.backend).env)
     return env
+
+
+def worker_env(job: Job) -> dict[str, str]:
+    return {**thread_env(job.threads), **backend_spec(job.backend).env}
+
+
+@dataclass(frozen=True)
+class Floors:
+    """GEMM times measured in this run, per (library, device), and the model's shapes."""
+
+    sizes: tuple[int, ...]  # layer widths, input to output
+    batch: int  # batch size of the run
+    seconds: dict[tuple[str, str], dict[str, float]]  # (library, device) -> {"MxKxN": seconds}
+
+    def epoch_floors(self, library: str, device: str, samples: int) -> tuple[float | None, float | None]:
+        """(fastest library's floor, `library`'s floor) for an epoch of `samples` on `device`."""
+        measured = {lib: s for (lib, dev), s in self.seconds.items() if dev == device}
+        if not measured:
+            return None, None
+        best = {shape: min(s[shape] for s in measured.values()) for shape in next(iter(measured.values()))}
+        own = measured.get(library)
+        return (gemm.floor_epoch_s(best, self.sizes, self.batch, samples),
+                gemm.floor_epoch_s(own, self.sizes, self.batch, samples) if own else None)
+
+
+def probe_gemms(directory: Path, sizes: tuple[int, ...], batch: int, devices: tuple[str, ...], threads: int, tf32: bool) -> Floors:
+    """Time the model's GEMM shapes in every library present, each in its own process; gemm.csv keeps them."""
+    gemms = gemm.step_gemms(sizes, batch)
+    shapes = sorted({(g.m, g.k, g.n) for g in gemms})
+    seconds = {}
+    for device in devices:
+        for library in gemm.LIBRARIES:
+            request = json.dumps({"library": library, "device": device, "threads": threads, "tf32": tf32, "shapes": shapes})
+            result = subprocess.run([sys.executable, "-m", "bench.gemm"], input=request, capture_output=True, text=True,
+                                    env=thread_env(threads))
+            if result.returncode != 0:
+                print(f"GEMM probe: {library} on {device} not measured ({(result.stderr.strip().splitlines() or ['?'])[-1]})",
+                      file=sys.stderr)
+                continue
+            seconds[(library, device)] = json.loads(result.stdout.strip().splitlines()[-1])
+            append_rows(directory, "gemm", [
+                {"library": library, "device": device, "threads": threads, "kind": g.kind, "layer": g.layer, "m": g.m, "k": g.k,
+                 "n": g.n, "seconds": seconds[(library, device)][gemm.key(g)],
+                 "gflops": g.flops / seconds[(library, device)][gemm.key(g)] / 1e9}
+                for g in gemms
+            ])
+            print(f"GEMM probe: {library} on {device} measured", file=sys.stderr, flush=True)
+    return Floors(sizes=sizes, batch=batch, seconds=seconds)
 
 
 def read_lines(stream, lines: queue.Queue) -> None:
@@ -62,13 +110,26 @@ def read_lines(stream, lines: queue.Queue) -> None:
     lines.put(None)
 
 
-def summarize(keys: dict, events: list[dict], end: dict, threads: int) -> dict:
+def time_to_target(epochs: list[dict], target: float) -> float | None:
+    """Training seconds (evaluation excluded) until test accuracy first reaches `target`."""
+    elapsed = 0.0
+    for epoch in epochs:
+        elapsed += epoch["epoch_s"]
+        if epoch["test_acc"] >= target:
+            return elapsed
+    return None
+
+
+def summarize(keys: dict, events: list[dict], end: dict, job: Job, floors: Floors | None) -> dict:
     """The runs.csv row: what the epochs measured, whatever the outcome."""
     setup = next((e for e in events if e["type"] == "setup"), {})
     epochs = [e for e in events if e["type"] == "epoch"]
     times = [e["epoch_s"] for e in epochs]
     steady = times[1:] or times
     median = statistics.median(steady) if steady else None
+    floor, own_floor = (None, None)
+    if floors and median:
+        floor, own_floor = floors.epoch_floors(backend_spec(job.backend).gemm_library, keys["device"], setup["samples_per_epoch"])
     return {
         **keys,
         "status": end["status"],
@@ -81,9 +142,16 @@ def summarize(keys: dict, events: list[dict], end: dict, threads: int) -> dict:
         "samples_per_s": setup["samples_per_epoch"] / median if median else None,
         "final_test_acc": epochs[-1]["test_acc"] if epochs else None,
         "final_test_loss": epochs[-1]["test_loss"] if epochs else None,
+        "target_acc": job.target_acc,
+        "time_to_target_s": time_to_target(epochs, job.target_acc),
+        "floor_epoch_s": floor,
+        "efficiency": floor / median if floor else None,
+        "own_floor_epoch_s": own_floor,
+        "overhead_efficiency": own_floor / median if own_floor else None,
         "peak_rss_mb": end.get("peak_rss_mb") or (epochs[-1]["peak_rss_mb"] if epochs else None),
+        "peak_gpu_mb": end.get("peak_gpu_mb"),
         "framework_version": setup.get("framework_version", ""),
-        "threads": threads,
+        "threads": job.threads,
     }
 
 
@@ -96,7 +164,7 @@ def record_epoch(directory: Path, keys: dict, event: dict) -> None:
     ])
 
 
-def execute(job: Job, directory: Path, timeout_s: float, label: str) -> dict:
+def execute(job: Job, directory: Path, timeout_s: float, label: str, floors: Floors | None) -> dict:
     """Run one job in a fresh process; always returns (and appends) its runs.csv row."""
     log_dir = directory / "logs"
     log_dir.mkdir(exist_ok=True)
@@ -139,7 +207,7 @@ def execute(job: Job, directory: Path, timeout_s: float, label: str) -> dict:
         returncode = process.wait()
     if end is None:
         end = {"status": "failed", "error": crash_message(returncode, log_path)}
-    row = summarize(keys, events, end, job.threads)
+    row = summarize(keys, events, end, job, floors)
     append_rows(directory, "runs", [row])
     print(f"{label}: {row['status']}" + (f" ({row['error']})" if row["error"] else ""), file=sys.stderr, flush=True)
     return row
@@ -155,10 +223,10 @@ def crash_message(returncode: int, log_path: Path) -> str:
     return f"worker exited with status {returncode}: {lines[-1] if lines else 'no output'}; see {log_path}"
 
 
-def run_matrix(jobs: list[Job], directory: Path, timeout_s: float) -> list[dict]:
+def run_matrix(jobs: list[Job], directory: Path, timeout_s: float, floors: Floors | None) -> list[dict]:
     rows = []
     for number, job in enumerate(jobs, start=1):
         label = f"[{number}/{len(jobs)}] {job.backend}/{job.variant} on {job.device}, repeat {job.repeat + 1}"
         print(f"{label}: starting", file=sys.stderr, flush=True)
-        rows.append(execute(job, directory, timeout_s, label))
+        rows.append(execute(job, directory, timeout_s, label, floors))
     return rows

@@ -33,6 +33,7 @@ class Job:
     seed: int  # seed of weights and batch order
     threads: int  # CPU threads for every library in the process
     tf32: bool  # whether GPU float32 matrix products may use TensorFloat-32
+    target_acc: float  # test accuracy for the time-to-accuracy column
 
     def keys(self) -> dict:
         """The identifying columns every table row of this run starts with."""
@@ -60,10 +61,11 @@ def run_job(job: Job) -> None:
     if not ok:
         emit({"type": "end", "status": "unavailable", "error": reason})
         return
-    reason = unsupported_reason(cls, model, train, job.variant)
+    reason = unsupported_reason(cls, model, train, job.variant, job.device)
     if reason:
         emit({"type": "end", "status": "unsupported", "error": reason})
         return
+    classifier = None
     try:
         cls.configure(threads=job.threads, tf32=job.tf32)
         data = load_dataset(job.dataset, data_dir=job.data_dir, allow_download=False)
@@ -81,23 +83,24 @@ def run_job(job: Job) -> None:
             event = dataclasses.asdict(result)
             event["step_losses"] = result.step_losses.tolist()
             emit({"type": "epoch", **event, "peak_rss_mb": peak_rss_mb()})
+        end = {"status": "ok", "error": ""}
     except DivergedError as exc:
-        emit({"type": "end", "status": "diverged", "error": str(exc), "peak_rss_mb": peak_rss_mb()})
+        end = {"status": "diverged", "error": str(exc)}
     except Exception as exc:  # recorded in runs.csv, traceback kept in the run's log
         traceback.print_exc()
-        emit({"type": "end", "status": "failed", "error": f"{type(exc).__name__}: {exc}", "peak_rss_mb": peak_rss_mb()})
-    else:
-        emit({"type": "end", "status": "ok", "error": "", "peak_rss_mb": peak_rss_mb()})
+        end = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    gpu_mb = classifier.peak_gpu_memory_mb() if classifier is not None else None
+    emit({"type": "end", **end, "peak_rss_mb": peak_rss_mb(), "peak_gpu_mb": gpu_mb})
 
 
 def samples_per_epoch(train, n_train: int) -> int:
     return train.steps_per_epoch * train.batch_size if train.sampling == "with_replacement" else n_train
 
 
-def unsupported_reason(cls, model, train, variant: str) -> str | None:
+def unsupported_reason(cls, model, train, variant: str, device: str) -> str | None:
     if variant not in cls.variants:
         return f"variant {variant!r} is not implemented (has: {', '.join(cls.variants)})"
-    return cls.lacks(model, train, variant)
+    return cls.lacks(model, train, variant, device)
 
 
 def describe(name: str) -> dict:
@@ -112,7 +115,7 @@ def describe(name: str) -> dict:
     presets = {}
     for preset in PRESETS:
         model, train = resolve(preset, {}, {})
-        presets[preset] = cls.lacks(model, train, "default") or "ok"
+        presets[preset] = cls.lacks(model, train, "default", "cpu") or "ok"
     return {
         "name": name,
         "variants": list(cls.variants),

@@ -17,21 +17,24 @@ class BackendSpec:
     class_name: str  # the Classifier subclass in that module
     summary: str  # one line for `framebench list`
     env: dict[str, str] = field(default_factory=dict)  # environment its process must start with
+    gemm_library: str = "numpy"  # library whose GEMMs this backend's own matrix products run on
 
 
 REGISTRY: dict[str, BackendSpec] = {
     spec.name: spec
     for spec in (
         BackendSpec("numpy", "impls.numpy_impl", "NumpyClassifier", "NumPy, hand-written forward and backward"),
-        BackendSpec("tf", "impls.tf_impl", "TFClassifier", "TensorFlow low-level: tf.Variable + GradientTape + tf.function"),
+        BackendSpec("tf", "impls.tf_impl", "TFClassifier", "TensorFlow low-level: tf.Variable + GradientTape + tf.function",
+                    gemm_library="tf"),
         BackendSpec("keras", "impls.keras_impl", "KerasClassifier", "Keras 3 Sequential + compile/fit, TensorFlow backend",
-                    {"KERAS_BACKEND": "tensorflow"}),
-        BackendSpec("torch", "impls.torch_impl", "TorchClassifier", "PyTorch nn.Module + torch.optim"),
-        BackendSpec("jax", "impls.jax_impl", "JaxClassifier", "JAX: jax.value_and_grad, the epoch in one jit-compiled lax.scan"),
+                    {"KERAS_BACKEND": "tensorflow"}, "tf"),
+        BackendSpec("torch", "impls.torch_impl", "TorchClassifier", "PyTorch nn.Module + torch.optim", gemm_library="torch"),
+        BackendSpec("jax", "impls.jax_impl", "JaxClassifier", "JAX: jax.value_and_grad, the epoch in one jit-compiled lax.scan",
+                    gemm_library="jax"),
         BackendSpec("keras-torch", "impls.keras_impl", "KerasClassifier", "the keras backend's code on Keras's PyTorch backend",
-                    {"KERAS_BACKEND": "torch"}),
+                    {"KERAS_BACKEND": "torch"}, "torch"),
         BackendSpec("keras-jax", "impls.keras_impl", "KerasClassifier", "the keras backend's code on Keras's JAX backend",
-                    {"KERAS_BACKEND": "jax"}),
+                    {"KERAS_BACKEND": "jax"}, "jax"),
     )
 }
 

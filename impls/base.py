@@ -64,8 +64,9 @@ class Classifier(ABC):
         threadpool_limits(limits=threads)
 
     @classmethod
-    def lacks(cls, model: ModelConfig, train: TrainConfig, variant: str) -> str | None:
-        """None if this configuration is supported, else the reason it is not (shown as a skip)."""
+    def lacks(cls, model: ModelConfig, train: TrainConfig, variant: str, device: str) -> str | None:
+        """None if `variant` supports this configuration on `device`, else the reason it does not
+        (a run gets status `unsupported` with it; the conformance suite shows it as a skip)."""
         return None
 
     @abstractmethod
@@ -93,6 +94,10 @@ class Classifier(ABC):
 
     def sync(self) -> None:
         """Block until all queued device work is done, so the harness's clock reads honest times."""
+
+    def peak_gpu_memory_mb(self) -> float | None:
+        """Peak device memory this process allocated on the GPU so far; None on the CPU."""
+        return None
 
     def framework_version(self) -> str:
         """The framework's version string, recorded with every result."""

@@ -136,5 +136,10 @@ class JaxClassifier(Classifier):
     def predict_logits(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.logits(self.params, jax.device_put(x, self.jax_device)), dtype=np.float32)
 
+    def peak_gpu_memory_mb(self) -> float | None:
+        if self.jax_device.platform != "gpu":
+            return None
+        return (self.jax_device.memory_stats() or {}).get("peak_bytes_in_use", 0) / 2**20
+
     def sync(self) -> None:
         jax.block_until_ready(self.params)

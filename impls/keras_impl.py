@@ -66,11 +66,15 @@ class StepLosses(keras.metrics.Metric):
 
 
 class KerasClassifier(Classifier):
-    """`default` compiles as Keras does by default (`jit_compile="auto"`: eager on torch, XLA on
-    JAX, XLA on TensorFlow only with a GPU); `xla` forces `jit_compile=True` (torch.compile on torch)."""
+    """`default`: Keras's own compilation choice (`jit_compile="auto"`: eager on torch, XLA on JAX,
+    XLA on TensorFlow only with a GPU) and STEPS_PER_EXECUTION steps per call (one on torch).
+    `xla`: the same with `jit_compile=True` (torch.compile on torch). `tutorial`: seed 003's way:
+    a tf.data pipeline mapped element by element and batched, fit one step per call, with the
+    seed's accuracy metric."""
 
     adam_form = "keras"
-    variants = ("default", "xla")
+    variants = ("default", "xla", "tutorial")
+    STEPS_PER_EXECUTION = 64  # steps per compiled call; the step-loss metric still records each step
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -118,8 +122,15 @@ class KerasClassifier(Classifier):
         """(Re)compile: a fresh optimiser (its state reset) and a step-loss buffer for an epoch."""
         capacity = max(-(-len(self.x_train) // self.train.batch_size), self.train.steps_per_epoch)
         self.step_losses = StepLosses(self.loss_fn, capacity)
-        self.net.compile(optimizer=self.make_optimizer(), loss=self.loss_fn, metrics=[self.step_losses],
-                         jit_compile=True if self.variant == "xla" else "auto")
+        tutorial = self.variant == "tutorial"
+        self.net.compile(optimizer=self.make_optimizer(), loss=self.loss_fn,
+                         metrics=[self.step_losses, "accuracy"] if tutorial else [self.step_losses],
+                         jit_compile=True if self.variant == "xla" else "auto",
+                         steps_per_execution=self.steps_per_execution())
+
+    def steps_per_execution(self) -> int:
+        """Several steps per call, except in the tutorial and on torch, where Keras allows only one."""
+        return 1 if self.variant == "tutorial" or keras.backend.backend() == "torch" else self.STEPS_PER_EXECUTION
 
     def set_weights(self, weights: list[np.ndarray]) -> None:
         self.net.set_weights(weights)
@@ -135,8 +146,20 @@ class KerasClassifier(Classifier):
 
     def train_epoch(self, order: np.ndarray, batch_size: int) -> np.ndarray:
         with keras.device(self.keras_device):
-            self.net.fit(self.x_train[order], self.y_train[order], batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
+            if self.variant == "tutorial":
+                self.net.fit(self.tutorial_dataset(order, batch_size), epochs=1, verbose=0)
+            else:
+                self.net.fit(self.x_train[order], self.y_train[order], batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
         return self.step_losses.read()
+
+    def tutorial_dataset(self, order: np.ndarray, batch_size: int):
+        """Seed 003's input pipeline: from_tensor_slices, a per-element map to float32, batch."""
+        import tensorflow as tf
+
+        def normalize(images, labels):
+            return tf.cast(images, tf.float32), labels
+
+        return tf.data.Dataset.from_tensor_slices((self.x_train[order], self.y_train[order])).map(normalize).batch(batch_size)
 
     def predict_logits(self, x: np.ndarray) -> np.ndarray:
         with keras.device(self.keras_device):

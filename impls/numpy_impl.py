@@ -1,10 +1,14 @@
 """NumPy with hand-written backprop: the oracle every framework is checked against.
 
-Float32 throughout, with buffers allocated once per batch size and in-place optimiser updates, so
-its speed measures NumPy's BLAS rather than Python allocation churn.
+`default`: float32 throughout, with buffers allocated once per batch size and in-place optimiser
+updates, so its speed measures NumPy's BLAS rather than Python allocation churn. `tutorial`: seed
+002's loop as written there — layer objects in an OrderedDict, float64 parameters, a fresh batch
+copy and fresh arrays every step — on the harness's weights and batch order.
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 import numpy as np
 
@@ -35,14 +39,68 @@ def scale_by_derivative(name: str, grad: np.ndarray, h: np.ndarray) -> None:
         grad *= 1 - h * h
 
 
+class Affine:
+    """Seed 002's affine layer: keeps its input for the backward pass."""
+
+    def __init__(self, W: np.ndarray, b: np.ndarray) -> None:
+        self.W, self.b = W, b
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self.x = x
+        return np.dot(x, self.W) + self.b
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        self.dW = np.dot(self.x.T, dout)
+        self.db = np.sum(dout, axis=0)
+        return np.dot(dout, self.W.T)
+
+
+class Relu:
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self.mask = x <= 0
+        out = x.copy()
+        out[self.mask] = 0
+        return out
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        dout[self.mask] = 0
+        return dout
+
+
+class SoftmaxWithLoss:
+    """Seed 002's output layer, with the project's cross-entropy (log-sum-exp, not p + 1e-7)."""
+
+    def forward(self, x: np.ndarray, t: np.ndarray) -> float:
+        shifted = x - x.max(axis=1, keepdims=True)
+        self.y = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+        self.t = t
+        return float(np.mean(np.log(np.exp(shifted).sum(axis=1)) - shifted[np.arange(len(t)), t]))
+
+    def backward(self) -> np.ndarray:
+        dx = self.y.copy()
+        dx[np.arange(len(self.t)), self.t] -= 1
+        return dx / len(self.t)
+
+
 class NumpyClassifier(Classifier):
+    variants = ("default", "tutorial")
     dtype = np.float32  # float64 only in the finite-difference tests, where float32 rounding would swamp the check
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
+        if self.variant == "tutorial":
+            self.dtype = np.float64  # seed 002's parameters are float64 (np.random.randn)
         self.rng = np.random.default_rng(self.seed)
         self.buffers: dict[int, dict[str, list[np.ndarray]]] = {}
         self.layers = len(self.sizes) - 1
+
+    @classmethod
+    def lacks(cls, model, train, variant: str, device: str) -> str | None:
+        seed_loop = (model.hidden_activation == "relu" and model.output_activation == "none" and train.loss == "cross_entropy"
+                     and train.optimizer == "sgd" and model.dropout == 0)
+        if variant == "tutorial" and not seed_loop:
+            return "tutorial is seed 002's loop: ReLU, softmax cross-entropy on logits, plain SGD, no dropout"
+        return None
 
     def framework_version(self) -> str:
         return np.__version__
@@ -196,6 +254,8 @@ class NumpyClassifier(Classifier):
             s *= self.dtype(np.float32(t.lr) * np.sqrt(correction2) / correction1)
 
     def train_epoch(self, order: np.ndarray, batch_size: int) -> np.ndarray:
+        if self.variant == "tutorial":
+            return self.train_epoch_tutorial(order, batch_size)
         losses = []
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
@@ -203,6 +263,31 @@ class NumpyClassifier(Classifier):
             np.take(self.x_train, idx, axis=0, out=x)
             losses.append(self.loss_and_gradients(x, self.y_train[idx], masks=self.dropout_masks(len(idx))))
             self.apply_gradients()
+        return np.asarray(losses)
+
+    def train_epoch_tutorial(self, order: np.ndarray, batch_size: int) -> np.ndarray:
+        """Seed 002's training loop: gradient(), then params[key] -= learning_rate * grad[key]."""
+        names = [f"{kind}{i}" for i in range(1, self.layers + 1) for kind in ("W", "b")]
+        params = dict(zip(names, self.params))  # the same arrays: updates land in self.params
+        layers = OrderedDict()
+        for i in range(1, self.layers + 1):
+            layers[f"Affine{i}"] = Affine(params[f"W{i}"], params[f"b{i}"])
+            if i < self.layers:
+                layers[f"Relu{i}"] = Relu()
+        last_layer = SoftmaxWithLoss()
+        losses = []
+        for start in range(0, len(order), batch_size):
+            batch_mask = order[start : start + batch_size]
+            x_batch, t_batch = self.x_train[batch_mask], self.y_train[batch_mask]
+            for layer in layers.values():
+                x_batch = layer.forward(x_batch)
+            losses.append(last_layer.forward(x_batch, t_batch))
+            dout = last_layer.backward()
+            for layer in reversed(layers.values()):
+                dout = layer.backward(dout)
+            for i in range(1, self.layers + 1):
+                params[f"W{i}"] -= self.train.lr * layers[f"Affine{i}"].dW
+                params[f"b{i}"] -= self.train.lr * layers[f"Affine{i}"].db
         return np.asarray(losses)
 
     def predict_logits(self, x: np.ndarray) -> np.ndarray:

@@ -1,6 +1,11 @@
 """TensorFlow's low-level API as in seeds 000 and 001: tf.Variable weights, a GradientTape, updates
-applied with assign ops, optimiser state in tf.Variables. One tf.function runs a whole epoch
-(AutoGraph turns the batch loop into a tf.while_loop), so Python is not on the per-step path."""
+applied with assign ops, optimiser state in tf.Variables.
+
+`default`: one tf.function runs a whole epoch (AutoGraph turns the batch loop into a
+tf.while_loop), so Python is not on the per-step path. `xla`: one XLA-compiled (jit_compile) step
+per batch, called from Python (XLA needs static shapes; the short last batch compiles once more).
+`tutorial`: seed 000's loop: eager GradientTape steps on batches sliced from host NumPy arrays.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,8 @@ def tf_gpu_devices() -> list:
 
 
 class TFClassifier(Classifier):
+    variants = ("default", "xla", "tutorial")
+
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.tf_device = "/GPU:0" if self.device == "gpu" else "/CPU:0"
@@ -30,6 +37,7 @@ class TFClassifier(Classifier):
             self.run_epoch,
             input_signature=[tf.TensorSpec([None], tf.int64), tf.TensorSpec([], tf.int64)],
         )
+        self.xla_step = tf.function(self.train_step, jit_compile=True)
 
     def param_shapes(self) -> list[tuple[int, ...]]:
         shapes = []
@@ -65,6 +73,7 @@ class TFClassifier(Classifier):
         return [p.numpy() for p in self.params]
 
     def prepare(self, x_train: np.ndarray, y_train: np.ndarray) -> None:
+        self.x_host, self.y_host = x_train, y_train  # the tutorial slices these, as seed 000 does
         with tf.device(self.tf_device):
             self.x_train = tf.constant(x_train)
             self.y_train = tf.constant(y_train)
@@ -114,8 +123,9 @@ class TFClassifier(Classifier):
                 p.assign_sub(step_size * m / (tf.sqrt(v) / correction2_sqrt + t.adam_eps))
 
     def train_step(self, idx: tf.Tensor) -> tf.Tensor:
-        x = tf.gather(self.x_train, idx)
-        y = tf.gather(self.y_train, idx)
+        return self.step(tf.gather(self.x_train, idx), tf.gather(self.y_train, idx))
+
+    def step(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
             loss = self.loss(self.forward(x, training=True), y)
         self.apply_gradients(tape.gradient(loss, self.params))
@@ -133,6 +143,12 @@ class TFClassifier(Classifier):
 
     def train_epoch(self, order: np.ndarray, batch_size: int) -> np.ndarray:
         with tf.device(self.tf_device):
+            if self.variant == "tutorial":
+                batches = (order[i : i + batch_size] for i in range(0, len(order), batch_size))
+                return np.array([float(self.step(self.x_host[idx], self.y_host[idx])) for idx in batches])
+            if self.variant == "xla":
+                order_t = tf.constant(order, tf.int64)
+                return tf.stack([self.xla_step(order_t[i : i + batch_size]) for i in range(0, len(order), batch_size)]).numpy()
             return self.epoch_fn(tf.constant(order, tf.int64), tf.constant(batch_size, tf.int64)).numpy()
 
     def predict_logits(self, x: np.ndarray) -> np.ndarray:

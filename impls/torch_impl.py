@@ -1,6 +1,11 @@
-"""PyTorch as in seed 004: an nn.Module, torch.optim, torch.nn.functional losses. The training set
-lives on the device from `prepare` on; batches are taken by indexing it there, and the step losses
-stay on the device until the epoch ends (no per-step host synchronisation)."""
+"""PyTorch as in seed 004: an nn.Module, torch.optim, torch.nn.functional losses.
+
+`default`: the training set lives on the device from `prepare` on; batches are taken by indexing it
+there, and the step losses stay on the device until the epoch ends (no per-step host sync).
+`compile`: the same with the module compiled by torch.compile. `cudagraphs` (GPU only): compiled
+with mode="reduce-overhead", which replays each step as a CUDA graph. `tutorial`: seed 004's loop:
+a DataLoader over a TensorDataset collating every batch on the host, `loss.item()` every step.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from bench.config import PROB_CLIP
 from impls.base import Classifier
@@ -33,11 +39,21 @@ class MLP(nn.Module):
 
 
 class TorchClassifier(Classifier):
+    variants = ("default", "compile", "cudagraphs", "tutorial")
+
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.torch_device = torch.device("cuda" if self.device == "gpu" else "cpu")
         torch.manual_seed(self.seed)  # dropout masks come from torch's generator
         self.net = MLP(self.sizes, self.model.hidden_activation, self.model.dropout).to(self.torch_device)
+        compile_modes = {"compile": "default", "cudagraphs": "reduce-overhead"}
+        self.call = torch.compile(self.net, mode=compile_modes[self.variant]) if self.variant in compile_modes else self.net
+
+    @classmethod
+    def lacks(cls, model, train, variant: str, device: str) -> str | None:
+        if variant == "cudagraphs" and device != "gpu":
+            return "CUDA graphs need a GPU"
+        return None
 
     @classmethod
     def available(cls, device: str) -> tuple[bool, str]:
@@ -76,6 +92,7 @@ class TorchClassifier(Classifier):
         return weights
 
     def prepare(self, x_train: np.ndarray, y_train: np.ndarray) -> None:
+        self.x_host, self.y_host = x_train, y_train  # the tutorial's DataLoader reads these
         self.x_train = torch.from_numpy(x_train).to(self.torch_device)
         self.y_train = torch.from_numpy(y_train).to(self.torch_device)
 
@@ -91,20 +108,38 @@ class TorchClassifier(Classifier):
 
     def train_epoch(self, order: np.ndarray, batch_size: int) -> np.ndarray:
         self.net.train()
+        if self.variant == "tutorial":
+            return self.train_epoch_tutorial(order, batch_size)
         order_t = torch.from_numpy(order).to(self.torch_device)
         losses = []
         for idx in torch.split(order_t, batch_size):
-            loss = self.loss(self.net(self.x_train[idx]), self.y_train[idx])
+            loss = self.loss(self.call(self.x_train[idx]), self.y_train[idx])
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             losses.append(loss.detach())
         return torch.stack(losses).cpu().numpy()
 
+    def train_epoch_tutorial(self, order: np.ndarray, batch_size: int) -> np.ndarray:
+        """Seed 004's fit loop and loss_batch, with the harness's order as the DataLoader's sampler."""
+        loader = DataLoader(TensorDataset(torch.from_numpy(self.x_host), torch.from_numpy(self.y_host)),
+                            batch_size=batch_size, sampler=order.tolist())
+        losses = []
+        for xb, yb in loader:
+            loss = self.loss(self.net(xb.to(self.torch_device)), yb.to(self.torch_device))
+            loss.backward()
+            self.optimizer.step()
+            self.optimizer.zero_grad()
+            losses.append(loss.item())
+        return np.asarray(losses)
+
     def predict_logits(self, x: np.ndarray) -> np.ndarray:
         self.net.eval()
         with torch.no_grad():
-            return self.net(torch.from_numpy(x).to(self.torch_device)).cpu().numpy()
+            return self.call(torch.from_numpy(x).to(self.torch_device)).cpu().numpy()
+
+    def peak_gpu_memory_mb(self) -> float | None:
+        return torch.cuda.max_memory_allocated() / 2**20 if self.torch_device.type == "cuda" else None
 
     def sync(self) -> None:
         if self.torch_device.type == "cuda":

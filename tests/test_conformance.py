@@ -52,7 +52,7 @@ def backend(request):
 
 def build(cls, model: ModelConfig, train: TrainConfig, data, *, seed: int = 0, n_train: int | None = None):
     """A backend instance with the harness's initial weights, prepared on (a prefix of) `data`."""
-    reason = cls.lacks(model, train, "default")
+    reason = cls.lacks(model, train, "default", "cpu")
     if reason:
         pytest.skip(f"{cls.__name__} declares: {reason}")
     classifier = cls(model=model, train=train, input_size=data.input_size, num_classes=data.num_classes, device="cpu", seed=seed)

@@ -21,7 +21,8 @@ TIME_COLUMNS = ["setup_s", "first_epoch_s", "median_epoch_s", "total_train_s", "
 
 def framebench(tmp_path, *args, fake_mode="ok", timeout=300):
     env = {**os.environ, "FRAMEBENCH_PLUGINS": "fake=tests.fake_backend:FakeClassifier", "FAKE_MODE": fake_mode}
-    return subprocess.run([sys.executable, "-m", "bench", *args, "--results-dir", str(tmp_path)],
+    floors = ["--no-floors"] if args and args[0] == "run" else []
+    return subprocess.run([sys.executable, "-m", "bench", *args, *floors, "--results-dir", str(tmp_path)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -89,6 +90,7 @@ def test_gpu_requested_but_absent_is_a_row_not_a_crash(tmp_path):
     runs = load_results(run_dir(result))["runs"].set_index("device")
     assert runs.loc["cpu", "status"] == "ok"
     assert runs.loc["gpu", "status"] == "unavailable" and "CPU only" in runs.loc["gpu", "error"]
+    assert "not run: numpy/default on gpu: unavailable: NumpyClassifier runs on the CPU only" in result.stdout
 
 
 @pytest.mark.parametrize("args, message", [

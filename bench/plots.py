@@ -1,0 +1,130 @@
+"""Figures of a results directory (PNG, beside the tables). Each backend keeps one colour in every
+figure; variants differ by line style and devices by marker, so a line is identifiable at a glance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import pandas as pd  # noqa: E402
+
+from impls import REGISTRY  # noqa: E402
+
+PALETTE = plt.get_cmap("tab10").colors
+LINESTYLES = ["-", "--", ":", "-."]
+MARKERS = {"cpu": "o", "gpu": "s"}
+SERIES = ["backend", "variant", "device"]
+
+
+def colour(backend: str):
+    names = list(REGISTRY)
+    return PALETTE[(names.index(backend) if backend in names else sum(map(ord, backend))) % len(PALETTE)]
+
+
+def style(backend: str, variant: str, device: str, variants: list[str]) -> dict:
+    return {
+        "color": colour(backend),
+        "linestyle": LINESTYLES[variants.index(variant) % len(LINESTYLES)],
+        "marker": MARKERS.get(device, "^"),
+        "label": f"{backend}/{variant} ({device})" if len(variants) > 1 else f"{backend} ({device})",
+    }
+
+
+def first_repeat(table: pd.DataFrame) -> pd.DataFrame:
+    """Curves show repeat 0 of each series: one line each, no averaging across different seeds."""
+    return table[table["repeat"] == table["repeat"].min()] if not table.empty else table
+
+
+def plot_losses(steps: pd.DataFrame, epochs: pd.DataFrame, variants: list[str], path: Path) -> None:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+    for (backend, variant, device), group in first_repeat(steps).groupby(SERIES, sort=False):
+        group = group.reset_index(drop=True)
+        line = style(backend, variant, device, variants) | {"marker": None, "linewidth": 0.8, "alpha": 0.85}
+        left.plot(group.index + 1, group["loss"], **line)
+    for (backend, variant, device), group in first_repeat(epochs).groupby(SERIES, sort=False):
+        right.plot(group["epoch"], group["test_loss"], **style(backend, variant, device, variants))
+    left.set(title="Training loss per step (repeat 1; identical backends overlap)", xlabel="optimisation step", ylabel="training loss (log scale)", yscale="log")
+    right.set(title="Test loss per epoch (repeat 1)", xlabel="epoch", ylabel="test loss (log scale)", yscale="log")
+    for axes in (left, right):
+        axes.grid(alpha=0.3, which="both")
+        axes.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_accuracy(epochs: pd.DataFrame, variants: list[str], path: Path) -> None:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+    for (backend, variant, device), group in first_repeat(epochs).groupby(SERIES, sort=False):
+        line = style(backend, variant, device, variants)
+        left.plot(group["epoch"], 100 * group["test_acc"], **line)
+        right.plot(group["epoch_s"].cumsum(), 100 * group["test_acc"], **line)
+    left.set(title="Test accuracy per epoch (repeat 1)", xlabel="epoch", ylabel="test accuracy (%)")
+    right.set(title="Test accuracy against training time (repeat 1)", xlabel="cumulative training time (s)",
+              ylabel="test accuracy (%)")
+    for axes in (left, right):
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_epoch_times(summary: pd.DataFrame, path: Path) -> None:
+    """Steady-state epoch time (median over repeats), whiskers from the fastest to the slowest repeat."""
+    table = summary.dropna(subset=["median_epoch_s"])
+    labels = [f"{b}/{v}\n{d}" for b, v, d in zip(table["backend"], table["variant"], table["device"])]
+    fig, axes = plt.subplots(figsize=(max(6, 1.1 * len(table) + 2), 4.8))
+    errors = [table["median_epoch_s"] - table["min_epoch_s"], table["max_epoch_s"] - table["median_epoch_s"]]
+    axes.bar(labels, table["median_epoch_s"], yerr=errors, capsize=4, color=[colour(b) for b in table["backend"]])
+    for x, (value, top, runs) in enumerate(zip(table["median_epoch_s"], table["max_epoch_s"], table["runs_ok"])):
+        axes.annotate(f"{value:.3g} s (n={runs})", (x, top), ha="center", va="bottom", fontsize=8,
+                      xytext=(0, 4), textcoords="offset points")
+    axes.set(title="Steady-state epoch time\n(bar: median over repeats; whiskers: fastest to slowest repeat)",
+             ylabel="seconds per epoch")
+    axes.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_speedup(summary: pd.DataFrame, path: Path) -> bool:
+    """GPU-over-CPU speed-up per backend/variant; drawn only when both devices have results."""
+    times = summary.pivot_table(index=["backend", "variant"], columns="device", values="median_epoch_s")
+    if not {"cpu", "gpu"} <= set(times.columns):
+        return False
+    speedup = (times["cpu"] / times["gpu"]).dropna()
+    if speedup.empty:
+        return False
+    fig, axes = plt.subplots(figsize=(max(6, 1.1 * len(speedup) + 2), 4.8))
+    labels = [f"{b}/{v}" for b, v in speedup.index]
+    axes.bar(labels, speedup.values, color=[colour(b) for b, _ in speedup.index])
+    axes.axhline(1.0, color="black", linewidth=0.8)
+    for x, value in enumerate(speedup.values):
+        axes.annotate(f"{value:.2f}x", (x, value), ha="center", va="bottom", fontsize=8, xytext=(0, 3), textcoords="offset points")
+    axes.set(title="GPU speed-up over CPU (steady-state epoch time, CPU / GPU)", ylabel="speed-up (x)")
+    axes.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def draw_all(directory: Path, tables: dict, summary: pd.DataFrame) -> list[str]:
+    """Draw every figure that the data supports; returns the file names written."""
+    ok_runs = tables["runs"][tables["runs"]["status"] == "ok"]
+    variants = list(dict.fromkeys(tables["runs"]["variant"]))
+    written = []
+    if not tables["epochs"].empty:
+        plot_losses(tables["steps"], tables["epochs"], variants, directory / "loss.png")
+        plot_accuracy(tables["epochs"], variants, directory / "accuracy.png")
+        written += ["loss.png", "accuracy.png"]
+    if not ok_runs.empty:
+        plot_epoch_times(summary, directory / "epoch_time.png")
+        written.append("epoch_time.png")
+    if plot_speedup(summary, directory / "speedup.png"):
+        written.append("speedup.png")
+    return written

@@ -1,0 +1,46 @@
+"""pytest-benchmark micro-benchmarks: one training step and one prediction pass per backend, through
+the Classifier interface, on real MNIST. Benchmarks, not tests: nothing here asserts a time.
+
+`make bench-steps` runs them, each Keras backend in its own pytest process (KERAS_BACKEND is fixed
+at import), saving every run (--benchmark-autosave) so --benchmark-compare shows changes between
+commits."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from bench.config import PRESETS
+from bench.harness import epoch_order, initial_weights
+from impls import load_backend
+from tests.conftest import conformance_backends, mnist, needs_own_process  # noqa: F401  (mnist is a fixture)
+
+PRESET = PRESETS["mlp"]
+HOSTED = [name for name in conformance_backends() if not needs_own_process(name)]
+
+
+@pytest.fixture(params=HOSTED, scope="module")
+def classifier(request, mnist):  # noqa: F811
+    cls = load_backend(request.param)
+    cls.configure(threads=os.cpu_count(), tf32=False)
+    instance = cls(model=PRESET.model, train=PRESET.train, input_size=784, num_classes=10, device="cpu", seed=0)
+    instance.set_weights(initial_weights(instance.sizes, PRESET.model, 0))
+    instance.prepare(mnist.x_train, mnist.y_train)
+    return instance
+
+
+def test_train_step(benchmark, classifier):
+    """One optimisation step of batch 128 (train_epoch over a one-batch order, then sync)."""
+    order = epoch_order(PRESET.train, 60_000, seed=0, epoch=0)[: PRESET.train.batch_size]
+    classifier.train_epoch(order, PRESET.train.batch_size)  # warm-up: tracing and compilation
+    benchmark.extra_info["backend"] = type(classifier).__name__
+    benchmark(lambda: (classifier.train_epoch(order, PRESET.train.batch_size), classifier.sync()))
+
+
+def test_predict(benchmark, classifier, mnist):  # noqa: F811
+    """Logits of the 10,000 test images."""
+    x = np.ascontiguousarray(mnist.x_test)
+    classifier.predict_logits(x)
+    benchmark(classifier.predict_logits, x)
