@@ -116,7 +116,9 @@ def probe_devices(devices: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(d for d in ("cpu", "gpu") if d in devices or "auto" in devices)
 
 
-def command_run(args: argparse.Namespace) -> int:
+def command_run(args: argparse.Namespace, implemented: dict[str, tuple[str, ...]] | None = None) -> int:
+    """Run the matrix; with `implemented` (backend -> its variants), requested variants a backend
+    lacks are left out instead of becoming `unsupported` rows."""
     model, train = resolve(args.preset, overrides(args, ModelConfig), overrides(args, TrainConfig))
     backends = split_list(args.backends, REGISTRY, "backend")
     devices = split_list(args.device, DEVICES, "device")
@@ -133,8 +135,10 @@ def command_run(args: argparse.Namespace) -> int:
               "model": dataclasses.asdict(model), "train": dataclasses.asdict(train)}
     write_json(directory, "config.json", config)
     write_json(directory, "env.json", environment(args.threads))
-    matrix = Matrix(backends=backends, variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()), devices=devices,
-                    repeats=args.repeats, seed=args.seed, vary_seed=not args.same_seed)
+    requested = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    variants = {b: tuple(v for v in requested if implemented is None or v in implemented[b]) for b in backends}
+    matrix = Matrix(backends=backends, variants=variants, devices=devices, repeats=args.repeats, seed=args.seed,
+                    vary_seed=not args.same_seed)
     template = Job(run_id=run_id, backend="", variant="", device="", dataset=dataset, data_dir=args.data_dir, preset=args.preset,
                    config={"model": config["model"], "train": config["train"]}, repeat=0, seed=args.seed, threads=args.threads, tf32=args.tf32,
                    target_acc=config["target_acc"])
@@ -213,6 +217,8 @@ def command_check(args: argparse.Namespace) -> int:
 def command_perf(args: argparse.Namespace) -> int:
     """One `run` per preset (each its own results directory), then one table over all of them."""
     perf_id = new_run_id()
+    backends = split_list(args.backends, REGISTRY, "backend")
+    implemented = {name: tuple(describe_backend(name).get("variants", ())) for name in backends}
     directories = []
     for preset in split_list(args.presets, PRESETS, "preset"):
         run_args = build_parser().parse_args([
@@ -220,7 +226,7 @@ def command_perf(args: argparse.Namespace) -> int:
             "--epochs", str(args.epochs), "--threads", str(args.threads), "--results-dir", args.results_dir,
             "--run-id", f"perf-{perf_id}-{preset}",
         ])
-        command_run(run_args)
+        command_run(run_args, implemented)
         directories.append(Path(args.results_dir) / run_args.run_id)
     table = perf_table([load_results(d)["runs"] for d in directories])
     print(format_table(table))

@@ -27,7 +27,7 @@ THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
 @dataclass(frozen=True)
 class Matrix:
     backends: tuple[str, ...]  # registry names, in the order each round visits them
-    variants: tuple[str, ...]  # variants to run for every backend
+    variants: dict[str, tuple[str, ...]]  # backend -> the variants to run for it
     devices: tuple[str, ...]  # "cpu", "gpu" or "auto"
     repeats: int  # rounds over all backends
     seed: int  # seed of the first repeat
@@ -44,7 +44,7 @@ def plan(matrix: Matrix, template: Job) -> list[Job]:
         for repeat in range(matrix.repeats)
         for device in matrix.devices
         for backend in matrix.backends
-        for variant in matrix.variants
+        for variant in matrix.variants[backend]
     ]
 
 

@@ -149,8 +149,16 @@ class KerasClassifier(Classifier):
             if self.variant == "tutorial":
                 self.net.fit(self.tutorial_dataset(order, batch_size), epochs=1, verbose=0)
             else:
-                self.net.fit(self.x_train[order], self.y_train[order], batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
+                x = self.epoch_buffer(len(order))
+                np.take(self.x_train, order, axis=0, out=x)
+                self.net.fit(x, self.y_train[order], batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
         return self.step_losses.read()
+
+    def epoch_buffer(self, n: int) -> np.ndarray:
+        """The epoch's inputs in batch order, gathered into one reused array (no 188 MB allocation per epoch)."""
+        if getattr(self, "x_epoch", None) is None or len(self.x_epoch) != n:
+            self.x_epoch = np.empty((n, self.sizes[0]), np.float32)
+        return self.x_epoch
 
     def tutorial_dataset(self, order: np.ndarray, batch_size: int):
         """Seed 003's input pipeline: from_tensor_slices, a per-element map to float32, batch."""
