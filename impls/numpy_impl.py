@@ -13,6 +13,7 @@ from collections import OrderedDict
 import numpy as np
 
 from bench.config import PROB_CLIP
+from bench.metrics import output_activation
 from impls.base import Classifier
 
 
@@ -174,25 +175,17 @@ class NumpyClassifier(Classifier):
                 grad[rows, y] -= 1
             grad /= n
             return float(loss)
-        out = self.apply_output_activation(z)
+        out = output_activation(z, self.model).copy()  # becomes out - onehot in place; z must survive
         out[rows, y] -= 1  # out - onehot
         loss = float((out * out).mean())
         np.multiply(out, 2.0 / (n * classes), out=grad)
         if self.model.output_activation == "relu":
             grad *= z > 0
         elif self.model.output_activation == "softmax":
-            p = self.apply_output_activation(z)
+            p = output_activation(z, self.model)
             grad -= (grad * p).sum(axis=1, keepdims=True)
             grad *= p
         return loss
-
-    def apply_output_activation(self, z: np.ndarray) -> np.ndarray:
-        if self.model.output_activation == "softmax":
-            e = np.exp(z - z.max(axis=1, keepdims=True))
-            return e / e.sum(axis=1, keepdims=True)
-        if self.model.output_activation == "relu":
-            return np.maximum(z, 0)
-        return z.copy()
 
     def loss_and_gradients(self, x: np.ndarray, y: np.ndarray, *, masks: list[np.ndarray] | None) -> float:
         """Forward and backward for one batch; the gradients land in `self.grads`."""
