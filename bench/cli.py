@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     perf = commands.add_parser("perf", help="the speed matrix: backends x variants on several presets, with floors")
     perf.add_argument("--presets", default="seed000,seed003,mlp")
     perf.add_argument("--backends", default="all")
-    perf.add_argument("--variants", default="default,tutorial,xla,compile")
+    perf.add_argument("--variants", default="default,tutorial,auto,xla,compile")
     perf.add_argument("--repeats", type=int, default=2)
     perf.add_argument("--epochs", type=int, default=3, help="epochs per run (the first is excluded from the steady state)")
     perf.add_argument("--threads", type=int, default=os.cpu_count())
@@ -215,14 +215,19 @@ def command_check(args: argparse.Namespace) -> int:
 
 
 def command_perf(args: argparse.Namespace) -> int:
-    """One `run` per preset (each its own results directory), then one table over all of them."""
+    """One `run` per preset (each its own results directory), then one table over all of them. A
+    seed's own preset that is not among --presets is run too, for that seed's backend only, so the
+    table always holds each tutorial on the configuration it was written for."""
     perf_id = new_run_id()
     backends = split_list(args.backends, REGISTRY, "backend")
     implemented = {name: tuple(describe_backend(name).get("variants", ())) for name in backends}
+    presets = split_list(args.presets, PRESETS, "preset")
+    matrix = [(preset, args.backends) for preset in presets]
+    matrix += [(p.name, p.seed_backend) for p in PRESETS.values() if p.seed_backend in backends and p.name not in presets]
     directories = []
-    for preset in split_list(args.presets, PRESETS, "preset"):
+    for preset, preset_backends in matrix:
         run_args = build_parser().parse_args([
-            "run", "--preset", preset, "--backends", args.backends, "--variants", args.variants, "--repeats", str(args.repeats),
+            "run", "--preset", preset, "--backends", preset_backends, "--variants", args.variants, "--repeats", str(args.repeats),
             "--epochs", str(args.epochs), "--threads", str(args.threads), "--results-dir", args.results_dir,
             "--run-id", f"perf-{perf_id}-{preset}",
         ])

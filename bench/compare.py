@@ -35,7 +35,7 @@ def per_key(runs: pd.DataFrame) -> pd.DataFrame:
 def environment_differences(base: dict, new: dict, joined: pd.DataFrame) -> tuple[list[str], list[str]]:
     """(differences that make timings incomparable, other differences worth saying)."""
     blocking, notes = [], []
-    for field in ("machine", "cpu", "cores"):
+    for field in ("machine", "cpu", "cores", "kernel_settings"):
         if base["env"].get(field) != new["env"].get(field):
             blocking.append(f"{field}: {base['env'].get(field)} -> {new['env'].get(field)}")
     threads = joined[joined["threads_base"] != joined["threads_new"]]

@@ -90,6 +90,7 @@ class Preset:
     train: TrainConfig  # the optimisation
     source: str  # where it comes from, shown by `framebench list`
     target_acc: float  # test accuracy whose first crossing times time-to-accuracy (--target-acc overrides)
+    seed_backend: str | None = None  # backend whose `tutorial` variant is this seed's own loop (`perf` times it here)
 
 
 PRESETS: dict[str, Preset] = {
@@ -110,6 +111,7 @@ PRESETS: dict[str, Preset] = {
             train=TrainConfig(optimizer="sgd", lr=1e-3, batch_size=128, epochs=10, shuffle=False),
             source="seed 000: TensorFlow low-level API, tf.Variable + GradientTape",
             target_acc=0.9,
+            seed_backend="tf",
         ),
         Preset(
             name="seed001",
@@ -128,6 +130,7 @@ PRESETS: dict[str, Preset] = {
             ),
             source="seed 002: NumPy two-layer net with hand-written backprop, batches drawn with replacement",
             target_acc=0.9,
+            seed_backend="numpy",
         ),
         Preset(
             name="seed003",
@@ -136,6 +139,7 @@ PRESETS: dict[str, Preset] = {
             train=TrainConfig(optimizer="adam", lr=1e-3, batch_size=32, epochs=5),
             source="seed 003: Keras Sequential on Fashion-MNIST",
             target_acc=0.85,
+            seed_backend="keras",
         ),
         Preset(
             name="seed004",
@@ -144,6 +148,7 @@ PRESETS: dict[str, Preset] = {
             train=TrainConfig(optimizer="sgd", lr=1e-3, batch_size=64, epochs=25),
             source="seed 004: PyTorch nn.Module with a DataLoader",
             target_acc=0.9,
+            seed_backend="torch",
         ),
         Preset(
             name="ci",

@@ -111,6 +111,22 @@ def gpu_info() -> list[dict]:
     ]
 
 
+KERNEL_ENV_VARS = ("OPENBLAS_CORETYPE", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "DNNL_MAX_CPU_ISA", "TF_ENABLE_ONEDNN_OPTS", "XLA_FLAGS")
+
+
+def kernel_settings() -> dict[str, str]:
+    """Environment variables that choose which CPU kernels the libraries run (set ones only), and
+    the instruction set NumPy's BLAS picked: on this project's machine OPENBLAS_CORETYPE=Haswell
+    holds OpenBLAS to AVX2 kernels on an AVX-512 CPU, which costs NumPy 40% of its GEMM speed."""
+    from threadpoolctl import threadpool_info
+
+    settings = {name: os.environ[name] for name in KERNEL_ENV_VARS if name in os.environ}
+    for pool in threadpool_info():
+        if pool.get("user_api") == "blas":
+            settings[f"blas:{pool['internal_api']}"] = f"{pool.get('version')} {pool.get('architecture')}"
+    return settings
+
+
 def git_commit() -> str:
     """HEAD of the framebench checkout, with '+dirty' when it has uncommitted changes."""
     root = Path(__file__).resolve().parent.parent
@@ -132,6 +148,7 @@ def environment(threads: int) -> dict:
         "os": platform.platform(),
         "machine": platform.node(),
         "gpus": gpu_info(),
+        "kernel_settings": kernel_settings(),
         "git_commit": git_commit(),
         "command": " ".join(sys.argv),
         "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),

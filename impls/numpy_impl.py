@@ -107,11 +107,19 @@ class NumpyClassifier(Classifier):
         return np.__version__
 
     def set_weights(self, weights: list[np.ndarray]) -> None:
-        self.params = [np.array(w, dtype=self.dtype) for w in weights]
-        self.grads = [np.empty_like(p) for p in self.params]
-        self.scratch = [np.empty_like(p) for p in self.params]
-        self.first_moment = [np.zeros_like(p) for p in self.params]
-        self.second_moment = [np.zeros_like(p) for p in self.params]
+        """Parameters, gradients and optimiser state are each one flat array, with per-layer views
+        into it, so an optimiser step is a dozen whole-model ufunc calls rather than a dozen per
+        tensor (seed003's Adam step: 0.21 ms -> measured in the closing note)."""
+        bounds = np.cumsum([0, *(w.size for w in weights)])
+
+        def flat_with_views() -> tuple[np.ndarray, list[np.ndarray]]:
+            flat = np.zeros(bounds[-1], self.dtype)
+            return flat, [flat[a:b].reshape(w.shape) for a, b, w in zip(bounds[:-1], bounds[1:], weights)]
+
+        (self.flat_params, self.params), (self.flat_grads, self.grads) = flat_with_views(), flat_with_views()
+        self.flat_scratch, self.first_moment, self.second_moment = (flat_with_views()[0] for _ in range(3))
+        for param, weight in zip(self.params, weights):
+            param[...] = weight
         self.step_count = 0
 
     def get_weights(self) -> list[np.ndarray]:
@@ -210,20 +218,27 @@ class NumpyClassifier(Classifier):
         """One in-place optimiser step from `self.grads`, with the same formulas as torch.optim."""
         t = self.train
         self.step_count += 1
-        for p, g, s, m, v in zip(self.params, self.grads, self.scratch, self.first_moment, self.second_moment):
-            if t.optimizer == "sgd":
-                np.multiply(g, t.lr, out=s)
-            elif t.optimizer == "momentum":
-                m *= t.momentum
-                m += g
-                np.multiply(m, t.lr, out=s)
-            else:
-                self.adam_direction(g, s, m, v)
-            p -= s
+        p, g, s, m = self.flat_params, self.flat_grads, self.flat_scratch, self.first_moment
+        if t.optimizer == "sgd":
+            np.multiply(g, t.lr, out=s)
+        elif t.optimizer == "momentum":
+            m *= t.momentum
+            m += g
+            np.multiply(m, t.lr, out=s)
+        else:
+            self.adam_direction()
+        p -= s
 
-    def adam_direction(self, g: np.ndarray, s: np.ndarray, m: np.ndarray, v: np.ndarray) -> None:
-        """Write Adam's step into `s`, in the form `adam_form` names (see Classifier)."""
+    def adam_direction(self) -> None:
+        """Write Adam's step into the scratch buffer, in the form `adam_form` names (see Classifier).
+
+        Both forms are lr / c1 * m / (sqrt(v) / sqrt(c2) + eps') with bias corrections c1, c2,
+        computed as lr * sqrt(c2) / c1 * m / (sqrt(v) + eps' * sqrt(c2)) to save a pass. The torch
+        form has eps' = eps and float64 corrections; the keras form adds eps to the uncorrected
+        sqrt(v), i.e. eps' * sqrt(c2) = eps, with corrections in float32 from float32 betas.
+        """
         t, step = self.train, self.step_count
+        g, s, m, v = self.flat_grads, self.flat_scratch, self.first_moment, self.second_moment
         np.subtract(g, m, out=s)
         s *= 1 - t.beta1
         m += s
@@ -231,20 +246,18 @@ class NumpyClassifier(Classifier):
         s -= v
         s *= 1 - t.beta2
         v += s
-        np.sqrt(v, out=s)
         if self.adam_form == "torch":
             correction1, correction2 = 1 - t.beta1**step, 1 - t.beta2**step
-            s /= self.dtype(np.sqrt(correction2))
-            s += self.dtype(t.adam_eps)
-            np.divide(m, s, out=s)
-            s *= self.dtype(t.lr / correction1)
+            eps, scale = t.adam_eps * np.sqrt(correction2), t.lr * np.sqrt(correction2) / correction1
         else:
             one, step32 = np.float32(1), np.float32(step)
             correction1 = one - np.power(np.float32(t.beta1), step32)
             correction2 = one - np.power(np.float32(t.beta2), step32)
-            s += self.dtype(t.adam_eps)
-            np.divide(m, s, out=s)
-            s *= self.dtype(np.float32(t.lr) * np.sqrt(correction2) / correction1)
+            eps, scale = t.adam_eps, np.float32(t.lr) * np.sqrt(correction2) / correction1
+        np.sqrt(v, out=s)
+        s += self.dtype(eps)
+        np.divide(m, s, out=s)
+        s *= self.dtype(scale)
 
     def train_epoch(self, order: np.ndarray, batch_size: int) -> np.ndarray:
         if self.variant == "tutorial":
