@@ -15,10 +15,10 @@ import pytest
 from bench.config import PRESETS
 from bench.harness import epoch_order, initial_weights
 from impls import load_backend
-from tests.conftest import conformance_backends, mnist, needs_own_process  # noqa: F401  (mnist is a fixture)
+from tests.conftest import conformance_cases, mnist, needs_own_process  # noqa: F401  (mnist is a fixture)
 
 PRESET = PRESETS["mlp"]
-HOSTED = [name for name in conformance_backends() if not needs_own_process(name)]
+HOSTED = [name for name, variant in conformance_cases() if variant == "default" and not needs_own_process(name)]
 
 
 @pytest.fixture(params=HOSTED, scope="module")

@@ -20,8 +20,27 @@ ONLY_BACKEND = "FRAMEBENCH_CONFORMANCE_ONLY"  # set in a child pytest that check
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # this process hosts the `keras` backend
 
 
-def conformance_backends() -> list[str]:
-    return [os.environ[ONLY_BACKEND]] if ONLY_BACKEND in os.environ else list(REGISTRY)
+def conformance_cases() -> list[tuple[str, str]]:
+    """(backend, variant) for every registered backend's variants but `tutorial`, whose loops are
+    the seeds' own (timed as baselines, not claimed equivalent); reading a class's variants imports
+    its module but does not select the backend, so foreign-environment backends are listed too."""
+    import importlib
+
+    names = [os.environ[ONLY_BACKEND]] if ONLY_BACKEND in os.environ else list(REGISTRY)
+    cases = []
+    for name in names:
+        spec = REGISTRY[name]
+        try:
+            variants = getattr(importlib.import_module(spec.module), spec.class_name).variants
+        except ImportError:
+            variants = ("default",)  # the backend fixture reports why it cannot be loaded
+        cases += [(name, variant) for variant in variants if variant != "tutorial"]
+    return cases
+
+
+def case_id(case: tuple[str, str]) -> str:
+    name, variant = case
+    return name if variant == "default" else f"{name}:{variant}"
 
 
 def needs_own_process(name: str) -> bool:
@@ -50,10 +69,11 @@ def child_outcomes(name: str, tmp_dir: str) -> dict[str, tuple[str, str]]:
 def pytest_pyfunc_call(pyfuncitem):
     """Report a foreign-environment backend's item with the outcome its child pytest measured."""
     callspec = getattr(pyfuncitem, "callspec", None)
-    name = callspec.params.get("backend") if callspec else None
-    if name is None or not needs_own_process(name):
+    case = callspec.params.get("backend") if callspec else None
+    if case is None or not needs_own_process(case[0]):
         return None
     tmp_dir = pyfuncitem.config._tmp_path_factory.getbasetemp()
+    name = case[0]
     outcome, message = child_outcomes(name, str(tmp_dir)).get(pyfuncitem.name, ("missing", "not run by the child pytest"))
     if outcome == "skipped":
         pytest.skip(message)

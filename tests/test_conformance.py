@@ -6,6 +6,7 @@ float32 tolerances stated (and justified) next to each check.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from bench.config import PRESETS, ModelConfig, TrainConfig
 from bench.errors import FrameBenchError
 from bench.harness import epoch_order, initial_weights
 from impls import load_backend
-from tests.conftest import conformance_backends, needs_own_process
+from tests.conftest import case_id, conformance_cases, needs_own_process
 from tests.oracle import Float64Numpy
 
 # float32 GEMMs summed in different orders (BLAS blocking, oneDNN, Eigen) differ by ~1e-7 relative
@@ -38,33 +39,42 @@ PRESET_STEPS_RTOL = 1e-4  # 20 steps of each preset's own configuration
 MLP = PRESETS["mlp"]
 
 
-@pytest.fixture(params=conformance_backends(), scope="module")
+@dataclass(frozen=True)
+class Case:
+    cls: type  # the backend's Classifier subclass
+    variant: str  # the implementation variant under test
+
+
+@pytest.fixture(params=conformance_cases(), ids=case_id, scope="module")
 def backend(request):
-    """The backend's class; a backend needing another process environment (KERAS_BACKEND) is run
-    by conftest's pytest_pyfunc_call in a child pytest instead, so here only its name is given."""
-    if needs_own_process(request.param):
-        return request.param
+    """The backend's class and variant; a backend needing another process environment
+    (KERAS_BACKEND) is run by conftest's pytest_pyfunc_call in a child pytest instead, so here
+    only its name is given."""
+    name, variant = request.param
+    if needs_own_process(name):
+        return name
     try:
-        return load_backend(request.param)
+        return Case(load_backend(name), variant)
     except FrameBenchError as exc:
         pytest.skip(str(exc))
 
 
-def build(cls, model: ModelConfig, train: TrainConfig, data, *, seed: int = 0, n_train: int | None = None):
+def build(case: Case, model: ModelConfig, train: TrainConfig, data, *, seed: int = 0, n_train: int | None = None):
     """A backend instance with the harness's initial weights, prepared on (a prefix of) `data`."""
-    reason = cls.lacks(model, train, "default", "cpu")
+    reason = case.cls.lacks(model, train, case.variant, "cpu")
     if reason:
-        pytest.skip(f"{cls.__name__} declares: {reason}")
-    classifier = cls(model=model, train=train, input_size=data.input_size, num_classes=data.num_classes, device="cpu", seed=seed)
+        pytest.skip(f"{case.cls.__name__}/{case.variant} declares: {reason}")
+    classifier = case.cls(model=model, train=train, input_size=data.input_size, num_classes=data.num_classes, device="cpu",
+                          seed=seed, variant=case.variant)
     classifier.set_weights(initial_weights(classifier.sizes, model, seed))
     classifier.prepare(data.x_train[:n_train], data.y_train[:n_train])
     return classifier
 
 
-def oracle_for(cls, model, train, data, **kwargs) -> NumpyClassifier:
-    """The float64 NumPy oracle, with Adam in the form `cls`'s framework uses."""
-    oracle = build(Float64Numpy, model, train, data, **kwargs)
-    oracle.adam_form = cls.adam_form
+def oracle_for(case: Case, model, train, data, **kwargs) -> Float64Numpy:
+    """The float64 NumPy oracle, with Adam in the form the case's framework uses."""
+    oracle = build(Case(Float64Numpy, "default"), model, train, data, **kwargs)
+    oracle.adam_form = case.cls.adam_form
     return oracle
 
 
@@ -127,8 +137,8 @@ def test_every_preset_configuration_follows_numpy(backend, mnist, preset):
 
 
 def test_same_seed_twice_gives_identical_losses(backend, mnist):
-    if not backend.deterministic_on_cpu:
-        pytest.xfail(f"{backend.__name__} declares its CPU results non-deterministic")
+    if not backend.cls.deterministic_on_cpu:
+        pytest.xfail(f"{backend.cls.__name__} declares its CPU results non-deterministic")
     model = dataclasses.replace(MLP.model, dropout=0.2)
     order = epoch_order(MLP.train, len(mnist.y_train), seed=0, epoch=0)[: 30 * MLP.train.batch_size]
     first = build(backend, model, MLP.train, mnist, seed=5).train_epoch(order, MLP.train.batch_size)
