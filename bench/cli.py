@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     perf = commands.add_parser("perf", help="the speed matrix: backends x variants on several presets, with floors")
     perf.add_argument("--presets", default="seed000,seed003,mlp")
     perf.add_argument("--backends", default="all")
-    perf.add_argument("--variants", default="default,tutorial,auto,xla,compile")
+    perf.add_argument("--variants", default="default,tutorial,graph,auto,xla,compile")
     perf.add_argument("--repeats", type=int, default=2)
     perf.add_argument("--epochs", type=int, default=3, help="epochs per run (the first is excluded from the steady state)")
     perf.add_argument("--threads", type=int, default=os.cpu_count())

@@ -25,6 +25,7 @@ def environment_lines(env: dict) -> list[str]:
         f"- OS: {env.get('os')}; Python {env.get('python')}",
         f"- GPUs: {gpus}",
         f"- libraries: {libraries}",
+        f"- kernel settings: {', '.join(f'{k}={v}' for k, v in env.get('kernel_settings', {}).items()) or 'not recorded'}",
         f"- framebench commit: {env.get('git_commit')}",
         f"- command: `{env.get('command')}`",
     ]

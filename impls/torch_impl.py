@@ -116,7 +116,7 @@ class TorchClassifier(Classifier):
         order_t = torch.from_numpy(order).to(self.torch_device)
         losses = []
         for idx in torch.split(order_t, batch_size):
-            loss = self.loss(self.call(self.x_train[idx]), self.y_train[idx])
+            loss = self.loss(self.call(self.x_train.index_select(0, idx)), self.y_train.index_select(0, idx))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
