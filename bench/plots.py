@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from impls import REGISTRY  # noqa: E402
 
@@ -17,6 +18,7 @@ PALETTE = plt.get_cmap("tab10").colors
 LINESTYLES = ["-", "--", ":", "-."]
 MARKERS = {"cpu": "o", "gpu": "s"}
 SERIES = ["backend", "variant", "device"]
+SMOOTHING_POINTS = 60  # the running mean of step losses spans about 1/60 of the run: trends show, noise does not
 
 
 def colour(backend: str):
@@ -39,15 +41,22 @@ def first_repeat(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_losses(steps: pd.DataFrame, epochs: pd.DataFrame, variants: list[str], path: Path) -> None:
+    """Step losses are noisy (one batch each): every step is drawn faintly, a centred running mean on top."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+    window = 1
     for (backend, variant, device), group in first_repeat(steps).groupby(SERIES, sort=False):
         group = group.reset_index(drop=True)
-        line = style(backend, variant, device, variants) | {"marker": None, "linewidth": 0.8, "alpha": 0.85}
-        left.plot(group.index + 1, group["loss"], **line)
+        window = max(1, len(group) // SMOOTHING_POINTS)
+        line = style(backend, variant, device, variants) | {"marker": None}
+        left.plot(group.index + 1, group["loss"], **line | {"label": None, "linewidth": 0.5, "alpha": 0.15})
+        smooth = group["loss"].rolling(window, center=True, min_periods=1).mean()
+        left.plot(group.index + 1, smooth, **line | {"linewidth": 1.4, "alpha": 0.9})
     for (backend, variant, device), group in first_repeat(epochs).groupby(SERIES, sort=False):
         right.plot(group["epoch"], group["test_loss"], **style(backend, variant, device, variants))
-    left.set(title="Training loss per step (repeat 1; identical backends overlap)", xlabel="optimisation step", ylabel="training loss (log scale)", yscale="log")
+    left.set(title=f"Training loss per step (repeat 1; faint: each step, line: mean of {window})\nidentical backends overlap",
+             xlabel="optimisation step", ylabel="training loss (log scale)", yscale="log")
     right.set(title="Test loss per epoch (repeat 1)", xlabel="epoch", ylabel="test loss (log scale)", yscale="log")
+    right.xaxis.set_major_locator(MaxNLocator(integer=True))
     for axes in (left, right):
         axes.grid(alpha=0.3, which="both")
         axes.legend(fontsize=8)
@@ -63,6 +72,7 @@ def plot_accuracy(epochs: pd.DataFrame, variants: list[str], path: Path) -> None
         left.plot(group["epoch"], 100 * group["test_acc"], **line)
         right.plot(group["epoch_s"].cumsum(), 100 * group["test_acc"], **line)
     left.set(title="Test accuracy per epoch (repeat 1)", xlabel="epoch", ylabel="test accuracy (%)")
+    left.xaxis.set_major_locator(MaxNLocator(integer=True))
     right.set(title="Test accuracy against training time (repeat 1)", xlabel="cumulative training time (s)",
               ylabel="test accuracy (%)")
     for axes in (left, right):
@@ -76,7 +86,7 @@ def plot_accuracy(epochs: pd.DataFrame, variants: list[str], path: Path) -> None
 def plot_epoch_times(summary: pd.DataFrame, path: Path) -> None:
     """Steady-state epoch time (median over repeats), whiskers from the fastest to the slowest repeat."""
     table = summary.dropna(subset=["median_epoch_s"])
-    labels = [f"{b}/{v}\n{d}" for b, v, d in zip(table["backend"], table["variant"], table["device"])]
+    labels = [f"{b}\n{v}, {d}" for b, v, d in zip(table["backend"], table["variant"], table["device"])]
     fig, axes = plt.subplots(figsize=(max(6, 1.1 * len(table) + 2), 4.8))
     errors = [table["median_epoch_s"] - table["min_epoch_s"], table["max_epoch_s"] - table["median_epoch_s"]]
     axes.bar(labels, table["median_epoch_s"], yerr=errors, capsize=4, color=[colour(b) for b in table["backend"]])
@@ -84,7 +94,7 @@ def plot_epoch_times(summary: pd.DataFrame, path: Path) -> None:
         axes.annotate(f"{value:.3g} s (n={runs})", (x, top), ha="center", va="bottom", fontsize=8,
                       xytext=(0, 4), textcoords="offset points")
     axes.set(title="Steady-state epoch time\n(bar: median over repeats; whiskers: fastest to slowest repeat)",
-             ylabel="seconds per epoch")
+             ylabel="seconds per epoch", ylim=(0, 1.12 * table["max_epoch_s"].max()))
     axes.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -100,12 +110,13 @@ def plot_speedup(summary: pd.DataFrame, path: Path) -> bool:
     if speedup.empty:
         return False
     fig, axes = plt.subplots(figsize=(max(6, 1.1 * len(speedup) + 2), 4.8))
-    labels = [f"{b}/{v}" for b, v in speedup.index]
+    labels = [f"{b}\n{v}" for b, v in speedup.index]
     axes.bar(labels, speedup.values, color=[colour(b) for b, _ in speedup.index])
     axes.axhline(1.0, color="black", linewidth=0.8)
     for x, value in enumerate(speedup.values):
         axes.annotate(f"{value:.2f}x", (x, value), ha="center", va="bottom", fontsize=8, xytext=(0, 3), textcoords="offset points")
-    axes.set(title="GPU speed-up over CPU (steady-state epoch time, CPU / GPU)", ylabel="speed-up (x)")
+    axes.set(title="GPU speed-up over CPU (steady-state epoch time, CPU / GPU)", ylabel="speed-up (x)",
+             ylim=(0, 1.12 * max(speedup.max(), 1.0)))
     axes.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
