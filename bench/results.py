@@ -128,11 +128,12 @@ def kernel_settings() -> dict[str, str]:
 
 
 def git_commit() -> str:
-    """HEAD of the framebench checkout, with '+dirty' when it has uncommitted changes."""
+    """HEAD of the framebench checkout, with '+dirty' when tracked files have uncommitted changes
+    (untracked files do not count: the results directory being written is one)."""
     root = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True).stdout
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return commit + ("+dirty" if dirty.strip() else "")
