@@ -19,6 +19,7 @@ LINESTYLES = ["-", "--", ":", "-."]
 MARKERS = {"cpu": "o", "gpu": "s"}
 SERIES = ["backend", "variant", "device"]
 SMOOTHING_POINTS = 60  # the running mean of step losses spans about 1/60 of the run: trends show, noise does not
+HEADROOM = 1.12  # bar charts' y-limit over their tallest bar, so the value labels above the bars fit
 
 
 def colour(backend: str):
@@ -43,10 +44,10 @@ def first_repeat(table: pd.DataFrame) -> pd.DataFrame:
 def plot_losses(steps: pd.DataFrame, epochs: pd.DataFrame, variants: list[str], path: Path) -> None:
     """Step losses are noisy (one batch each): every step is drawn faintly, a centred running mean on top."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
-    window = 1
-    for (backend, variant, device), group in first_repeat(steps).groupby(SERIES, sort=False):
+    curves = first_repeat(steps).groupby(SERIES, sort=False)
+    window = max(1, int(curves.size().max()) // SMOOTHING_POINTS) if len(curves) else 1
+    for (backend, variant, device), group in curves:
         group = group.reset_index(drop=True)
-        window = max(1, len(group) // SMOOTHING_POINTS)
         line = style(backend, variant, device, variants) | {"marker": None}
         left.plot(group.index + 1, group["loss"], **line | {"label": None, "linewidth": 0.5, "alpha": 0.15})
         smooth = group["loss"].rolling(window, center=True, min_periods=1).mean()
@@ -94,7 +95,7 @@ def plot_epoch_times(summary: pd.DataFrame, path: Path) -> None:
         axes.annotate(f"{value:.3g} s (n={runs})", (x, top), ha="center", va="bottom", fontsize=8,
                       xytext=(0, 4), textcoords="offset points")
     axes.set(title="Steady-state epoch time\n(bar: median over repeats; whiskers: fastest to slowest repeat)",
-             ylabel="seconds per epoch", ylim=(0, 1.12 * table["max_epoch_s"].max()))
+             ylabel="seconds per epoch", ylim=(0, HEADROOM * table["max_epoch_s"].max()))
     axes.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -116,7 +117,7 @@ def plot_speedup(summary: pd.DataFrame, path: Path) -> bool:
     for x, value in enumerate(speedup.values):
         axes.annotate(f"{value:.2f}x", (x, value), ha="center", va="bottom", fontsize=8, xytext=(0, 3), textcoords="offset points")
     axes.set(title="GPU speed-up over CPU (steady-state epoch time, CPU / GPU)", ylabel="speed-up (x)",
-             ylim=(0, 1.12 * max(speedup.max(), 1.0)))
+             ylim=(0, HEADROOM * max(speedup.max(), 1.0)))
     axes.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

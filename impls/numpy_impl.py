@@ -109,7 +109,7 @@ class NumpyClassifier(Classifier):
     def set_weights(self, weights: list[np.ndarray]) -> None:
         """Parameters, gradients and optimiser state are each one flat array, with per-layer views
         into it, so an optimiser step is a dozen whole-model ufunc calls rather than a dozen per
-        tensor: on seed003 (batch 32, where the optimiser is half of a step) that is the difference."""
+        tensor, which matters where the optimiser is half of a step (seed003, batch 32)."""
         bounds = np.cumsum([0, *(w.size for w in weights)])
 
         def flat_with_views() -> tuple[np.ndarray, list[np.ndarray]]:
@@ -177,8 +177,9 @@ class NumpyClassifier(Classifier):
             if self.model.output_activation == "softmax":
                 p_true = grad[rows, y]
                 loss = -np.log(np.clip(p_true, PROB_CLIP, 1 - PROB_CLIP)).mean()
-                grad *= ((p_true > PROB_CLIP) & (p_true < 1 - PROB_CLIP))[:, None]  # the clip's zero slope
-                grad[rows, y] -= (p_true > PROB_CLIP) & (p_true < 1 - PROB_CLIP)
+                unclipped = (p_true > PROB_CLIP) & (p_true < 1 - PROB_CLIP)
+                grad *= unclipped[:, None]  # the clip's zero slope
+                grad[rows, y] -= unclipped
             else:
                 loss = (np.log(total) + z_max)[:, 0].mean() - z[rows, y].mean()
                 grad[rows, y] -= 1
