@@ -9,6 +9,8 @@ carry the running mean and would force a host sync per step.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import keras
 from keras import ops
@@ -71,7 +73,8 @@ class StepLosses(keras.metrics.Metric):
 class KerasClassifier(Classifier):
     """`default`: XLA (`jit_compile=True`) on TensorFlow and JAX, eager on torch, STEPS_PER_EXECUTION
     steps per call (one on torch). `auto`: Keras's own choice, `jit_compile="auto"`, which on a
-    TensorFlow CPU means no XLA. `xla` (torch only): `jit_compile=True`, i.e. torch.compile.
+    TensorFlow CPU means no XLA. `xla` (torch only): `jit_compile=True`, i.e. torch.compile. On
+    TensorFlow, `default` and `auto` feed `fit` a dataset of whole batches (`batched_dataset`).
     `tutorial`: seed 003's way: a tf.data pipeline mapped element by element and batched, fit one
     step per call, with the seed's accuracy metric and Keras's default compilation."""
 
@@ -161,17 +164,46 @@ class KerasClassifier(Classifier):
 
     def prepare(self, x_train: np.ndarray, y_train: np.ndarray) -> None:
         super().prepare(x_train, y_train)
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            with tf.device("/cpu:0"):  # tf.data runs on the host; fit moves each batch to the device
+                self.x_resident, self.y_resident = tf.constant(x_train), tf.constant(y_train)
         self.compile()
 
     def train_epoch(self, order: np.ndarray, batch_size: int) -> np.ndarray:
         with keras.device(self.keras_device):
             if self.variant == "tutorial":
                 self.net.fit(self.tutorial_dataset(order, batch_size), epochs=1, verbose=0)
+            elif keras.backend.backend() == "tensorflow":
+                self.net.fit(self.batched_dataset(order, batch_size), epochs=1, shuffle=False, verbose=0)
             else:
                 x = self.epoch_buffer(len(order))
                 np.take(self.x_train, order, axis=0, out=x)
                 self.net.fit(x, self.y_train[order], batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
         return self.step_losses.read()
+
+    def batched_dataset(self, order: np.ndarray, batch_size: int):
+        """The epoch's batches as a tf.data.Dataset whose elements are already whole batches: one
+        gather of the epoch in TensorFlow, then slices of it. Fed NumPy arrays, Keras on TensorFlow
+        slices and gathers every batch in tf.data. Measured side by side (two models in one process,
+        alternating epochs, 2 cores, steady state), arrays vs this dataset: seed000 0.57-0.88 vs
+        0.43 s, seed003 0.65-0.99 vs 0.50-0.55 s, mlp 0.67 vs 0.56-0.58 s, identical step losses.
+        On JAX the arrays were as fast or faster (seed000 0.39-0.51 vs 0.52-0.66 s), so other Keras
+        backends keep them."""
+        import tensorflow as tf
+
+        def batches(indices: np.ndarray, size: int) -> tf.data.Dataset:
+            x, y = tf.gather(self.x_resident, indices), tf.gather(self.y_resident, indices)
+            return tf.data.Dataset.from_tensor_slices((tf.reshape(x, (-1, size, self.sizes[0])), tf.reshape(y, (-1, size))))
+
+        full = len(order) // batch_size * batch_size
+        parts = [(order[:full], batch_size)] if full else []
+        if full < len(order):  # the shorter last batch is a dataset of its own
+            parts.append((order[full:], len(order) - full))
+        with tf.device("/cpu:0"):
+            datasets = [batches(indices, size) for indices, size in parts]
+        return functools.reduce(tf.data.Dataset.concatenate, datasets)
 
     def epoch_buffer(self, n: int) -> np.ndarray:
         """The epoch's inputs in batch order, gathered into one reused array (no 188 MB allocation per epoch)."""
