@@ -82,10 +82,10 @@ class KerasClassifier(Classifier):
     variants = ("default", "auto", "xla", "tutorial")
     STEPS_PER_EXECUTION = 64  # steps per compiled call; the step-loss metric still records each step
     # jit_compile per Keras backend and variant; a variant missing here would repeat `default` there.
-    # `make bench-perf` on 2 CPU cores (steady-state epoch): XLA on TensorFlow 0.74 s vs 1.6 s on
-    # seed003, 0.93 s vs 1.55 s on mlp, the same 0.71 s on seed000, compiling in about 1 s; on torch,
-    # torch.compile costs 15-25 s in the first epoch, which a 3-10 epoch run does not win back
-    # (mlp: 1.2 s vs 1.6 s per epoch).
+    # `make bench-perf` on 2 CPU cores (steady-state epoch): XLA on TensorFlow 0.62 s vs 0.99 s on
+    # seed003, 0.65 s vs 1.16 s on mlp, 0.53 s vs 0.51 s on seed000, compiling in about 1 s; on
+    # torch, torch.compile costs 11-18 s in the first epoch, which a 3-10 epoch run does not win
+    # back (mlp: 2.0 s vs 2.6 s per epoch).
     JIT_COMPILE = {
         "tensorflow": {"default": True, "auto": "auto", "tutorial": "auto"},
         "jax": {"default": True, "tutorial": "auto"},  # Keras compiles every step with XLA on JAX
