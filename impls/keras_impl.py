@@ -164,7 +164,7 @@ class KerasClassifier(Classifier):
 
     def prepare(self, x_train: np.ndarray, y_train: np.ndarray) -> None:
         super().prepare(x_train, y_train)
-        if keras.backend.backend() == "tensorflow":
+        if self.feeds_batched_dataset():
             import tensorflow as tf
 
             with tf.device("/cpu:0"):  # tf.data runs on the host; fit moves each batch to the device
@@ -175,13 +175,17 @@ class KerasClassifier(Classifier):
         with keras.device(self.keras_device):
             if self.variant == "tutorial":
                 self.net.fit(self.tutorial_dataset(order, batch_size), epochs=1, verbose=0)
-            elif keras.backend.backend() == "tensorflow":
+            elif self.feeds_batched_dataset():
                 self.net.fit(self.batched_dataset(order, batch_size), epochs=1, shuffle=False, verbose=0)
             else:
                 x = self.epoch_buffer(len(order))
                 np.take(self.x_train, order, axis=0, out=x)
                 self.net.fit(x, self.y_train[order], batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
         return self.step_losses.read()
+
+    def feeds_batched_dataset(self) -> bool:
+        """Whether `fit` reads `batched_dataset` (and `prepare` keeps the training set as tensors for it)."""
+        return keras.backend.backend() == "tensorflow" and self.variant != "tutorial"
 
     def batched_dataset(self, order: np.ndarray, batch_size: int):
         """The epoch's batches as a tf.data.Dataset whose elements are already whole batches: one

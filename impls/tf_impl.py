@@ -5,7 +5,8 @@ applied with assign ops, optimiser state in tf.Variables.
 tf.while_loop), so Python is not on the per-step path, and each step inside it is XLA-compiled
 (jit_compile; XLA compiles once per batch shape, so the short last batch costs one more compile).
 `graph`: the same epoch function with plain TensorFlow kernels, no XLA (`make bench-perf` on 2 CPU
-cores: 0.89 s vs 0.36 s per seed003 epoch, 1.09 s vs 0.58 s on mlp, 0.37 s vs 0.34 s on seed000).
+cores: 0.88 s vs 0.39 s per seed003 epoch, 1.11 s vs 0.71 s on mlp; on seed000 the two are within
+the noise, 0.38 s vs 0.42 s in that run and 0.37 s vs 0.34 s in the one before).
 `tutorial`: seed 000's loop: eager GradientTape steps on batches sliced from host NumPy arrays.
 """
 
