@@ -1,3 +1,3 @@
-from bench.cli import main
+from framebench.cli import main
 
 main()

@@ -13,12 +13,13 @@ import struct
 import sys
 import tempfile
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from bench.errors import FrameBenchError
+from framebench.errors import FrameBenchError
 
 DATASETS = ("mnist", "fashion-mnist", "digits")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -69,9 +70,7 @@ def parse_idx(raw: bytes, *, ndim: int, what: str) -> np.ndarray:
         raise FrameBenchError(f"{what}: truncated IDX header ({len(raw)} bytes)")
     zero, dtype_code, rank = struct.unpack(">HBB", raw[:4])
     if zero != 0 or dtype_code != IDX_MAGIC_UBYTE or rank != ndim:
-        raise FrameBenchError(
-            f"{what}: wrong IDX magic number 0x{raw[:4].hex()} (expected 0x000008{ndim:02x}); it is not this IDX file"
-        )
+        raise FrameBenchError(f"{what}: wrong IDX magic number 0x{raw[:4].hex()} (expected 0x000008{ndim:02x}); it is not this IDX file")
     if len(raw) < 4 + 4 * ndim:
         raise FrameBenchError(f"{what}: truncated IDX header ({len(raw)} bytes)")
     shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
@@ -89,7 +88,7 @@ def read_idx_file(path: Path, *, key: str, ndim: int, count: int) -> np.ndarray:
         raw = path.read_bytes()
         if path.suffix == ".gz":
             raw = gzip.decompress(raw)
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # zlib.error: a damaged deflate stream inside valid gzip framing
         raise FrameBenchError(f"{path}: cannot be read or decompressed ({exc}); {fix}") from None
     try:
         array = parse_idx(raw, ndim=ndim, what=str(path))
@@ -151,7 +150,7 @@ def download(name: str, filename: str, target_dir: Path) -> Path:
             read_idx_file(Path(tmp), key=f"{name}/{filename}", **idx_layout(filename))
             os.replace(tmp, target)
             return target
-        except (OSError, EOFError, FrameBenchError) as exc:
+        except (OSError, EOFError, zlib.error, FrameBenchError) as exc:
             errors.append(f"{url}: {exc}")
         finally:
             if os.path.exists(tmp):

@@ -1,19 +1,30 @@
 """The hardware limit, measured in the same run: float32 GEMM time at the model's own shapes, per
-library, in a fresh process per library with the run's thread count.
+library, in a fresh process per library with the run's thread count, on every node that runs jobs.
 
 An epoch's training FLOPs are exactly: forward 2·N·Σ in·out, the weight gradients the same again,
 and the input gradients of every layer but the first. Dividing each GEMM's FLOPs by the measured
 time of that shape gives the epoch's floor: `floor_epoch_s` with the fastest library at each shape,
-`own_floor_epoch_s` with the backend's own framework."""
+`own_floor_epoch_s` with the backend's own framework.
+
+The probes run at the start and again at the end of a matrix; each shape keeps its faster time. A
+shape whose two probes disagree by more than PROBE_DISAGREEMENT, or a run that would come out
+faster than MAX_CREDIBLE_EFFICIENCY of its floor, says the machine was disturbed while a probe ran:
+those efficiencies are left empty, with the reason in `floor_note`, rather than reported wrong."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
 
+import pandas as pd
+
 LIBRARIES = ("numpy", "torch", "tf", "jax")
+PROBE_DISAGREEMENT = 1.5  # start and end probe of one shape further apart than this: the machine was disturbed
+MAX_CREDIBLE_EFFICIENCY = 1.2  # a run this much faster than its GEMM floor means the floor's probe was slowed
+FLOOR_COLUMNS = ["floor_epoch_s", "efficiency", "own_floor_epoch_s", "overhead_efficiency", "floor_note"]
 ROUNDS = 5  # timed rounds per shape; the fastest is kept (the floor is a best case)
 MIN_ROUND_S = 0.02  # each round repeats the GEMM until it lasts at least this long
 
@@ -34,7 +45,7 @@ class Gemm:
 def step_gemms(sizes: tuple[int, ...], batch: int) -> list[Gemm]:
     """The GEMMs of one training step of `batch` samples (no input gradient for the first layer)."""
     gemms = []
-    for layer, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+    for layer, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=False), start=1):
         gemms.append(Gemm("forward", layer, batch, fan_in, fan_out))
         gemms.append(Gemm("weight_grad", layer, fan_in, batch, fan_out))
         if layer > 1:
@@ -46,14 +57,121 @@ def epoch_flops(sizes: tuple[int, ...], samples: int) -> int:
     return sum(g.flops for g in step_gemms(sizes, 1)) * samples
 
 
-def floor_epoch_s(gemm_seconds: dict[str, float], sizes: tuple[int, ...], batch: int, samples: int) -> float:
-    """Seconds an epoch of `samples` would take if it did nothing but its GEMMs at the measured speed."""
-    per_step = sum(gemm_seconds[key(g)] for g in step_gemms(sizes, batch))
-    return per_step * samples / batch
-
-
 def key(gemm: Gemm) -> str:
     return f"{gemm.m}x{gemm.k}x{gemm.n}"
+
+
+def probe(
+    libraries: tuple[str, ...], device: str, threads: int, tf32: bool, sizes: tuple[int, ...], batch: int, env: dict[str, str]
+) -> tuple[list[dict], list[str]]:
+    """Time one step's GEMMs in each library (a process each) on this node: (gemm.csv rows without
+    node/sweep/probe columns, one line per library that could not be measured)."""
+    gemms = step_gemms(sizes, batch)
+    shapes = sorted({(g.m, g.k, g.n) for g in gemms})
+    rows, skipped = [], []
+    for library in libraries:
+        request = json.dumps({"library": library, "device": device, "threads": threads, "tf32": tf32, "shapes": shapes})
+        result = subprocess.run([sys.executable, "-m", "framebench.gemm"], input=request, capture_output=True, text=True, env=env)
+        if result.returncode != 0:
+            skipped.append(f"{library} on {device}: {(result.stderr.strip().splitlines() or ['no output'])[-1]}")
+            continue
+        seconds = json.loads(result.stdout.strip().splitlines()[-1])
+        rows += [
+            {
+                "library": library,
+                "device": device,
+                "threads": threads,
+                "kind": g.kind,
+                "layer": g.layer,
+                "m": g.m,
+                "k": g.k,
+                "n": g.n,
+                "seconds": seconds[key(g)],
+                "gflops": g.flops / seconds[key(g)] / 1e9,
+            }
+            for g in gemms
+        ]
+    return rows, skipped
+
+
+def with_efficiencies(runs: pd.DataFrame, gemm: pd.DataFrame) -> pd.DataFrame:
+    """`runs` with FLOOR_COLUMNS derived from gemm.csv: each run against its own node's probes for its
+    device and sweep value. Derived when read, so the end-of-matrix probe counts for every row.
+
+    Each floor keeps, shape by shape, the faster of its probes. A floor whose step time differs
+    between the probes by more than PROBE_DISAGREEMENT (judged on the whole step, as the floor uses
+    it, not on one microsecond-sized product) leaves its efficiency empty, as does one above
+    MAX_CREDIBLE_EFFICIENCY; `floor_note` says why."""
+    runs = runs.copy()
+    for column in FLOOR_COLUMNS:
+        runs[column] = "" if column == "floor_note" else float("nan")
+    if runs.empty or gemm.empty:
+        return runs
+    where = ["node", "device", "sweep_value"]
+    shape = ["kind", "layer"]
+    fastest_by_probe = gemm.groupby(where + ["probe"] + shape)["seconds"].min().groupby(where + ["probe"]).sum()
+    own_by_probe = gemm.groupby(where + ["library", "probe"])["seconds"].sum()
+    best = gemm.groupby(where + ["library"] + shape, as_index=False)["seconds"].min()
+    floors = pd.DataFrame(
+        {
+            "step_s": best.groupby(where + shape)["seconds"].min().groupby(where).sum(),
+            "disagreement": fastest_by_probe.groupby(where).max() / fastest_by_probe.groupby(where).min(),
+            "probes": fastest_by_probe.groupby(where).size(),
+        }
+    ).reset_index()
+    own = (
+        pd.DataFrame(
+            {
+                "own_step_s": best.groupby(where + ["library"])["seconds"].sum(),
+                "own_disagreement": own_by_probe.groupby(where + ["library"]).max() / own_by_probe.groupby(where + ["library"]).min(),
+            }
+        )
+        .reset_index()
+        .rename(columns={"library": "gemm_library"})
+    )
+    merged = runs[where + ["gemm_library"]].merge(floors, on=where, how="left").merge(own, on=where + ["gemm_library"], how="left")
+    steps = (runs["samples_per_epoch"] / runs["batch_size"]).to_numpy()
+    median = runs["median_epoch_s"].to_numpy()
+    runs["floor_epoch_s"] = merged["step_s"].to_numpy() * steps
+    runs["own_floor_epoch_s"] = merged["own_step_s"].to_numpy() * steps
+    runs["efficiency"] = runs["floor_epoch_s"] / median
+    runs["overhead_efficiency"] = runs["own_floor_epoch_s"] / median
+    notes = [
+        floor_note(*row)
+        for row in zip(
+            merged["disagreement"],
+            merged["own_disagreement"],
+            runs["efficiency"],
+            runs["overhead_efficiency"],
+            merged["probes"],
+            strict=True,
+        )
+    ]
+    runs["floor_note"] = notes
+    unreliable = runs["floor_note"].str.startswith("unreliable")
+    runs.loc[unreliable & ~runs["floor_note"].str.contains("own floor"), "efficiency"] = float("nan")
+    runs.loc[unreliable, "overhead_efficiency"] = float("nan")
+    return runs
+
+
+def floor_note(disagreement: float, own_disagreement: float, efficiency: float, overhead_efficiency: float, probes: float) -> str:
+    """Why a run's efficiencies are empty, or what to know about its floors ("" when nothing)."""
+    if disagreement > PROBE_DISAGREEMENT:
+        return f"unreliable: the start and end GEMM probes of the floor disagree by {disagreement:.2f}x (> {PROBE_DISAGREEMENT}x)"
+    if max(efficiency, overhead_efficiency) > MAX_CREDIBLE_EFFICIENCY:
+        return f"unreliable: efficiency above {MAX_CREDIBLE_EFFICIENCY} (a GEMM probe was slowed)"
+    if own_disagreement > PROBE_DISAGREEMENT:
+        return f"unreliable own floor: its start and end probes disagree by {own_disagreement:.2f}x (> {PROBE_DISAGREEMENT}x)"
+    return "one GEMM probe (no end probe)" if probes == 1 else ""
+
+
+def unreliable_warnings(runs: pd.DataFrame) -> list[str]:
+    """One line per (node, device, sweep value) whose efficiencies were left empty, with the reason."""
+    bad = runs[runs["floor_note"].str.startswith("unreliable")]
+    return [
+        f"{r.node} {r.device}{' ' + r.sweep_field + '=' + r.sweep_value if r.sweep_field else ''}: efficiencies {r.floor_note}"
+        for r in bad.drop_duplicates(["node", "device", "sweep_value", "floor_note"]).itertuples()
+    ]
 
 
 def timer(library: str, device: str):
@@ -63,6 +181,7 @@ def timer(library: str, device: str):
     rng = np.random.default_rng(0)
     operands = lambda m, k, n: (rng.random((m, k), dtype=np.float32), rng.random((k, n), dtype=np.float32))  # noqa: E731
     if library == "numpy":
+
         def run(m, k, n):
             a, b = operands(m, k, n)
             out = np.empty((m, n), np.float32)
@@ -105,6 +224,7 @@ def timer(library: str, device: str):
                 last[0] = matmul(a, b)
 
             return call, lambda: last[0].block_until_ready()
+
     return run
 
 
@@ -134,11 +254,11 @@ def measure(library: str, device: str, shapes: list[tuple[int, int, int]]) -> di
 
 
 def main() -> None:
-    """`python -m bench.gemm` reads {library, device, threads, shapes} as JSON on stdin."""
-    request = json.loads(sys.stdin.read())
-    from impls import load_backend
+    """`python -m framebench.gemm` reads {library, device, threads, tf32, shapes} as JSON on stdin."""
+    from framebench import registry
 
-    library = load_backend(request["library"])
+    request = json.loads(sys.stdin.read())
+    library = registry.load(registry.lookup(request["library"]))
     ok, reason = library.available(request["device"])
     if not ok:
         sys.exit(reason)

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.config import ModelConfig, TrainConfig, parse_init
-from bench.data import Dataset
-from bench.errors import FrameBenchError
-from bench.metrics import evaluate
-from impls.base import Classifier
+from framebench.classifier import Classifier
+from framebench.config import ModelConfig, TrainConfig, parse_init
+from framebench.data import Dataset
+from framebench.errors import FrameBenchError
+from framebench.metrics import evaluate
 
 WEIGHTS_STREAM = 0  # seed-sequence stream for the initial weights
 ORDER_STREAM = 1  # seed-sequence stream for the batch order; the epoch number follows it
@@ -52,15 +52,11 @@ def draw(rng: np.random.Generator, init: str, shape: tuple[int, ...], fan_in: in
     return rng.uniform(-bound, bound, size=shape)
 
 
-def layer_sizes(input_size: int, model: ModelConfig, num_classes: int) -> tuple[int, ...]:
-    return (input_size, *model.hidden, num_classes)
-
-
 def initial_weights(sizes: tuple[int, ...], model: ModelConfig, seed: int) -> list[np.ndarray]:
     """`[W1 (in x out), b1, W2, b2, ...]` as float32, identical for every backend given the seed."""
     rng = np.random.default_rng([seed, WEIGHTS_STREAM])
     weights = []
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=False):
         weights.append(draw(rng, model.init, (fan_in, fan_out), fan_in, fan_out).astype(np.float32))
         bias = np.zeros(fan_out) if model.zero_biases else draw(rng, model.init, (fan_out,), fan_in, fan_out)
         weights.append(bias.astype(np.float32))
@@ -96,18 +92,35 @@ class EpochResult:
 
 
 class DivergedError(FrameBenchError):
-    """A NaN or infinite training loss: the run ends with status `diverged`."""
+    """The training loss became non-finite or blew up (DIVERGENCE_FACTOR): the run ends `diverged`."""
 
 
-def train_epochs(
-    classifier: Classifier, data: Dataset, model: ModelConfig, train: TrainConfig, seed: int
-) -> Iterator[EpochResult]:
+DIVERGENCE_FACTOR = 10.0  # an epoch whose mean training loss exceeds this multiple of the initial loss diverged
+
+
+def divergence(losses: np.ndarray, initial_loss: float, epoch: int) -> str | None:
+    """Why an epoch's step losses mean the run diverged, or None: a non-finite loss, or a finite mean
+    loss above DIVERGENCE_FACTOR times the initial one, the first step's, which is the loss at the
+    initial weights (e.g. Adam at lr 1e6: 2.4 at the start, 1e21 over the first epoch)."""
+    if not np.isfinite(losses).all():
+        step = int(np.argmin(np.isfinite(losses))) + 1
+        return f"training diverged: non-finite loss at epoch {epoch}, step {step}; lower --lr or check the init"
+    if losses.mean() > DIVERGENCE_FACTOR * initial_loss:
+        return (
+            f"training diverged: epoch {epoch}'s mean loss {losses.mean():.3g} is over {DIVERGENCE_FACTOR:g}x the initial "
+            f"{initial_loss:.3g}; lower --lr or check the init"
+        )
+    return None
+
+
+def train_epochs(classifier: Classifier, data: Dataset, model: ModelConfig, train: TrainConfig, seed: int) -> Iterator[EpochResult]:
     """Train epoch by epoch, yielding each epoch's measurements as soon as it is done.
 
     Only `train_epoch` + `sync` are inside the clock; the order is drawn before it starts and the
-    test set is evaluated after it stops (and timed separately). Raises DivergedError after
-    yielding nothing for an epoch whose losses are not finite.
+    test set is evaluated after it stops (and timed separately). Raises DivergedError, yielding
+    nothing for that epoch, when its losses say the run diverged.
     """
+    initial_loss = math.inf
     for epoch in range(train.epochs):
         order = epoch_order(train, len(data.y_train), seed, epoch)
         start = time.perf_counter()
@@ -117,11 +130,11 @@ def train_epochs(
         losses = np.asarray(losses, dtype=np.float64)
         if losses.shape != (steps_in(order, train.batch_size),):
             raise FrameBenchError(f"backend returned {losses.shape} step losses for {steps_in(order, train.batch_size)} steps")
-        if not np.isfinite(losses).all():
-            step = int(np.argmin(np.isfinite(losses))) + 1
-            raise DivergedError(
-                f"training diverged: non-finite loss at epoch {epoch + 1}, step {step}; lower --lr or check the init"
-            )
+        if epoch == 0:
+            initial_loss = float(abs(losses[0]))
+        reason = divergence(losses, initial_loss, epoch + 1)
+        if reason:
+            raise DivergedError(reason)
         start = time.perf_counter()
         logits = classifier.predict_logits(data.x_test)
         eval_s = time.perf_counter() - start

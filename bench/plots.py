@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from impls import REGISTRY  # noqa: E402
+from framebench import registry  # noqa: E402
 
 PALETTE = plt.get_cmap("tab10").colors
 LINESTYLES = ["-", "--", ":", "-."]
@@ -23,7 +23,7 @@ HEADROOM = 1.12  # bar charts' y-limit over their tallest bar, so the value labe
 
 
 def colour(backend: str):
-    names = list(REGISTRY)
+    names = registry.backend_names()
     return PALETTE[(names.index(backend) if backend in names else sum(map(ord, backend))) % len(PALETTE)]
 
 
@@ -54,8 +54,12 @@ def plot_losses(steps: pd.DataFrame, epochs: pd.DataFrame, variants: list[str], 
         left.plot(group.index + 1, smooth, **line | {"linewidth": 1.4, "alpha": 0.9})
     for (backend, variant, device), group in first_repeat(epochs).groupby(SERIES, sort=False):
         right.plot(group["epoch"], group["test_loss"], **style(backend, variant, device, variants))
-    left.set(title=f"Training loss per step (repeat 1; faint: each step, line: mean of {window})\nidentical backends overlap",
-             xlabel="optimisation step", ylabel="training loss (log scale)", yscale="log")
+    left.set(
+        title=f"Training loss per step (repeat 1; faint: each step, line: mean of {window})\nidentical backends overlap",
+        xlabel="optimisation step",
+        ylabel="training loss (log scale)",
+        yscale="log",
+    )
     right.set(title="Test loss per epoch (repeat 1)", xlabel="epoch", ylabel="test loss (log scale)", yscale="log")
     right.xaxis.set_major_locator(MaxNLocator(integer=True))
     for axes in (left, right):
@@ -74,8 +78,7 @@ def plot_accuracy(epochs: pd.DataFrame, variants: list[str], path: Path) -> None
         right.plot(group["epoch_s"].cumsum(), 100 * group["test_acc"], **line)
     left.set(title="Test accuracy per epoch (repeat 1)", xlabel="epoch", ylabel="test accuracy (%)")
     left.xaxis.set_major_locator(MaxNLocator(integer=True))
-    right.set(title="Test accuracy against training time (repeat 1)", xlabel="cumulative training time (s)",
-              ylabel="test accuracy (%)")
+    right.set(title="Test accuracy against training time (repeat 1)", xlabel="cumulative training time (s)", ylabel="test accuracy (%)")
     for axes in (left, right):
         axes.grid(alpha=0.3)
         axes.legend(fontsize=8)
@@ -87,15 +90,19 @@ def plot_accuracy(epochs: pd.DataFrame, variants: list[str], path: Path) -> None
 def plot_epoch_times(summary: pd.DataFrame, path: Path) -> None:
     """Steady-state epoch time (median over repeats), whiskers from the fastest to the slowest repeat."""
     table = summary.dropna(subset=["median_epoch_s"])
-    labels = [f"{b}\n{v}, {d}" for b, v, d in zip(table["backend"], table["variant"], table["device"])]
+    labels = [f"{b}\n{v}, {d}" for b, v, d in zip(table["backend"], table["variant"], table["device"], strict=True)]
     fig, axes = plt.subplots(figsize=(max(6, 1.1 * len(table) + 2), 4.8))
     errors = [table["median_epoch_s"] - table["min_epoch_s"], table["max_epoch_s"] - table["median_epoch_s"]]
     axes.bar(labels, table["median_epoch_s"], yerr=errors, capsize=4, color=[colour(b) for b in table["backend"]])
-    for x, (value, top, runs) in enumerate(zip(table["median_epoch_s"], table["max_epoch_s"], table["runs_ok"])):
-        axes.annotate(f"{value:.3g} s (n={runs})", (x, top), ha="center", va="bottom", fontsize=8,
-                      xytext=(0, 4), textcoords="offset points")
-    axes.set(title="Steady-state epoch time\n(bar: median over repeats; whiskers: fastest to slowest repeat)",
-             ylabel="seconds per epoch", ylim=(0, HEADROOM * table["max_epoch_s"].max()))
+    for x, (value, top, runs) in enumerate(zip(table["median_epoch_s"], table["max_epoch_s"], table["runs_ok"], strict=True)):
+        axes.annotate(
+            f"{value:.3g} s (n={runs})", (x, top), ha="center", va="bottom", fontsize=8, xytext=(0, 4), textcoords="offset points"
+        )
+    axes.set(
+        title="Steady-state epoch time\n(bar: median over repeats; whiskers: fastest to slowest repeat)",
+        ylabel="seconds per epoch",
+        ylim=(0, HEADROOM * table["max_epoch_s"].max()),
+    )
     axes.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -116,8 +123,11 @@ def plot_speedup(summary: pd.DataFrame, path: Path) -> bool:
     axes.axhline(1.0, color="black", linewidth=0.8)
     for x, value in enumerate(speedup.values):
         axes.annotate(f"{value:.2f}x", (x, value), ha="center", va="bottom", fontsize=8, xytext=(0, 3), textcoords="offset points")
-    axes.set(title="GPU speed-up over CPU (steady-state epoch time, CPU / GPU)", ylabel="speed-up (x)",
-             ylim=(0, HEADROOM * max(speedup.max(), 1.0)))
+    axes.set(
+        title="GPU speed-up over CPU (steady-state epoch time, CPU / GPU)",
+        ylabel="speed-up (x)",
+        ylim=(0, HEADROOM * max(speedup.max(), 1.0)),
+    )
     axes.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -125,10 +135,44 @@ def plot_speedup(summary: pd.DataFrame, path: Path) -> bool:
     return True
 
 
+def plot_perf(table: pd.DataFrame, path: Path) -> bool:
+    """Per preset, each backend/variant's steady-state epoch time as a bar (whiskers: the spread), with
+    the fastest library's GEMM floor as a dashed line: how far each implementation is from the machine.
+    Drawn only when some run finished ok."""
+    if table.empty:
+        return False
+    presets = list(dict.fromkeys(table["preset"]))
+    fig, panels = plt.subplots(len(presets), 1, figsize=(11, 0.32 * len(table) + 1.6 * len(presets)), squeeze=False)
+    for axes, preset in zip(panels[:, 0], presets, strict=True):
+        rows = table[table["preset"] == preset].iloc[::-1]
+        labels = [f"{b}/{v} ({d})" for b, v, d in zip(rows["backend"], rows["variant"], rows["device"], strict=True)]
+        axes.barh(labels, rows["median_epoch_s"], xerr=rows["spread_s"] / 2, color=[colour(b) for b in rows["backend"]], capsize=3)
+        for floor in rows["floor_epoch_s"].dropna().unique():
+            axes.axvline(floor, color="black", linestyle="--", linewidth=1)
+        for y, (value, efficiency) in enumerate(zip(rows["median_epoch_s"], rows["efficiency"], strict=True)):
+            text = f"{value:.3g} s" + ("" if pd.isna(efficiency) else f", efficiency {efficiency:.2f}")
+            axes.annotate(text, (value, y), xytext=(4, 0), textcoords="offset points", va="center", fontsize=7)
+        axes.set(
+            title=f"{preset}: steady-state epoch time (dashed: GEMM floor, fastest library)",
+            xlabel="seconds per epoch",
+            xlim=(0, HEADROOM * 1.25 * rows["median_epoch_s"].max()),
+        )
+        axes.tick_params(axis="y", labelsize=7)
+        axes.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def draw_all(directory: Path, tables: dict, summary: pd.DataFrame) -> list[str]:
-    """Draw every figure that the data supports; returns the file names written."""
+    """Draw every figure that the data supports; returns the file names written. A sweep's runs are
+    drawn against the swept value instead (framebench.scaling): per-run curves of every value at once
+    would be one tangle."""
+    if tables["config"].get("sweep", {}).get("field"):
+        return []
     ok_runs = tables["runs"][tables["runs"]["status"] == "ok"]
-    variants = list(dict.fromkeys(tables["runs"]["variant"]))
+    variants = list(dict.fromkeys([*tables["runs"]["variant"], *tables["epochs"]["variant"]]))
     written = []
     if not tables["epochs"].empty:
         plot_losses(tables["steps"], tables["epochs"], variants, directory / "loss.png")

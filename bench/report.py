@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.plots import draw_all
-from bench.results import load_results
-from bench.tables import not_run, summary, to_markdown
+from framebench.errors import FrameBenchError
+from framebench.gemm import unreliable_warnings
+from framebench.plots import draw_all
+from framebench.results import load_results
+from framebench.scaling import report_section
+from framebench.tables import busy_warnings, not_run, summary, to_markdown
 
 FIGURE_CAPTIONS = {
     "loss.png": "Training loss per step and test loss per epoch",
@@ -18,17 +21,32 @@ FIGURE_CAPTIONS = {
 
 
 def environment_lines(env: dict) -> list[str]:
-    libraries = ", ".join(f"{name} {version}" for name, version in env.get("libraries", {}).items())
-    gpus = "; ".join(f"{g.get('name')} (driver {g.get('driver')}, CUDA {g.get('cuda')})" for g in env.get("gpus", [])) or "none"
-    return [
-        f"- machine: {env.get('machine')}, {env.get('cpu')}, {env.get('cores')} cores, {env.get('threads')} threads used",
-        f"- OS: {env.get('os')}; Python {env.get('python')}",
-        f"- GPUs: {gpus}",
-        f"- libraries: {libraries}",
-        f"- kernel settings: {', '.join(f'{k}={v}' for k, v in env.get('kernel_settings', {}).items()) or 'not recorded'}",
-        f"- framebench commit: {env.get('git_commit')}",
-        f"- command: `{env.get('command')}`",
-    ]
+    lines = []
+    nodes = env.get("nodes") or {env.get("machine"): env}
+    for name, node in nodes.items():
+        gpus = "; ".join(f"{g.get('name')} (driver {g.get('driver')}, CUDA {g.get('cuda')})" for g in node.get("gpus", [])) or "none"
+        libraries = ", ".join(f"{library} {version}" for library, version in node.get("libraries", {}).items())
+        kernels = ", ".join(f"{k}={v}" for k, v in node.get("kernel_settings", {}).items()) or "none set"
+        lines += [
+            f"- node {name}: {node.get('cpu')}, {node.get('cores')} cores, {node.get('threads')} threads used; "
+            f"GPUs: {gpus}; {node.get('os')}; Python {node.get('python')}",
+            f"  - libraries: {libraries}",
+            f"  - kernel settings: {kernels}",
+        ]
+    return lines + [f"- framebench commit: {env.get('git_commit')}", f"- command: `{env.get('command')}`"]
+
+
+def matrix_line(config: dict) -> str:
+    matrices = config.get("matrices", [])
+    repeats = max((m["repeats"] for m in matrices), default=0)
+    seeds = "; ".join(f"{m['seed']}" if m["same_seed"] else f"{m['seed']} + repeat" for m in matrices) or "-"
+    sweep = config.get("sweep", {})
+    swept = f"; sweep over {sweep['field']}: {', '.join(sweep['values'])}" if sweep.get("field") else ""
+    return (
+        f"Preset `{config.get('preset')}` on `{config.get('dataset')}`, {repeats} repeat(s), seeds {seeds}{swept}; "
+        f"{config.get('threads')} threads; TF32 {'allowed' if config.get('tf32') else 'off'}; "
+        f"time-to-accuracy target {config.get('target_acc')}."
+    )
 
 
 def write_report(directory: str | Path) -> Path:
@@ -41,9 +59,7 @@ def write_report(directory: str | Path) -> Path:
     lines = [
         f"# framebench run {directory.name}",
         "",
-        f"Preset `{config.get('preset')}` on `{config.get('dataset')}`, {config.get('repeats')} repeat(s), "
-        f"seeds {config.get('seeds')}; TF32 {'allowed' if config.get('tf32') else 'off'}; "
-        f"time-to-accuracy target {config.get('target_acc')}.",
+        matrix_line(config),
         "",
         "## Summary",
         "",
@@ -53,21 +69,31 @@ def write_report(directory: str | Path) -> Path:
         "",
         to_markdown(table),
         *[f"- not run: {line}" for line in not_run(tables["runs"])],
+        *[f"- warning: {line}" for line in unreliable_warnings(tables["runs"]) + busy_warnings(tables["runs"])],
         "",
-        "## Figures",
-        "",
-        *[f"![{FIGURE_CAPTIONS[name]}]({name})\n" for name in figures],
+        *(report_section(directory, tables) if config.get("sweep", {}).get("field") else []),
+        *(["## Figures", "", *[f"![{FIGURE_CAPTIONS[name]}]({name})\n" for name in figures]] if figures else []),
         "## Configuration",
         "",
         "```json",
         json.dumps({k: config.get(k) for k in ("model", "train")}, indent=2),
         "```",
         "",
-        "## Environment",
-        "",
-        *environment_lines(tables["env"]),
-        "",
+        *environment_section(tables["env"]),
     ]
-    path = directory / "report.md"
-    path.write_text("\n".join(lines))
+    return write_markdown(
+        directory / "report.md", lines, f"the tables are complete: rerun `framebench plot {directory}` where it can be written"
+    )
+
+
+def environment_section(env: dict) -> list[str]:
+    return ["## Environment", "", *environment_lines(env), ""]
+
+
+def write_markdown(path: Path, lines: list[str], fix: str) -> Path:
+    """Write a report; a folder that cannot take it is one line saying what to do."""
+    try:
+        path.write_text("\n".join(lines))
+    except OSError as exc:
+        raise FrameBenchError(f"cannot write {path} ({exc.strerror or exc}); {fix}") from None
     return path

@@ -1,76 +1,295 @@
 """Result tables: append-only CSVs written row by row as runs progress, plus their metadata.
 
-A results directory holds runs.csv, epochs.csv, steps.csv, config.json and env.json. Rows are
-appended (never rewritten) the moment they are measured, so a crash loses nothing already written.
+A results directory holds runs.csv, epochs.csv, steps.csv, gemm.csv, config.json and env.json.
+Rows are appended (never rewritten) the moment they are measured. Every table is created with its
+header in one atomic step, and every append writes whole rows or, if the write fails (disk full,
+killed), nothing: a crash at any instant leaves every table parseable and every row whole or absent.
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
 import importlib.metadata
+import io
 import json
 import os
 import platform
 import re
 import shutil
+import socket
 import subprocess
 import sys
-from datetime import datetime, timezone
+import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 
-from bench.errors import FrameBenchError
+from framebench.errors import FrameBenchError
 
-RUN_KEYS = ["run_id", "backend", "variant", "device", "dataset", "preset", "repeat", "seed"]
+# Columns that identify a run's rows; (backend, variant, device, sweep_value, repeat) is unique per job.
+RUN_KEYS = ["run_id", "backend", "variant", "device", "dataset", "preset", "sweep_field", "sweep_value", "repeat", "seed", "attempt"]
+JOB_KEY = ["backend", "variant", "device", "sweep_value", "repeat"]
 RUNS_COLUMNS = RUN_KEYS + [
-    "status", "error", "epochs_done", "setup_s", "first_epoch_s", "median_epoch_s", "total_train_s",
-    "samples_per_s", "final_test_acc", "final_test_loss", "target_acc", "time_to_target_s", "floor_epoch_s",
-    "efficiency", "own_floor_epoch_s", "overhead_efficiency", "peak_rss_mb", "peak_gpu_mb", "framework_version", "threads",
+    "node",
+    "host",
+    "status",
+    "error",
+    "epochs_done",
+    "setup_s",
+    "first_epoch_s",
+    "median_epoch_s",
+    "total_train_s",
+    "samples_per_epoch",
+    "batch_size",
+    "samples_per_s",
+    "final_test_acc",
+    "final_test_loss",
+    "target_acc",
+    "time_to_target_s",
+    "gemm_library",
+    "peak_rss_mb",
+    "peak_gpu_mb",
+    "framework_version",
+    "threads",
+    "loadavg_1m",
+    "other_cpu_frac",
+    "started_at",
+    "ended_at",
 ]
 EPOCHS_COLUMNS = RUN_KEYS + ["epoch", "epoch_s", "train_loss", "test_loss", "test_acc", "eval_s"]
-STEPS_COLUMNS = ["run_id", "backend", "variant", "device", "repeat", "epoch", "step", "loss"]
-GEMM_COLUMNS = ["library", "device", "threads", "kind", "layer", "m", "k", "n", "seconds", "gflops"]
+STEPS_COLUMNS = ["run_id", "backend", "variant", "device", "sweep_value", "repeat", "attempt", "epoch", "step", "loss"]
+GEMM_COLUMNS = ["node", "library", "device", "threads", "sweep_value", "probe", "kind", "layer", "m", "k", "n", "seconds", "gflops"]
 TABLES = {"runs": RUNS_COLUMNS, "epochs": EPOCHS_COLUMNS, "steps": STEPS_COLUMNS, "gemm": GEMM_COLUMNS}
-LIBRARIES = ("numpy", "pandas", "scikit-learn", "threadpoolctl", "tensorflow", "tensorflow-cpu", "keras", "torch", "jax", "jaxlib")
+TEXT_COLUMNS = {"sweep_field", "sweep_value", "error", "node", "host", "framework_version", "gemm_library"}
+LIBRARIES = ("numpy", "pandas", "scikit-learn", "threadpoolctl", "tensorflow", "tensorflow-cpu", "keras", "torch", "jax", "jaxlib", "ray")
+LOCK_FILE = ".lock"
+UMASK = os.umask(0o022)  # read (and put back at once): files made via mkstemp get the usual permissions
+os.umask(UMASK)
 
 
 def new_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+
+
+class ResultsWriteError(FrameBenchError):
+    """The results directory cannot take more data (disk full, read-only, removed)."""
+
+
+def write_failure(path: Path, exc: OSError, directory: Path) -> ResultsWriteError:
+    return ResultsWriteError(
+        f"cannot write {path}: {exc.strerror or exc}; free space or fix permissions, then finish the run "
+        f"with `framebench run --resume {directory}`"
+    )
+
+
+def temporary_beside(path: Path) -> tuple[int, str]:
+    """A new file in `path`'s folder, to be renamed onto it, with the permissions a plain open would
+    give it (mkstemp's are owner-only)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.fchmod(fd, 0o666 & ~UMASK)
+    return fd, tmp
+
+
+def create_with_header(path: Path, columns: list[str]) -> None:
+    """Create `path` holding only the header, atomically: it exists complete or not at all."""
+    fd, tmp = temporary_beside(path)
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            csv.writer(handle).writerow(columns)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)  # fails if another writer created it first: theirs stays
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(tmp)
+
+
+def check_header(path: Path, columns: list[str]) -> None:
+    with path.open(newline="") as handle:
+        header = next(csv.reader(handle), None)
+    if header != columns:
+        raise FrameBenchError(
+            f"{path} has columns {header} where this framebench writes {columns}; it was written by another version: use a new --run-id"
+        )
 
 
 def append_rows(directory: Path, table: str, rows: list[dict]) -> None:
-    """Append `rows` to `table`.csv, writing the header only when the file is new."""
+    """Append whole `rows` to `table`.csv, creating it with its header first when it is missing or empty.
+
+    A previous writer killed mid-row leaves a last line without a newline: it is cut off before
+    appending, so no row is ever glued to a torn one. A failed write is undone to the last whole row.
+    """
+    columns = TABLES[table]
     path = directory / f"{table}.csv"
-    is_new = not path.exists()
-    with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=TABLES[table], extrasaction="raise")
-        if is_new:
-            writer.writeheader()
-        writer.writerows(rows)
-        handle.flush()
-        os.fsync(handle.fileno())
+    buffer = io.StringIO()
+    csv.DictWriter(buffer, fieldnames=columns, extrasaction="raise", lineterminator="\n").writerows(rows)
+    data = buffer.getvalue().encode()
+    try:
+        if not path.exists() or path.stat().st_size == 0:
+            if path.exists():
+                path.unlink()
+            create_with_header(path, columns)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND)
+    except OSError as exc:
+        raise write_failure(path, exc, directory) from None
+    try:
+        size = cut_torn_tail(fd)
+        if size == 0:  # nothing whole was left: the header goes first
+            data = (",".join(columns) + "\n").encode() + data
+        else:
+            check_header(path, columns)
+        try:
+            written = 0
+            while written < len(data):
+                written += os.write(fd, data[written:])
+            os.fsync(fd)
+        except OSError as exc:
+            os.ftruncate(fd, size)
+            raise write_failure(path, exc, directory) from None
+    finally:
+        os.close(fd)
+
+
+def cut_torn_tail(fd: int) -> int:
+    """Truncate a last line that has no newline (a row torn by a kill); returns the file's size."""
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return 0
+    block = min(size, 1 << 16)
+    tail = os.pread(fd, block, size - block)
+    if tail.endswith(b"\n"):
+        return size
+    cut = tail.rfind(b"\n")
+    keep = size - block + cut + 1 if cut >= 0 else 0
+    os.ftruncate(fd, keep)
+    print(f"warning: removed a torn last row ({size - keep} bytes) left by an interrupted writer", file=sys.stderr)
+    return keep
 
 
 def write_json(directory: Path, name: str, data: dict) -> None:
-    """Write metadata once; a second run appending to the same directory keeps the first copy."""
+    """Write metadata atomically (a reader sees the old or the new file, never half of one)."""
     path = directory / name
+    try:
+        fd, tmp = temporary_beside(path)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise write_failure(path, exc, directory) from None
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FrameBenchError(f"{path} cannot be read ({exc}); it is not a framebench results file") from None
+
+
+class DirectoryLock:
+    """Held by the one `framebench run` writing a results directory; a second writer is refused."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / LOCK_FILE
+        self.handle = None
+
+    def __enter__(self) -> DirectoryLock:
+        try:
+            self.handle = self.path.open("a+")
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.seek(0)
+            holder = self.handle.read().strip() or "another process"
+            self.handle.close()
+            raise FrameBenchError(f"{self.path.parent} is being written by {holder}; wait for it, or use another --run-id") from None
+        except OSError as exc:
+            raise write_failure(self.path, exc, self.path.parent) from None
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(f"framebench run pid {os.getpid()} on {socket.gethostname()}")
+        self.handle.flush()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.handle.close()
+
+
+def prepare_directory(parent: str | Path, run_id: str) -> Path:
+    """The run's directory, created; a results parent that is a file or cannot be written is one clear error."""
+    parent = Path(parent)
+    directory = parent / run_id
+    if parent.exists() and not parent.is_dir():
+        raise FrameBenchError(f"--results-dir {parent} is a file, not a folder; pass a folder")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-")
+        probe.close()
+    except OSError as exc:
+        raise FrameBenchError(f"cannot write results under {parent} ({exc.strerror or exc}); pass a writable --results-dir") from None
+    return directory
+
+
+def check_free_space(directory: Path, needed_bytes: int) -> None:
+    """Refuse to start a matrix whose tables would not fit on the disk (found now, not mid-run)."""
+    free = shutil.disk_usage(directory).free
+    if free < needed_bytes:
+        raise FrameBenchError(
+            f"{directory} has {free / 1e6:.1f} MB free but this matrix writes about {needed_bytes / 1e6:.1f} MB "
+            "of tables; free space or pass another --results-dir"
+        )
+
+
+def read_table(directory: Path, table: str) -> pd.DataFrame:
+    """One table, every whole row of it: a torn last line is left out with a warning; anything that is
+    not a framebench table is one clear error."""
+    columns = TABLES[table]
+    path = directory / f"{table}.csv"
     if not path.exists():
-        path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+        return empty_table(columns)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise FrameBenchError(f"{path} cannot be read ({exc.strerror or exc})") from None
+    if raw and not raw.endswith(b"\n"):
+        print(f"warning: {path}: ignoring a torn last row (the writer was interrupted)", file=sys.stderr)
+        raw = raw[: raw.rfind(b"\n") + 1]
+    if not raw:
+        return empty_table(columns)
+    try:
+        text = raw.decode()
+        header = next(csv.reader(io.StringIO(text)))
+        if header != columns:
+            raise ValueError(f"columns {header[:4]}… are not {table}.csv's")
+        dtypes = {c: str for c in TEXT_COLUMNS if c in columns}
+        return pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=[""], dtype=dtypes).fillna({c: "" for c in dtypes})
+    except (UnicodeDecodeError, ValueError, pd.errors.ParserError, StopIteration) as exc:
+        raise FrameBenchError(
+            f"{path} is not a framebench table ({str(exc).splitlines()[0][:120]}); pass a directory `framebench run` wrote, or rerun it"
+        ) from None
 
 
-def load_results(directory: str | Path) -> dict[str, pd.DataFrame]:
-    """Read a results directory back: {'runs', 'epochs', 'steps'} DataFrames plus 'config' and 'env' dicts."""
+def empty_table(columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=str if c in TEXT_COLUMNS else float) for c in columns})
+
+
+def load_results(directory: str | Path) -> dict:
+    """Read a results directory back: {'runs', 'epochs', 'steps', 'gemm'} DataFrames plus 'config' and
+    'env' dicts. `runs` gains the floors and efficiencies derived from gemm.csv (framebench.gemm)."""
+    from framebench.gemm import with_efficiencies
+
     directory = Path(directory)
-    if not (directory / "runs.csv").exists():
-        raise FrameBenchError(f"{directory} is not a results directory (no runs.csv); pass the folder `framebench run` printed")
-    tables: dict = {}
-    for table, columns in TABLES.items():
-        path = directory / f"{table}.csv"
-        tables[table] = pd.read_csv(path, keep_default_na=False, na_values=[""]) if path.exists() else pd.DataFrame(columns=columns)
-    for name in ("config", "env"):
-        path = directory / f"{name}.json"
-        tables[name] = json.loads(path.read_text()) if path.exists() else {}
+    for required in ("runs.csv", "config.json"):
+        if not (directory / required).is_file():
+            raise FrameBenchError(f"{directory} is not a results directory (no {required}); pass the folder `framebench run` printed")
+    tables: dict = {table: read_table(directory, table) for table in TABLES}
+    tables["config"] = read_json(directory / "config.json")
+    tables["env"] = read_json(directory / "env.json") if (directory / "env.json").exists() else {}
+    tables["runs"] = with_efficiencies(tables["runs"], tables["gemm"])
     return tables
 
 
@@ -106,7 +325,10 @@ def gpu_info() -> list[dict]:
         return []
     cuda = re.search(r"CUDA Version:\s*([\d.]+)", banner)
     return [
-        {**dict(zip(("name", "driver", "memory"), (part.strip() for part in line.split(",")))), "cuda": cuda.group(1) if cuda else ""}
+        {
+            **dict(zip(("name", "driver", "memory"), (part.strip() for part in line.split(",")), strict=False)),
+            "cuda": cuda.group(1) if cuda else "",
+        }
         for line in lines
     ]
 
@@ -115,9 +337,9 @@ KERNEL_ENV_VARS = ("OPENBLAS_CORETYPE", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "
 
 
 def kernel_settings() -> dict[str, str]:
-    """Environment variables that choose which CPU kernels the libraries run (set ones only), and
-    the instruction set NumPy's BLAS picked: on this project's machine OPENBLAS_CORETYPE=Haswell
-    holds OpenBLAS to AVX2 kernels on an AVX-512 CPU, which costs NumPy 40% of its GEMM speed."""
+    """Environment variables that choose which CPU kernels the libraries run (set ones only), and the
+    instruction set NumPy's BLAS picked: OPENBLAS_CORETYPE, for one, can hold OpenBLAS to older
+    kernels than the CPU has, which changes every GEMM floor."""
     from threadpoolctl import threadpool_info
 
     settings = {name: os.environ[name] for name in KERNEL_ENV_VARS if name in os.environ}
@@ -133,13 +355,16 @@ def git_commit() -> str:
     root = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, check=True).stdout
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return commit + ("+dirty" if dirty.strip() else "")
 
 
-def environment(threads: int) -> dict:
+def node_environment(threads: int) -> dict:
+    """What makes this machine's timings what they are; recorded per node in env.json."""
     return {
         "python": sys.version.split()[0],
         "libraries": library_versions(),
@@ -147,10 +372,18 @@ def environment(threads: int) -> dict:
         "cores": os.cpu_count(),
         "threads": threads,
         "os": platform.platform(),
-        "machine": platform.node(),
+        "machine": socket.gethostname(),
         "gpus": gpu_info(),
         "kernel_settings": kernel_settings(),
+    }
+
+
+def environment(threads: int, nodes: dict[str, dict]) -> dict:
+    """env.json: the driver's environment (where the tables were written) and every node's."""
+    return {
+        **node_environment(threads),
         "git_commit": git_commit(),
         "command": " ".join(sys.argv),
-        "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "nodes": nodes,
     }

@@ -1,113 +1,219 @@
-"""Runs the benchmark matrix: one fresh worker process per (backend, variant, device, repeat),
-round-robin over backends, writing every measured row the moment its event arrives."""
+"""Runs the benchmark matrix: one fresh worker process per job, jobs interleaved (A B C, A B C) so a
+shared machine's drift spreads evenly, every measured row written the moment its event arrives.
+
+The driver alone writes the results directory (under a lock), whichever executor runs the jobs. A
+run stopped by SIGINT or SIGTERM kills its workers, records the job in flight as `interrupted`,
+writes its report and says how to finish it: `framebench run --resume DIR` runs only the jobs
+without an `ok` row.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
-import queue
+import re
 import signal
 import statistics
-import subprocess
 import sys
-import threading
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import gemm
-from bench.results import append_rows
-from bench.worker import EVENT_PREFIX, Job
-from impls import backend_spec
+from framebench import registry
+from framebench.config import PRESETS, ModelConfig, Sweep, TrainConfig, config_from_dict, layer_sizes, resolve
+from framebench.data import load_dataset
+from framebench.errors import FrameBenchError
+from framebench.executors import EXECUTORS, Executor, LocalExecutor
+from framebench.node import ProbeRequest
+from framebench.results import (
+    TABLES,
+    DirectoryLock,
+    append_rows,
+    check_free_space,
+    environment,
+    load_results,
+    new_run_id,
+    prepare_directory,
+    read_json,
+    read_table,
+    write_json,
+)
+from framebench.tables import BUSY_FRACTION
+from framebench.worker import Job
 
-THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
+DEVICE_CHOICES = ("cpu", "gpu", "auto", "all")
+OK_STATUSES = ("ok",)
+NOT_RUN_STATUSES = ("unavailable", "unsupported")  # the job never trained: declined, not failed
+# A results directory holds one experiment: appending with any of these different is refused.
+IDENTITY = ("preset", "dataset", "model", "train", "tf32", "threads", "sweep", "target_acc")
+STEP_ROW_BYTES = 80  # a steps.csv row, generously, for the free-space check before a matrix starts
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    backends: str = "numpy"  # comma-separated backends, or all (see `framebench list`)
+    variants: str = "default"  # comma-separated variants, or all; each backend runs those it registers
+    device: str = "cpu"  # cpu, gpu, auto (gpu where the machine or cluster has one, else cpu), all, or a list such as cpu,gpu
+    preset: str = "mlp"  # the starting configuration; the model and training flags below override its fields
+    dataset: str | None = None  # mnist, fashion-mnist or digits (default: the preset's)
+    data_dir: str | None = None  # folder holding mnist/ and fashion-mnist/ (default: $FRAMEBENCH_DATA_DIR, the cache, ...)
+    results_dir: str = "results"  # parent folder of the run's results directory
+    run_id: str | None = None  # results directory name (default: the UTC time); an existing one is extended, same configuration only
+    resume: str | None = None  # a results directory to finish: its recorded matrix, only the jobs without an ok row
+    repeats: int = 1  # rounds over the whole matrix
+    seed: int = 0  # seed of initial weights and batch order; repeat r uses seed + r unless --same-seed
+    same_seed: bool = False  # every repeat uses --seed
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)  # CPU threads for every library (default: all cores)
+    oversubscribe: bool = False  # allow --threads above this machine's cores
+    target_acc: float | None = None  # test accuracy that times time-to-accuracy, in (0, 1] (default: the preset's)
+    tf32: bool = False  # allow TensorFloat-32 GPU matrix products in every backend
+    floors: bool = True  # time the model's GEMMs on every node, for floor_epoch_s and the efficiencies
+    timeout: float = 3600.0  # seconds one job may take before it is killed
+    sweep: str | None = None  # run the matrix once per value of one field: FIELD=V1,V2,... (hidden's values split by ;)
+    executor: str = "local"  # where jobs run: local (this machine, one at a time) or ray (a Ray cluster)
+    address: str | None = None  # Ray cluster address, e.g. 10.0.0.1:6379 (default: start a Ray instance here)
+    schedule_timeout: float = 300.0  # ray: seconds a job may wait for a node able to run it before it is unavailable
+
+    def validate(self) -> None:
+        """Everything checkable before a worker starts, each mistake naming its flag."""
+        if not 0 < self.timeout < math.inf:
+            raise FrameBenchError(f"--timeout must be a finite number of seconds > 0, got {self.timeout}")
+        if not 0 < self.schedule_timeout < math.inf:
+            raise FrameBenchError(f"--schedule-timeout must be a finite number of seconds > 0, got {self.schedule_timeout}")
+        if self.seed < 0:
+            raise FrameBenchError(f"--seed must be >= 0, got {self.seed}")
+        if self.repeats < 1:
+            raise FrameBenchError(f"--repeats must be at least 1, got {self.repeats}")
+        if self.threads < 1:
+            raise FrameBenchError(f"--threads must be at least 1, got {self.threads}")
+        check_threads(self.threads, self.oversubscribe, "--threads ")
+        if self.target_acc is not None and not 0 < self.target_acc <= 1:
+            raise FrameBenchError(f"--target-acc must be in (0, 1], got {self.target_acc}")
+        if self.run_id is not None and not RUN_ID_PATTERN.fullmatch(self.run_id):
+            raise FrameBenchError(
+                f"--run-id {self.run_id!r} must be a plain name (letters, digits, '.', '_', '-'), which stays inside --results-dir"
+            )
+        if self.executor not in EXECUTORS:
+            raise FrameBenchError(f"unknown executor {self.executor!r}; --executor takes one of: {', '.join(EXECUTORS)}")
+
+
+def make_executor(name: str, address: str | None, schedule_timeout: float) -> Executor:
+    """The executor --executor names; Ray is imported only when it is the one."""
+    if name == "ray":
+        from framebench.ray_executor import RayExecutor
+
+        return RayExecutor(address, schedule_timeout)
+    if address:
+        raise FrameBenchError("--address needs --executor ray")
+    return LocalExecutor()
+
+
+def check_threads(threads: int, oversubscribe: bool, flag: str) -> None:
+    """More threads than cores would time contention: refused unless asked for (`flag` names the setting)."""
+    if threads > (os.cpu_count() or 1) and not oversubscribe:
+        raise FrameBenchError(
+            f"{flag}{threads} is more than this machine's {os.cpu_count()} cores, which times contention, not "
+            "the frameworks; pass --oversubscribe to do it anyway"
+        )
 
 
 @dataclass(frozen=True)
 class Matrix:
-    backends: tuple[str, ...]  # registry names, in the order each round visits them
-    variants: dict[str, tuple[str, ...]]  # backend -> the variants to run for it
-    devices: tuple[str, ...]  # "cpu", "gpu" or "auto"
-    repeats: int  # rounds over all backends
+    backends: tuple[str, ...]  # the --backends of one request, as registry names
+    variants: tuple[str, ...]  # its --variants
+    devices: tuple[str, ...]  # its devices, "auto" and "all" resolved
+    repeats: int  # rounds over all jobs
     seed: int  # seed of the first repeat
-    vary_seed: bool  # repeat r uses seed + r when True, else the same seed every repeat
+    same_seed: bool  # every repeat uses `seed`
 
 
-def plan(matrix: Matrix, template: Job) -> list[Job]:
-    """Jobs in round-robin order (A B C, A B C, ...) so a shared machine's drift spreads evenly."""
-    return [
-        dataclasses.replace(
-            template, backend=backend, variant=variant, device=device, repeat=repeat,
-            seed=matrix.seed + repeat if matrix.vary_seed else matrix.seed,
-        )
-        for repeat in range(matrix.repeats)
-        for device in matrix.devices
-        for backend in matrix.backends
-        for variant in matrix.variants[backend]
-    ]
+def split_names(text: str, allowed: list[str], what: str, flag: str) -> tuple[str, ...]:
+    items = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    if not items:
+        raise FrameBenchError(f"{flag} names no {what}; choose from: {', '.join(allowed)} (or all)")
+    if "all" in items:
+        return tuple(allowed)
+    for item in items:
+        if item not in allowed:
+            raise FrameBenchError(f"unknown {what} {item!r}; {flag} takes: {', '.join(allowed)} (or all)")
+    return items
 
 
-def thread_env(threads: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({name: str(threads) for name in THREAD_ENV_VARS})
-    env["TF_NUM_INTEROP_THREADS"] = "1"
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    return env
+def resolve_devices(text: str, executor: Executor) -> tuple[str, ...]:
+    """cpu/gpu as asked; auto is gpu where the executor has one, else cpu; all is cpu,gpu; no duplicates."""
+    asked = split_names(text, list(DEVICE_CHOICES), "device", "--device")
+    gpu = "gpu" if "auto" in asked and executor.has_gpu() else "cpu"
+    expanded = [d for item in asked for d in ({"auto": [gpu], "all": ["cpu", "gpu"]}.get(item, [item]))]
+    return tuple(dict.fromkeys(expanded))
 
 
-def worker_env(job: Job) -> dict[str, str]:
-    return {**thread_env(job.threads), **backend_spec(job.backend).env}
+def plan(matrices: list[Matrix], template: Job, sweep: Sweep, model: ModelConfig, train: TrainConfig) -> list[Job]:
+    """Every job of the matrices, each (backend, variant, device, sweep value, repeat) once, ordered
+    repeat by repeat and, within a repeat, value by value and backend by backend."""
+    jobs: dict[tuple, Job] = {}
+    for matrix in matrices:
+        for repeat in range(matrix.repeats):
+            for value in sweep.values:
+                value_model, value_train, threads = sweep.apply(model, train, template.threads, value)
+                config = {"model": dataclasses.asdict(value_model), "train": dataclasses.asdict(value_train)}
+                for device in matrix.devices:
+                    for backend in matrix.backends:
+                        for variant in matrix.variants:
+                            if (backend, variant) not in registry.REGISTRY:
+                                continue
+                            job = dataclasses.replace(
+                                template,
+                                backend=backend,
+                                variant=variant,
+                                device=device,
+                                repeat=repeat,
+                                config=config,
+                                seed=matrix.seed if matrix.same_seed else matrix.seed + repeat,
+                                threads=threads,
+                                sweep_field=sweep.field,
+                                sweep_value=value,
+                            )
+                            jobs.setdefault(job.key(), job)
+    return sorted(jobs.values(), key=lambda j: j.repeat)  # stable: the order above within a repeat
 
 
-@dataclass(frozen=True)
-class Floors:
-    """GEMM times measured in this run, per (library, device), and the model's shapes."""
-
-    sizes: tuple[int, ...]  # layer widths, input to output
-    batch: int  # batch size of the run
-    seconds: dict[tuple[str, str], dict[str, float]]  # (library, device) -> {"MxKxN": seconds}
-
-    def epoch_floors(self, library: str, device: str, samples: int) -> tuple[float | None, float | None]:
-        """(fastest library's floor, `library`'s floor) for an epoch of `samples` on `device`."""
-        measured = {lib: s for (lib, dev), s in self.seconds.items() if dev == device}
-        if not measured:
-            return None, None
-        best = {shape: min(s[shape] for s in measured.values()) for shape in next(iter(measured.values()))}
-        own = measured.get(library)
-        return (gemm.floor_epoch_s(best, self.sizes, self.batch, samples),
-                gemm.floor_epoch_s(own, self.sizes, self.batch, samples) if own else None)
-
-
-def probe_gemms(directory: Path, sizes: tuple[int, ...], batch: int, devices: tuple[str, ...], threads: int, tf32: bool) -> Floors:
-    """Time the model's GEMM shapes in every library present, each in its own process; gemm.csv keeps them."""
-    gemms = gemm.step_gemms(sizes, batch)
-    shapes = sorted({(g.m, g.k, g.n) for g in gemms})
-    seconds = {}
-    for device in devices:
-        for library in gemm.LIBRARIES:
-            request = json.dumps({"library": library, "device": device, "threads": threads, "tf32": tf32, "shapes": shapes})
-            result = subprocess.run([sys.executable, "-m", "bench.gemm"], input=request, capture_output=True, text=True,
-                                    env=thread_env(threads))
-            if result.returncode != 0:
-                print(f"GEMM probe: {library} on {device} not measured ({(result.stderr.strip().splitlines() or ['?'])[-1]})",
-                      file=sys.stderr)
-                continue
-            seconds[(library, device)] = json.loads(result.stdout.strip().splitlines()[-1])
-            append_rows(directory, "gemm", [
-                {"library": library, "device": device, "threads": threads, "kind": g.kind, "layer": g.layer, "m": g.m, "k": g.k,
-                 "n": g.n, "seconds": seconds[(library, device)][gemm.key(g)],
-                 "gflops": g.flops / seconds[(library, device)][gemm.key(g)] / 1e9}
-                for g in gemms
-            ])
-            print(f"GEMM probe: {library} on {device} measured", file=sys.stderr, flush=True)
-    return Floors(sizes=sizes, batch=batch, seconds=seconds)
+def recorded_jobs(run_id: str, config: dict) -> list[Job]:
+    """Every job of the matrices a config.json records."""
+    model, train = config_from_dict(config)
+    template = Job(
+        run_id=run_id,
+        backend="",
+        variant="",
+        device="",
+        dataset=config["dataset"],
+        data_dir=config.get("data_dir"),
+        preset=config["preset"],
+        config={},
+        repeat=0,
+        seed=0,
+        threads=config["threads"],
+        tf32=config["tf32"],
+        target_acc=config["target_acc"],
+    )
+    matrices = [Matrix(**{**m, **{k: tuple(m[k]) for k in ("backends", "variants", "devices")}}) for m in config["matrices"]]
+    return plan(matrices, template, Sweep(config["sweep"]["field"], tuple(config["sweep"]["values"])), model, train)
 
 
-def read_lines(stream, lines: queue.Queue) -> None:
-    for line in stream:
-        lines.put(line)
-    lines.put(None)
+def unregistered(matrix: Matrix) -> list[str]:
+    """Requested (backend, variant) pairs that are not registered (they would repeat `default`)."""
+    return [f"{b}:{v}" for b in matrix.backends for v in matrix.variants if (b, v) not in registry.REGISTRY]
+
+
+@dataclass
+class JobState:
+    """What the driver has heard of one job so far."""
+
+    job: Job
+    node: str = ""  # where it runs, once it has started
+    setup: dict = field(default_factory=dict)
+    epochs: list[dict] = field(default_factory=list)
 
 
 def time_to_target(epochs: list[dict], target: float) -> float | None:
@@ -120,113 +226,317 @@ def time_to_target(epochs: list[dict], target: float) -> float | None:
     return None
 
 
-def summarize(keys: dict, events: list[dict], end: dict, job: Job, floors: Floors | None) -> dict:
+def summarize(state: JobState, end: dict) -> dict:
     """The runs.csv row: what the epochs measured, whatever the outcome."""
-    setup = next((e for e in events if e["type"] == "setup"), {})
-    epochs = [e for e in events if e["type"] == "epoch"]
+    job, epochs = state.job, state.epochs
     times = [e["epoch_s"] for e in epochs]
     steady = times[1:] or times
     median = statistics.median(steady) if steady else None
-    floor, own_floor = (None, None)
-    if floors and median:
-        floor, own_floor = floors.epoch_floors(backend_spec(job.backend).gemm_library, keys["device"], setup["samples_per_epoch"])
+    samples = state.setup.get("samples_per_epoch")
+    train = job.config["train"]
     return {
-        **keys,
+        **job.row_keys(),
+        "node": end.get("node") or state.node,
+        "host": end.get("host", ""),
         "status": end["status"],
         "error": end.get("error", ""),
         "epochs_done": len(epochs),
-        "setup_s": setup.get("setup_s"),
+        "setup_s": state.setup.get("setup_s"),
         "first_epoch_s": times[0] if times else None,
         "median_epoch_s": median,
         "total_train_s": sum(times) if times else None,
-        "samples_per_s": setup["samples_per_epoch"] / median if median else None,
+        "samples_per_epoch": samples,
+        "batch_size": train["batch_size"],
+        "samples_per_s": samples / median if samples and median else None,
         "final_test_acc": epochs[-1]["test_acc"] if epochs else None,
         "final_test_loss": epochs[-1]["test_loss"] if epochs else None,
         "target_acc": job.target_acc,
         "time_to_target_s": time_to_target(epochs, job.target_acc),
-        "floor_epoch_s": floor,
-        "efficiency": floor / median if floor else None,
-        "own_floor_epoch_s": own_floor,
-        "overhead_efficiency": own_floor / median if own_floor else None,
+        "gemm_library": registry.lookup(job.backend, job.variant).gemm_library,
         "peak_rss_mb": end.get("peak_rss_mb") or (epochs[-1]["peak_rss_mb"] if epochs else None),
         "peak_gpu_mb": end.get("peak_gpu_mb"),
-        "framework_version": setup.get("framework_version", ""),
+        "framework_version": state.setup.get("framework_version", ""),
         "threads": job.threads,
+        "loadavg_1m": end.get("loadavg_1m"),
+        "other_cpu_frac": end.get("other_cpu_frac"),
+        "started_at": end.get("started_at"),
+        "ended_at": end.get("ended_at"),
     }
 
 
-def record_epoch(directory: Path, keys: dict, event: dict) -> None:
-    append_rows(directory, "epochs", [{**keys, **{k: event[k] for k in ("epoch", "epoch_s", "train_loss", "test_loss", "test_acc", "eval_s")}}])
-    step_keys = {k: keys[k] for k in ("run_id", "backend", "variant", "device", "repeat")}
-    append_rows(directory, "steps", [
-        {**step_keys, "epoch": event["epoch"], "step": step, "loss": loss}
-        for step, loss in enumerate(event["step_losses"], start=1)
-    ])
+def log_name(job: Job) -> str:
+    value = re.sub(r"[^A-Za-z0-9.,_-]", "_", f"-{job.sweep_field}={job.sweep_value}") if job.sweep_field else ""
+    return f"{job.backend}-{job.variant}-{job.device}{value}-r{job.repeat}-a{job.attempt}.log"
 
 
-def execute(job: Job, directory: Path, timeout_s: float, label: str, floors: Floors | None) -> dict:
-    """Run one job in a fresh process; always returns (and appends) its runs.csv row."""
-    log_dir = directory / "logs"
-    log_dir.mkdir(exist_ok=True)
-    log_path = log_dir / f"{job.backend}-{job.variant}-{job.device}-r{job.repeat}.log"
-    keys = job.keys()
-    events: list[dict] = []
-    end = None
-    with log_path.open("a") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bench.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=log, text=True, env=worker_env(job), start_new_session=True,
-        )
-        process.stdin.write(json.dumps(dataclasses.asdict(job)))
-        process.stdin.close()
-        lines: queue.Queue = queue.Queue()
-        threading.Thread(target=read_lines, args=(process.stdout, lines), daemon=True).start()
-        deadline = time.monotonic() + timeout_s
-        while end is None:
-            try:
-                line = lines.get(timeout=max(deadline - time.monotonic(), 0))
-            except queue.Empty:
-                os.killpg(process.pid, signal.SIGKILL)
-                end = {"status": "timeout", "error": f"no result within --timeout {timeout_s:g} s; raise --timeout or use fewer epochs"}
-                break
-            if line is None:
-                break
-            if not line.startswith(EVENT_PREFIX):
-                log.write(line)
-                continue
-            event = json.loads(line[len(EVENT_PREFIX):])
-            events.append(event)
-            if event["type"] == "start":
-                keys["device"] = event["device"]
-            elif event["type"] == "epoch":
-                record_epoch(directory, keys, event)
-                print(f"{label}: epoch {event['epoch']}: {event['epoch_s']:.3f} s, train loss {event['train_loss']:.4f}, "
-                      f"test acc {event['test_acc']:.4f}", file=sys.stderr, flush=True)
-            elif event["type"] == "end":
-                end = event
-        returncode = process.wait()
-    if end is None:
-        end = {"status": "failed", "error": crash_message(returncode, log_path)}
-    row = summarize(keys, events, end, job, floors)
+def record_epoch(directory: Path, job: Job, event: dict) -> None:
+    keys = job.row_keys()
+    append_rows(
+        directory, "epochs", [{**keys, **{k: event[k] for k in ("epoch", "epoch_s", "train_loss", "test_loss", "test_acc", "eval_s")}}]
+    )
+    step_keys = {k: keys[k] for k in ("run_id", "backend", "variant", "device", "sweep_value", "repeat", "attempt")}
+    append_rows(
+        directory,
+        "steps",
+        [{**step_keys, "epoch": event["epoch"], "step": step, "loss": loss} for step, loss in enumerate(event["step_losses"], start=1)],
+    )
+
+
+def finish_job(directory: Path, state: JobState, end: dict) -> dict:
+    """Write the job's log and its runs.csv row; say how it ended."""
+    log_path = directory / "logs" / log_name(state.job)
+    if end.get("log"):
+        log_path.parent.mkdir(exist_ok=True)
+        log_path.write_text(end["log"])
+    if end["status"] in ("failed", "timeout", "lost") and end.get("log"):
+        end = {**end, "error": f"{end.get('error', '')}; see {log_path}"}
+    row = summarize(state, end)
     append_rows(directory, "runs", [row])
-    print(f"{label}: {row['status']}" + (f" ({row['error']})" if row["error"] else ""), file=sys.stderr, flush=True)
+    busy = row["other_cpu_frac"] is not None and row["other_cpu_frac"] > BUSY_FRACTION
+    print(
+        f"{state.job.label}: {row['status']}"
+        + (f" ({row['error']})" if row["error"] else "")
+        + (f"; warning: machine busy, other processes used {row['other_cpu_frac']:.0%} of the CPUs" if busy else ""),
+        file=sys.stderr,
+        flush=True,
+    )
     return row
 
 
-def crash_message(returncode: int, log_path: Path) -> str:
-    """Why a worker died without reporting: its signal (SIGKILL usually means out of memory) or last log line."""
-    if returncode < 0:
-        name = signal.Signals(-returncode).name
-        hint = " (killed, likely out of memory)" if name == "SIGKILL" else ""
-        return f"worker died with {name}{hint}; see {log_path}"
-    lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
-    return f"worker exited with status {returncode}: {lines[-1] if lines else 'no output'}; see {log_path}"
+class Stopped(Exception):
+    """SIGINT or SIGTERM reached the driver."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
-def run_matrix(jobs: list[Job], directory: Path, timeout_s: float, floors: Floors | None) -> list[dict]:
-    rows = []
-    for number, job in enumerate(jobs, start=1):
-        label = f"[{number}/{len(jobs)}] {job.backend}/{job.variant} on {job.device}, repeat {job.repeat + 1}"
-        print(f"{label}: starting", file=sys.stderr, flush=True)
-        rows.append(execute(job, directory, timeout_s, label, floors))
+def raise_stopped(signum: int, _frame) -> None:
+    for name in (signal.SIGINT, signal.SIGTERM):  # finishing up must not be interrupted again
+        signal.signal(name, signal.SIG_IGN)
+    raise Stopped(signum)
+
+
+def run_jobs(directory: Path, jobs: list[Job], executor: Executor, timeout_s: float, states: dict) -> list[dict]:
+    """Run the jobs, writing rows as events arrive; `states` holds the jobs in flight (for an interrupt)."""
+    rows, runnable = [], []
+    for job in jobs:
+        entry = registry.lookup(job.backend, job.variant)
+        if job.device in entry.devices:
+            runnable.append(job)
+        else:  # declined without starting a process
+            rows.append(
+                finish_job(
+                    directory, JobState(job), {"status": "unavailable", "error": f"{entry.name} runs on {', '.join(entry.devices)} only"}
+                )
+            )
+    numbers = {job.key(): f"[{number}/{len(jobs)}]" for number, job in enumerate(jobs, start=1)}
+    for job, event in executor.run(runnable, timeout_s):
+        label = f"{numbers[job.key()]} {job.label}" + (f", attempt {job.attempt}" if job.attempt > 1 else "")
+        state = states.setdefault((job.key(), job.attempt), JobState(job))
+        if event["type"] == "start":
+            state.node = event.get("node", "")
+            print(f"{label}: started on {event.get('node') or 'this machine'}", file=sys.stderr, flush=True)
+        elif event["type"] == "setup":
+            state.setup = event
+        elif event["type"] == "epoch":
+            state.epochs.append(event)
+            record_epoch(directory, job, event)
+            print(
+                f"{label}: epoch {event['epoch']}: {event['epoch_s']:.3f} s, train loss {event['train_loss']:.4f}, "
+                f"test acc {event['test_acc']:.4f}",
+                file=sys.stderr,
+                flush=True,
+            )
+        elif event["type"] == "end":
+            del states[(job.key(), job.attempt)]
+            row = finish_job(directory, state, event)
+            if not event.get("retried"):  # a lost attempt that was retried is superseded by its retry
+                rows.append(row)
     return rows
+
+
+def probe_floors(directory: Path, executor: Executor, probes: dict[ProbeRequest, list[str]], when: str) -> None:
+    """Time the GEMMs of every probe request on every node; gemm.csv keeps them, one row per GEMM."""
+    for request, sweep_values in probes.items():
+        for node_name, rows, skipped in executor.probe(request):
+            for line in skipped:
+                print(f"GEMM probe ({when}): {node_name}: {line}: not measured", file=sys.stderr)
+            append_rows(
+                directory,
+                "gemm",
+                [{**row, "node": node_name, "sweep_value": value, "probe": when} for value in sweep_values for row in rows],
+            )
+            print(f"GEMM probe ({when}): {node_name} {request.device}: {len(rows)} timings", file=sys.stderr, flush=True)
+
+
+def probe_requests(jobs: list[Job], input_size: int, num_classes: int, tf32: bool, has_gpu: bool) -> dict[ProbeRequest, list[str]]:
+    """The distinct GEMM probes the jobs need (one per device and shape set), each with its sweep values."""
+    requests: dict[ProbeRequest, list[str]] = {}
+    for job in jobs:
+        if job.device == "gpu" and not has_gpu:
+            continue
+        model, train = config_from_dict(job.config)
+        request = ProbeRequest(job.device, job.threads, tf32, layer_sizes(input_size, model, num_classes), train.batch_size)
+        values = requests.setdefault(request, [])
+        if job.sweep_value not in values:
+            values.append(job.sweep_value)
+    return requests
+
+
+def done_keys(directory: Path) -> dict[tuple, tuple[str, int]]:
+    """{job key: (status of its latest attempt, that attempt)} of the jobs already in runs.csv."""
+    runs = read_table(directory, "runs")
+    latest = {}
+    for row in runs.sort_values("attempt").itertuples():
+        latest[(row.backend, row.variant, row.device, row.sweep_value, int(row.repeat))] = (row.status, int(row.attempt))
+    return latest
+
+
+def check_same_experiment(directory: Path, config: dict) -> None:
+    old = read_json(directory / "config.json")
+    new = json.loads(json.dumps(config))  # as it will read back (tuples become lists)
+    differences = [key for key in IDENTITY if old.get(key) != new.get(key)]
+    if differences:
+        raise FrameBenchError(
+            f"{directory} holds another configuration ({', '.join(differences)} differ); finish it with "
+            f"`framebench run --resume {directory}`, or pass a new --run-id"
+        )
+
+
+def new_config(request: RunRequest, model_overrides: dict, train_overrides: dict) -> dict:
+    """config.json of a new request: the resolved experiment and its matrix (registry names, devices still as asked)."""
+    model, train = resolve(request.preset, model_overrides, train_overrides)
+    sweep = Sweep.parse(request.sweep)
+    for value in sweep.values:  # every value must make a valid configuration before anything runs
+        check_threads(sweep.apply(model, train, request.threads, value)[2], request.oversubscribe, "--sweep threads=")
+    return {
+        "preset": request.preset,
+        "dataset": request.dataset or PRESETS[request.preset].dataset,
+        "data_dir": request.data_dir,
+        "model": dataclasses.asdict(model),
+        "train": dataclasses.asdict(train),
+        "tf32": request.tf32,
+        "threads": request.threads,
+        "sweep": {"field": sweep.field, "values": list(sweep.values)},
+        "target_acc": request.target_acc or PRESETS[request.preset].target_acc,
+        "floors": request.floors,
+        "matrices": [],
+    }
+
+
+def matrix_of(request: RunRequest, executor: Executor) -> Matrix:
+    backends = split_names(request.backends, registry.backend_names(), "backend", "--backends")
+    variants = split_names(request.variants, registry.variant_names(), "variant", "--variants")
+    if not any((b, v) in registry.REGISTRY for b in backends for v in variants):
+        raise FrameBenchError(
+            f"no registered (backend, variant) pair in --backends {request.backends} --variants {request.variants}; "
+            "`framebench list` shows them"
+        )
+    return Matrix(backends, variants, resolve_devices(request.device, executor), request.repeats, request.seed, request.same_seed)
+
+
+def run(request: RunRequest, model_overrides: dict, train_overrides: dict) -> int:
+    """`framebench run`: plan, probe, run, report. Returns the exit status."""
+    request.validate()
+    if request.resume:
+        directory = Path(request.resume)
+        if not (directory / "config.json").is_file():
+            raise FrameBenchError(f"--resume {directory}: not a results directory (no config.json)")
+        config = read_json(directory / "config.json")
+        if not {"matrices", "sweep", *IDENTITY} <= set(config):
+            raise FrameBenchError(
+                f"--resume {directory}: its config.json was written by another framebench version; rerun the matrix into a new --run-id"
+            )
+        config["data_dir"] = request.data_dir or config.get("data_dir")
+    else:
+        config = new_config(request, model_overrides, train_overrides)
+        directory = prepare_directory(request.results_dir, request.run_id or new_run_id())
+    data = load_dataset(config["dataset"], data_dir=config.get("data_dir"))  # fails fast, once, on missing or bad data
+    config["data_source"] = data.source
+    with DirectoryLock(directory):
+        if not request.resume and (directory / "config.json").exists():
+            check_same_experiment(directory, config)
+            config = {**config, "matrices": read_json(directory / "config.json").get("matrices", [])}
+        executor = make_executor(request.executor, request.address, request.schedule_timeout)
+        try:
+            return run_in(directory, request, config, executor, data)
+        except BaseException:
+            executor.stop()  # whatever went wrong, no worker outlives the driver's run
+            raise
+        finally:
+            executor.close()
+
+
+def run_in(directory: Path, request: RunRequest, config: dict, executor: Executor, data) -> int:
+    if not request.resume:
+        matrix = matrix_of(request, executor)
+        if skipped := unregistered(matrix):
+            print(
+                f"not registered, so not run (a variant a backend does not register would repeat its default): {', '.join(skipped)}",
+                file=sys.stderr,
+            )
+        recorded = json.loads(json.dumps(dataclasses.asdict(matrix)))  # as config.json holds it
+        if recorded not in config["matrices"]:
+            config["matrices"].append(recorded)
+    previous = done_keys(directory)
+    jobs = [
+        dataclasses.replace(job, attempt=previous.get(job.key(), ("", 0))[1] + 1)
+        for job in recorded_jobs(directory.name, config)
+        if previous.get(job.key(), ("",))[0] != "ok"
+    ]
+    if previous:
+        print(
+            f"{sum(1 for status, _ in previous.values() if status == 'ok')} job(s) already ok in {directory}; {len(jobs)} to run",
+            file=sys.stderr,
+        )
+    write_json(directory, "config.json", config)
+    for table in TABLES:  # every table exists (with its header) from the start, whatever happens next
+        append_rows(directory, table, [])
+    write_json(directory, "env.json", environment(config["threads"], executor.nodes(config["threads"])))
+    steps = sum(
+        math.ceil(
+            (j.config["train"]["steps_per_epoch"] * j.config["train"]["batch_size"] or len(data.y_train)) / j.config["train"]["batch_size"]
+        )
+        * j.config["train"]["epochs"]
+        for j in jobs
+    )
+    check_free_space(directory, steps * STEP_ROW_BYTES + 1_000_000)
+    probes = probe_requests(jobs, data.input_size, data.num_classes, config["tf32"], executor.has_gpu()) if config["floors"] else {}
+    states: dict = {}
+    handlers = {name: signal.signal(name, raise_stopped) for name in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        probe_floors(directory, executor, probes, "start")
+        rows = run_jobs(directory, jobs, executor, request.timeout, states)
+        probe_floors(directory, executor, probes, "end")
+    except Stopped as stop:
+        executor.stop()
+        for state in states.values():
+            finish_job(directory, state, {"status": "interrupted", "error": f"stopped by {stop} after {len(state.epochs)} epoch(s)"})
+        report(directory)
+        print(f"interrupted by {stop}: rows measured so far are kept; finish with `framebench run --resume {directory}`", file=sys.stderr)
+        return 128 + stop.signum
+    finally:
+        for name, handler in handlers.items():
+            signal.signal(name, handler)
+    report(directory)
+    statuses = {row["status"] for row in rows}
+    if not jobs or statuses <= set(OK_STATUSES + NOT_RUN_STATUSES):
+        return 0 if "ok" in statuses or not jobs else 1
+    return 1
+
+
+def report(directory: Path) -> None:
+    """report.md and the figures from what the tables hold, the summary on stdout, the directory last."""
+    from framebench.gemm import unreliable_warnings
+    from framebench.report import write_report
+    from framebench.tables import format_table, not_run, summary
+
+    write_report(directory)
+    runs = load_results(directory)["runs"]
+    print(format_table(summary(runs)))
+    for line in not_run(runs):
+        print(f"not run: {line}")
+    for line in unreliable_warnings(runs):
+        print(f"warning: {line}", file=sys.stderr)
+    print(directory)

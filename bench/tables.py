@@ -1,50 +1,109 @@
-"""The summary table: one row per (backend, variant, device), aggregated over repeats."""
+"""The summary table: one row per (backend, variant, device[, sweep value]), aggregated over repeats.
+
+Only each job's latest attempt counts (a retry or a resume supersedes it), and only `ok` runs give
+times and accuracies; every other outcome is shown with its count and reason, never as a figure.
+"""
 
 from __future__ import annotations
 
 import pandas as pd
 
 GROUP = ["backend", "variant", "device"]
-NOT_RUN = ("unsupported", "unavailable")  # statuses of runs that never started: listed apart, not as rows
+SWEEP = ["sweep_field", "sweep_value"]
+JOB_KEY = ["backend", "variant", "device", "sweep_value", "repeat"]
+NOT_RUN = ("unsupported", "unavailable")  # statuses of jobs that never trained: listed apart, not as rows
+BUSY_FRACTION = 0.15  # other processes used more than this share of the CPUs during a job: its time is suspect
+MEDIANS = {  # summary column -> runs.csv column whose median over ok repeats it shows
+    "median_epoch_s": "median_epoch_s",
+    "first_epoch_s": "first_epoch_s",
+    "setup_s": "setup_s",
+    "samples_per_s": "samples_per_s",
+    "test_acc": "final_test_acc",
+    "test_loss": "final_test_loss",
+    "time_to_target_s": "time_to_target_s",
+    "floor_epoch_s": "floor_epoch_s",
+    "efficiency": "efficiency",
+    "own_floor_epoch_s": "own_floor_epoch_s",
+    "overhead_efficiency": "overhead_efficiency",
+}
+SUMMARY_COLUMNS = [
+    "runs_ok",
+    "median_epoch_s",
+    "min_epoch_s",
+    "max_epoch_s",
+    "first_epoch_s",
+    "setup_s",
+    "samples_per_s",
+    "test_acc",
+    "test_loss",
+    "time_to_target_s",
+    "floor_epoch_s",
+    "efficiency",
+    "own_floor_epoch_s",
+    "overhead_efficiency",
+    "peak_rss_mb",
+    "not_ok",
+    "reason",
+]
+
+
+def latest_attempts(runs: pd.DataFrame) -> pd.DataFrame:
+    """Each job's last attempt, in the order the jobs were written."""
+    if runs.empty:
+        return runs
+    return runs.sort_values("attempt", kind="stable").drop_duplicates(JOB_KEY, keep="last").sort_index()
+
+
+def group_columns(runs: pd.DataFrame) -> list[str]:
+    """Rows are per backend/variant/device, and per sweep value when the runs sweep a field."""
+    return GROUP + (SWEEP if runs["sweep_field"].astype(bool).any() else [])
 
 
 def not_run(runs: pd.DataFrame) -> list[str]:
     """One line per (backend, variant, device) that did not run here, with the reason."""
-    skipped = runs[runs["status"].isin(NOT_RUN)].drop_duplicates(GROUP)
+    skipped = latest_attempts(runs)
+    skipped = skipped[skipped["status"].isin(NOT_RUN)].drop_duplicates(GROUP + ["status", "error"])
     return [f"{r.backend}/{r.variant} on {r.device}: {r.status}: {r.error}" for r in skipped.itertuples()]
+
+
+def busy_warnings(runs: pd.DataFrame) -> list[str]:
+    """One line per job during which other processes used more than BUSY_FRACTION of the CPUs."""
+    busy = latest_attempts(runs)
+    busy = busy[busy["other_cpu_frac"] > BUSY_FRACTION]
+    return [
+        f"{r.backend}/{r.variant} on {r.device}, repeat {r.repeat + 1} ({r.node}): machine busy, other processes used "
+        f"{r.other_cpu_frac:.0%} of the CPUs; its times are suspect"
+        for r in busy.itertuples()
+    ]
 
 
 def summary(runs: pd.DataFrame) -> pd.DataFrame:
     """Median and spread (min-max) over repeats of the steady-state epoch time, plus the first
-    epoch (tracing/compilation) reported apart, throughput and final test accuracy."""
+    epoch (tracing/compilation) reported apart, throughput and final test accuracy; the same
+    columns whatever happened, so a run in which nothing trained still has a (short) table."""
+    runs = latest_attempts(runs)
     runs = runs[~runs["status"].isin(NOT_RUN)]
+    keys = group_columns(runs)
     if runs.empty:
-        return pd.DataFrame()
-    ok = runs[runs["status"] == "ok"]
-    grouped = ok.groupby(GROUP, sort=False)
-    table = pd.DataFrame({
-        "runs_ok": grouped.size(),
-        "median_epoch_s": grouped["median_epoch_s"].median(),
-        "min_epoch_s": grouped["median_epoch_s"].min(),
-        "max_epoch_s": grouped["median_epoch_s"].max(),
-        "first_epoch_s": grouped["first_epoch_s"].median(),
-        "setup_s": grouped["setup_s"].median(),
-        "samples_per_s": grouped["samples_per_s"].median(),
-        "test_acc": grouped["final_test_acc"].median(),
-        "test_loss": grouped["final_test_loss"].median(),
-        "time_to_target_s": grouped["time_to_target_s"].median(),
-        "floor_epoch_s": grouped["floor_epoch_s"].median(),
-        "efficiency": grouped["efficiency"].median(),
-        "own_floor_epoch_s": grouped["own_floor_epoch_s"].median(),
-        "overhead_efficiency": grouped["overhead_efficiency"].median(),
-        "peak_rss_mb": grouped["peak_rss_mb"].max(),
-    })
-    problems = runs[runs["status"] != "ok"].groupby(GROUP, sort=False).agg(
-        not_ok=("status", lambda s: ", ".join(f"{v}x{n}" for v, n in s.value_counts().items())),
-        reason=("error", "first"),
+        return pd.DataFrame(columns=keys + SUMMARY_COLUMNS)
+    ok = runs[runs["status"] == "ok"].groupby(keys, sort=False)
+    table = pd.DataFrame({"runs_ok": ok.size()})
+    for column, source in MEDIANS.items():
+        table[column] = ok[source].median()
+    table["min_epoch_s"], table["max_epoch_s"] = ok["median_epoch_s"].min(), ok["median_epoch_s"].max()
+    table["peak_rss_mb"] = ok["peak_rss_mb"].max()
+    problems = (
+        runs[runs["status"] != "ok"]
+        .groupby(keys, sort=False)
+        .agg(
+            not_ok=("status", lambda s: ", ".join(f"{v} x{n}" for v, n in s.value_counts().items())),
+            reason=("error", "first"),
+        )
     )
-    table = table.join(problems, how="outer") if not problems.empty else table
-    return table.reset_index()
+    order = runs.drop_duplicates(keys).set_index(keys).index
+    table = table.join(problems, how="outer").reindex(order)
+    table["runs_ok"] = table["runs_ok"].fillna(0).astype(int)
+    return table.reset_index()[keys + SUMMARY_COLUMNS]
 
 
 def format_table(table: pd.DataFrame) -> str:
@@ -63,21 +122,23 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def perf_table(runs_per_preset: list[pd.DataFrame]) -> pd.DataFrame:
+def perf_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Backend, variant, preset, steady-state epoch, both floors and efficiencies, and the speed-up
     over the same backend's `tutorial` variant on the same preset."""
-    runs = pd.concat(runs_per_preset)
+    runs = latest_attempts(runs)
     ok = runs[runs["status"] == "ok"].groupby(["preset", "backend", "variant", "device"], sort=False)
-    table = pd.DataFrame({
-        "median_epoch_s": ok["median_epoch_s"].median(),
-        "spread_s": ok["median_epoch_s"].max() - ok["median_epoch_s"].min(),
-        "floor_epoch_s": ok["floor_epoch_s"].median(),
-        "own_floor_epoch_s": ok["own_floor_epoch_s"].median(),
-        "efficiency": ok["efficiency"].median(),
-        "overhead_efficiency": ok["overhead_efficiency"].median(),
-        "first_epoch_s": ok["first_epoch_s"].median(),
-    }).reset_index()
+    table = pd.DataFrame(
+        {
+            "median_epoch_s": ok["median_epoch_s"].median(),
+            "spread_s": ok["median_epoch_s"].max() - ok["median_epoch_s"].min(),
+            "floor_epoch_s": ok["floor_epoch_s"].median(),
+            "own_floor_epoch_s": ok["own_floor_epoch_s"].median(),
+            "efficiency": ok["efficiency"].median(),
+            "overhead_efficiency": ok["overhead_efficiency"].median(),
+            "first_epoch_s": ok["first_epoch_s"].median(),
+        }
+    ).reset_index()
     tutorial = table[table["variant"] == "tutorial"].set_index(["preset", "backend", "device"])["median_epoch_s"]
-    keys = list(zip(table["preset"], table["backend"], table["device"]))
+    keys = list(zip(table["preset"], table["backend"], table["device"], strict=True))
     table["speedup_vs_tutorial"] = [tutorial.get(k, float("nan")) for k in keys] / table["median_epoch_s"]
     return table

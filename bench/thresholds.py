@@ -1,36 +1,50 @@
 """Accuracy thresholds: `framebench thresholds` derives them from measured runs, `framebench check`
 holds a results directory to them. A threshold is the lowest final test accuracy measured for its
-(preset, dataset, backend, epochs) across the runs given, minus a stated margin; it is regenerated
-from new measurements, never edited down to make a check pass."""
+(preset, dataset, backend, epochs, sweep value) across the runs given, minus a stated margin; it is
+regenerated from new measurements, never edited down to make a check pass.
+
+`check` passes only what it verified: a run that did not finish ok fails whatever the thresholds say,
+and a run without a threshold fails too unless --allow-missing is given.
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
 
-from bench.errors import FrameBenchError
-from bench.results import load_results
+from framebench.errors import FrameBenchError
+from framebench.results import load_results
+from framebench.tables import format_table, latest_attempts
 
 DEFAULT_FILE = Path(__file__).resolve().parent / "thresholds.csv"
-KEYS = ["preset", "dataset", "backend", "epochs"]
+KEYS = ["preset", "dataset", "backend", "epochs", "sweep_field", "sweep_value"]
 COLUMNS = KEYS + ["min_test_acc", "measured_min", "measured_runs", "margin"]
 
 
 def runs_with_epochs(directory: str) -> pd.DataFrame:
-    """runs.csv with the configured epoch count (from config.json) as a column."""
+    """The latest attempt of each job, with the configured epoch count (from config.json) as a column."""
     tables = load_results(directory)
-    runs = tables["runs"].copy()
-    runs["epochs"] = tables["config"]["train"]["epochs"]
+    runs = latest_attempts(tables["runs"]).copy()
+    sweep = tables["config"].get("sweep", {})
+    epochs = tables["config"]["train"]["epochs"]
+    runs["epochs"] = [int(v) if sweep.get("field") == "epochs" else epochs for v in runs["sweep_value"]]
     return runs
 
 
 def derive(directories: list[str], margin: float) -> pd.DataFrame:
+    if not 0 <= margin < math.inf:
+        raise FrameBenchError(f"--margin must be a finite number >= 0, got {margin}")
     runs = pd.concat([runs_with_epochs(d) for d in directories])
+    if runs.empty:
+        raise FrameBenchError(f"no runs in {', '.join(directories)}; thresholds come from measured runs")
     bad = runs[runs["status"] != "ok"]
     if not bad.empty:
-        raise FrameBenchError(f"{len(bad)} run(s) did not finish ok (e.g. {bad.iloc[0]['backend']}: {bad.iloc[0]['status']}); "
-                              "thresholds come from complete runs only")
+        raise FrameBenchError(
+            f"{len(bad)} run(s) did not finish ok (e.g. {bad.iloc[0]['backend']}: {bad.iloc[0]['status']}); "
+            "thresholds come from complete runs only"
+        )
     grouped = runs.groupby(KEYS)["final_test_acc"]
     table = pd.DataFrame({"measured_min": grouped.min(), "measured_runs": grouped.size()}).reset_index()
     table["margin"] = margin
@@ -39,34 +53,100 @@ def derive(directories: list[str], margin: float) -> pd.DataFrame:
 
 
 def load_thresholds(path: Path) -> pd.DataFrame:
-    if not path.exists():
+    """The thresholds file, every threshold a number in [0, 1]: an empty or NaN one is an error here,
+    not a silent pass later."""
+    if not path.is_file():
         raise FrameBenchError(f"no thresholds file at {path}; make one with `framebench thresholds DIR --output {path}`")
-    table = pd.read_csv(path, comment="#")
+    try:
+        table = pd.read_csv(
+            path, comment="#", dtype={"sweep_field": str, "sweep_value": str}, keep_default_na=False, na_values=["", "nan", "NaN"]
+        )
+    except (UnicodeDecodeError, ValueError, pd.errors.ParserError, OSError) as exc:
+        raise FrameBenchError(f"{path} cannot be read as a thresholds file ({str(exc).splitlines()[0][:120]})") from None
     missing = set(COLUMNS) - set(table.columns)
     if missing:
         raise FrameBenchError(f"{path} lacks columns {sorted(missing)}; regenerate it with `framebench thresholds`")
+    bad = table[table["min_test_acc"].isna() | ~table["min_test_acc"].between(0, 1)]
+    if not bad.empty:
+        row = bad.iloc[0]
+        raise FrameBenchError(
+            f"{path}: threshold for {row['backend']} ({row['preset']}, {row['dataset']}) is "
+            f"{row['min_test_acc']!r}, not a number in [0, 1]; regenerate it with `framebench thresholds`"
+        )
+    table[["sweep_field", "sweep_value"]] = table[["sweep_field", "sweep_value"]].fillna("")
     return table
 
 
-def check(directory: str, thresholds_path: Path) -> tuple[list[str], list[str]]:
-    """(failures, notes): every run that missed or has no threshold, in one line each."""
-    runs = runs_with_epochs(directory).merge(load_thresholds(thresholds_path), on=KEYS, how="left")
+def check(directory: str, thresholds_path: Path, *, allow_missing: bool) -> tuple[list[str], list[str]]:
+    """(failures, notes): every run that missed, did not finish ok, or (unless allowed) has no threshold."""
+    runs = runs_with_epochs(directory)
+    if runs.empty:
+        raise FrameBenchError(f"{directory} holds no runs; there is nothing to check")
+    runs = runs.merge(load_thresholds(thresholds_path), on=KEYS, how="left")
     failures, notes = [], []
     for run in runs.itertuples():
-        where = f"{run.backend}/{run.variant} on {run.device} ({run.preset}, {run.dataset}, {run.epochs} epochs, repeat {run.repeat + 1})"
-        if pd.isna(run.min_test_acc):
-            notes.append(f"{where}: no threshold in {thresholds_path}")
-        elif run.status != "ok":
-            failures.append(f"{where}: run {run.status} ({run.error}); threshold {run.min_test_acc:.4f} not met")
+        sweep = f", {run.sweep_field}={run.sweep_value}" if run.sweep_field else ""
+        where = (
+            f"{run.backend}/{run.variant} on {run.device} ({run.preset}, {run.dataset}, {run.epochs} epochs{sweep}, "
+            f"repeat {run.repeat + 1})"
+        )
+        if run.status != "ok":
+            failures.append(f"{where}: run {run.status}" + (f" ({run.error})" if run.error else "") + "; its accuracy is not verified")
+        elif pd.isna(run.final_test_acc):
+            failures.append(f"{where}: ok but without a test accuracy")
+        elif pd.isna(run.min_test_acc):
+            (notes if allow_missing else failures).append(f"{where}: no threshold in {thresholds_path}")
         elif run.final_test_acc < run.min_test_acc:
             failures.append(f"{where}: test accuracy {run.final_test_acc:.4f} < threshold {run.min_test_acc:.4f}")
     return failures, notes
 
 
+def run_check(directory: str, thresholds_path: Path, *, allow_missing: bool) -> int:
+    failures, notes = check(directory, thresholds_path, allow_missing=allow_missing)
+    for line in notes:
+        print(f"note: {line}")
+    for line in failures:
+        print(f"FAIL: {line}")
+    if failures:
+        print(
+            f"{len(failures)} run(s) failed the check"
+            + (
+                ""
+                if allow_missing
+                else " (pass --allow-missing to accept runs without a threshold)"
+                if any("no threshold" in f for f in failures)
+                else ""
+            )
+        )
+        return 1
+    print("all runs meet their thresholds")
+    return 0
+
+
 def write_thresholds(table: pd.DataFrame, path: Path, command: str, directories: list[str]) -> None:
     """The table, headed by how it was made: this command and the commands that measured its runs."""
-    measured = [f"#   {load_results(d)['env'].get('command', '?')}  (seeds {load_results(d)['config'].get('seeds', '?')})"
-                for d in directories]
-    header = ["# Minimum final test accuracy per (preset, dataset, backend, epochs): the lowest measured over",
-              "# measured_runs runs, minus margin. Runs measured by:", *measured, f"# Derived by: {command}"]
-    path.write_text("\n".join(header) + "\n" + table.to_csv(index=False))
+    measured = []
+    for directory in directories:
+        tables = load_results(directory)
+        seeds = "; ".join(f"{m['seed']}" if m["same_seed"] else f"{m['seed']} + repeat" for m in tables["config"].get("matrices", []))
+        measured.append(f"#   {tables['env'].get('command', '?')}  (seeds {seeds or '?'})")
+    header = [
+        "# Minimum final test accuracy per (preset, dataset, backend, epochs, sweep value): the lowest measured over",
+        "# measured_runs runs, minus margin. Runs measured by:",
+        *measured,
+        f"# Derived by: {command}",
+    ]
+    try:
+        path.write_text("\n".join(header) + "\n" + table.to_csv(index=False))
+    except OSError as exc:
+        raise FrameBenchError(f"cannot write --output {path} ({exc.strerror or exc})") from None
+
+
+def run_derive(directories: list[str], *, margin: float, output: Path) -> int:
+    import sys
+
+    table = derive(directories, margin)
+    write_thresholds(table, output, " ".join(["framebench", *sys.argv[1:]]), directories)
+    print(format_table(table))
+    print(output)
+    return 0

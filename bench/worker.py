@@ -1,69 +1,102 @@
-"""One benchmark run in its own process: `python -m bench.worker` reads a job (JSON) on stdin and
+"""One benchmark run in its own process: `python -m framebench.worker` reads a job (JSON) on stdin and
 reports events as prefixed JSON lines on stdout, so frameworks never share a process, a thread
 pool or a GPU allocator, and whatever a framework prints cannot be mistaken for a result."""
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
+import os
+import resource
+import signal
 import sys
 import time
 import traceback
 from dataclasses import dataclass
 
-from bench.config import PRESETS, config_from_dict
-from bench.data import load_dataset
-from bench.errors import FrameBenchError
-from bench.harness import DivergedError, initial_weights, peak_rss_mb, train_epochs
+from framebench import registry
+from framebench.config import config_from_dict, samples_per_epoch
+from framebench.data import load_dataset
+from framebench.errors import FrameBenchError
+from framebench.harness import DivergedError, initial_weights, peak_rss_mb, train_epochs
 
 EVENT_PREFIX = "@framebench-event "
+PARENT_PID_VARIABLE = "FRAMEBENCH_PARENT_PID"  # the process that started this worker; the worker dies with it
+PR_SET_PDEATHSIG = 1  # Linux prctl option: signal this process when its parent dies
 
 
 @dataclass(frozen=True)
 class Job:
     run_id: str  # results directory name
-    backend: str  # registry name
-    variant: str  # implementation variant of the backend
+    backend: str  # registry backend name
+    variant: str  # registry variant name
     device: str  # "cpu" or "gpu"
     dataset: str  # dataset name
     data_dir: str | None  # --data-dir, if given
     preset: str  # preset the configuration started from
-    config: dict  # {"model": ..., "train": ...} as dataclasses.asdict gives them
+    config: dict  # {"model": ..., "train": ...} as dataclasses.asdict gives them, the sweep value applied
     repeat: int  # 0-based repeat number
     seed: int  # seed of weights and batch order
     threads: int  # CPU threads for every library in the process
     tf32: bool  # whether GPU float32 matrix products may use TensorFloat-32
     target_acc: float  # test accuracy for the time-to-accuracy column
+    sweep_field: str = ""  # the field a sweep varies ("" without a sweep)
+    sweep_value: str = ""  # this job's value of it, as written on the command line
+    attempt: int = 1  # 1 for the first try of this job in this directory, then 2, 3, ... (retries, resumes)
 
-    def keys(self) -> dict:
-        """The identifying columns every table row of this run starts with."""
-        return {k: getattr(self, k) for k in ("run_id", "backend", "variant", "device", "dataset", "preset", "repeat", "seed")}
+    def key(self) -> tuple:
+        """Unique within a results directory (framebench.results.JOB_KEY)."""
+        return self.backend, self.variant, self.device, self.sweep_value, self.repeat
+
+    def row_keys(self) -> dict:
+        """The identifying columns every table row of this job starts with (framebench.results.RUN_KEYS)."""
+        names = ("run_id", "backend", "variant", "device", "dataset", "preset", "sweep_field", "sweep_value", "repeat", "seed", "attempt")
+        return {name: getattr(self, name) for name in names}
+
+    @property
+    def label(self) -> str:
+        sweep = f", {self.sweep_field}={self.sweep_value}" if self.sweep_field else ""
+        return f"{self.backend}/{self.variant} on {self.device}{sweep}, repeat {self.repeat + 1}"
 
 
 def emit(event: dict) -> None:
     print(EVENT_PREFIX + json.dumps(event), flush=True)
 
 
-def run_job(job: Job) -> None:
-    """Run one job, emitting setup, epoch and end events; every outcome ends in exactly one `end`."""
-    from impls import load_backend
+def die_with_parent() -> None:
+    """Ask Linux to kill this worker if the process that started it dies (a driver killed with -9
+    must not leave a benchmark running); exit at once if that parent is already gone."""
+    parent = int(os.environ.get(PARENT_PID_VARIABLE, "0"))
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        sys.exit("the process that started this worker is gone")
 
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its waited-for children, to tell its own load from other processes'."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def run_job(job: Job) -> None:
+    """Run one job, emitting start, setup, epoch and end events; every outcome ends in exactly one `end`."""
     model, train = config_from_dict(job.config)
     try:
-        cls = load_backend(job.backend)
+        cls = registry.load(registry.lookup(job.backend, job.variant))
     except FrameBenchError as exc:
-        emit({"type": "end", "status": "unavailable", "error": str(exc)})
+        emit({"type": "end", "status": "unavailable", "error": str(exc), "cpu_s": cpu_seconds()})
         return
-    if job.device == "auto":
-        job = dataclasses.replace(job, device="gpu" if cls.available("gpu")[0] else "cpu")
-    emit({"type": "start", "device": job.device})
+    emit({"type": "start"})
     ok, reason = cls.available(job.device)
     if not ok:
-        emit({"type": "end", "status": "unavailable", "error": reason})
+        emit({"type": "end", "status": "unavailable", "error": reason, "cpu_s": cpu_seconds()})
         return
-    reason = unsupported_reason(cls, model, train, job.variant, job.device)
+    reason = cls.lacks(model, train)
     if reason:
-        emit({"type": "end", "status": "unsupported", "error": reason})
+        emit({"type": "end", "status": "unsupported", "error": reason, "cpu_s": cpu_seconds()})
         return
     classifier = None
     try:
@@ -71,14 +104,19 @@ def run_job(job: Job) -> None:
         data = load_dataset(job.dataset, data_dir=job.data_dir, allow_download=False)
         start = time.perf_counter()
         classifier = cls(
-            model=model, train=train, input_size=data.input_size, num_classes=data.num_classes,
-            device=job.device, seed=job.seed, variant=job.variant,
+            model=model, train=train, input_size=data.input_size, num_classes=data.num_classes, device=job.device, seed=job.seed
         )
         classifier.set_weights(initial_weights(classifier.sizes, model, job.seed))
         classifier.prepare(data.x_train, data.y_train)
         classifier.sync()
-        emit({"type": "setup", "setup_s": time.perf_counter() - start, "framework_version": classifier.framework_version(),
-              "samples_per_epoch": samples_per_epoch(train, len(data.y_train))})
+        emit(
+            {
+                "type": "setup",
+                "setup_s": time.perf_counter() - start,
+                "framework_version": classifier.framework_version(),
+                "samples_per_epoch": samples_per_epoch(train, len(data.y_train)),
+            }
+        )
         for result in train_epochs(classifier, data, model, train, job.seed):
             event = dataclasses.asdict(result)
             event["step_losses"] = result.step_losses.tolist()
@@ -88,46 +126,33 @@ def run_job(job: Job) -> None:
         end = {"status": "diverged", "error": str(exc)}
     except Exception as exc:  # recorded in runs.csv, traceback kept in the run's log
         traceback.print_exc()
-        end = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        end = {"status": "failed", "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
     gpu_mb = classifier.peak_gpu_memory_mb() if classifier is not None else None
-    emit({"type": "end", **end, "peak_rss_mb": peak_rss_mb(), "peak_gpu_mb": gpu_mb})
+    emit({"type": "end", **end, "peak_rss_mb": peak_rss_mb(), "peak_gpu_mb": gpu_mb, "cpu_s": cpu_seconds()})
 
 
-def samples_per_epoch(train, n_train: int) -> int:
-    return train.steps_per_epoch * train.batch_size if train.sampling == "with_replacement" else n_train
+def describe(backend: str, variant: str) -> dict:
+    """What `framebench list` shows for one entry, gathered in that entry's own process."""
+    from framebench.config import PRESETS
 
-
-def unsupported_reason(cls, model, train, variant: str, device: str) -> str | None:
-    if variant not in cls.variants:
-        return f"variant {variant!r} is not implemented (has: {', '.join(cls.variants)})"
-    return cls.lacks(model, train, variant, device)
-
-
-def describe(name: str) -> dict:
-    """What `framebench list` shows for one backend, gathered in that backend's own process."""
-    from bench.config import resolve
-    from impls import load_backend
-
+    entry = registry.lookup(backend, variant)
     try:
-        cls = load_backend(name)
+        cls = registry.load(entry)
     except FrameBenchError as exc:
-        return {"name": name, "error": str(exc)}
-    presets = {}
-    for preset in PRESETS:
-        model, train = resolve(preset, {}, {})
-        presets[preset] = cls.lacks(model, train, "default", "cpu") or "ok"
+        return {"error": str(exc)}
     return {
-        "name": name,
-        "variants": list(cls.variants),
-        "devices": {device: cls.available(device)[1] or "ok" for device in ("cpu", "gpu")},
+        "devices": {
+            device: (cls.available(device)[1] or "ok") if device in entry.devices else "not supported" for device in registry.DEVICES
+        },
         "adam_form": cls.adam_form,
-        "presets": presets,
+        "presets": {name: cls.lacks(preset.model, preset.train) or "ok" for name, preset in PRESETS.items()},
     }
 
 
 def main() -> None:
+    die_with_parent()
     if sys.argv[1:2] == ["--describe"]:
-        emit(describe(sys.argv[2]))
+        emit(describe(sys.argv[2], sys.argv[3]))
         return
     run_job(Job(**json.loads(sys.stdin.read())))
 

@@ -2,8 +2,9 @@
 the Classifier interface, on real MNIST. Benchmarks, not tests: nothing here asserts a time.
 
 `make bench-steps` runs them, each Keras backend in its own pytest process (KERAS_BACKEND is fixed
-at import), saving every run (--benchmark-autosave) so --benchmark-compare shows changes between
-commits."""
+at import; a process benchmarks every registered default whose environment it has, selected further
+with -k by backend name), saving every run (--benchmark-autosave) so --benchmark-compare shows
+changes between commits."""
 
 from __future__ import annotations
 
@@ -12,18 +13,18 @@ import os
 import numpy as np
 import pytest
 
-from bench.config import PRESETS
-from bench.harness import epoch_order, initial_weights
-from impls import load_backend
-from tests.conftest import conformance_cases, mnist, needs_own_process  # noqa: F401  (mnist is a fixture)
+from framebench import registry
+from framebench.config import PRESETS
+from framebench.harness import epoch_order, initial_weights
+from tests.conftest import mnist  # noqa: F401  (a fixture)
 
 PRESET = PRESETS["mlp"]
-HOSTED = [name for name, variant in conformance_cases() if variant == "default" and not needs_own_process(name)]
+HOSTED = [entry for entry in registry.REGISTRY.values() if entry.variant == "default" and not registry.needs_own_process(entry)]
 
 
-@pytest.fixture(params=HOSTED, scope="module")
+@pytest.fixture(params=HOSTED, ids=[entry.name for entry in HOSTED], scope="module")
 def classifier(request, mnist):  # noqa: F811
-    cls = load_backend(request.param)
+    cls = registry.load(request.param)
     cls.configure(threads=os.cpu_count(), tf32=False)
     instance = cls(model=PRESET.model, train=PRESET.train, input_size=784, num_classes=10, device="cpu", seed=0)
     instance.set_weights(initial_weights(instance.sizes, PRESET.model, 0))

@@ -4,17 +4,33 @@ batches compiled into one jax.lax.scan; only a short last batch takes a separate
 
 from __future__ import annotations
 
-import math
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench.config import PROB_CLIP
-from impls.base import Classifier
+from framebench import optim
+from framebench.classifier import Classifier
+from framebench.losses import Ops, loss_function
 
 ACTIVATIONS = {"relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh}
+
+
+def pick(m: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
+    return jnp.take_along_axis(m, y[:, None], axis=1)[:, 0]
+
+
+OPS = Ops(
+    softmax=jax.nn.softmax,
+    relu=jax.nn.relu,
+    log=jnp.log,
+    clip=jnp.clip,
+    pick=pick,
+    one_hot=lambda y, like: jax.nn.one_hot(y, like.shape[-1], dtype=like.dtype),
+    mean=jnp.mean,
+    logits_cross_entropy=lambda z, y: -jnp.mean(pick(jax.nn.log_softmax(z), y)),
+)
 
 
 def gpu_devices() -> list:
@@ -29,6 +45,7 @@ class JaxClassifier(Classifier):
         super().__init__(**kwargs)
         self.jax_device = gpu_devices()[0] if self.device == "gpu" else jax.devices("cpu")[0]
         self.key = jax.random.PRNGKey(self.seed)
+        self.loss_fn = loss_function(OPS, self.model, self.train)
         self.scan_epoch = jax.jit(self.scan_steps, donate_argnums=(0, 1))
         self.single_step = jax.jit(self.step, donate_argnums=(0, 1))
         self.logits = jax.jit(lambda params, x: self.forward(params, x, key=None))
@@ -54,7 +71,12 @@ class JaxClassifier(Classifier):
     def set_weights(self, weights: list[np.ndarray]) -> None:
         self.params = [jax.device_put(jnp.asarray(w, jnp.float32), self.jax_device) for w in weights]
         zeros = [jnp.zeros_like(p) for p in self.params]
-        self.opt_state = {"m": zeros, "v": [jnp.zeros_like(p) for p in self.params], "step": jnp.zeros((), jnp.int32)}
+        # Every leaf committed to the device, as the compiled epoch returns them: an uncommitted one
+        # (the step counter) would make the second epoch compile again, inside the steady state.
+        self.opt_state = jax.device_put(
+            {"m": zeros, "v": [jnp.zeros_like(p) for p in self.params], "step": jnp.zeros((), jnp.int32)}, self.jax_device
+        )
+        self.adam = optim.AdamSchedule(self.train, self.adam_form)
 
     def get_weights(self) -> list[np.ndarray]:
         return [np.asarray(p, dtype=np.float32) for p in self.params]
@@ -77,69 +99,63 @@ class JaxClassifier(Classifier):
         return h
 
     def loss(self, params: list, x: jnp.ndarray, y: jnp.ndarray, key) -> jnp.ndarray:
-        """bench.metrics' definitions in jax.numpy."""
-        z = self.forward(params, x, key=key)
-        if self.train.loss == "cross_entropy":
-            if self.model.output_activation == "softmax":
-                p_true = jnp.take_along_axis(jax.nn.softmax(z), y[:, None], axis=1)
-                return -jnp.mean(jnp.log(jnp.clip(p_true, PROB_CLIP, 1 - PROB_CLIP)))
-            return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(z), y[:, None], axis=1))
-        out = {"softmax": jax.nn.softmax, "relu": jax.nn.relu, "none": lambda v: v}[self.model.output_activation](z)
-        return jnp.mean(jnp.square(out - jax.nn.one_hot(y, self.sizes[-1])))
+        return self.loss_fn(self.forward(params, x, key=key), y)
 
-    def update(self, params: list, grads: list, state: dict) -> tuple[list, dict]:
-        """The oracle's SGD / momentum / Adam in the "torch" form. JAX has no float64 by default, and
-        1 - beta**t in float32 is off by 1.3e-5 at t=1, so the corrections are -expm1(t log beta)
-        with log beta taken in float64 on the host: accurate to ~2e-7 relative."""
+    def update(self, params: list, grads: list, state: dict, adam: jnp.ndarray) -> tuple[list, dict]:
+        """The oracle's SGD / momentum / Adam; `adam` is this step's (step_size, eps') from
+        framebench.optim, computed on the host in the precision its form states."""
         t, step = self.train, state["step"] + 1
         if t.optimizer == "sgd":
-            return [p - t.lr * g for p, g in zip(params, grads)], {**state, "step": step}
+            return [p - t.lr * g for p, g in zip(params, grads, strict=True)], {**state, "step": step}
         if t.optimizer == "momentum":
-            m = [t.momentum * mi + g for mi, g in zip(state["m"], grads)]
-            return [p - t.lr * mi for p, mi in zip(params, m)], {**state, "m": m, "step": step}
-        m = [mi + (g - mi) * (1 - t.beta1) for mi, g in zip(state["m"], grads)]
-        v = [vi + (g * g - vi) * (1 - t.beta2) for vi, g in zip(state["v"], grads)]
-        stepf = step.astype(jnp.float32)
-        step_size = t.lr / -jnp.expm1(stepf * math.log(t.beta1))
-        correction2_sqrt = jnp.sqrt(-jnp.expm1(stepf * math.log(t.beta2)))
-        new = [p - step_size * mi / (jnp.sqrt(vi) / correction2_sqrt + t.adam_eps) for p, mi, vi in zip(params, m, v)]
+            m = [t.momentum * mi + g for mi, g in zip(state["m"], grads, strict=True)]
+            return [p - t.lr * mi for p, mi in zip(params, m, strict=True)], {**state, "m": m, "step": step}
+        m = [mi + (g - mi) * (1 - t.beta1) for mi, g in zip(state["m"], grads, strict=True)]
+        v = [vi + (g * g - vi) * (1 - t.beta2) for vi, g in zip(state["v"], grads, strict=True)]
+        new = [p - adam[0] * mi / (jnp.sqrt(vi) + adam[1]) for p, mi, vi in zip(params, m, v, strict=True)]
         return new, {"m": m, "v": v, "step": step}
 
-    def step(self, params: list, state: dict, x_all, y_all, idx, key) -> tuple[list, dict, jnp.ndarray]:
+    def step(self, params: list, state: dict, x_all, y_all, idx, adam, key) -> tuple[list, dict, jnp.ndarray]:
         step_key = jax.random.fold_in(key, state["step"])
         loss, grads = jax.value_and_grad(self.loss)(params, x_all[idx], y_all[idx], step_key)
-        params, state = self.update(params, grads, state)
+        params, state = self.update(params, grads, state, adam)
         return params, state, loss
 
-    def scan_steps(self, params: list, state: dict, x_all, y_all, batches, key):
-        def body(carry, idx):
+    def scan_steps(self, params: list, state: dict, x_all, y_all, batches, adam, key):
+        def body(carry, step_inputs):
             params, state = carry
-            params, state, loss = self.step(params, state, x_all, y_all, idx, key)
+            params, state, loss = self.step(params, state, x_all, y_all, *step_inputs, key)
             return (params, state), loss
 
-        (params, state), losses = jax.lax.scan(body, (params, state), batches)
+        (params, state), losses = jax.lax.scan(body, (params, state), (batches, adam))
         return params, state, losses
 
     def train_epoch(self, order: np.ndarray, batch_size: int) -> np.ndarray:
         full = len(order) // batch_size * batch_size
+        adam = self.adam.next(len(range(0, len(order), batch_size))).astype(np.float32)
         losses = []
         if full:
             batches = jax.device_put(order[:full].reshape(-1, batch_size).astype(np.int32), self.jax_device)
-            self.params, self.opt_state, scanned = self.scan_epoch(self.params, self.opt_state, self.x_train, self.y_train, batches, self.key)
+            scan_adam = jax.device_put(adam[: full // batch_size], self.jax_device)
+            self.params, self.opt_state, scanned = self.scan_epoch(
+                self.params, self.opt_state, self.x_train, self.y_train, batches, scan_adam, self.key
+            )
             losses.append(scanned)
         if full < len(order):
             rest = jax.device_put(order[full:].astype(np.int32), self.jax_device)
-            self.params, self.opt_state, loss = self.single_step(self.params, self.opt_state, self.x_train, self.y_train, rest, self.key)
+            self.params, self.opt_state, loss = self.single_step(
+                self.params, self.opt_state, self.x_train, self.y_train, rest, jax.device_put(adam[-1], self.jax_device), self.key
+            )
             losses.append(loss[None])
         return np.asarray(jnp.concatenate(losses), dtype=np.float64)
 
     def predict_logits(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.logits(self.params, jax.device_put(x, self.jax_device)), dtype=np.float32)
 
-    def peak_gpu_memory_mb(self) -> float | None:
-        if self.jax_device.platform != "gpu":
-            return None
-        return (self.jax_device.memory_stats() or {}).get("peak_bytes_in_use", 0) / 2**20
+    @classmethod
+    def gpu_peak_mb(cls) -> float | None:
+        stats = gpu_devices()[0].memory_stats() or {}
+        return stats["peak_bytes_in_use"] / 2**20 if "peak_bytes_in_use" in stats else None
 
     def sync(self) -> None:
         jax.block_until_ready(self.params)

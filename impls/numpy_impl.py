@@ -1,9 +1,9 @@
 """NumPy with hand-written backprop: the oracle every framework is checked against.
 
-`default`: float32 throughout, with buffers allocated once per batch size and in-place optimiser
-updates, so its speed measures NumPy's BLAS rather than Python allocation churn. `tutorial`: seed
-002's loop as written there — layer objects in an OrderedDict, float64 parameters, a fresh batch
-copy and fresh arrays every step — on the harness's weights and batch order.
+`NumpyClassifier`: float32 throughout, with buffers allocated once per batch size and in-place
+optimiser updates, so its speed measures NumPy's BLAS rather than Python allocation churn.
+`NumpyTutorial`: tutorial 002's loop as written there — layer objects in an OrderedDict, float64
+parameters, a fresh batch copy and fresh arrays every step — on the harness's weights and batch order.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from collections import OrderedDict
 
 import numpy as np
 
-from bench.config import PROB_CLIP
-from bench.metrics import output_activation
-from impls.base import Classifier
+from framebench import optim
+from framebench.classifier import Classifier
+from framebench.config import PROB_CLIP
+from framebench.losses import NUMPY, output_activation
 
 
 def activate(name: str, a: np.ndarray) -> None:
@@ -41,7 +42,7 @@ def scale_by_derivative(name: str, grad: np.ndarray, h: np.ndarray) -> None:
 
 
 class Affine:
-    """Seed 002's affine layer: keeps its input for the backward pass."""
+    """Tutorial 002's affine layer: keeps its input for the backward pass."""
 
     def __init__(self, W: np.ndarray, b: np.ndarray) -> None:
         self.W, self.b = W, b
@@ -69,13 +70,13 @@ class Relu:
 
 
 class SoftmaxWithLoss:
-    """Seed 002's output layer, with the project's cross-entropy (log-sum-exp, not p + 1e-7)."""
+    """Tutorial 002's output layer, with the project's cross-entropy (log-sum-exp, not p + 1e-7)."""
 
     def forward(self, x: np.ndarray, t: np.ndarray) -> float:
         shifted = x - x.max(axis=1, keepdims=True)
         self.y = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
         self.t = t
-        return float(np.mean(np.log(np.exp(shifted).sum(axis=1)) - shifted[np.arange(len(t)), t]))
+        return float(NUMPY.logits_cross_entropy(x, t))
 
     def backward(self) -> np.ndarray:
         dx = self.y.copy()
@@ -84,24 +85,15 @@ class SoftmaxWithLoss:
 
 
 class NumpyClassifier(Classifier):
-    variants = ("default", "tutorial")
-    dtype = np.float32  # float64 only in the finite-difference tests, where float32 rounding would swamp the check
+    # float64 in the oracle (framebench.testing) and the finite-difference tests, where float32
+    # rounding would swamp the comparison.
+    dtype = np.float32
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        if self.variant == "tutorial":
-            self.dtype = np.float64  # seed 002's parameters are float64 (np.random.randn)
         self.rng = np.random.default_rng(self.seed)
         self.buffers: dict[int, dict[str, list[np.ndarray]]] = {}
         self.layers = len(self.sizes) - 1
-
-    @classmethod
-    def lacks(cls, model, train, variant: str, device: str) -> str | None:
-        seed_loop = (model.hidden_activation == "relu" and model.output_activation == "none" and train.loss == "cross_entropy"
-                     and train.optimizer == "sgd" and model.dropout == 0)
-        if variant == "tutorial" and not seed_loop:
-            return "tutorial is seed 002's loop: ReLU, softmax cross-entropy on logits, plain SGD, no dropout"
-        return None
 
     def framework_version(self) -> str:
         return np.__version__
@@ -109,18 +101,19 @@ class NumpyClassifier(Classifier):
     def set_weights(self, weights: list[np.ndarray]) -> None:
         """Parameters, gradients and optimiser state are each one flat array, with per-layer views
         into it, so an optimiser step is a dozen whole-model ufunc calls rather than a dozen per
-        tensor, which matters where the optimiser is half of a step (seed003, batch 32)."""
+        tensor, which matters where the optimiser is a large share of a step (small batches;
+        `make bench-perf` measures it)."""
         bounds = np.cumsum([0, *(w.size for w in weights)])
 
         def flat_with_views() -> tuple[np.ndarray, list[np.ndarray]]:
             flat = np.zeros(bounds[-1], self.dtype)
-            return flat, [flat[a:b].reshape(w.shape) for a, b, w in zip(bounds[:-1], bounds[1:], weights)]
+            return flat, [flat[a:b].reshape(w.shape) for a, b, w in zip(bounds[:-1], bounds[1:], weights, strict=True)]
 
         (self.flat_params, self.params), (self.flat_grads, self.grads) = flat_with_views(), flat_with_views()
         self.flat_scratch, self.first_moment, self.second_moment = (flat_with_views()[0] for _ in range(3))
-        for param, weight in zip(self.params, weights):
+        for param, weight in zip(self.params, weights, strict=True):
             param[...] = weight
-        self.step_count = 0
+        self.adam = optim.AdamSchedule(self.train, self.adam_form)
 
     def get_weights(self) -> list[np.ndarray]:
         return [p.astype(np.float32) for p in self.params]
@@ -165,7 +158,8 @@ class NumpyClassifier(Classifier):
         return [(self.rng.random((n, size), dtype=self.dtype) < keep) / keep for size in self.sizes[1:-1]]
 
     def output_gradient(self, z: np.ndarray, y: np.ndarray, grad: np.ndarray) -> float:
-        """Mean loss of the batch; writes dLoss/dz into `grad` (same definitions as bench.metrics)."""
+        """Mean loss of the batch (framebench.losses' definition, fused with its derivative here, which
+        the finite-difference tests check); writes dLoss/dz into `grad`."""
         n, classes = z.shape
         rows = np.arange(n)
         if self.train.loss == "cross_entropy":
@@ -185,14 +179,15 @@ class NumpyClassifier(Classifier):
                 grad[rows, y] -= 1
             grad /= n
             return float(loss)
-        out = output_activation(z, self.model).copy()  # becomes out - onehot in place; z must survive
+        activate = output_activation(NUMPY, self.model)
+        out = activate(z).copy()  # becomes out - onehot in place; z must survive
         out[rows, y] -= 1  # out - onehot
         loss = float((out * out).mean())
         np.multiply(out, 2.0 / (n * classes), out=grad)
         if self.model.output_activation == "relu":
             grad *= z > 0
         elif self.model.output_activation == "softmax":
-            p = output_activation(z, self.model)
+            p = activate(z)
             grad -= (grad * p).sum(axis=1, keepdims=True)
             grad *= p
         return loss
@@ -216,10 +211,10 @@ class NumpyClassifier(Classifier):
                 scale_by_derivative(self.model.hidden_activation, dh[layer], h[layer])
         return loss
 
-    def apply_gradients(self) -> None:
-        """One in-place optimiser step from `self.grads`, with the same formulas as torch.optim."""
+    def apply_gradients(self, adam: np.ndarray) -> None:
+        """One in-place optimiser step from `self.grads`, with the same formulas as torch.optim;
+        `adam` is this step's row of `adam_schedule`."""
         t = self.train
-        self.step_count += 1
         p, g, s, m = self.flat_params, self.flat_grads, self.flat_scratch, self.first_moment
         if t.optimizer == "sgd":
             np.multiply(g, t.lr, out=s)
@@ -228,57 +223,71 @@ class NumpyClassifier(Classifier):
             m += g
             np.multiply(m, t.lr, out=s)
         else:
-            self.adam_direction()
+            self.adam_direction(*adam)
         p -= s
 
-    def adam_direction(self) -> None:
-        """Write Adam's step into the scratch buffer, in the form `adam_form` names (see Classifier).
+    def adam_schedule(self, steps: int) -> np.ndarray:
+        """The next `steps` steps' Adam coefficients (framebench.optim, in the form `adam_form`
+        names), rescaled for the moment buffers `adam_direction` keeps."""
+        t = self.train
+        return (self.adam.next(steps) * [(1 - t.beta1) / np.sqrt(1 - t.beta2), 1 / np.sqrt(1 - t.beta2)]).astype(self.dtype)
 
-        Both forms step by lr / c1 * m / (sqrt(v / c2) + eps') with bias corrections c1, c2 and the
-        moments m = β1 m + (1 - β1) g, v = β2 v + (1 - β2) g². To make fewer passes over the
-        parameters (10 instead of 13; this loop is half of a seed003 step) the buffers hold
-        M = m / (1 - β1) and V = v / (1 - β2), which update as M = β1 M + g and V = β2 V + g², and
-        the step is written lr (1 - β1) / c1 * sqrt(c2 / (1 - β2)) * M / (sqrt(V) + eps' sqrt(c2 / (1 - β2))).
-        The torch form has eps' = eps and float64 corrections; the keras form adds eps to the
-        uncorrected sqrt(v), i.e. eps' sqrt(c2) = eps, with corrections in float32 from float32 betas.
+    def adam_direction(self, scale: np.floating, eps: np.floating) -> None:
+        """Write Adam's step step_size * m / (sqrt(v) + eps') into the scratch buffer.
+
+        To make fewer passes over the parameters (10 instead of 13, for the small batches where this
+        loop is a large share of a step) the buffers hold M = m / (1 - β1) and V = v / (1 - β2), which update as
+        M = β1 M + g and V = β2 V + g², so the step is scale * M / (sqrt(V) + eps) with
+        scale = step_size (1 - β1) / sqrt(1 - β2) and eps = eps' / sqrt(1 - β2) (`adam_schedule`).
         """
-        t, step = self.train, self.step_count
+        t = self.train
         g, s, m, v = self.flat_grads, self.flat_scratch, self.first_moment, self.second_moment
         m *= t.beta1
         m += g
         np.multiply(g, g, out=s)
         v *= t.beta2
         v += s
-        if self.adam_form == "torch":
-            correction1, correction2 = 1 - t.beta1**step, 1 - t.beta2**step
-            root = np.sqrt(correction2 / (1 - t.beta2))
-            eps, scale = t.adam_eps * root, t.lr * (1 - t.beta1) / correction1 * root
-        else:
-            one, step32, beta1, beta2 = np.float32(1), np.float32(step), np.float32(t.beta1), np.float32(t.beta2)
-            correction1, correction2 = one - np.power(beta1, step32), one - np.power(beta2, step32)
-            eps = np.float32(t.adam_eps) / np.sqrt(one - beta2)
-            scale = np.float32(t.lr) * (one - beta1) / correction1 * np.sqrt(correction2 / (one - beta2))
         np.sqrt(v, out=s)
-        s += self.dtype(eps)
+        s += eps
         np.divide(m, s, out=s)
-        s *= self.dtype(scale)
+        s *= scale
 
     def train_epoch(self, order: np.ndarray, batch_size: int) -> np.ndarray:
-        if self.variant == "tutorial":
-            return self.train_epoch_tutorial(order, batch_size)
+        starts = range(0, len(order), batch_size)
+        adam = self.adam_schedule(len(starts))
         losses = []
-        for start in range(0, len(order), batch_size):
+        for step, start in enumerate(starts):
             idx = order[start : start + batch_size]
             x = self.batch_buffers(len(idx))["h"][0]
             np.take(self.x_train, idx, axis=0, out=x)
             losses.append(self.loss_and_gradients(x, self.y_train[idx], masks=self.dropout_masks(len(idx))))
-            self.apply_gradients()
+            self.apply_gradients(adam[step])
         return np.asarray(losses)
 
-    def train_epoch_tutorial(self, order: np.ndarray, batch_size: int) -> np.ndarray:
-        """Seed 002's training loop: gradient(), then params[key] -= learning_rate * grad[key]."""
+    def predict_logits(self, x: np.ndarray) -> np.ndarray:
+        return self.forward(np.asarray(x, self.dtype), masks=None)[-1].astype(np.float32)
+
+
+class NumpyTutorial(NumpyClassifier):
+    """Tutorial 002's training loop, on the harness's weights and batch order."""
+
+    dtype = np.float64  # tutorial 002's parameters are float64 (np.random.randn)
+
+    @classmethod
+    def lacks(cls, model, train) -> str | None:
+        seed_loop = (
+            model.hidden_activation == "relu"
+            and model.output_activation == "none"
+            and train.loss == "cross_entropy"
+            and train.optimizer == "sgd"
+            and model.dropout == 0
+        )
+        return None if seed_loop else "tutorial 002's loop: ReLU, softmax cross-entropy on logits, plain SGD, no dropout"
+
+    def train_epoch(self, order: np.ndarray, batch_size: int) -> np.ndarray:
+        """Tutorial 002's training loop: gradient(), then params[key] -= learning_rate * grad[key]."""
         names = [f"{kind}{i}" for i in range(1, self.layers + 1) for kind in ("W", "b")]
-        params = dict(zip(names, self.params))  # the same arrays: updates land in self.params
+        params = dict(zip(names, self.params, strict=True))  # the same arrays: updates land in self.params
         layers = OrderedDict()
         for i in range(1, self.layers + 1):
             layers[f"Affine{i}"] = Affine(params[f"W{i}"], params[f"b{i}"])
@@ -299,6 +308,3 @@ class NumpyClassifier(Classifier):
                 params[f"W{i}"] -= self.train.lr * layers[f"Affine{i}"].dW
                 params[f"b{i}"] -= self.train.lr * layers[f"Affine{i}"].db
         return np.asarray(losses)
-
-    def predict_logits(self, x: np.ndarray) -> np.ndarray:
-        return self.forward(np.asarray(x, self.dtype), masks=None)[-1].astype(np.float32)

@@ -1,13 +1,16 @@
-"""PyTorch as in seed 004: an nn.Module, torch.optim, torch.nn.functional losses.
+"""PyTorch as in tutorial 004: an nn.Module, torch.optim, torch.nn.functional losses.
 
-`default`: the training set lives on the device from `prepare` on; batches are taken by indexing it
-there, and the step losses stay on the device until the epoch ends (no per-step host sync).
-`compile`: the same with the module compiled by torch.compile. `cudagraphs` (GPU only): compiled
-with mode="reduce-overhead", which replays each step as a CUDA graph. `tutorial`: seed 004's loop:
-a DataLoader over a TensorDataset collating every batch on the host, `loss.item()` every step.
+`TorchClassifier`: the training set lives on the device from `prepare` on; batches are taken by
+indexing it there, and the step losses stay on the device until the epoch ends (no per-step host
+sync). `TorchCompile`: the same with the module compiled by torch.compile. `TorchCudaGraphs` (GPU
+only): compiled with mode="reduce-overhead", which replays each step as a CUDA graph.
+`TorchTutorial`: tutorial 004's loop: a DataLoader over a TensorDataset collating every batch on the
+host, `loss.item()` every step.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -15,17 +18,27 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from bench.config import PROB_CLIP
-from impls.base import Classifier
+from framebench.classifier import Classifier
+from framebench.losses import Ops, loss_function
 
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
+OPS = Ops(
+    softmax=lambda z: torch.softmax(z, dim=1),
+    relu=F.relu,
+    log=torch.log,
+    clip=torch.clamp,
+    pick=lambda m, y: m.gather(1, y[:, None])[:, 0],
+    one_hot=lambda y, like: F.one_hot(y, like.shape[1]).to(like.dtype),
+    mean=torch.mean,
+    logits_cross_entropy=F.cross_entropy,  # its mean reduction is fused; a separate mean costs a kernel per step
+)
 
 
 class MLP(nn.Module):
     def __init__(self, sizes: tuple[int, ...], activation: str, dropout: float) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
             layers.append(nn.Linear(fan_in, fan_out))
             if i < len(sizes) - 2:
                 layers.append(ACTIVATIONS[activation]())
@@ -39,21 +52,19 @@ class MLP(nn.Module):
 
 
 class TorchClassifier(Classifier):
-    variants = ("default", "compile", "cudagraphs", "tutorial")
+    compile_mode: ClassVar[str | None] = None  # torch.compile's mode for the module; None runs it eagerly
+    # torch.optim's fused kernels (one call updates every parameter) rather than a loop over the
+    # tensors, which matters where the optimiser is a large share of a step (small batches;
+    # `make bench-perf` measures it).
+    fused: ClassVar[bool] = True
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.torch_device = torch.device("cuda" if self.device == "gpu" else "cpu")
         torch.manual_seed(self.seed)  # dropout masks come from torch's generator
         self.net = MLP(self.sizes, self.model.hidden_activation, self.model.dropout).to(self.torch_device)
-        compile_modes = {"compile": "default", "cudagraphs": "reduce-overhead"}
-        self.call = torch.compile(self.net, mode=compile_modes[self.variant]) if self.variant in compile_modes else self.net
-
-    @classmethod
-    def lacks(cls, model, train, variant: str, device: str) -> str | None:
-        if variant == "cudagraphs" and device != "gpu":
-            return "CUDA graphs need a GPU"
-        return None
+        self.call = torch.compile(self.net, mode=self.compile_mode) if self.compile_mode else self.net
+        self.loss = loss_function(OPS, self.model, self.train)
 
     @classmethod
     def available(cls, device: str) -> tuple[bool, str]:
@@ -72,18 +83,15 @@ class TorchClassifier(Classifier):
         return torch.__version__
 
     def make_optimizer(self) -> torch.optim.Optimizer:
-        """The fused kernels (one call updates every parameter) except in the tutorial, which uses
-        torch.optim's defaults as seed 004 does; fused Adam took seed003's epoch from 0.72 s to 0.53 s."""
         t = self.train
         params = self.net.parameters()
-        fused = self.variant != "tutorial"
         if t.optimizer == "adam":
-            return torch.optim.Adam(params, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.adam_eps, fused=fused)
-        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum if t.optimizer == "momentum" else 0.0, fused=fused)
+            return torch.optim.Adam(params, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.adam_eps, fused=self.fused)
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum if t.optimizer == "momentum" else 0.0, fused=self.fused)
 
     def set_weights(self, weights: list[np.ndarray]) -> None:
         with torch.no_grad():
-            for linear, W, b in zip(self.net.linears, weights[0::2], weights[1::2]):
+            for linear, W, b in zip(self.net.linears, weights[0::2], weights[1::2], strict=True):
                 linear.weight.copy_(torch.from_numpy(np.ascontiguousarray(W.T)))  # nn.Linear stores out x in
                 linear.bias.copy_(torch.from_numpy(b))
         self.optimizer = self.make_optimizer()
@@ -95,24 +103,11 @@ class TorchClassifier(Classifier):
         return weights
 
     def prepare(self, x_train: np.ndarray, y_train: np.ndarray) -> None:
-        self.x_host, self.y_host = x_train, y_train  # the tutorial's DataLoader reads these
         self.x_train = torch.from_numpy(x_train).to(self.torch_device)
         self.y_train = torch.from_numpy(y_train).to(self.torch_device)
 
-    def loss(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """bench.metrics' definitions in torch ops."""
-        if self.train.loss == "cross_entropy":
-            if self.model.output_activation == "softmax":
-                p_true = torch.softmax(z, dim=1).gather(1, y[:, None])
-                return -torch.log(p_true.clamp(PROB_CLIP, 1 - PROB_CLIP)).mean()
-            return F.cross_entropy(z, y)
-        out = {"softmax": lambda v: torch.softmax(v, dim=1), "relu": F.relu, "none": lambda v: v}[self.model.output_activation](z)
-        return F.mse_loss(out, F.one_hot(y, self.sizes[-1]).to(out.dtype))
-
     def train_epoch(self, order: np.ndarray, batch_size: int) -> np.ndarray:
         self.net.train()
-        if self.variant == "tutorial":
-            return self.train_epoch_tutorial(order, batch_size)
         order_t = torch.from_numpy(order).to(self.torch_device)
         losses = []
         for idx in torch.split(order_t, batch_size):
@@ -123,10 +118,46 @@ class TorchClassifier(Classifier):
             losses.append(loss.detach())
         return torch.stack(losses).cpu().numpy()
 
-    def train_epoch_tutorial(self, order: np.ndarray, batch_size: int) -> np.ndarray:
-        """Seed 004's fit loop and loss_batch, with the harness's order as the DataLoader's sampler."""
-        loader = DataLoader(TensorDataset(torch.from_numpy(self.x_host), torch.from_numpy(self.y_host)),
-                            batch_size=batch_size, sampler=order.tolist())
+    def predict_logits(self, x: np.ndarray) -> np.ndarray:
+        self.net.eval()
+        with torch.no_grad():
+            return self.call(torch.from_numpy(x).to(self.torch_device)).cpu().numpy()
+
+    @classmethod
+    def gpu_peak_mb(cls) -> float | None:
+        return torch.cuda.max_memory_allocated() / 2**20
+
+    def sync(self) -> None:
+        if self.torch_device.type == "cuda":
+            torch.cuda.synchronize()
+
+
+class TorchCompile(TorchClassifier):
+    """The same module compiled by torch.compile."""
+
+    compile_mode = "default"
+
+
+class TorchCudaGraphs(TorchClassifier):
+    """torch.compile(mode="reduce-overhead"): each step replayed as a CUDA graph (GPU only)."""
+
+    compile_mode = "reduce-overhead"
+
+
+class TorchTutorial(TorchClassifier):
+    """Tutorial 004's loop, with torch.optim's defaults (no fused kernels) as tutorial 004 has them."""
+
+    fused = False
+
+    def prepare(self, x_train: np.ndarray, y_train: np.ndarray) -> None:
+        self.x_host, self.y_host = x_train, y_train  # the DataLoader reads and collates these
+
+    def train_epoch(self, order: np.ndarray, batch_size: int) -> np.ndarray:
+        """Tutorial 004's fit loop and loss_batch, with the harness's order as the DataLoader's sampler."""
+        self.net.train()
+        loader = DataLoader(
+            TensorDataset(torch.from_numpy(self.x_host), torch.from_numpy(self.y_host)), batch_size=batch_size, sampler=order.tolist()
+        )
         losses = []
         for xb, yb in loader:
             loss = self.loss(self.net(xb.to(self.torch_device)), yb.to(self.torch_device))
@@ -135,15 +166,3 @@ class TorchClassifier(Classifier):
             self.optimizer.zero_grad()
             losses.append(loss.item())
         return np.asarray(losses)
-
-    def predict_logits(self, x: np.ndarray) -> np.ndarray:
-        self.net.eval()
-        with torch.no_grad():
-            return self.call(torch.from_numpy(x).to(self.torch_device)).cpu().numpy()
-
-    def peak_gpu_memory_mb(self) -> float | None:
-        return torch.cuda.max_memory_allocated() / 2**20 if self.torch_device.type == "cuda" else None
-
-    def sync(self) -> None:
-        if self.torch_device.type == "cuda":
-            torch.cuda.synchronize()

@@ -1,7 +1,8 @@
 """A tiny scripted backend for the harness tests, loaded through $FRAMEBENCH_PLUGINS.
 
 $FAKE_MODE picks its behaviour at epoch 2: ok, crash (the process dies), hang, diverge (NaN loss),
-raise (a Python exception)."""
+raise (a Python exception); every epoch lasts $FAKE_EPOCH_SLEEP seconds or more. With $FAKE_PID_DIR
+set, each worker leaves its pid there, so a test can kill it or check that it is gone."""
 
 from __future__ import annotations
 
@@ -10,19 +11,23 @@ import time
 
 import numpy as np
 
-from impls.base import Classifier
+from framebench.classifier import Classifier
 
 
 class FakeClassifier(Classifier):
     def set_weights(self, weights):
         self.weights = [w.copy() for w in weights]
         self.epochs_run = 0
+        if os.environ.get("FAKE_PID_DIR"):
+            with open(os.path.join(os.environ["FAKE_PID_DIR"], str(os.getpid())), "w"):
+                pass
 
     def get_weights(self):
         return [w.copy() for w in self.weights]
 
     def train_epoch(self, order, batch_size):
         self.epochs_run += 1
+        time.sleep(float(os.environ.get("FAKE_EPOCH_SLEEP", "0")))
         mode = os.environ.get("FAKE_MODE", "ok")
         if self.epochs_run == 2:
             if mode == "crash":

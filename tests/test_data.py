@@ -9,10 +9,10 @@ import struct
 import numpy as np
 import pytest
 
-from bench import data
-from bench.data import load_dataset, parse_idx, read_idx_file
-from bench.errors import FrameBenchError
-from tests.conftest import DATA_DIR
+from framebench import data
+from framebench.data import load_dataset, parse_idx, read_idx_file
+from framebench.errors import FrameBenchError
+from tests.conftest import mnist_folder
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -80,7 +80,7 @@ def test_corrupt_gzip_is_reported(tmp_path):
 
 
 def test_truncated_real_file_is_reported(tmp_path):
-    real = (data.Path(DATA_DIR) / "mnist" / "t10k-labels-idx1-ubyte.gz").read_bytes()
+    real = (mnist_folder() / "t10k-labels-idx1-ubyte.gz").read_bytes()
     path = tmp_path / "t10k-labels-idx1-ubyte"
     path.write_bytes(gzip.decompress(real)[:5000])
     with pytest.raises(FrameBenchError, match=r"truncated.*has 5000 bytes"):
@@ -99,12 +99,33 @@ def test_unknown_dataset():
 
 
 def test_data_dir_comes_before_the_cache(tmp_path, monkeypatch):
-    """A corrupt copy in --data-dir is reported, not silently replaced by a good cached one."""
-    monkeypatch.setenv("XDG_CACHE_HOME", DATA_DIR)  # a cache holding good files (framebench/ is absent: no match)
-    fake_mnist_file(tmp_path, monkeypatch, np.zeros(10), gz=False, publish_hash=False)
-    assert data.search_dirs("mnist", str(tmp_path))[0] == tmp_path / "mnist"
-    with pytest.raises(FrameBenchError, match=str(tmp_path)):
-        load_dataset("mnist", data_dir=str(tmp_path))
+    """A corrupt copy in --data-dir is reported as corrupt, not silently replaced by a good cached one."""
+    cache = tmp_path / "cache"
+    (cache / "framebench").mkdir(parents=True)
+    (cache / "framebench" / "mnist").symlink_to(mnist_folder())  # a cache holding good files
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    corrupt = tmp_path / "data" / "mnist"
+    corrupt.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (corrupt / f"{name}.gz").write_bytes((mnist_folder() / f"{name}.gz").read_bytes())
+    good = load_dataset("mnist", data_dir=str(tmp_path / "data"))  # all four found in --data-dir
+    assert good.source == str(corrupt.resolve())
+    damaged = bytearray((corrupt / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    damaged[-20] ^= 0xFF  # inside the deflate stream: the gzip framing stays valid
+    (corrupt / "t10k-labels-idx1-ubyte.gz").write_bytes(bytes(damaged))
+    with pytest.raises(FrameBenchError, match=rf"{corrupt}/t10k-labels-idx1-ubyte.gz: (cannot be read or decompressed|SHA-256)"):
+        load_dataset("mnist", data_dir=str(tmp_path / "data"))
+
+
+def test_a_damaged_deflate_stream_is_one_line(tmp_path):
+    """zlib.error, not OSError, is what a corrupt deflate stream raises: it must still be a clear error."""
+    raw = bytearray(gzip.compress(idx_bytes(np.arange(10_000) % 10)))
+    raw[len(raw) // 2] ^= 0xFF
+    raw[len(raw) // 2 + 1] ^= 0xFF
+    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(FrameBenchError, match=r"cannot be read or decompressed"):
+        read_idx_file(path, key="mnist/t10k-labels-idx1-ubyte", ndim=1, count=10_000)
 
 
 def test_real_mnist_is_verified_and_scaled(mnist):

@@ -1,5 +1,6 @@
 """The NumPy backend's hand-written backprop against central finite differences (as seed 002's
-numerical_gradient), for every hidden activation, output activation and loss, and with dropout.
+numerical_gradient), for every hidden activation, output activation and loss, and with dropout;
+and its fused loss against the one definition in framebench.losses.
 
 Run in float64 so the difference quotient (step 1e-6) is accurate to ~1e-9; the stated tolerance,
 relative 1e-6 of the largest gradient entry, is far below any real backprop mistake (which is O(1)).
@@ -12,9 +13,10 @@ import itertools
 import numpy as np
 import pytest
 
-from bench.config import ModelConfig, TrainConfig
-from bench.harness import initial_weights
-from tests.oracle import Float64Numpy
+from framebench.config import ModelConfig, TrainConfig
+from framebench.harness import initial_weights
+from framebench.losses import NUMPY, loss_function
+from framebench.testing import float64_oracle
 
 STEP = 1e-6
 TOLERANCE = 1e-6
@@ -24,16 +26,18 @@ CASES = [
 ]
 
 
-def build(activation: str, output: str, loss: str, dropout: float = 0.0) -> tuple[Float64Numpy, np.ndarray, np.ndarray]:
-    model = ModelConfig(hidden=(7, 5), hidden_activation=activation, output_activation=output, dropout=dropout,
-                        init="normal(0.5)", zero_biases=False)
-    classifier = Float64Numpy(model=model, train=TrainConfig(loss=loss), input_size=6, num_classes=4, device="cpu", seed=0)
+def build(activation: str, output: str, loss: str, dropout: float = 0.0):
+    """The float64 NumPy backend on a small network, with a batch of inputs and labels."""
+    model = ModelConfig(
+        hidden=(7, 5), hidden_activation=activation, output_activation=output, dropout=dropout, init="normal(0.5)", zero_biases=False
+    )
+    classifier = float64_oracle()(model=model, train=TrainConfig(loss=loss), input_size=6, num_classes=4, device="cpu", seed=0)
     classifier.set_weights([w.astype(np.float64) for w in initial_weights(classifier.sizes, model, seed=3)])
     rng = np.random.default_rng(1)
     return classifier, rng.normal(size=(9, 6)), rng.integers(0, 4, size=9)
 
 
-def finite_difference(classifier: Float64Numpy, x, y, masks) -> list[np.ndarray]:
+def finite_difference(classifier, x, y, masks) -> list[np.ndarray]:
     grads = []
     for param in classifier.params:
         grad = np.zeros_like(param)
@@ -53,7 +57,7 @@ def assert_gradients_match(classifier, x, y, masks):
     classifier.loss_and_gradients(x, y, masks=masks)
     analytic = [g.copy() for g in classifier.grads]
     numeric = finite_difference(classifier, x, y, masks)
-    for index, (a, n) in enumerate(zip(analytic, numeric)):
+    for index, (a, n) in enumerate(zip(analytic, numeric, strict=True)):
         scale = max(np.abs(n).max(), 1e-12)
         assert np.abs(a - n).max() <= TOLERANCE * scale + 1e-10, f"parameter {index}: max error {np.abs(a - n).max():.3g}"
 
@@ -82,3 +86,13 @@ def test_clipped_probabilities_have_zero_gradient():
     classifier.params[-1][0] = 5.0  # no longer clipped: the gradient is back
     classifier.loss_and_gradients(x, y, masks=None)
     assert np.abs(classifier.grads[-1]).max() > 1e-3
+
+
+@pytest.mark.parametrize("scale", [1.0, 100.0])
+@pytest.mark.parametrize("activation, output, loss", CASES)
+def test_fused_loss_is_the_shared_definition(activation, output, loss, scale):
+    """At scale 100 softmax probabilities saturate, so the clip of the clipped cross-entropy acts."""
+    classifier, x, y = build(activation, output, loss)
+    fused = classifier.loss_and_gradients(scale * x, y, masks=None)
+    logits = classifier.forward(scale * x, masks=None)[-1]
+    assert fused == pytest.approx(loss_function(NUMPY, classifier.model, classifier.train)(logits, y), rel=1e-12)

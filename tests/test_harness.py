@@ -11,48 +11,74 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.config import ModelConfig, TrainConfig
-from bench.harness import epoch_order, initial_weights
-from bench.results import EPOCHS_COLUMNS, RUNS_COLUMNS, STEPS_COLUMNS, load_results
-from tests.conftest import REPO
+from framebench import registry
+from framebench.config import ModelConfig, TrainConfig
+from framebench.harness import epoch_order, initial_weights
+from framebench.results import EPOCHS_COLUMNS, GEMM_COLUMNS, RUNS_COLUMNS, STEPS_COLUMNS, load_results
+from tests.conftest import REPO, framebench, printed_directory
 
-TIME_COLUMNS = ["setup_s", "first_epoch_s", "median_epoch_s", "total_train_s", "samples_per_s", "peak_rss_mb", "epoch_s", "eval_s"]
+TIME_COLUMNS = [
+    "setup_s",
+    "first_epoch_s",
+    "median_epoch_s",
+    "total_train_s",
+    "samples_per_s",
+    "peak_rss_mb",
+    "epoch_s",
+    "eval_s",
+    "loadavg_1m",
+    "other_cpu_frac",
+    "started_at",
+    "ended_at",
+    "floor_epoch_s",
+    "own_floor_epoch_s",
+    "efficiency",
+    "overhead_efficiency",
+    "floor_note",
+]
+PLUGIN = {"FRAMEBENCH_PLUGINS": "fake=tests.fake_backend:FakeClassifier"}
 
 
-def framebench(tmp_path, *args, fake_mode="ok", timeout=300):
-    env = {**os.environ, "FRAMEBENCH_PLUGINS": "fake=tests.fake_backend:FakeClassifier", "FAKE_MODE": fake_mode}
-    floors = ["--no-floors"] if args and args[0] == "run" else []
-    return subprocess.run([sys.executable, "-m", "bench", *args, *floors, "--results-dir", str(tmp_path)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+def run_cli(tmp_path, *args, fake_mode="ok", timeout=300, env=None):
+    """`framebench ARGS` with the fake plugin, results under tmp_path, GEMM probes off (unless resuming or asked for)."""
+    env = {**os.environ, **PLUGIN, "FAKE_MODE": fake_mode, **(env or {})}
+    where = [] if "--resume" in args else ["--results-dir", str(tmp_path)] + (["--no-floors"] if "--floors" not in args else [])
+    return framebench(*args, *(where if args[0] == "run" else []), env=env, timeout=timeout)
 
 
 def run_dir(result) -> str:
     assert result.returncode in (0, 1), result.stderr
-    return result.stdout.strip().splitlines()[-1]
+    return printed_directory(result)
 
 
 def test_fake_backend_fills_exactly_the_documented_columns(tmp_path):
-    result = framebench(tmp_path, "run", "--backends", "fake", "--dataset", "digits", "--epochs", "3", "--repeats", "2",
-                        "--batch-size", "100")
+    result = run_cli(tmp_path, "run", "--backends", "fake", "--dataset", "digits", "--epochs", "3", "--repeats", "2", "--batch-size", "100")
     assert result.returncode == 0, result.stderr
     tables = load_results(run_dir(result))
-    assert list(tables["runs"].columns) == RUNS_COLUMNS
+    assert list(tables["runs"].columns) == RUNS_COLUMNS + [
+        "floor_epoch_s",
+        "efficiency",
+        "own_floor_epoch_s",
+        "overhead_efficiency",
+        "floor_note",
+    ]
     assert list(tables["epochs"].columns) == EPOCHS_COLUMNS
     assert list(tables["steps"].columns) == STEPS_COLUMNS
+    assert list(tables["gemm"].columns) == GEMM_COLUMNS and tables["gemm"].empty  # --no-floors
     runs, epochs, steps = tables["runs"], tables["epochs"], tables["steps"]
-    assert runs["status"].tolist() == ["ok", "ok"] and runs["seed"].tolist() == [0, 1]
-    assert runs["epochs_done"].tolist() == [3, 3]
+    assert runs["status"].tolist() == ["ok", "ok"] and runs["seed"].tolist() == [0, 1] and runs["attempt"].tolist() == [1, 1]
+    assert runs["epochs_done"].tolist() == [3, 3] and (runs["node"] != "").all()
+    assert (runs["samples_per_epoch"] == 1438).all() and (runs["batch_size"] == 100).all()
     assert len(epochs) == 6 and len(steps) == 6 * 15  # 1438 digits in batches of 100
-    assert {"git_commit", "cpu", "libraries", "threads", "command"} <= set(tables["env"])
-    assert tables["config"]["train"]["epochs"] == 3
-    assert "progress" not in result.stdout and "epoch 3" in result.stderr  # progress on stderr, table on stdout
-    assert "runs_ok" in result.stdout
+    assert {"git_commit", "cpu", "libraries", "threads", "command", "nodes"} <= set(tables["env"])
+    assert tables["config"]["train"]["epochs"] == 3 and tables["config"]["matrices"][0]["backends"] == ["fake"]
+    assert "epoch 3" in result.stderr and "runs_ok" in result.stdout  # progress on stderr, table on stdout
 
 
 def test_same_seed_gives_identical_tables_apart_from_times(tmp_path):
     dirs = []
     for run_id in ("a", "b"):
-        result = framebench(tmp_path, "run", "--backends", "numpy", "--dataset", "digits", "--epochs", "2", "--run-id", run_id)
+        result = run_cli(tmp_path, "run", "--backends", "numpy", "--dataset", "digits", "--epochs", "2", "--run-id", run_id)
         assert result.returncode == 0, result.stderr
         dirs.append(run_dir(result))
     first, second = (load_results(d) for d in dirs)
@@ -62,13 +88,16 @@ def test_same_seed_gives_identical_tables_apart_from_times(tmp_path):
     assert first["steps"]["loss"].nunique() > 10
 
 
-@pytest.mark.parametrize("mode, status, message", [
-    ("crash", "failed", "worker exited with status 3"),
-    ("raise", "failed", "RuntimeError: scripted failure"),
-    ("diverge", "diverged", "non-finite loss at epoch 2, step 4"),
-])
+@pytest.mark.parametrize(
+    "mode, status, message",
+    [
+        ("crash", "failed", "worker exited with status 3"),
+        ("raise", "failed", "RuntimeError: scripted failure"),
+        ("diverge", "diverged", "non-finite loss at epoch 2, step 4"),
+    ],
+)
 def test_a_failing_run_keeps_what_it_measured_and_the_others_go_on(tmp_path, mode, status, message):
-    result = framebench(tmp_path, "run", "--backends", "fake,numpy", "--dataset", "digits", "--epochs", "3", fake_mode=mode)
+    result = run_cli(tmp_path, "run", "--backends", "fake,numpy", "--dataset", "digits", "--epochs", "3", fake_mode=mode)
     assert result.returncode == 1
     tables = load_results(run_dir(result))
     runs = tables["runs"].set_index("backend")
@@ -78,40 +107,128 @@ def test_a_failing_run_keeps_what_it_measured_and_the_others_go_on(tmp_path, mod
     assert tables["epochs"].groupby("backend").size().to_dict() == {"fake": 1, "numpy": 3}
 
 
+def test_a_loss_that_blows_up_while_finite_is_diverged(tmp_path):
+    """Adam at lr 1e6 keeps a finite loss far above where it started: the divergence rule, not a NaN."""
+    result = run_cli(tmp_path, "run", "--backends", "numpy", "--dataset", "digits", "--epochs", "3", "--lr", "1e6")
+    assert result.returncode == 1
+    runs = load_results(run_dir(result))["runs"]
+    assert runs["status"].tolist() == ["diverged"]
+    assert "over 10x the initial" in runs["error"][0] or "non-finite" in runs["error"][0]
+
+
 def test_a_hanging_run_times_out(tmp_path):
-    result = framebench(tmp_path, "run", "--backends", "fake", "--dataset", "digits", "--epochs", "3", "--timeout", "20",
-                        fake_mode="hang")
+    result = run_cli(tmp_path, "run", "--backends", "fake", "--dataset", "digits", "--epochs", "3", "--timeout", "20", fake_mode="hang")
     runs = load_results(run_dir(result))["runs"]
     assert runs["status"].tolist() == ["timeout"] and "--timeout" in runs["error"][0]
 
 
 def test_gpu_requested_but_absent_is_a_row_not_a_crash(tmp_path):
-    result = framebench(tmp_path, "run", "--backends", "numpy", "--dataset", "digits", "--epochs", "1", "--device", "cpu,gpu")
+    result = run_cli(tmp_path, "run", "--backends", "numpy", "--dataset", "digits", "--epochs", "1", "--device", "cpu,gpu")
     runs = load_results(run_dir(result))["runs"].set_index("device")
+    assert result.returncode == 0
     assert runs.loc["cpu", "status"] == "ok"
-    assert runs.loc["gpu", "status"] == "unavailable" and "CPU only" in runs.loc["gpu", "error"]
-    assert "not run: numpy/default on gpu: unavailable: NumpyClassifier runs on the CPU only" in result.stdout
+    assert runs.loc["gpu", "status"] == "unavailable" and "runs on cpu only" in runs.loc["gpu", "error"]
+    assert "not run: numpy/default on gpu: unavailable: numpy runs on cpu only" in result.stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (["run", "--backends", "mxnet"], "unknown backend 'mxnet'; choose from: numpy"),
-    (["run", "--dataset", "cifar"], "unknown dataset 'cifar'"),
-    (["run", "--lr", "-1"], "lr must be positive"),
-    (["run", "--dataset", "mnist", "--data-dir", "/nonexistent"], "--dataset digits offline"),
-])
+def test_a_run_where_nothing_trained_still_reports(tmp_path):
+    """Every job unavailable: the reasons, report.md and the directory, exit 1, no traceback."""
+    result = run_cli(tmp_path, "run", "--backends", "fake", "--dataset", "digits", "--epochs", "1", "--device", "gpu")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "not run: fake/default on gpu: unavailable" in result.stdout
+    assert os.path.exists(os.path.join(result.stdout.strip().splitlines()[-1], "report.md"))
+
+
+def test_duplicate_names_and_devices_give_one_job_each(tmp_path):
+    result = run_cli(
+        tmp_path,
+        "run",
+        "--backends",
+        "fake,fake",
+        "--variants",
+        "default,default",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu,auto,cpu",
+    )
+    assert result.returncode == 0, result.stderr
+    directory = run_dir(result)
+    runs = load_results(directory)["runs"]
+    assert len(runs) == 1 and runs["device"].tolist() == ["cpu"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--backends", "mxnet"], "unknown backend 'mxnet'; --backends takes: numpy"),
+        (["run", "--variants", "nosuch"], "unknown variant 'nosuch'; --variants takes: default"),
+        (["run", "--backends", "jax", "--variants", "tutorial"], "no registered (backend, variant) pair"),
+        (["run", "--dataset", "cifar"], "unknown dataset 'cifar'"),
+        (["run", "--lr", "-1"], "lr must be a finite number > 0"),
+        (["run", "--lr", "inf"], "lr must be a finite number > 0"),
+        (["run", "--lr", "abc"], "argument --lr: invalid float value"),
+        (["run", "--dataset", "mnist", "--data-dir", "/nonexistent"], "--dataset digits offline"),
+        (["run", "--timeout", "inf"], "--timeout must be a finite number of seconds > 0"),
+        (["run", "--timeout", "nan"], "--timeout must be a finite number of seconds > 0"),
+        (["run", "--seed", "-1"], "--seed must be >= 0"),
+        (["run", "--init", "normal(-1)"], "the standard deviation must be > 0"),
+        (["run", "--init", "uniform(1, 0)"], "needs low < high"),
+        (["run", "--target-acc", "0"], "--target-acc must be in (0, 1]"),
+        (["run", "--target-acc", "1.5"], "--target-acc must be in (0, 1]"),
+        (["run", "--steps-per-epoch", "10"], "--steps-per-epoch applies only with --sampling with_replacement"),
+        (["run", "--run-id", "../../x"], "must be a plain name"),
+        (["run", "--run-id", "/tmp/x"], "must be a plain name"),
+        (["run", "--threads", "9999"], "pass --oversubscribe"),
+        (["run", "--sweep", "optimizer=sgd,adam"], "--sweep cannot vary 'optimizer'"),
+        (["run", "--sweep", "batch_size=16,x"], "'x' is not a valid value"),
+        (["run", "--sweep", "batch_size=0"], "batch_size must be positive"),
+        (["run", "--resume", "/nonexistent"], "not a results directory"),
+        (["run", "--executor", "slurm"], "unknown executor 'slurm'"),
+        (["run", "--address", "127.0.0.1:1"], "--address needs --executor ray"),
+    ],
+)
 def test_user_mistakes_get_one_line_and_no_traceback(tmp_path, monkeypatch, args, message):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("FRAMEBENCH_DATA_DIR", raising=False)
-    result = framebench(tmp_path, *args)
-    assert result.returncode == 2
-    assert result.stderr.startswith("error: ") and message in result.stderr
+    extra = [] if "--dataset" in args or "--resume" in args else ["--dataset", "digits"]
+    result = run_cli(tmp_path, *args, *extra)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ") and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_resume_refuses_flags_that_would_change_the_matrix(tmp_path):
+    first = run_cli(tmp_path, "run", "--backends", "fake", "--dataset", "digits", "--epochs", "1", "--run-id", "r")
+    assert first.returncode == 0, first.stderr
+    result = run_cli(tmp_path, "run", "--resume", str(tmp_path / "r"), "--backends", "numpy", "--lr", "0.1")
+    assert result.returncode == 2 and "drop --backends, --lr" in result.stderr
+
+
+def test_a_results_dir_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("x")
+    result = framebench("run", "--dataset", "digits", "--results-dir", str(tmp_path / "file"))
+    assert result.returncode == 2 and "is a file, not a folder" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_a_malformed_plugin_spoils_only_itself(tmp_path):
+    env = {**os.environ, "FRAMEBENCH_PLUGINS": "broken,fake=tests.fake_backend:FakeClassifier"}
+    helped = framebench("list", "--help", env=env)
+    assert helped.returncode == 0 and "usage" in helped.stdout
+    result = framebench(
+        "run", "--backends", "broken,fake", "--dataset", "digits", "--epochs", "1", "--no-floors", "--results-dir", str(tmp_path), env=env
+    )
+    runs = load_results(printed_directory(result))["runs"].set_index("backend")
+    assert runs.loc["fake", "status"] == "ok"
+    assert runs.loc["broken", "status"] == "unavailable" and "is not name[:variant]=module:Class" in runs.loc["broken", "error"]
 
 
 def test_initial_weights_and_order_depend_only_on_the_seed():
     model = ModelConfig(hidden=(5,), init="he_normal")
     first, second = initial_weights((4, 5, 3), model, seed=7), initial_weights((4, 5, 3), model, seed=7)
-    assert all(np.array_equal(a, b) and a.dtype == np.float32 for a, b in zip(first, second))
+    assert all(np.array_equal(a, b) and a.dtype == np.float32 for a, b in zip(first, second, strict=True))
     assert not np.array_equal(first[0], initial_weights((4, 5, 3), model, seed=8)[0])
     train = TrainConfig()
     np.testing.assert_array_equal(epoch_order(train, 50, 1, 0), epoch_order(train, 50, 1, 0))
@@ -122,13 +239,40 @@ def test_initial_weights_and_order_depend_only_on_the_seed():
     assert replaced.shape == (60,) and replaced.max() < 50
 
 
-@pytest.mark.parametrize("init, check", [
-    ("he_normal", lambda w, fan_in: abs(w.std() - np.sqrt(2 / fan_in)) < 0.05 * np.sqrt(2 / fan_in)),
-    ("glorot_uniform", lambda w, fan_in: np.abs(w).max() <= np.sqrt(6 / (fan_in + 300))),
-    ("uniform(0, 0.1)", lambda w, fan_in: w.min() >= 0 and w.max() < 0.1),
-    ("truncated_normal(0.1)", lambda w, fan_in: np.abs(w).max() <= 0.2),
-    ("torch_default", lambda w, fan_in: np.abs(w).max() <= 1 / np.sqrt(fan_in) and np.abs(w).max() > 0.9 / np.sqrt(fan_in)),
-])
+@pytest.mark.parametrize(
+    "init, check",
+    [
+        ("he_normal", lambda w, fan_in: abs(w.std() - np.sqrt(2 / fan_in)) < 0.05 * np.sqrt(2 / fan_in)),
+        ("glorot_uniform", lambda w, fan_in: np.abs(w).max() <= np.sqrt(6 / (fan_in + 300))),
+        ("uniform(0, 0.1)", lambda w, fan_in: w.min() >= 0 and w.max() < 0.1),
+        ("truncated_normal(0.1)", lambda w, fan_in: np.abs(w).max() <= 0.2),
+        ("torch_default", lambda w, fan_in: np.abs(w).max() <= 1 / np.sqrt(fan_in) and np.abs(w).max() > 0.9 / np.sqrt(fan_in)),
+    ],
+)
 def test_init_schemes_have_their_documented_ranges(init, check):
     weights = initial_weights((784, 300, 10), ModelConfig(hidden=(300,), init=init), seed=0)
     assert check(weights[0], 784) and not weights[1].any()
+
+
+def test_importing_the_harness_imports_no_framework():
+    code = (
+        "import sys, framebench.cli, framebench.runner, framebench.harness, framebench.registry, framebench.report; "
+        "print(sorted({'tensorflow', 'torch', 'jax', 'keras', 'ray'} & set(sys.modules)))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_the_readme_example_table_is_generated_from_results_example():
+    result = framebench("readme", "--check")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_list_shows_exactly_the_registered_pairs_and_their_devices():
+    result = framebench("list")
+    assert result.returncode == 0, result.stderr
+    names = [line.split()[0] for line in result.stdout.splitlines() if line.startswith("  ") and not line.startswith("   ")]
+    registered = [entry.name for entry in registry.REGISTRY.values()]
+    assert names[: len(registered)] == registered
+    cudagraphs = result.stdout.split("torch:cudagraphs", 1)[1].splitlines()[1]
+    assert "cpu: not supported" in cudagraphs and "gpu:" in cudagraphs

@@ -1,45 +1,359 @@
-"""Reports people read: figures and report.md, `compare` (with its regression rules and
-environment checks), `check` against thresholds, and `thresholds` deriving them."""
+"""Reports people read: figures and report.md, the floors and efficiencies, `compare` (its regression
+rules, refusals and exit codes), `check` against thresholds and `thresholds` deriving them.
+
+The arithmetic is tested on synthetic tables written here, never on real timings, so a busy machine
+cannot fail (or pass) these tests; one small real run checks that the report is drawn from real tables.
+"""
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
-import sys
+import copy
+import math
+import os
 
 import pandas as pd
 import pytest
 
-from bench.results import load_results
-from tests.conftest import REPO
+from framebench.gemm import MAX_CREDIBLE_EFFICIENCY, PROBE_DISAGREEMENT, step_gemms
+from framebench.results import RUNS_COLUMNS, append_rows, load_results, write_json
+from tests.conftest import framebench
+
+SIZES, BATCH, SAMPLES = (64, 32, 10), 16, 1600  # a tiny network: 100 steps per epoch
+CONFIG = {
+    "preset": "mlp",
+    "dataset": "digits",
+    "model": {"hidden": [32]},
+    "train": {"epochs": 3, "batch_size": BATCH},
+    "tf32": False,
+    "threads": 2,
+    "sweep": {"field": "", "values": [""]},
+    "target_acc": 0.9,
+    "matrices": [{"backends": ["numpy", "jax"], "variants": ["default"], "devices": ["cpu"], "repeats": 3, "seed": 0, "same_seed": False}],
+}
+NODE = {"machine": "box", "cpu": "Some CPU", "cores": 2, "kernel_settings": {}, "gpus": [], "threads": 2}
+ENV = {**NODE, "nodes": {"box": NODE}, "command": "framebench run ...", "git_commit": "abc"}
 
 
-def framebench(*args):
-    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+def run_row(backend: str, repeat: int, epoch_s: float, acc: float, **changes) -> dict:
+    row = dict.fromkeys(RUNS_COLUMNS, "")
+    row.update(
+        run_id="r",
+        backend=backend,
+        variant="default",
+        device="cpu",
+        dataset="digits",
+        preset="mlp",
+        repeat=repeat,
+        seed=repeat,
+        attempt=1,
+        node="box",
+        host="box",
+        status="ok",
+        epochs_done=3,
+        median_epoch_s=epoch_s,
+        first_epoch_s=epoch_s * 2,
+        samples_per_epoch=SAMPLES,
+        batch_size=BATCH,
+        final_test_acc=acc,
+        gemm_library=backend,
+        threads=2,
+        framework_version="1.0",
+    )
+    row.update(changes)
+    return row
+
+
+def gemm_rows(library: str, step_seconds: float, probe: str = "start", node: str = "box") -> list[dict]:
+    """GEMM rows whose step adds up to `step_seconds`, split evenly over the step's products."""
+    gemms = step_gemms(SIZES, BATCH)
+    return [
+        {
+            "node": node,
+            "library": library,
+            "device": "cpu",
+            "threads": 2,
+            "sweep_value": "",
+            "probe": probe,
+            "kind": g.kind,
+            "layer": g.layer,
+            "m": g.m,
+            "k": g.k,
+            "n": g.n,
+            "seconds": step_seconds / len(gemms),
+            "gflops": g.flops / (step_seconds / len(gemms)) / 1e9,
+        }
+        for g in gemms
+    ]
+
+
+def results(path, runs: list[dict], gemm: list[dict] | None = None, config: dict | None = None, env: dict | None = None):
+    path.mkdir(parents=True)
+    append_rows(path, "runs", runs)
+    append_rows(path, "gemm", gemm or [])
+    write_json(path, "config.json", config or CONFIG)
+    write_json(path, "env.json", env or ENV)
+    return path
+
+
+def baseline_runs(numpy_s=(1.0, 1.1, 1.2), jax_s=(0.5, 0.55, 0.6), acc=0.95) -> list[dict]:
+    return [run_row("numpy", r, t, acc) for r, t in enumerate(numpy_s)] + [run_row("jax", r, t, acc) for r, t in enumerate(jax_s)]
+
+
+def test_floors_and_efficiencies_are_derived_from_each_nodes_probes(tmp_path):
+    """floor = fastest library's step time x steps per epoch; own floor = the backend's library's."""
+    gemm = gemm_rows("numpy", 0.004) + gemm_rows("jax", 0.002) + gemm_rows("numpy", 0.0045, "end") + gemm_rows("jax", 0.0021, "end")
+    runs = load_results(results(tmp_path / "r", baseline_runs(), gemm))["runs"].set_index(["backend", "repeat"])
+    steps = SAMPLES / BATCH
+    numpy_run = runs.loc[("numpy", 1)]
+    assert numpy_run["floor_epoch_s"] == pytest.approx(0.002 * steps)  # the faster probe of the faster library
+    assert numpy_run["own_floor_epoch_s"] == pytest.approx(0.004 * steps)
+    assert numpy_run["efficiency"] == pytest.approx(0.2 / 1.1) and numpy_run["overhead_efficiency"] == pytest.approx(0.4 / 1.1)
+    assert runs.loc[("jax", 0), "overhead_efficiency"] == pytest.approx(0.2 / 0.5)
+    assert (runs["floor_note"] == "").all()
+
+
+def test_disagreeing_probes_make_efficiencies_unreliable_not_wrong(tmp_path):
+    slowed = PROBE_DISAGREEMENT * 1.1
+    gemm = gemm_rows("numpy", 0.004) + gemm_rows("numpy", 0.004 * slowed, "end")
+    runs = load_results(results(tmp_path / "r", baseline_runs(), gemm))["runs"]
+    numpy_runs = runs[runs["backend"] == "numpy"]
+    assert numpy_runs["efficiency"].isna().all() and numpy_runs["floor_epoch_s"].notna().all()
+    assert numpy_runs["floor_note"].str.contains("disagree").all()
+    result = framebench("plot", str(tmp_path / "r"))
+    assert result.returncode == 0 and "disagree" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_a_disagreeing_own_floor_empties_only_the_overhead_efficiency(tmp_path):
+    """jax sets the floor and its probes agree; numpy's own probes do not: its efficiency stands."""
+    gemm = (
+        gemm_rows("jax", 0.002)
+        + gemm_rows("jax", 0.002, "end")
+        + gemm_rows("numpy", 0.004)
+        + gemm_rows("numpy", 0.004 * PROBE_DISAGREEMENT * 1.2, "end")
+    )
+    runs = load_results(results(tmp_path / "r", baseline_runs(), gemm))["runs"]
+    numpy_runs, jax_runs = runs[runs["backend"] == "numpy"], runs[runs["backend"] == "jax"]
+    assert numpy_runs["efficiency"].notna().all() and numpy_runs["overhead_efficiency"].isna().all()
+    assert numpy_runs["floor_note"].str.startswith("unreliable own floor").all()
+    assert jax_runs["overhead_efficiency"].notna().all() and (jax_runs["floor_note"] == "").all()
+
+
+def test_an_efficiency_above_the_credible_limit_is_left_empty(tmp_path):
+    """A floor probe slowed by other work makes a run look faster than the hardware: say so, report nothing."""
+    too_fast = 0.004 * SAMPLES / BATCH / (MAX_CREDIBLE_EFFICIENCY * 1.5)
+    gemm = gemm_rows("numpy", 0.004) + gemm_rows("numpy", 0.004, "end")
+    runs = load_results(results(tmp_path / "r", [run_row("numpy", 0, too_fast, 0.9)], gemm))["runs"]
+    assert math.isnan(runs["efficiency"][0]) and "above" in runs["floor_note"][0]
+
+
+def test_one_probe_is_noted(tmp_path):
+    runs = load_results(results(tmp_path / "r", baseline_runs(), gemm_rows("numpy", 0.004)))["runs"]
+    assert (runs[runs["backend"] == "numpy"]["floor_note"] == "one GEMM probe (no end probe)").all()
+
+
+def compare(base, new, *args):
+    return framebench("compare", str(base), str(new), *args)
+
+
+def test_compare_identical_runs_finds_no_regression(tmp_path):
+    base = results(tmp_path / "base", baseline_runs())
+    markdown = tmp_path / "compare.md"
+    result = compare(base, base, "--markdown", str(markdown))
+    assert result.returncode == 0, result.stdout
+    assert "no regression" in result.stdout and "| numpy | default | cpu | digits | mlp |" in markdown.read_text()
+
+
+def test_compare_flags_an_accuracy_drop_beyond_the_tolerance_only(tmp_path):
+    base = results(tmp_path / "base", baseline_runs(acc=0.95))
+    assert compare(base, results(tmp_path / "small", baseline_runs(acc=0.947))).returncode == 0
+    result = compare(base, results(tmp_path / "big", baseline_runs(acc=0.93)))
+    assert result.returncode == 1 and "REGRESSION: accuracy" in result.stdout and "2 regression(s)" in result.stdout
+
+
+def test_compare_flags_time_only_beyond_tolerance_and_spread(tmp_path):
+    base = results(tmp_path / "base", baseline_runs(numpy_s=(1.0, 1.1, 1.2)))
+    slower = compare(base, results(tmp_path / "slow", baseline_runs(numpy_s=(3.0, 3.3, 3.6))))
+    assert slower.returncode == 1 and "REGRESSION: time" in slower.stdout and "1 regression(s)" in slower.stdout
+    within_spread = compare(base, results(tmp_path / "spread", baseline_runs(numpy_s=(1.15, 1.25, 1.4))))
+    assert within_spread.returncode == 0, within_spread.stdout  # 14% slower but the repeats overlap
+    within_tolerance = compare(base, results(tmp_path / "tol", baseline_runs(numpy_s=(1.202, 1.205, 1.208))))
+    assert within_tolerance.returncode == 0, within_tolerance.stdout  # beyond the spread but within 10%
+
+
+@pytest.mark.parametrize("status", ["failed", "diverged", "timeout", "unavailable", "unsupported", "interrupted", "lost"])
+def test_compare_a_run_that_did_not_finish_ok_in_new_is_a_regression(tmp_path, status):
+    base = results(tmp_path / "base", baseline_runs())
+    runs = baseline_runs()
+    runs[0] = {**runs[0], "status": status, "error": "it broke", "median_epoch_s": "", "final_test_acc": ""}
+    result = compare(base, results(tmp_path / "new", runs))
+    assert result.returncode == 1 and f"REGRESSION: NEW {status}: it broke" in result.stdout
+
+
+def test_compare_a_key_missing_in_new_is_a_regression(tmp_path):
+    base = results(tmp_path / "base", baseline_runs())
+    result = compare(base, results(tmp_path / "new", [r for r in baseline_runs() if r["backend"] == "numpy"]))
+    assert result.returncode == 1 and "REGRESSION: missing in NEW" in result.stdout
+
+
+def test_compare_an_ok_row_without_figures_is_not_ok(tmp_path):
+    base = results(tmp_path / "base", baseline_runs())
+    runs = baseline_runs()
+    runs[1] = {**runs[1], "median_epoch_s": ""}
+    result = compare(base, results(tmp_path / "new", runs))
+    assert result.returncode == 1 and "ok without accuracy or time" in result.stdout
+
+
+def test_compare_refuses_timings_across_machines_unless_allowed(tmp_path):
+    base = results(tmp_path / "base", baseline_runs())
+    other = {**NODE, "cpu": "Some Other CPU"}
+    new = results(tmp_path / "new", baseline_runs(numpy_s=(3.0, 3.3, 3.6)), env={**ENV, "nodes": {"box": other}})
+    refused = compare(base, new)
+    assert refused.returncode == 2 and "not verified" in refused.stdout and "--allow-env-diff" in refused.stdout
+    assert compare(base, new, "--accuracy-only").returncode == 0
+    allowed = compare(base, new, "--allow-env-diff")
+    assert allowed.returncode == 1 and "REGRESSION: time" in allowed.stdout
+
+
+def test_compare_matches_timings_per_node(tmp_path):
+    """Two nodes with different CPUs: each row's time is compared with BASE's on a node like its own."""
+    fast, slow = {**NODE, "machine": "a", "cpu": "Fast"}, {**NODE, "machine": "b", "cpu": "Slow"}
+    env = {**ENV, "nodes": {"a": fast, "b": slow}}
+    base = results(tmp_path / "base", [run_row("numpy", 0, 1.0, 0.9, node="a"), run_row("numpy", 1, 3.0, 0.9, node="b")], env=env)
+    swapped = results(tmp_path / "new", [run_row("numpy", 0, 3.0, 0.9, node="b"), run_row("numpy", 1, 1.0, 0.9, node="a")], env=env)
+    assert compare(base, swapped).returncode == 0  # the same machines at the same speed, only the job placement changed
+    slower = results(tmp_path / "slower", [run_row("numpy", 0, 2.0, 0.9, node="a"), run_row("numpy", 1, 3.0, 0.9, node="b")], env=env)
+    assert compare(base, slower).returncode == 1
+
+
+def test_compare_refuses_accuracy_across_training_configurations(tmp_path):
+    base = results(tmp_path / "base", baseline_runs())
+    config = copy.deepcopy(CONFIG)
+    config["train"]["epochs"] = 10
+    new = results(tmp_path / "new", baseline_runs(acc=0.99), config=config)
+    refused = compare(base, new)
+    assert refused.returncode == 2 and "configuration differs: train" in refused.stdout and "--allow-config-diff" in refused.stdout
+    assert compare(base, new, "--allow-config-diff").returncode == 0
+
+
+@pytest.mark.parametrize("flag, value", [("--acc-tol", "-0.1"), ("--acc-tol", "nan"), ("--time-tol", "inf")])
+def test_compare_tolerances_must_be_finite_and_not_negative(tmp_path, flag, value):
+    base = results(tmp_path / "base", baseline_runs())
+    result = compare(base, base, flag, value)
+    assert result.returncode == 2 and f"{flag} must be a finite number >= 0" in result.stderr
+
+
+def thresholds_file(path, rows: list[tuple[str, float]]) -> str:
+    table = pd.DataFrame(
+        [
+            {
+                "preset": "mlp",
+                "dataset": "digits",
+                "backend": b,
+                "epochs": 3,
+                "sweep_field": "",
+                "sweep_value": "",
+                "min_test_acc": t,
+                "measured_min": t,
+                "measured_runs": 3,
+                "margin": 0.0,
+            }
+            for b, t in rows
+        ]
+    )
+    table.to_csv(path, index=False)
+    return str(path)
+
+
+def test_check_passes_only_runs_it_verified(tmp_path):
+    directory = results(tmp_path / "r", baseline_runs(acc=0.95))
+    good = thresholds_file(tmp_path / "good.csv", [("numpy", 0.9), ("jax", 0.9)])
+    assert framebench("check", str(directory), "--thresholds", good).returncode == 0
+    partial = thresholds_file(tmp_path / "partial.csv", [("numpy", 0.9)])
+    missing = framebench("check", str(directory), "--thresholds", partial)
+    assert missing.returncode == 1 and "jax/default on cpu (mlp, digits, 3 epochs, repeat 1): no threshold" in missing.stdout
+    assert framebench("check", str(directory), "--thresholds", partial, "--allow-missing").returncode == 0
+    strict = thresholds_file(tmp_path / "strict.csv", [("numpy", 0.9), ("jax", 0.999)])
+    result = framebench("check", str(directory), "--thresholds", strict)
+    assert (
+        result.returncode == 1
+        and "FAIL: jax/default on cpu (mlp, digits, 3 epochs, repeat 1): test accuracy 0.9500 < threshold 0.9990" in result.stdout
+    )
+
+
+@pytest.mark.parametrize("status", ["failed", "diverged", "timeout", "interrupted", "unavailable"])
+def test_check_fails_a_run_that_did_not_finish_ok_whatever_the_thresholds(tmp_path, status):
+    runs = baseline_runs()
+    runs[2] = {**runs[2], "status": status, "error": "boom"}
+    directory = results(tmp_path / "r", runs)
+    result = framebench("check", str(directory), "--thresholds", thresholds_file(tmp_path / "t.csv", [("numpy", 0.0), ("jax", 0.0)]))
+    assert result.returncode == 1 and f"run {status} (boom)" in result.stdout
+
+
+@pytest.mark.parametrize("value", ["", "nan", "1.5"])
+def test_an_empty_or_nonsense_threshold_is_an_error_when_read(tmp_path, value):
+    directory = results(tmp_path / "r", baseline_runs())
+    path = tmp_path / "t.csv"
+    thresholds_file(path, [("numpy", 0.9), ("jax", 0.9)])
+    path.write_text(path.read_text().replace("jax,3,,,0.9", f"jax,3,,,{value}"))
+    result = framebench("check", str(directory), "--thresholds", str(path))
+    assert result.returncode == 2 and "not a number in [0, 1]" in result.stderr
+
+
+def test_check_without_thresholds_file_is_a_one_line_error(tmp_path):
+    directory = results(tmp_path / "r", baseline_runs())
+    result = framebench("check", str(directory), "--thresholds", str(tmp_path / "none.csv"))
+    assert result.returncode == 2 and result.stderr.startswith("error: no thresholds file")
+
+
+def test_thresholds_are_the_lowest_accuracy_minus_the_margin(tmp_path):
+    runs = baseline_runs()
+    runs[1]["final_test_acc"] = 0.91
+    directory = results(tmp_path / "r", runs)
+    output = tmp_path / "derived.csv"
+    assert framebench("thresholds", str(directory), "--margin", "0.01", "--output", str(output)).returncode == 0
+    table = pd.read_csv(output, comment="#").set_index("backend")
+    assert table.loc["numpy", "min_test_acc"] == pytest.approx(0.90) and table.loc["jax", "min_test_acc"] == pytest.approx(0.94)
+    assert framebench("check", str(directory), "--thresholds", str(output)).returncode == 0
+
+
+@pytest.mark.parametrize("margin", ["-0.01", "inf", "nan"])
+def test_thresholds_margin_must_be_finite_and_not_negative(tmp_path, margin):
+    directory = results(tmp_path / "r", baseline_runs())
+    result = framebench("thresholds", str(directory), "--margin", margin, "--output", str(tmp_path / "t.csv"))
+    assert result.returncode == 2 and "--margin must be a finite number >= 0" in result.stderr
+
+
+def test_perf_returns_the_worst_status_of_its_runs(tmp_path):
+    """One preset whose only job fails: perf must say so in its exit status, and still write its report."""
+    env = {**os.environ, "FRAMEBENCH_PLUGINS": "fake=tests.fake_backend:FakeClassifier", "FAKE_MODE": "raise"}
+    result = framebench(
+        "perf", "--presets", "ci", "--backends", "fake", "--epochs", "2", "--repeats", "1", "--results-dir", str(tmp_path), env=env
+    )
+    assert result.returncode == 1, result.stderr
+    assert "| ci | fake |" not in (tmp_path / "report.md").read_text()  # a failed run is no row of the speed table
 
 
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory):
     """Two repeats of numpy and jax on digits: a real, small results directory."""
     parent = tmp_path_factory.mktemp("results")
-    result = framebench("run", "--backends", "numpy,jax", "--dataset", "digits", "--epochs", "4", "--repeats", "2",
-                        "--results-dir", str(parent), "--run-id", "base")
+    result = framebench(
+        "run",
+        "--backends",
+        "numpy,jax",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "3",
+        "--repeats",
+        "2",
+        "--results-dir",
+        str(parent),
+        "--run-id",
+        "base",
+    )
     assert result.returncode == 0, result.stderr
     return parent / "base"
-
-
-def edited_copy(source, target, *, runs=None, env=None):
-    shutil.copytree(source, target)
-    if runs:
-        table = pd.read_csv(target / "runs.csv")
-        runs(table)
-        table.to_csv(target / "runs.csv", index=False)
-    if env:
-        data = json.loads((target / "env.json").read_text())
-        env(data)
-        (target / "env.json").write_text(json.dumps(data))
-    return target
 
 
 def test_run_writes_figures_and_a_report_that_plot_redraws(measured):
@@ -51,93 +365,12 @@ def test_run_writes_figures_and_a_report_that_plot_redraws(measured):
     report = (measured / "report.md").read_text()
     assert "| numpy | default | cpu | 2 |" in report and "![Steady-state epoch time per backend](epoch_time.png)" in report
     assert "speedup.png" not in report  # no GPU rows, no GPU-vs-CPU figure
-
-
-def test_compare_identical_runs_finds_no_regression(measured, tmp_path):
-    markdown = tmp_path / "compare.md"
-    result = framebench("compare", str(measured), str(measured), "--markdown", str(markdown))
-    assert result.returncode == 0, result.stdout
-    assert "no regression" in result.stdout and "| numpy | default | cpu | digits | mlp |" in markdown.read_text()
-
-
-def test_compare_flags_an_accuracy_drop(measured, tmp_path):
-    def lower(table):
-        table.loc[table["backend"] == "jax", "final_test_acc"] -= 0.02
-
-    new = edited_copy(measured, tmp_path / "new", runs=lower)
-    result = framebench("compare", str(measured), str(new))
-    assert result.returncode == 1 and "REGRESSION: accuracy" in result.stdout and "1 regression(s)" in result.stdout
-
-
-def test_compare_flags_time_only_beyond_tolerance_and_spread(measured, tmp_path):
-    def slower(table):
-        table["median_epoch_s"] *= 3
-
-    def within_spread(table):
-        table["median_epoch_s"] *= 1.05
-
-    assert framebench("compare", str(measured), str(edited_copy(measured, tmp_path / "slow", runs=slower))).returncode == 1
-    assert framebench("compare", str(measured), str(edited_copy(measured, tmp_path / "same", runs=within_spread))).returncode == 0
-
-
-def test_compare_refuses_timings_across_machines_unless_allowed(measured, tmp_path):
-    def other_machine(env):
-        env["cpu"] = "Some Other CPU"
-
-    def slower(table):
-        table["median_epoch_s"] *= 3
-
-    new = edited_copy(measured, tmp_path / "other", runs=slower, env=other_machine)
-    refused = framebench("compare", str(measured), str(new))
-    assert refused.returncode == 0 and "environment differs: cpu" in refused.stdout and "--allow-env-diff" in refused.stdout
-    allowed = framebench("compare", str(measured), str(new), "--allow-env-diff")
-    assert allowed.returncode == 1 and "REGRESSION: time" in allowed.stdout
-
-
-def test_check_names_the_backend_the_figure_and_the_threshold(measured, tmp_path):
-    derived = tmp_path / "thresholds.csv"
-    assert framebench("thresholds", str(measured), "--margin", "0.01", "--output", str(derived)).returncode == 0
-    table = pd.read_csv(derived, comment="#")
-    runs = load_results(measured)["runs"]
-    assert (table["min_test_acc"] - (runs.groupby("backend")["final_test_acc"].min().loc[table["backend"]].values - 0.01)).abs().max() < 1e-4
-    assert framebench("check", str(measured), "--thresholds", str(derived)).returncode == 0
-    table.loc[table["backend"] == "jax", "min_test_acc"] = 0.999
-    table.to_csv(derived, index=False)
-    result = framebench("check", str(measured), "--thresholds", str(derived))
-    assert result.returncode == 1
-    assert "FAIL: jax/default on cpu (mlp, digits, 4 epochs, repeat 1): test accuracy 0.9" in result.stdout
-    assert "< threshold 0.9990" in result.stdout
-
-
-def test_check_without_thresholds_file_is_a_one_line_error(measured, tmp_path):
-    result = framebench("check", str(measured), "--thresholds", str(tmp_path / "none.csv"))
-    assert result.returncode == 2 and result.stderr.startswith("error: no thresholds file")
-
-
-def test_floors_and_efficiencies_come_from_gemms_timed_in_the_same_run(measured):
     tables = load_results(measured)
-    gemm_table, runs = tables["gemm"], tables["runs"].set_index(["backend", "repeat"])
-    assert {"numpy", "jax"} <= set(gemm_table["library"]) and set(gemm_table["threads"]) == {runs["threads"].iloc[0]}
-    sizes, batch = (64, 512, 256, 10), 128
-    expected_kinds = {"forward": 3, "weight_grad": 3, "input_grad": 2}
-    numpy_rows = gemm_table[gemm_table["library"] == "numpy"]
-    assert numpy_rows["kind"].value_counts().to_dict() == expected_kinds
-    own = {f"{r.m}x{r.k}x{r.n}": r.seconds for r in numpy_rows.itertuples()}
-    best = gemm_table.groupby(["m", "k", "n"])["seconds"].min()
-    best = {f"{m}x{k}x{n}": s for (m, k, n), s in best.items()}
-    from bench.gemm import floor_epoch_s
-
-    run = runs.loc[("numpy", 0)]
-    assert run["own_floor_epoch_s"] == pytest.approx(floor_epoch_s(own, sizes, batch, 1438))
-    assert run["floor_epoch_s"] == pytest.approx(floor_epoch_s(best, sizes, batch, 1438))
-    assert run["floor_epoch_s"] <= run["own_floor_epoch_s"]
-    assert run["efficiency"] == pytest.approx(run["floor_epoch_s"] / run["median_epoch_s"])
-    assert run["overhead_efficiency"] == pytest.approx(run["own_floor_epoch_s"] / run["median_epoch_s"])
-    assert 0 < run["efficiency"] <= run["overhead_efficiency"] < 1.5
+    assert set(tables["gemm"]["probe"]) == {"start", "end"} and tables["runs"]["floor_epoch_s"].notna().all()
 
 
 def test_epoch_flops_follow_the_stated_formula():
-    from bench.gemm import epoch_flops
+    from framebench.gemm import epoch_flops
 
     # forward 2N(784*512 + 512*10), weight gradients the same, input gradient of layer 2 only: 2N*512*10
     assert epoch_flops((784, 512, 10), 100) == 2 * 100 * (2 * (784 * 512 + 512 * 10) + 512 * 10)

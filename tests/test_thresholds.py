@@ -3,26 +3,23 @@ checked-in accuracy thresholds (bench/thresholds.csv), checked by `framebench ch
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
-from bench.thresholds import DEFAULT_FILE, load_thresholds
-from tests.conftest import DATA_DIR, REPO
+from framebench import registry
+from framebench.thresholds import DEFAULT_FILE, load_thresholds
+from tests.conftest import framebench, printed_directory
 
 
 @pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist"])
 def test_every_backend_meets_its_threshold(tmp_path, dataset):
     thresholds = load_thresholds(DEFAULT_FILE)
     listed = set(thresholds[(thresholds["preset"] == "ci") & (thresholds["dataset"] == dataset)]["backend"])
-    from impls import REGISTRY
-
-    assert listed == set(REGISTRY), f"backends without a {dataset} threshold: {set(REGISTRY) - listed}"
-    run = subprocess.run([sys.executable, "-m", "bench", "run", "--backends", "all", "--preset", "ci", "--dataset", dataset,
-                          "--data-dir", DATA_DIR, "--results-dir", str(tmp_path), "--no-floors"], cwd=REPO, capture_output=True, text=True)
+    backends = set(registry.backend_names())
+    assert listed == backends, f"backends without a {dataset} threshold: {backends - listed}"
+    run = framebench(
+        "run", "--backends", "all", "--preset", "ci", "--dataset", dataset, "--results-dir", str(tmp_path), "--no-floors", timeout=1800
+    )
     assert run.returncode == 0, run.stderr[-3000:]
-    directory = run.stdout.strip().splitlines()[-1]
-    checked = subprocess.run([sys.executable, "-m", "bench", "check", directory], cwd=REPO, capture_output=True, text=True)
+    checked = framebench("check", printed_directory(run))
     assert checked.returncode == 0, checked.stdout
     assert "all runs meet their thresholds" in checked.stdout and "no threshold" not in checked.stdout

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from bench.config import ModelConfig, TrainConfig
+from framebench.config import ModelConfig, TrainConfig, layer_sizes
 
 
 class Classifier(ABC):
@@ -17,14 +17,16 @@ class Classifier(ABC):
     weights (`set_weights`), the order in which training samples are visited (`train_epoch`'s
     `order`), the metrics (computed from `predict_logits`) and the clock. A backend only builds
     the network, runs the optimisation steps it is told to run, and reports per-step losses.
+
+    A variant of a backend is a subclass of the backend's default class that overrides only what
+    differs, registered under its own name in `framebench.registry`.
     """
 
-    # Variants this backend implements; "default" is its fastest honest implementation.
-    variants: ClassVar[tuple[str, ...]] = ("default",)
     # The form of this backend's Adam. "torch" (Kingma & Ba): epsilon added to the bias-corrected
     # sqrt(v_hat), corrections computed in float64. "keras": epsilon added to the uncorrected
     # sqrt(v), the corrections folded into the step size and computed in float32 from float32 betas
-    # (1 - 0.999 is then off by 1.3e-5 relative at step 1). The NumPy oracle follows either.
+    # (1 - 0.999 is then off by 1.3e-5 relative at step 1). `framebench.optim` computes either
+    # form's coefficients for backends that write Adam by hand; the NumPy oracle follows either.
     adam_form: ClassVar[str] = "torch"
     # Whether two runs with the same seed give bit-identical losses on the CPU.
     deterministic_on_cpu: ClassVar[bool] = True
@@ -38,16 +40,14 @@ class Classifier(ABC):
         num_classes: int,
         device: str,
         seed: int,
-        variant: str = "default",
     ) -> None:
         """Build the network for `device` ("cpu" or "gpu"); `seed` drives the backend's own
         randomness (dropout masks), which frameworks draw differently and is therefore not shared."""
         self.model = model
         self.train = train
-        self.sizes = (input_size, *model.hidden, num_classes)
+        self.sizes = layer_sizes(input_size, model, num_classes)
         self.device = device
         self.seed = seed
-        self.variant = variant
 
     @classmethod
     def available(cls, device: str) -> tuple[bool, str]:
@@ -64,9 +64,10 @@ class Classifier(ABC):
         threadpool_limits(limits=threads)
 
     @classmethod
-    def lacks(cls, model: ModelConfig, train: TrainConfig, variant: str, device: str) -> str | None:
-        """None if `variant` supports this configuration on `device`, else the reason it does not
-        (a run gets status `unsupported` with it; the conformance suite shows it as a skip)."""
+    def lacks(cls, model: ModelConfig, train: TrainConfig) -> str | None:
+        """None if this class can train the configuration, else the reason it cannot (a run gets
+        status `unsupported` with it; `framebench.testing` generates no check that needs it).
+        Depends on the configuration only, so it is known before any framework starts."""
         return None
 
     @abstractmethod
@@ -93,11 +94,19 @@ class Classifier(ABC):
         """The last layer's pre-activations for `x`, without dropout, as a float32 NumPy array."""
 
     def sync(self) -> None:
-        """Block until all queued device work is done, so the harness's clock reads honest times."""
+        """Block until all queued device work is done, so the harness's clock reads honest times.
+        Nothing to wait for where every call returns with its work done (NumPy)."""
+        return None
+
+    @classmethod
+    def gpu_peak_mb(cls) -> float | None:
+        """Peak GPU memory (MiB) the framework has allocated in this process so far, by its own count
+        (not what its allocator reserved); None where the framework cannot tell."""
+        return None
 
     def peak_gpu_memory_mb(self) -> float | None:
         """Peak device memory this process allocated on the GPU so far; None on the CPU."""
-        return None
+        return self.gpu_peak_mb() if self.device == "gpu" else None
 
     def framework_version(self) -> str:
         """The framework's version string, recorded with every result."""

@@ -1,0 +1,80 @@
+"""Where jobs run. `local` (the default, no extra dependency) runs them one after another on this
+machine; `ray` spreads them over a Ray cluster (framebench.ray_executor, imported only when asked for). Either way every job is a
+fresh `python -m framebench.worker` process on the machine that runs it, its events stream back here,
+and only the driver writes the results directory."""
+
+from __future__ import annotations
+
+import socket
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+
+from framebench import node
+from framebench.node import ProbeRequest
+from framebench.results import gpu_info, node_environment
+from framebench.worker import Job
+
+EXECUTORS = ("local", "ray")
+
+
+class Executor(ABC):
+    """Runs a matrix's jobs and GEMM probes somewhere, streaming their events back to the driver."""
+
+    @abstractmethod
+    def nodes(self, threads: int) -> dict[str, dict]:
+        """{node name: that node's environment (CPU, cores, GPUs, libraries)} for every node that runs jobs."""
+
+    @abstractmethod
+    def has_gpu(self) -> bool:
+        """Whether any node has a GPU (so `--device auto` means gpu)."""
+
+    @abstractmethod
+    def probe(self, request: ProbeRequest) -> Iterator[tuple[str, list[dict], list[str]]]:
+        """Time the request's GEMMs on every node: (node, gemm rows, libraries not measured) per node."""
+
+    @abstractmethod
+    def run(self, jobs: list[Job], timeout_s: float) -> Iterator[tuple[Job, dict]]:
+        """Run `jobs` (in this order where the executor has a choice) and yield (job, event) as events come:
+        first `submitted` (the job is in flight from then on), last its `end`, carrying `node` and `host`. A job retried after its node died
+        ends with status `lost` and comes back as a copy with the next `attempt`."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Kill every job in flight now (the driver is being stopped)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the executor's resources (a Ray connection)."""
+
+
+class LocalExecutor(Executor):
+    """This machine, one job at a time: timings never share the CPU with another job."""
+
+    def __init__(self) -> None:
+        self.name = socket.gethostname()
+
+    def nodes(self, threads: int) -> dict[str, dict]:
+        return {self.name: node_environment(threads)}
+
+    def has_gpu(self) -> bool:
+        return bool(gpu_info())
+
+    def probe(self, request: ProbeRequest) -> Iterator[tuple[str, list[dict], list[str]]]:
+        rows, skipped = node.run_probe(request)
+        yield self.name, rows, skipped
+
+    def run(self, jobs: list[Job], timeout_s: float) -> Iterator[tuple[Job, dict]]:
+        for job in jobs:
+            yield job, {"type": "submitted"}
+            events = node.execute(job, timeout_s)
+            try:
+                for event in events:
+                    yield job, ({**event, "node": self.name} if event["type"] in ("start", "end") else event)
+            finally:
+                events.close()  # kills the worker if the driver stopped mid-job
+
+    def stop(self) -> None:
+        node.kill_live_workers()
+
+    def close(self) -> None:
+        """Nothing is held between jobs here."""

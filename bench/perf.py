@@ -1,0 +1,87 @@
+"""`framebench perf` (`make bench-perf`): the speed study. One results directory per preset under
+--results-dir (every backend x variant, floors probed), then one report over all of them:
+report.md with the table and perf.png. Measured numbers live only in that generated report."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from framebench import registry
+from framebench.config import PRESETS
+from framebench.plots import plot_perf
+from framebench.report import environment_section, write_markdown
+from framebench.results import load_results
+from framebench.runner import RunRequest, run, split_names
+from framebench.tables import perf_table, to_markdown
+
+
+def perf_matrix(presets: str, backends: str) -> list[tuple[str, str]]:
+    """(preset, backends) per results directory: the presets asked for on the backends asked for, and
+    each tutorial's own preset for its backend, so every tutorial is timed on what it was written for."""
+    chosen = split_names(presets, list(PRESETS), "preset", "--presets")
+    names = split_names(backends, registry.backend_names(), "backend", "--backends")
+    matrix = [(preset, ",".join(names)) for preset in chosen]
+    return matrix + [(p.name, p.tutorial_backend) for p in PRESETS.values() if p.tutorial_backend in names and p.name not in chosen]
+
+
+def run_perf(
+    *,
+    presets: str,
+    backends: str,
+    variants: str,
+    device: str,
+    data_dir: str | None,
+    repeats: int,
+    epochs: int,
+    threads: int,
+    results_dir: str,
+) -> int:
+    """Run the study; returns the worst exit status of its runs (an interrupt stops it at once)."""
+    worst = 0
+    directories = []
+    for preset, preset_backends in perf_matrix(presets, backends):
+        request = RunRequest(
+            backends=preset_backends,
+            variants=variants,
+            device=device,
+            preset=preset,
+            data_dir=data_dir,
+            results_dir=results_dir,
+            run_id=preset,
+            repeats=repeats,
+            threads=threads,
+        )
+        status = run(request, {}, {"epochs": epochs})
+        directories.append(Path(results_dir) / preset)
+        if status >= 128:
+            return status
+        worst = max(worst, status)
+    print(write_perf_report(Path(results_dir), directories))
+    return worst
+
+
+def write_perf_report(folder: Path, directories: list[Path]) -> Path:
+    tables = [load_results(d) for d in directories]
+    table = perf_table(pd.concat([t["runs"] for t in tables]))
+    figure = ["![Epoch time per backend and variant, with the GEMM floor](perf.png)"] if plot_perf(table, folder / "perf.png") else []
+    lines = [
+        "# framebench perf",
+        "",
+        f"`{' '.join(['framebench', *sys.argv[1:]])}`; one results directory per preset: "
+        + ", ".join(f"[`{d.name}`]({d.name}/report.md)" for d in directories)
+        + ".",
+        "",
+        "Steady-state epoch (median over repeats; `spread_s` is fastest to slowest repeat), the GEMM floors measured in the same "
+        "run (`floor_epoch_s`: the fastest library at each shape; `own_floor_epoch_s`: the backend's own), `efficiency` = "
+        "floor / epoch, `overhead_efficiency` = own floor / epoch, `first_epoch_s` (tracing and compilation), and the speed-up "
+        "over the same backend's `tutorial` variant on the same preset.",
+        "",
+        to_markdown(table),
+        *figure,
+        "",
+        *environment_section(tables[0]["env"]),
+    ]
+    return write_markdown(folder / "report.md", lines, "pass a writable --results-dir")

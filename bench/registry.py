@@ -1,0 +1,166 @@
+"""The one registry: every (backend, variant) that exists, what its process needs and where it runs.
+
+A variant is a `Classifier` subclass of its backend's default class, registered under its own name.
+Entries name their class as a string and are imported only when loaded, so importing the harness
+never imports TensorFlow, PyTorch or JAX, and `framebench` never imports its backends statically.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+
+from framebench.errors import FrameBenchError
+
+DEVICES = ("cpu", "gpu")
+PLUGINS_VARIABLE = "FRAMEBENCH_PLUGINS"
+
+
+@dataclass(frozen=True)
+class Entry:
+    backend: str  # the name users type (--backends NAME)
+    variant: str  # "default" (the backend's fastest honest implementation) or the variant's name
+    target: str  # "module:Class" implementing it, imported only when the entry is loaded
+    summary: str  # one line for `framebench list`
+    env: dict[str, str] = field(default_factory=dict)  # environment its process must start with
+    gemm_library: str = "numpy"  # library whose matrix products it runs on (its own GEMM floor)
+    devices: tuple[str, ...] = DEVICES  # devices it can run on at all; `available()` checks this machine
+    error: str = ""  # why it cannot be used at all (a malformed plugin entry); empty when usable
+
+    @property
+    def name(self) -> str:
+        return self.backend if self.variant == "default" else f"{self.backend}:{self.variant}"
+
+
+def backend(
+    name: str,
+    module: str,
+    gemm_library: str,
+    env: dict[str, str] | None = None,
+    devices: tuple[str, ...] = DEVICES,
+    **variants: tuple[str, str] | tuple[str, str, tuple[str, ...]],
+) -> list[Entry]:
+    """One backend's entries: keyword `variant=(Class, summary[, devices])`, `default` first."""
+    return [
+        Entry(name, variant, f"{module}:{spec[0]}", spec[1], dict(env or {}), gemm_library, spec[2] if len(spec) > 2 else devices)
+        for variant, spec in variants.items()
+    ]
+
+
+NUMPY, TF, KERAS, TORCH, JAX = (f"framebench.impls.{name}_impl" for name in ("numpy", "tf", "keras", "torch", "jax"))
+KERAS_TUTORIAL = ("KerasTutorial", "tutorial 003's way: a tf.data pipeline mapped per element, one step per fit call")
+BUILTIN = [
+    *backend(
+        "numpy",
+        NUMPY,
+        "numpy",
+        devices=("cpu",),
+        default=("NumpyClassifier", "hand-written forward and backward in float32, preallocated buffers"),
+        tutorial=("NumpyTutorial", "tutorial 002's loop: layer objects, float64, fresh arrays every step"),
+    ),
+    *backend(
+        "tf",
+        TF,
+        "tf",
+        default=("TFClassifier", "tf.Variable + GradientTape; one tf.function per epoch, each step XLA-compiled"),
+        graph=("TFGraph", "the same epoch function on plain TensorFlow kernels, no XLA"),
+        tutorial=("TFTutorial", "tutorial 000's loop: eager GradientTape steps on batches sliced on the host"),
+    ),
+    *backend(
+        "keras",
+        KERAS,
+        "tf",
+        {"KERAS_BACKEND": "tensorflow"},
+        default=("KerasClassifier", "Keras 3 Sequential + compile/fit on TensorFlow, XLA, fed whole batches"),
+        auto=("KerasAuto", "the same with Keras's own choice, jit_compile='auto' (no XLA on a TensorFlow CPU)"),
+        tutorial=KERAS_TUTORIAL,
+    ),
+    *backend(
+        "torch",
+        TORCH,
+        "torch",
+        default=("TorchClassifier", "nn.Module + fused torch.optim, data resident on the device"),
+        compile=("TorchCompile", "the same module compiled by torch.compile"),
+        cudagraphs=("TorchCudaGraphs", "torch.compile(mode='reduce-overhead'): each step replayed as a CUDA graph", ("gpu",)),
+        tutorial=("TorchTutorial", "tutorial 004's loop: a DataLoader collating batches on the host, loss.item() per step"),
+    ),
+    *backend("jax", JAX, "jax", default=("JaxClassifier", "a pytree of arrays, jax.value_and_grad, the epoch in one jitted lax.scan")),
+    *backend(
+        "keras-torch",
+        KERAS,
+        "torch",
+        {"KERAS_BACKEND": "torch"},
+        default=("KerasClassifier", "the keras backend's code on Keras's PyTorch backend, eager"),
+        xla=("KerasXLA", "the same with jit_compile=True, which on torch means torch.compile"),
+        tutorial=KERAS_TUTORIAL,
+    ),
+    *backend(
+        "keras-jax",
+        KERAS,
+        "jax",
+        {"KERAS_BACKEND": "jax"},
+        default=("KerasClassifier", "the keras backend's code on Keras's JAX backend, XLA"),
+        tutorial=KERAS_TUTORIAL,
+    ),
+]
+
+
+def plugin_entries(text: str) -> list[Entry]:
+    """Backends kept outside this repository: $FRAMEBENCH_PLUGINS='name[:variant]=module:Class,...'.
+    A malformed entry becomes an unusable entry carrying the reason, so it spoils only itself."""
+    entries = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, target = item.partition("=")
+        backend_name, _, variant = name.strip().partition(":")
+        module, _, class_name = target.strip().partition(":")
+        error = "" if backend_name and module and class_name else f"{PLUGINS_VARIABLE} entry {item!r} is not name[:variant]=module:Class"
+        entries.append(Entry(backend_name or item, variant or "default", target.strip(), f"plugin {target.strip()}", error=error))
+    return entries
+
+
+REGISTRY: dict[tuple[str, str], Entry] = {(e.backend, e.variant): e for e in BUILTIN + plugin_entries(os.environ.get(PLUGINS_VARIABLE, ""))}
+
+
+def backend_names() -> list[str]:
+    return list(dict.fromkeys(backend for backend, _ in REGISTRY))
+
+
+def variant_names() -> list[str]:
+    return list(dict.fromkeys(variant for _, variant in REGISTRY))
+
+
+def lookup(backend_name: str, variant: str = "default") -> Entry:
+    if (backend_name, variant) in REGISTRY:
+        return REGISTRY[(backend_name, variant)]
+    if backend_name not in backend_names():
+        raise FrameBenchError(f"unknown backend {backend_name!r}; choose from: {', '.join(backend_names())} (see `framebench list`)")
+    registered = [v for b, v in REGISTRY if b == backend_name]
+    raise FrameBenchError(f"backend {backend_name} has no variant {variant!r}; it has: {', '.join(registered)}")
+
+
+def load(entry: Entry):
+    """The Classifier subclass of `entry`, importing its module now.
+
+    The entry's environment (e.g. KERAS_BACKEND) is applied first; if a conflicting value was
+    already in force when the framework was imported, this process cannot host the entry.
+    """
+    if entry.error:
+        raise FrameBenchError(entry.error)
+    for key, value in entry.env.items():
+        current = os.environ.setdefault(key, value)
+        if current != value:
+            raise FrameBenchError(f"{entry.name} needs {key}={value} but this process has {key}={current}; run it in its own process")
+    module_name, _, class_name = entry.target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise FrameBenchError(f"{entry.name} cannot be imported ({exc}); run `make install`") from None
+    if not hasattr(module, class_name):
+        raise FrameBenchError(f"{entry.name}: module {module_name} has no class {class_name}")
+    return getattr(module, class_name)
+
+
+def needs_own_process(entry: Entry) -> bool:
+    """Whether the entry's environment differs from this process's (it must then run in a child)."""
+    return any(os.environ.get(key) != value for key, value in entry.env.items())

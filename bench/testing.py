@@ -1,0 +1,392 @@
+"""The conformance suite, shipped: a backend against the float64 NumPy oracle, check by check.
+
+Same initial weights and batches go in; the same numbers must come out, within float32 tolerances
+stated (and justified) next to each check. A backend's own tests run every check that applies to
+it with one line, as scikit-learn's `parametrize_with_checks` does for an estimator:
+
+    test_my_backend = framebench.testing.conformance_test(MyClassifier)
+
+A check is generated only where it applies: for a class whose `lacks()` is None for the
+configuration the check uses. Items are named `<backend>-<check>[<parameter>]`, e.g.
+`numpy:tutorial-logits[relu]`, so `-k` selects by backend, variant or check.
+
+Registry entries may be given instead of classes. An entry whose environment differs from this
+process's (Keras on torch or JAX needs KERAS_BACKEND set before Keras is imported) runs in a child
+pytest started with that environment: the first such item runs every selected item of that
+environment in one child (`-p framebench.testing` makes the child record each outcome), and each
+item then reports the outcome its child measured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from framebench import registry
+from framebench.classifier import Classifier
+from framebench.config import PRESETS, ModelConfig, TrainConfig
+from framebench.data import Dataset, load_dataset
+from framebench.errors import FrameBenchError
+from framebench.harness import epoch_order, initial_weights
+
+# float32 GEMMs summed in different orders (BLAS blocking, oneDNN, Eigen) differ by ~1e-7 relative
+# per product; logits sum 784 * 512 * 256 such products, so 1e-5 relative to the logits' scale.
+LOGITS_RTOL = 1e-5
+# After a few SGD/momentum updates the same bound holds for the weights, relative to each tensor's scale.
+WEIGHTS_RTOL = 2e-5
+# Adam moves every weight by about lr whatever its gradient, so a gradient entry near zero (border
+# pixels) whose float32 noise is comparable to epsilon gets a noisy step: measured up to 0.6% of lr
+# after 3 steps. Any formula error (bias correction, epsilon, betas) is off by O(lr) on most entries.
+ADAM_UPDATE_TOL_IN_LR = 2e-2
+# Over 200 steps each float32 backend drifts from the float64 oracle in two ways that are not
+# errors: a ReLU whose input is within rounding of 0 flips (measured: SGD stays <= 3.4e-7 relative
+# for 175 steps on every backend, then one such flip in NumPy float32 gives 2.5e-4), and Adam divides
+# near-zero gradient entries by sqrt(v) + 1e-7, turning their float32 noise into O(lr) steps
+# (measured: <= 4.3e-5 through step 25, 2.1e-3 through 50, 5.7e-2 by step 200, TensorFlow worst).
+# The bounds are (last step, relative tolerance) pairs: tight early, where a wrong formula, order or
+# hyperparameter shows at once (>1e-2 by step 2), and looser late, where only the drift grows.
+TRAJECTORY_RTOL = {"sgd": [(150, 1e-5), (200, 1e-3)], "adam": [(25, 1e-4), (50, 5e-3), (200, 1e-1)]}
+PRESET_STEPS_RTOL = 1e-4  # 20 steps of each preset's own configuration
+MLP = PRESETS["mlp"]
+TEST_SAMPLES = 2000  # test images whose logits are compared
+CHILD_REPORT = "FRAMEBENCH_CONFORMANCE_REPORT"  # set in a child pytest: where it records outcomes
+OUTCOMES = pytest.StashKey[dict]()  # per session: environment -> {node id: (outcome, message)}
+
+
+@functools.cache
+def mnist() -> Dataset:
+    """MNIST by the documented resolution (--data-dir/$FRAMEBENCH_DATA_DIR, cache, ...), once per process."""
+    return load_dataset("mnist")
+
+
+@functools.cache
+def float64_oracle(adam_form: str = "torch") -> type[Classifier]:
+    """The NumPy backend in float64, with Adam in `adam_form`: the reference a backend is compared
+    against, so that only the backend's own float32 rounding counts against it, not the oracle's."""
+    numpy_classifier = registry.load(registry.lookup("numpy"))
+    return type("Float64Numpy", (numpy_classifier,), {"dtype": np.float64, "adam_form": adam_form})
+
+
+@dataclass(frozen=True)
+class Subject:
+    """A Classifier subclass under test, under its registry name, environment and devices."""
+
+    name: str
+    cls: type[Classifier] | None  # None when it cannot be loaded (`error` says why)
+    env: dict[str, str]
+    devices: tuple[str, ...]
+    hosted: bool  # whether this process can run it; otherwise a child pytest with `env` does
+    error: str = ""
+
+    @property
+    def device(self) -> str:
+        return "cpu" if "cpu" in self.devices else "gpu"
+
+    def build(self, model: ModelConfig, train: TrainConfig, data: Dataset, *, seed: int = 0) -> Classifier:
+        """An instance with the harness's initial weights, prepared on `data`."""
+        return build(self.cls, model, train, data, device=self.device, seed=seed)
+
+
+def build(cls: type[Classifier], model: ModelConfig, train: TrainConfig, data: Dataset, *, device: str, seed: int) -> Classifier:
+    classifier = cls(model=model, train=train, input_size=data.input_size, num_classes=data.num_classes, device=device, seed=seed)
+    classifier.set_weights(initial_weights(classifier.sizes, model, seed))
+    classifier.prepare(data.x_train, data.y_train)
+    return classifier
+
+
+def subject_of(target: type[Classifier] | registry.Entry) -> Subject:
+    """What the suite needs to know about a class or a registry entry. A foreign-environment entry's
+    class is imported here without its environment: only its configuration-only `lacks()` is read."""
+    if isinstance(target, type):
+        return Subject(name=target.__name__, cls=target, env={}, devices=registry.DEVICES, hosted=True)
+    hosted = not registry.needs_own_process(target)
+    try:
+        cls = registry.load(target if hosted else dataclasses.replace(target, env={}))
+    except FrameBenchError as exc:
+        return Subject(name=target.name, cls=None, env=target.env, devices=target.devices, hosted=hosted, error=str(exc))
+    return Subject(name=target.name, cls=cls, env=target.env, devices=target.devices, hosted=hosted)
+
+
+@functools.cache
+def oracle_logits(model: ModelConfig, train: TrainConfig) -> np.ndarray:
+    """The float64 oracle's logits of the compared test images, computed once per process."""
+    return build(float64_oracle(), model, train, mnist(), device="cpu", seed=0).predict_logits(mnist().x_test[:TEST_SAMPLES])
+
+
+@functools.cache
+def oracle_training(model: ModelConfig, train: TrainConfig, adam_form: str, steps: int) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """The float64 oracle's step losses and final weights over `first_steps(train, steps)`, with Adam
+    in `adam_form`; computed once per process, as every subject is compared with the same numbers."""
+    oracle = build(float64_oracle(adam_form), model, train, mnist(), device="cpu", seed=0)
+    return oracle.train_epoch(first_steps(train, steps), train.batch_size), tuple(oracle.get_weights())
+
+
+def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    return float(np.abs(actual - expected).max() / max(np.abs(expected).max(), 1e-30))
+
+
+def first_steps(train: TrainConfig, steps: int) -> np.ndarray:
+    """The sample order of the first `steps` steps of epoch 0 on MNIST."""
+    return epoch_order(train, len(mnist().y_train), seed=0, epoch=0)[: steps * train.batch_size]
+
+
+def check_logits(subject: Subject, model: ModelConfig, train: TrainConfig) -> None:
+    logits = subject.build(model, train, mnist()).predict_logits(mnist().x_test[:TEST_SAMPLES])
+    expected = oracle_logits(model, train)
+    assert logits.dtype == np.float32 and logits.shape == expected.shape
+    error = relative_error(logits, expected)
+    assert error < LOGITS_RTOL, f"logits off by {error:.3g} relative (tolerance {LOGITS_RTOL:g})"
+
+
+def check_optimizer_steps(subject: Subject, model: ModelConfig, train: TrainConfig) -> None:
+    """Three steps (so momentum and Adam's moments carry state) from the same weights and batches."""
+    classifier = subject.build(model, train, mnist())
+    start = classifier.get_weights()
+    losses = classifier.train_epoch(first_steps(train, 3), train.batch_size)
+    expected_losses, expected_weights = oracle_training(model, train, subject.cls.adam_form, 3)
+    np.testing.assert_allclose(losses, expected_losses, rtol=LOGITS_RTOL)
+    for index, (weight, expected, before) in enumerate(zip(classifier.get_weights(), expected_weights, start, strict=True)):
+        assert weight.shape == expected.shape and weight.dtype == np.float32
+        assert not np.array_equal(expected, before), "the oracle's step changed nothing"
+        if train.optimizer == "adam":
+            error = np.abs((weight - before) - (expected - before)).max() / train.lr
+            assert error < ADAM_UPDATE_TOL_IN_LR, f"parameter {index}: update off by {error:.3g} lr"
+        else:
+            error = relative_error(weight, expected)
+            assert error < WEIGHTS_RTOL, f"parameter {index} off by {error:.3g} relative (tolerance {WEIGHTS_RTOL:g})"
+
+
+def check_trajectory(subject: Subject, model: ModelConfig, train: TrainConfig) -> None:
+    """200 steps, the loss compared at every step against TRAJECTORY_RTOL's schedule."""
+    losses = subject.build(model, train, mnist()).train_epoch(first_steps(train, 200), train.batch_size)
+    expected, _ = oracle_training(model, train, subject.cls.adam_form, 200)
+    assert losses.shape == expected.shape == (200,)
+    assert expected[-20:].mean() < 0.5 * expected[:20].mean(), "the reference did not learn"
+    step_errors = np.abs(losses - expected) / np.abs(expected)
+    first = 0
+    for last, rtol in TRAJECTORY_RTOL[train.optimizer]:
+        worst = first + int(step_errors[first:last].argmax())
+        assert step_errors[worst] < rtol, f"step {worst + 1}: relative error {step_errors[worst]:.3g} >= {rtol:g}"
+        first = last
+
+
+def check_preset(subject: Subject, model: ModelConfig, train: TrainConfig) -> None:
+    """A preset's own activations, loss, init and optimiser, 20 steps, losses compared per step."""
+    losses = subject.build(model, train, mnist()).train_epoch(first_steps(train, 20), train.batch_size)
+    expected, _ = oracle_training(model, train, subject.cls.adam_form, 20)
+    np.testing.assert_allclose(losses, expected, rtol=PRESET_STEPS_RTOL)
+
+
+def check_determinism(subject: Subject, model: ModelConfig, train: TrainConfig) -> None:
+    """The same seed twice, dropout included, gives bit-identical losses."""
+    order = first_steps(train, 30)
+    first = subject.build(model, train, mnist(), seed=5).train_epoch(order, train.batch_size)
+    second = subject.build(model, train, mnist(), seed=5).train_epoch(order, train.batch_size)
+    np.testing.assert_array_equal(first, second)
+
+
+def check_dropout(subject: Subject, model: ModelConfig, train: TrainConfig) -> None:
+    """A probe network whose loss reveals how many of H hidden units a step kept.
+
+    Hidden units are constant 1 (W1 = 0, b1 = 1); output 0 sums them / H, the label is never 0,
+    MSE on logits: per-sample loss = (z0^2 + 1) / C with z0 = kept / ((1 - rate) H). With batch
+    size 1, each step's loss gives one sample's kept count exactly; the learning rate is so small
+    the weights cannot move. Kept counts must be integers (inverted dropout scales by 1/(1-rate)),
+    their mean within 5 standard errors of (1 - rate) H, and evaluation must give z0 = 1 exactly.
+    """
+    rate, hidden, steps, classes = model.dropout, model.hidden[0], 400, 10
+    x, y = np.zeros((steps, 4), np.float32), np.ones(steps, np.int64)
+    probe = dataclasses.replace(mnist(), x_train=x, y_train=y)
+    classifier = subject.build(model, train, probe)
+    w2 = np.zeros((hidden, classes), np.float32)
+    w2[:, 0] = 1.0 / hidden
+    classifier.set_weights([np.zeros((4, hidden), np.float32), np.ones(hidden, np.float32), w2, np.zeros(classes, np.float32)])
+    losses = classifier.train_epoch(np.arange(steps), 1)
+    kept = np.sqrt(np.maximum(losses * classes - 1, 0)) * (1 - rate) * hidden
+    np.testing.assert_allclose(kept, np.round(kept), atol=1e-2)
+    mean, stderr = (1 - rate) * hidden, np.sqrt(rate * (1 - rate) * hidden / steps)
+    assert abs(kept.mean() - mean) < 5 * stderr, f"kept {kept.mean():.2f} of {hidden}, expected {mean:.2f}"
+    assert kept.std() > 0, "the same units were kept at every step"
+    np.testing.assert_allclose(classifier.predict_logits(x[:5])[:, 0], 1.0, rtol=1e-6)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    run: Callable[[Subject, ModelConfig, TrainConfig], None]
+    configs: dict[str | None, tuple[ModelConfig, TrainConfig]]  # parameter (None: none) -> the configuration it uses
+    applies: Callable[[type[Classifier]], bool] = lambda cls: True  # beyond `lacks()`
+
+
+def with_optimizer(optimizer: str, lr: float) -> TrainConfig:
+    return dataclasses.replace(MLP.train, optimizer=optimizer, lr=lr)
+
+
+CHECKS = (
+    # Logits need no training; SGD, which every backend has, keeps the check applicable to all.
+    Check(
+        name="logits",
+        run=check_logits,
+        configs={
+            a: (dataclasses.replace(MLP.model, hidden_activation=a), with_optimizer("sgd", 0.05)) for a in ("relu", "sigmoid", "tanh")
+        },
+    ),
+    Check(
+        name="optimizer",
+        run=check_optimizer_steps,
+        configs={o: (MLP.model, with_optimizer(o, 1e-3 if o == "adam" else 0.05)) for o in ("sgd", "momentum", "adam")},
+    ),
+    Check(
+        name="trajectory",
+        run=check_trajectory,
+        configs={o: (MLP.model, with_optimizer(o, 1e-3 if o == "adam" else 0.05)) for o in ("sgd", "adam")},
+    ),
+    Check(name="preset", run=check_preset, configs={p: (PRESETS[p].model, PRESETS[p].train) for p in PRESETS if p != "mlp"}),
+    Check(
+        name="determinism",
+        run=check_determinism,
+        configs={None: (dataclasses.replace(MLP.model, dropout=0.2), MLP.train)},
+        applies=lambda cls: cls.deterministic_on_cpu,
+    ),
+    Check(
+        name="dropout",
+        run=check_dropout,
+        configs={
+            None: (
+                ModelConfig(hidden=(64,), dropout=0.3),  # its weights are set by the check
+                TrainConfig(optimizer="sgd", lr=1e-30, loss="mse", batch_size=1),
+            )
+        },
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One check of one subject with one parameter: one pytest item."""
+
+    subject: Subject
+    check: Check | None  # None: the subject could not be loaded, and the case reports why
+    parameter: str | None = None
+
+    @property
+    def id(self) -> str:
+        check = self.check.name if self.check else "load"
+        return f"{self.subject.name}-{check}" + (f"[{self.parameter}]" if self.parameter else "")
+
+    def run(self) -> None:
+        if self.check is None:
+            raise FrameBenchError(self.subject.error)
+        if self.subject.device == "gpu":
+            usable, why = self.subject.cls.available("gpu")
+            if not usable:
+                pytest.skip(f"needs a GPU: {why}")
+        self.check.run(self.subject, *self.check.configs[self.parameter])
+
+
+def cases(*targets: type[Classifier] | registry.Entry) -> list[Case]:
+    """Every check that applies to each target (a Classifier subclass or a registry entry)."""
+    found = []
+    for item in map(subject_of, targets):
+        if item.cls is None:
+            found.append(Case(subject=item, check=None))
+            continue
+        found += [
+            Case(subject=item, check=check, parameter=parameter)
+            for check in CHECKS
+            if check.applies(item.cls)
+            for parameter, (model, train) in check.configs.items()
+            if item.cls.lacks(model, train) is None
+        ]
+    return found
+
+
+def conformance_test(*targets: type[Classifier] | registry.Entry) -> Callable:
+    """A pytest test function, parametrised over every check that applies to each target; assign
+    it to a `test_...` name in a test module."""
+    found = cases(*targets)
+    generated = {case.id: case for case in found}
+    if len(generated) != len(found):
+        raise ValueError("two targets share a name; give each class a distinct name")
+
+    @pytest.mark.parametrize("case", list(generated.values()), ids=list(generated))
+    def test_conformance(case: Case, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
+        if case.subject.hosted:
+            case.run()
+        else:
+            report_child_outcome(case, request, tmp_path_factory)
+
+    test_conformance.conformance_cases = generated
+    return test_conformance
+
+
+def case_of(item: pytest.Item) -> Case | None:
+    """The conformance case an item runs, if it is one of `conformance_test`'s."""
+    generated = getattr(getattr(item, "function", None), "conformance_cases", None)
+    if generated is None:
+        return None
+    return generated.get(item.name[len(item.originalname) + 1 : -1])
+
+
+def report_child_outcome(case: Case, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Report the outcome a child pytest with the case's environment measured for this item,
+    starting that child (for every selected item of the environment) if none has run yet."""
+    env_key = tuple(sorted(case.subject.env.items()))
+    outcomes = request.config.stash.setdefault(OUTCOMES, {})
+    if env_key not in outcomes:
+        node_ids = [
+            item.nodeid
+            for item in request.session.items
+            if (other := case_of(item)) and not other.subject.hosted and other.subject.env == case.subject.env
+        ]
+        outcomes[env_key] = run_child(node_ids, case.subject.env, request.config, tmp_path_factory)
+    outcome, message = outcomes[env_key][request.node.nodeid]
+    if outcome == "skipped":
+        pytest.skip(message)
+    if outcome != "passed":
+        pytest.fail(f"in a child pytest with {case.subject.env}: {message}", pytrace=False)
+
+
+def run_child(
+    node_ids: list[str], env: dict[str, str], config: pytest.Config, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, tuple[str, str]]:
+    """Run `node_ids` in one child pytest with `env` added to this environment; {node id: (outcome,
+    message)}, where the outcome is the first of an item's phases that did not pass."""
+    report = tmp_path_factory.mktemp("conformance-child") / "outcomes.jsonl"
+    command = [sys.executable, "-m", "pytest", "-p", __name__, "-p", "no:cacheprovider", "-q", f"--rootdir={config.rootpath}", *node_ids]
+    child = subprocess.run(
+        command, cwd=config.rootpath, env={**os.environ, **env, CHILD_REPORT: str(report)}, capture_output=True, text=True
+    )
+    lines = report.read_text().splitlines() if report.exists() else []
+    outcomes: dict[str, tuple[str, str]] = {}
+    for node_id, outcome, message in map(json.loads, lines):
+        if outcomes.get(node_id, ("passed",))[0] == "passed":
+            outcomes[node_id] = (outcome, message)
+    tail = (child.stdout + child.stderr)[-3000:]
+    return {
+        node_id: outcomes.get(node_id, ("failed", f"the child pytest did not run this item; its output ends:\n{tail}"))
+        for node_id in node_ids
+    }
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """In a child pytest (`-p framebench.testing`), record every phase's outcome for the parent."""
+    path = os.environ.get(CHILD_REPORT)
+    if not path:
+        return
+    if report.skipped and isinstance(report.longrepr, tuple):
+        message = report.longrepr[2].removeprefix("Skipped: ")
+    else:
+        message = report.longreprtext
+    with Path(path).open("a") as out:
+        out.write(json.dumps([report.nodeid, report.outcome, message]) + "\n")

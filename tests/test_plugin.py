@@ -1,0 +1,137 @@
+"""An out-of-tree backend runs the shipped conformance suite with one line, and the suite fails a
+backend that is wrong; entries needing another environment report their child pytest's outcomes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from framebench.classifier import Classifier
+from framebench.testing import cases, conformance_test
+from tests.conftest import REPO
+
+pytest_plugins = ["pytester"]
+
+
+class TinyNumpy(Classifier):
+    """A plugin backend: a plain float32 NumPy MLP, written without framebench's own backends."""
+
+    @classmethod
+    def lacks(cls, model, train) -> str | None:
+        supported = (
+            model.hidden_activation == "relu"
+            and model.output_activation == "none"
+            and model.dropout == 0
+            and train.loss == "cross_entropy"
+            and train.optimizer == "sgd"
+        )
+        return None if supported else "only ReLU, cross-entropy on logits, plain SGD, no dropout"
+
+    def set_weights(self, weights: list[np.ndarray]) -> None:
+        self.params = [np.array(w, np.float32) for w in weights]
+
+    def get_weights(self) -> list[np.ndarray]:
+        return [p.copy() for p in self.params]
+
+    def forward(self, x: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        """Every layer's input, and the logits."""
+        inputs = [x]
+        weights, biases = self.params[0::2], self.params[1::2]
+        for W, b in zip(weights[:-1], biases[:-1], strict=True):
+            inputs.append(np.maximum(inputs[-1] @ W + b, 0))
+        return inputs, inputs[-1] @ weights[-1] + biases[-1]
+
+    def loss_and_gradients(self, x: np.ndarray, y: np.ndarray) -> tuple[float, list[np.ndarray]]:
+        inputs, z = self.forward(x)
+        rows = np.arange(len(y))
+        log_p = z - z.max(axis=1, keepdims=True)
+        log_p -= np.log(np.exp(log_p).sum(axis=1, keepdims=True))
+        delta = np.exp(log_p)
+        delta[rows, y] -= 1
+        delta /= len(y)
+        grads: list[np.ndarray] = []
+        for layer in reversed(range(len(inputs))):
+            grads[:0] = [inputs[layer].T @ delta, delta.sum(axis=0)]
+            if layer:
+                delta = (delta @ self.params[2 * layer].T) * (inputs[layer] > 0)
+        return float(-log_p[rows, y].mean()), grads
+
+    def train_epoch(self, order: np.ndarray, batch_size: int) -> np.ndarray:
+        losses = []
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            loss, grads = self.loss_and_gradients(self.x_train[idx], self.y_train[idx])
+            for param, grad in zip(self.params, grads, strict=True):
+                param -= self.train.lr * grad
+            losses.append(loss)
+        return np.asarray(losses)
+
+    def predict_logits(self, x: np.ndarray) -> np.ndarray:
+        return self.forward(x)[1]
+
+
+class FrozenBiases(TinyNumpy):
+    """Wrong: never trains the biases."""
+
+    def loss_and_gradients(self, x, y):
+        loss, grads = super().loss_and_gradients(x, y)
+        return loss, [g if i % 2 == 0 else np.zeros_like(g) for i, g in enumerate(grads)]
+
+
+class HalvedLearningRate(TinyNumpy):
+    """Wrong: steps by half the configured learning rate."""
+
+    def loss_and_gradients(self, x, y):
+        loss, grads = super().loss_and_gradients(x, y)
+        return loss, [g / 2 for g in grads]
+
+
+test_tiny_numpy_conforms = conformance_test(TinyNumpy)
+
+
+def test_only_the_checks_a_plugin_supports_are_generated():
+    ids = [case.id for case in cases(TinyNumpy)]
+    assert [i for i in ids if "-preset[" not in i] == ["TinyNumpy-logits[relu]", "TinyNumpy-optimizer[sgd]", "TinyNumpy-trajectory[sgd]"]
+    assert any("-preset[" in i for i in ids), "no preset is plain SGD on a ReLU network"
+
+
+@pytest.mark.parametrize("wrong", [FrozenBiases, HalvedLearningRate])
+def test_the_suite_fails_a_wrong_plugin(wrong):
+    (case,) = [case for case in cases(wrong) if case.id == f"{wrong.__name__}-optimizer[sgd]"]
+    with pytest.raises(AssertionError):
+        case.run()
+
+
+CHILD_SUITE = """
+from framebench.registry import Entry
+from framebench.testing import conformance_test
+
+ENV = {"FRAMEBENCH_PLUGIN_PROCESS": "child"}
+test_in_a_child = conformance_test(
+    Entry(backend="tiny", variant="default", target="tests.test_plugin:TinyNumpy", summary="right", env=ENV),
+    Entry(backend="tiny", variant="frozen", target="tests.test_plugin:FrozenBiases", summary="wrong", env=ENV),
+    Entry(backend="tiny", variant="gpu", target="tests.test_plugin:TinyNumpy", summary="GPU only", env=ENV, devices=("gpu",)),
+)
+"""
+
+
+def test_an_entry_in_another_environment_reports_its_child_outcomes(pytester, monkeypatch):
+    """One child runs exactly the items -k selected; each passes, fails or skips as it did there."""
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.delenv("FRAMEBENCH_PLUGIN_PROCESS", raising=False)
+    pytester.makepyfile(test_child_suite=CHILD_SUITE)
+    result = pytester.runpytest_subprocess("-k", "logits or optimizer", "-p", "no:cacheprovider", "-rA")
+    result.assert_outcomes(passed=3, failed=1, skipped=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_in_a_child?tiny:frozen-optimizer?sgd?? _*",
+            "in a child pytest with {'FRAMEBENCH_PLUGIN_PROCESS': 'child'}: *",
+            "E*AssertionError*",
+            "*needs a GPU: TinyNumpy runs on the CPU only",
+        ]
+    )
+    (report,) = pytester.path.rglob("outcomes.jsonl")
+    run = {json.loads(line)[0].split("[", 1)[1] for line in report.read_text().splitlines()}
+    assert run == {f"{name}-{check}]" for name in ("tiny", "tiny:frozen", "tiny:gpu") for check in ("logits[relu]", "optimizer[sgd]")}
