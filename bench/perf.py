@@ -4,7 +4,6 @@ report.md with the table and perf.png. Measured numbers live only in that genera
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -65,13 +64,13 @@ def run_perf(
 
 def write_perf_report(folder: Path, directories: list[Path]) -> Path:
     tables = [load_results(d) for d in directories]
-    table = perf_table(pd.concat([t["runs"] for t in tables]))
+    table = perf_table(pd.concat([t["runs"] for t in tables], ignore_index=True))
     figure = ["![Epoch time per backend and variant, with the GEMM floor](perf.png)"] if plot_perf(table, folder / "perf.png") else []
     lines = [
         "# framebench perf",
         "",
-        f"`{' '.join(['framebench', *sys.argv[1:]])}`; one results directory per preset: "
-        + ", ".join(f"[`{d.name}`]({d.name}/report.md)" for d in directories)
+        f"`{tables[0]['env'].get('command', 'framebench perf')}` (the command that measured it); one results directory per preset: "
+        + ", ".join(f"`{d.name}/`" for d in directories)
         + ".",
         "",
         "Steady-state epoch (median over repeats; `spread_s` is fastest to slowest repeat), the GEMM floors measured in the same "

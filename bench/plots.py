@@ -142,16 +142,19 @@ def plot_perf(table: pd.DataFrame, path: Path) -> bool:
     if table.empty:
         return False
     presets = list(dict.fromkeys(table["preset"]))
-    fig, panels = plt.subplots(len(presets), 1, figsize=(11, 0.32 * len(table) + 1.6 * len(presets)), squeeze=False)
+    rows_per_preset = [int((table["preset"] == preset).sum()) + 3 for preset in presets]  # + title and axis
+    fig, panels = plt.subplots(
+        len(presets), 1, figsize=(11, 0.3 * sum(rows_per_preset)), squeeze=False, gridspec_kw={"height_ratios": rows_per_preset}
+    )
     for axes, preset in zip(panels[:, 0], presets, strict=True):
         rows = table[table["preset"] == preset].iloc[::-1]
         labels = [f"{b}/{v} ({d})" for b, v, d in zip(rows["backend"], rows["variant"], rows["device"], strict=True)]
         axes.barh(labels, rows["median_epoch_s"], xerr=rows["spread_s"] / 2, color=[colour(b) for b in rows["backend"]], capsize=3)
         for floor in rows["floor_epoch_s"].dropna().unique():
             axes.axvline(floor, color="black", linestyle="--", linewidth=1)
-        for y, (value, efficiency) in enumerate(zip(rows["median_epoch_s"], rows["efficiency"], strict=True)):
+        for y, (value, spread, efficiency) in enumerate(zip(rows["median_epoch_s"], rows["spread_s"], rows["efficiency"], strict=True)):
             text = f"{value:.3g} s" + ("" if pd.isna(efficiency) else f", efficiency {efficiency:.2f}")
-            axes.annotate(text, (value, y), xytext=(4, 0), textcoords="offset points", va="center", fontsize=7)
+            axes.annotate(text, (value + spread / 2, y), xytext=(6, 0), textcoords="offset points", va="center", fontsize=7)
         axes.set(
             title=f"{preset}: steady-state epoch time (dashed: GEMM floor, fastest library)",
             xlabel="seconds per epoch",

@@ -28,9 +28,9 @@ import pandas as pd
 
 from framebench.errors import FrameBenchError
 
-# Columns that identify a run's rows; (backend, variant, device, sweep_value, repeat) is unique per job.
+# Columns that identify a run's rows; (backend, variant, device, sweep_value, repeat) is unique per job
+# within a results directory, and `attempt` tells a job's retries apart.
 RUN_KEYS = ["run_id", "backend", "variant", "device", "dataset", "preset", "sweep_field", "sweep_value", "repeat", "seed", "attempt"]
-JOB_KEY = ["backend", "variant", "device", "sweep_value", "repeat"]
 RUNS_COLUMNS = RUN_KEYS + [
     "node",
     "host",
@@ -255,22 +255,24 @@ def read_table(directory: Path, table: str) -> pd.DataFrame:
         raw = path.read_bytes()
     except OSError as exc:
         raise FrameBenchError(f"{path} cannot be read ({exc.strerror or exc})") from None
-    if raw and not raw.endswith(b"\n"):
-        print(f"warning: {path}: ignoring a torn last row (the writer was interrupted)", file=sys.stderr)
-        raw = raw[: raw.rfind(b"\n") + 1]
     if not raw:
         return empty_table(columns)
+    torn = not raw.endswith(b"\n")
     try:
-        text = raw.decode()
+        text = raw[: raw.rfind(b"\n") + 1].decode()  # whole lines only (the header is written whole, so it is there)
         header = next(csv.reader(io.StringIO(text)))
         if header != columns:
             raise ValueError(f"columns {header[:4]}… are not {table}.csv's")
         dtypes = {c: str for c in TEXT_COLUMNS if c in columns}
-        return pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=[""], dtype=dtypes).fillna({c: "" for c in dtypes})
-    except (UnicodeDecodeError, ValueError, pd.errors.ParserError, StopIteration) as exc:
-        raise FrameBenchError(
-            f"{path} is not a framebench table ({str(exc).splitlines()[0][:120]}); pass a directory `framebench run` wrote, or rerun it"
-        ) from None
+        rows = pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=[""], dtype=dtypes).fillna({c: "" for c in dtypes})
+    except StopIteration:
+        raise FrameBenchError(f"{path} is not a framebench table (no header line); pass a directory `framebench run` wrote") from None
+    except (UnicodeDecodeError, ValueError, pd.errors.ParserError) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+        raise FrameBenchError(f"{path} is not a framebench table ({reason}); pass a directory `framebench run` wrote") from None
+    if torn:
+        print(f"warning: {path}: ignoring a torn last row (the writer was interrupted)", file=sys.stderr)
+    return rows
 
 
 def empty_table(columns: list[str]) -> pd.DataFrame:

@@ -10,7 +10,7 @@ import pandas as pd
 
 GROUP = ["backend", "variant", "device"]
 SWEEP = ["sweep_field", "sweep_value"]
-JOB_KEY = ["backend", "variant", "device", "sweep_value", "repeat"]
+JOB_KEY = ["run_id", "backend", "variant", "device", "sweep_value", "repeat"]  # unique across results directories too
 NOT_RUN = ("unsupported", "unavailable")  # statuses of jobs that never trained: listed apart, not as rows
 BUSY_FRACTION = 0.15  # other processes used more than this share of the CPUs during a job: its time is suspect
 MEDIANS = {  # summary column -> runs.csv column whose median over ok repeats it shows

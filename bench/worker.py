@@ -46,7 +46,7 @@ class Job:
     attempt: int = 1  # 1 for the first try of this job in this directory, then 2, 3, ... (retries, resumes)
 
     def key(self) -> tuple:
-        """Unique within a results directory (framebench.results.JOB_KEY)."""
+        """Unique within a results directory: what a retry or a resume repeats (with the next `attempt`)."""
         return self.backend, self.variant, self.device, self.sweep_value, self.repeat
 
     def row_keys(self) -> dict:

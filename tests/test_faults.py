@@ -197,6 +197,7 @@ def test_an_empty_steps_table_gets_its_header_back(finished):
     [
         (b"\x00\x01\x02garbage\xff\xfe\n", "is not a framebench table"),
         (b"a,b,c\n1,2,3\n", "is not a framebench table"),
+        (b"\x00\xff garbage without a single newline", "is not a framebench table (no header line)"),
     ],
 )
 @pytest.mark.parametrize("args", [["plot"], ["compare", "BASE"], ["check"], ["thresholds"]])

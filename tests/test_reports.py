@@ -374,3 +374,18 @@ def test_epoch_flops_follow_the_stated_formula():
 
     # forward 2N(784*512 + 512*10), weight gradients the same, input gradient of layer 2 only: 2N*512*10
     assert epoch_flops((784, 512, 10), 100) == 2 * 100 * (2 * (784 * 512 + 512 * 10) + 512 * 10)
+
+
+def test_the_perf_table_keeps_every_preset_of_a_backend(tmp_path):
+    """Runs of the same backend and repeat in two presets' directories are two rows, not one."""
+    from framebench.tables import perf_table
+
+    first = load_results(results(tmp_path / "a", baseline_runs()))["runs"]
+    second = load_results(results(tmp_path / "b", [{**row, "run_id": "s", "preset": "tutorial000"} for row in baseline_runs()]))["runs"]
+    table = perf_table(pd.concat([first, second], ignore_index=True))
+    assert table[["preset", "backend"]].values.tolist() == [
+        ["mlp", "numpy"],
+        ["mlp", "jax"],
+        ["tutorial000", "numpy"],
+        ["tutorial000", "jax"],
+    ]

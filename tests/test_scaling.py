@@ -42,6 +42,7 @@ def run_row(
 ) -> dict:
     """A runs.csv row with what framebench.scaling reads; an epoch is 1000 samples."""
     return {
+        "run_id": "sweep",
         "backend": backend,
         "variant": "default",
         "device": "cpu",
