@@ -5,7 +5,8 @@ value) that ran ok in BASE must run ok in NEW, with its accuracy within --acc-to
 within --time-tol (a slowdown counts only beyond the spread of the repeats too). Accuracy is compared
 only between the same training configuration, and timings only between nodes with the same machine
 fingerprint (host, CPU, cores, kernel settings, GPUs, threads); what those rules leave unverified is
-refused (exit 2) unless a flag allows it. A regression exits 1.
+refused (exit 2) unless a flag allows it, and so is a comparison in which no key ran ok in both (a
+BASE whose runs all failed verifies nothing). A regression exits 1.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from framebench.errors import FrameBenchError
-from framebench.results import load_results
+from framebench.results import load_results, node_environments
 from framebench.tables import NOT_RUN, format_table, latest_attempts, to_markdown
 
 KEYS = ["backend", "variant", "device", "dataset", "preset", "sweep_field", "sweep_value"]
@@ -38,7 +39,6 @@ class Tolerances:
 
 def fingerprints(env: dict) -> dict[str, str]:
     """{node: what makes its timings comparable}: host, CPU, cores, kernel settings and GPUs."""
-    nodes = env.get("nodes") or {env.get("machine", ""): env}
     return {
         name: json.dumps(
             [
@@ -50,7 +50,7 @@ def fingerprints(env: dict) -> dict[str, str]:
             ],
             sort_keys=True,
         )
-        for name, node in nodes.items()
+        for name, node in node_environments(env).items()
     }
 
 
@@ -223,6 +223,9 @@ def run_compare(
     if len(regressions):
         print(f"{len(regressions)} regression(s)")
         return 1
+    if not table["verdict"].str.startswith("ok").any():
+        print("nothing was verified: no key ran ok in BASE and in NEW (a BASE whose runs all failed is no baseline): refused")
+        return 2
     if unverified.empty and compare_accuracy and (compare_time or accuracy_only):
         print("no regression")
         return 0

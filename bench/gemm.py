@@ -7,9 +7,10 @@ time of that shape gives the epoch's floor: `floor_epoch_s` with the fastest lib
 `own_floor_epoch_s` with the backend's own framework.
 
 The probes run at the start and again at the end of a matrix; each shape keeps its faster time. A
-shape whose two probes disagree by more than PROBE_DISAGREEMENT, or a run that would come out
-faster than MAX_CREDIBLE_EFFICIENCY of its floor, says the machine was disturbed while a probe ran:
-those efficiencies are left empty, with the reason in `floor_note`, rather than reported wrong."""
+step whose GEMMs take more than PROBE_DISAGREEMENT times as long in one probe as in the other, or a
+run that would come out faster than MAX_CREDIBLE_EFFICIENCY of its floor, says the machine was
+disturbed while a probe ran: those efficiencies are left empty, with the reason in `floor_note`,
+rather than reported wrong."""
 
 from __future__ import annotations
 
@@ -51,10 +52,6 @@ def step_gemms(sizes: tuple[int, ...], batch: int) -> list[Gemm]:
         if layer > 1:
             gemms.append(Gemm("input_grad", layer, batch, fan_out, fan_in))
     return gemms
-
-
-def epoch_flops(sizes: tuple[int, ...], samples: int) -> int:
-    return sum(g.flops for g in step_gemms(sizes, 1)) * samples
 
 
 def key(gemm: Gemm) -> str:

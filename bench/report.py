@@ -8,7 +8,7 @@ from pathlib import Path
 from framebench.errors import FrameBenchError
 from framebench.gemm import unreliable_warnings
 from framebench.plots import draw_all
-from framebench.results import load_results
+from framebench.results import load_results, node_environments, seeds_text
 from framebench.scaling import report_section
 from framebench.tables import busy_warnings, not_run, summary, to_markdown
 
@@ -22,8 +22,7 @@ FIGURE_CAPTIONS = {
 
 def environment_lines(env: dict) -> list[str]:
     lines = []
-    nodes = env.get("nodes") or {env.get("machine"): env}
-    for name, node in nodes.items():
+    for name, node in node_environments(env).items():
         gpus = "; ".join(f"{g.get('name')} (driver {g.get('driver')}, CUDA {g.get('cuda')})" for g in node.get("gpus", [])) or "none"
         libraries = ", ".join(f"{library} {version}" for library, version in node.get("libraries", {}).items())
         kernels = ", ".join(f"{k}={v}" for k, v in node.get("kernel_settings", {}).items()) or "none set"
@@ -39,7 +38,7 @@ def environment_lines(env: dict) -> list[str]:
 def matrix_line(config: dict) -> str:
     matrices = config.get("matrices", [])
     repeats = max((m["repeats"] for m in matrices), default=0)
-    seeds = "; ".join(f"{m['seed']}" if m["same_seed"] else f"{m['seed']} + repeat" for m in matrices) or "-"
+    seeds = seeds_text(config) or "-"
     sweep = config.get("sweep", {})
     swept = f"; sweep over {sweep['field']}: {', '.join(sweep['values'])}" if sweep.get("field") else ""
     return (

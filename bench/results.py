@@ -126,7 +126,7 @@ def append_rows(directory: Path, table: str, rows: list[dict]) -> None:
     columns = TABLES[table]
     path = directory / f"{table}.csv"
     buffer = io.StringIO()
-    csv.DictWriter(buffer, fieldnames=columns, extrasaction="raise", lineterminator="\n").writerows(rows)
+    csv.DictWriter(buffer, fieldnames=columns, extrasaction="raise", lineterminator="\n").writerows(map(one_line, rows))
     data = buffer.getvalue().encode()
     try:
         if not path.exists() or path.stat().st_size == 0:
@@ -154,17 +154,25 @@ def append_rows(directory: Path, table: str, rows: list[dict]) -> None:
         os.close(fd)
 
 
+def one_line(row: dict) -> dict:
+    """The row with line breaks in its text replaced by spaces: a row is then exactly one line, so a
+    last line without a newline is always a torn row and never the end of a quoted cell."""
+    return {k: " ".join(v.splitlines()) if isinstance(v, str) else v for k, v in row.items()}
+
+
 def cut_torn_tail(fd: int) -> int:
     """Truncate a last line that has no newline (a row torn by a kill); returns the file's size."""
     size = os.fstat(fd).st_size
-    if size == 0:
-        return 0
-    block = min(size, 1 << 16)
-    tail = os.pread(fd, block, size - block)
-    if tail.endswith(b"\n"):
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
         return size
-    cut = tail.rfind(b"\n")
-    keep = size - block + cut + 1 if cut >= 0 else 0
+    keep, end = 0, size
+    while end > 0:  # search back, block by block, for the end of the last whole line
+        start = max(end - (1 << 16), 0)
+        cut = os.pread(fd, end - start, start).rfind(b"\n")
+        if cut >= 0:
+            keep = start + cut + 1
+            break
+        end = start
     os.ftruncate(fd, keep)
     print(f"warning: removed a torn last row ({size - keep} bytes) left by an interrupted writer", file=sys.stderr)
     return keep
@@ -293,6 +301,16 @@ def load_results(directory: str | Path) -> dict:
     tables["env"] = read_json(directory / "env.json") if (directory / "env.json").exists() else {}
     tables["runs"] = with_efficiencies(tables["runs"], tables["gemm"])
     return tables
+
+
+def node_environments(env: dict) -> dict[str, dict]:
+    """{node name: its environment} from env.json (one written before nodes were recorded is its own node)."""
+    return env.get("nodes") or {env.get("machine", ""): env}
+
+
+def seeds_text(config: dict) -> str:
+    """How config.json's matrices seeded their repeats, e.g. "0 + repeat" ("" when none is recorded)."""
+    return "; ".join(f"{m['seed']}" if m["same_seed"] else f"{m['seed']} + repeat" for m in config.get("matrices", []))
 
 
 def library_versions() -> dict[str, str]:

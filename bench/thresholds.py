@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from framebench.errors import FrameBenchError
-from framebench.results import load_results
+from framebench.results import load_results, seeds_text
 from framebench.tables import format_table, latest_attempts
 
 DEFAULT_FILE = Path(__file__).resolve().parent / "thresholds.csv"
@@ -39,10 +39,10 @@ def derive(directories: list[str], margin: float) -> pd.DataFrame:
     runs = pd.concat([runs_with_epochs(d) for d in directories])
     if runs.empty:
         raise FrameBenchError(f"no runs in {', '.join(directories)}; thresholds come from measured runs")
-    bad = runs[runs["status"] != "ok"]
+    bad = runs[(runs["status"] != "ok") | runs["final_test_acc"].isna()]
     if not bad.empty:
         raise FrameBenchError(
-            f"{len(bad)} run(s) did not finish ok (e.g. {bad.iloc[0]['backend']}: {bad.iloc[0]['status']}); "
+            f"{len(bad)} run(s) did not finish ok with an accuracy (e.g. {bad.iloc[0]['backend']}: {bad.iloc[0]['status']}); "
             "thresholds come from complete runs only"
         )
     grouped = runs.groupby(KEYS)["final_test_acc"]
@@ -53,26 +53,33 @@ def derive(directories: list[str], margin: float) -> pd.DataFrame:
 
 
 def load_thresholds(path: Path) -> pd.DataFrame:
-    """The thresholds file, every threshold a number in [0, 1]: an empty or NaN one is an error here,
-    not a silent pass later."""
+    """The thresholds file, every threshold a number in [0, 1] and every epochs a positive integer: an
+    empty, NaN or non-numeric one is an error here, not a silent pass (or a traceback) later."""
     if not path.is_file():
         raise FrameBenchError(f"no thresholds file at {path}; make one with `framebench thresholds DIR --output {path}`")
     try:
         table = pd.read_csv(
-            path, comment="#", dtype={"sweep_field": str, "sweep_value": str}, keep_default_na=False, na_values=["", "nan", "NaN"]
+            path,
+            comment="#",
+            dtype=dict.fromkeys(["preset", "dataset", "backend", "sweep_field", "sweep_value"], str),
+            keep_default_na=False,
+            na_values=["", "nan", "NaN"],
         )
     except (UnicodeDecodeError, ValueError, pd.errors.ParserError, OSError) as exc:
         raise FrameBenchError(f"{path} cannot be read as a thresholds file ({str(exc).splitlines()[0][:120]})") from None
     missing = set(COLUMNS) - set(table.columns)
     if missing:
         raise FrameBenchError(f"{path} lacks columns {sorted(missing)}; regenerate it with `framebench thresholds`")
-    bad = table[table["min_test_acc"].isna() | ~table["min_test_acc"].between(0, 1)]
+    threshold, epochs = (pd.to_numeric(table[c], errors="coerce") for c in ("min_test_acc", "epochs"))
+    bad = table[~threshold.between(0, 1) | ~(epochs > 0) | (epochs % 1 != 0)]
     if not bad.empty:
         row = bad.iloc[0]
         raise FrameBenchError(
-            f"{path}: threshold for {row['backend']} ({row['preset']}, {row['dataset']}) is "
-            f"{row['min_test_acc']!r}, not a number in [0, 1]; regenerate it with `framebench thresholds`"
+            f"{path}: the row for {row['backend']} ({row['preset']}, {row['dataset']}) has threshold {row['min_test_acc']!r} and "
+            f"epochs {row['epochs']!r}: a threshold must be a number in [0, 1] and epochs a positive integer; regenerate it "
+            "with `framebench thresholds`"
         )
+    table["min_test_acc"], table["epochs"] = threshold, epochs.astype(int)
     table[["sweep_field", "sweep_value"]] = table[["sweep_field", "sweep_value"]].fillna("")
     return table
 
@@ -128,8 +135,7 @@ def write_thresholds(table: pd.DataFrame, path: Path, command: str, directories:
     measured = []
     for directory in directories:
         tables = load_results(directory)
-        seeds = "; ".join(f"{m['seed']}" if m["same_seed"] else f"{m['seed']} + repeat" for m in tables["config"].get("matrices", []))
-        measured.append(f"#   {tables['env'].get('command', '?')}  (seeds {seeds or '?'})")
+        measured.append(f"#   {tables['env'].get('command', '?')}  (seeds {seeds_text(tables['config']) or '?'})")
     header = [
         "# Minimum final test accuracy per (preset, dataset, backend, epochs, sweep value): the lowest measured over",
         "# measured_runs runs, minus margin. Runs measured by:",

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from framebench.results import load_results
+from framebench.results import append_rows, load_results, read_table
 from tests.conftest import REPO, framebench
 
 PLUGIN = "fake=tests.fake_backend:FakeClassifier"
@@ -181,6 +181,32 @@ def test_a_torn_last_row_is_ignored_when_read_and_cut_before_the_next_append(fin
     assert text.startswith(whole) and b",o\n" not in text and b",or," not in text
     table = load_results(finished)["runs"]
     assert len(table) == 4 and set(table["status"]) == {"ok"}
+
+
+def epoch_row(epoch: int, **changes) -> dict:
+    return {"run_id": "r", "backend": "fake", "variant": "default", "device": "cpu", "epoch": epoch, **changes}
+
+
+def test_a_table_cut_at_any_byte_reads_as_its_whole_rows_even_with_line_breaks_in_a_cell(tmp_path):
+    """Rows are one line each (line breaks in text become spaces), so a kill at any byte leaves whole rows."""
+    rows = [{"run_id": "r", "status": "ok"}, {"run_id": "r", "status": "failed", "error": "line one\nline two\r\nthree"}]
+    append_rows(tmp_path, "runs", rows)
+    path = tmp_path / "runs.csv"
+    whole = path.read_bytes()
+    assert whole.count(b"\n") == 3 and read_table(tmp_path, "runs")["error"].tolist() == ["", "line one line two three"]
+    header = whole.index(b"\n") + 1
+    for size in range(header, len(whole) + 1):
+        path.write_bytes(whole[:size])
+        assert len(read_table(tmp_path, "runs")) == whole[:size].count(b"\n") - 1, size
+
+
+def test_a_torn_row_longer_than_one_read_block_keeps_every_whole_row(tmp_path):
+    append_rows(tmp_path, "epochs", [epoch_row(1), epoch_row(2)])
+    path = tmp_path / "epochs.csv"
+    whole = path.read_bytes()
+    path.write_bytes(whole + b"r," + b"x" * 200_000)
+    append_rows(tmp_path, "epochs", [epoch_row(3)])
+    assert path.read_bytes().startswith(whole) and read_table(tmp_path, "epochs")["epoch"].tolist() == [1, 2, 3]
 
 
 def test_an_empty_steps_table_gets_its_header_back(finished):

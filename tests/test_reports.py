@@ -195,6 +195,12 @@ def test_compare_a_key_missing_in_new_is_a_regression(tmp_path):
     assert result.returncode == 1 and "REGRESSION: missing in NEW" in result.stdout
 
 
+def test_compare_against_a_base_that_verified_nothing_is_refused(tmp_path):
+    failed = [{**r, "status": "failed", "error": "boom", "median_epoch_s": "", "final_test_acc": ""} for r in baseline_runs()]
+    result = compare(results(tmp_path / "base", failed), results(tmp_path / "new", baseline_runs(acc=0.1)))
+    assert result.returncode == 2 and "fixed (BASE failed: boom)" in result.stdout and "nothing was verified" in result.stdout
+
+
 def test_compare_an_ok_row_without_figures_is_not_ok(tmp_path):
     base = results(tmp_path / "base", baseline_runs())
     runs = baseline_runs()
@@ -289,14 +295,14 @@ def test_check_fails_a_run_that_did_not_finish_ok_whatever_the_thresholds(tmp_pa
     assert result.returncode == 1 and f"run {status} (boom)" in result.stdout
 
 
-@pytest.mark.parametrize("value", ["", "nan", "1.5"])
-def test_an_empty_or_nonsense_threshold_is_an_error_when_read(tmp_path, value):
+@pytest.mark.parametrize("row", ["jax,3,,,", "jax,3,,,nan", "jax,3,,,1.5", "jax,3,,,abc", "jax,five,,,0.9", "jax,2.5,,,0.9"])
+def test_an_empty_or_nonsense_threshold_is_an_error_when_read(tmp_path, row):
     directory = results(tmp_path / "r", baseline_runs())
     path = tmp_path / "t.csv"
     thresholds_file(path, [("numpy", 0.9), ("jax", 0.9)])
-    path.write_text(path.read_text().replace("jax,3,,,0.9", f"jax,3,,,{value}"))
+    path.write_text(path.read_text().replace("jax,3,,,0.9", row))
     result = framebench("check", str(directory), "--thresholds", str(path))
-    assert result.returncode == 2 and "not a number in [0, 1]" in result.stderr
+    assert result.returncode == 2 and "a threshold must be a number in [0, 1] and epochs a positive integer" in result.stderr
 
 
 def test_check_without_thresholds_file_is_a_one_line_error(tmp_path):
@@ -314,6 +320,13 @@ def test_thresholds_are_the_lowest_accuracy_minus_the_margin(tmp_path):
     table = pd.read_csv(output, comment="#").set_index("backend")
     assert table.loc["numpy", "min_test_acc"] == pytest.approx(0.90) and table.loc["jax", "min_test_acc"] == pytest.approx(0.94)
     assert framebench("check", str(directory), "--thresholds", str(output)).returncode == 0
+
+
+def test_thresholds_refuse_an_ok_run_without_accuracy(tmp_path):
+    runs = baseline_runs()
+    runs[1]["final_test_acc"] = ""
+    result = framebench("thresholds", str(results(tmp_path / "r", runs)), "--output", str(tmp_path / "t.csv"))
+    assert result.returncode == 2 and "did not finish ok with an accuracy" in result.stderr and not (tmp_path / "t.csv").exists()
 
 
 @pytest.mark.parametrize("margin", ["-0.01", "inf", "nan"])
@@ -369,11 +382,9 @@ def test_run_writes_figures_and_a_report_that_plot_redraws(measured):
     assert set(tables["gemm"]["probe"]) == {"start", "end"} and tables["runs"]["floor_epoch_s"].notna().all()
 
 
-def test_epoch_flops_follow_the_stated_formula():
-    from framebench.gemm import epoch_flops
-
+def test_step_flops_follow_the_stated_formula():
     # forward 2N(784*512 + 512*10), weight gradients the same, input gradient of layer 2 only: 2N*512*10
-    assert epoch_flops((784, 512, 10), 100) == 2 * 100 * (2 * (784 * 512 + 512 * 10) + 512 * 10)
+    assert sum(g.flops for g in step_gemms((784, 512, 10), 100)) == 2 * 100 * (2 * (784 * 512 + 512 * 10) + 512 * 10)
 
 
 def test_the_perf_table_keeps_every_preset_of_a_backend(tmp_path):
