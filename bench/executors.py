@@ -35,8 +35,9 @@ class Executor(ABC):
     @abstractmethod
     def run(self, jobs: list[Job], timeout_s: float) -> Iterator[tuple[Job, dict]]:
         """Run `jobs` (in this order where the executor has a choice) and yield (job, event) as events come:
-        first `submitted` (the job is in flight from then on), last its `end`, carrying `node` and `host`. A job retried after its node died
-        ends with status `lost` and comes back as a copy with the next `attempt`."""
+        first `submitted` (the job is in flight from then on), last its `end`, carrying `node` and `host` where
+        it reached a node. A job retried after its node died ends with status `lost` and comes back as a copy
+        with the next `attempt`."""
 
     @abstractmethod
     def stop(self) -> None:

@@ -32,7 +32,11 @@ def environment_lines(env: dict) -> list[str]:
             f"  - libraries: {libraries}",
             f"  - kernel settings: {kernels}",
         ]
-    return lines + [f"- framebench commit: {env.get('git_commit')}", f"- command: `{env.get('command')}`"]
+    earlier = [
+        f"- earlier into this directory: `{e.get('command')}` (commit {e.get('git_commit')}, {e.get('started_utc')})"
+        for e in env.get("earlier", [])
+    ]
+    return lines + [f"- framebench commit: {env.get('git_commit')}", f"- command: `{env.get('command')}`", *earlier]
 
 
 def matrix_line(config: dict) -> str:

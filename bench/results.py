@@ -398,12 +398,12 @@ def node_environment(threads: int) -> dict:
     }
 
 
-def environment(threads: int, nodes: dict[str, dict]) -> dict:
-    """env.json: the driver's environment (where the tables were written) and every node's."""
-    return {
-        **node_environment(threads),
-        "git_commit": git_commit(),
-        "command": " ".join(sys.argv),
-        "started_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-        "nodes": nodes,
-    }
+def environment(threads: int, nodes: dict[str, dict], earlier: dict | None) -> dict:
+    """env.json: the driver's environment (where the tables were written) and every node's. Extending
+    a directory (`earlier`, its env.json) keeps the nodes and commands recorded before: its earlier
+    rows came from them."""
+    session = {"git_commit": git_commit(), "command": " ".join(sys.argv), "started_utc": datetime.now(UTC).isoformat(timespec="seconds")}
+    if not earlier:
+        return {**node_environment(threads), **session, "nodes": nodes}
+    sessions = earlier.get("earlier", []) + [{key: earlier.get(key) for key in session}]
+    return {**node_environment(threads), **session, "nodes": {**node_environments(earlier), **nodes}, "earlier": sessions}

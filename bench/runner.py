@@ -86,8 +86,6 @@ class RunRequest:
             raise FrameBenchError(f"--seed must be >= 0, got {self.seed}")
         if self.repeats < 1:
             raise FrameBenchError(f"--repeats must be at least 1, got {self.repeats}")
-        if self.threads < 1:
-            raise FrameBenchError(f"--threads must be at least 1, got {self.threads}")
         check_threads(self.threads, self.oversubscribe, "--threads ")
         if self.target_acc is not None and not 0 < self.target_acc <= 1:
             raise FrameBenchError(f"--target-acc must be in (0, 1], got {self.target_acc}")
@@ -111,7 +109,10 @@ def make_executor(name: str, address: str | None, schedule_timeout: float) -> Ex
 
 
 def check_threads(threads: int, oversubscribe: bool, flag: str) -> None:
-    """More threads than cores would time contention: refused unless asked for (`flag` names the setting)."""
+    """At least one thread; more threads than cores would time contention: refused unless asked for
+    (`flag` names the setting)."""
+    if threads < 1:
+        raise FrameBenchError(f"{flag}{threads}: threads must be at least 1")
     if threads > (os.cpu_count() or 1) and not oversubscribe:
         raise FrameBenchError(
             f"{flag}{threads} is more than this machine's {os.cpu_count()} cores, which times contention, not "
@@ -201,9 +202,10 @@ def recorded_jobs(run_id: str, config: dict) -> list[Job]:
     return plan(matrices, template, Sweep(config["sweep"]["field"], tuple(config["sweep"]["values"])), model, train)
 
 
-def unregistered(matrix: Matrix) -> list[str]:
-    """Requested (backend, variant) pairs that are not registered (they would repeat `default`)."""
-    return [f"{b}:{v}" for b in matrix.backends for v in matrix.variants if (b, v) not in registry.REGISTRY]
+def unregistered(matrices: list[dict]) -> list[str]:
+    """Recorded (backend, variant) pairs that are not registered (they would repeat `default`)."""
+    pairs = (f"{b}:{v}" for m in matrices for b in m["backends"] for v in m["variants"] if (b, v) not in registry.REGISTRY)
+    return list(dict.fromkeys(pairs))
 
 
 @dataclass
@@ -311,14 +313,34 @@ class Stopped(Exception):
         self.signum = signum
 
 
-def raise_stopped(signum: int, _frame) -> None:
-    for name in (signal.SIGINT, signal.SIGTERM):  # finishing up must not be interrupted again
-        signal.signal(name, signal.SIG_IGN)
-    raise Stopped(signum)
+class Interrupts:
+    """SIGINT and SIGTERM as `Stopped`, held back while a job's rows are written (`with interrupts:`),
+    so a stopped run still gives every job exactly one runs.csv row and every epoch its steps."""
+
+    def __init__(self) -> None:
+        self.writing = False
+        self.pending: int | None = None  # a signal that arrived while writing
+
+    def handle(self, signum: int, _frame) -> None:
+        for name in (signal.SIGINT, signal.SIGTERM):  # finishing up must not be interrupted again
+            signal.signal(name, signal.SIG_IGN)
+        if self.writing:
+            self.pending = signum
+        else:
+            raise Stopped(signum)
+
+    def __enter__(self) -> None:
+        self.writing = True
+
+    def __exit__(self, kind, *_) -> None:
+        self.writing = False
+        if self.pending and kind is None:
+            raise Stopped(self.pending)
 
 
-def run_jobs(directory: Path, jobs: list[Job], executor: Executor, timeout_s: float, states: dict) -> list[dict]:
-    """Run the jobs, writing rows as events arrive; `states` holds the jobs in flight (for an interrupt)."""
+def run_jobs(directory: Path, jobs: list[Job], executor: Executor, timeout_s: float, states: dict, interrupts: Interrupts) -> list[dict]:
+    """Run the jobs, writing rows as events arrive; `states` holds the jobs in flight whose row is not written yet
+    (for an interrupt)."""
     rows, runnable = [], []
     for job in jobs:
         entry = registry.lookup(job.backend, job.variant)
@@ -340,8 +362,9 @@ def run_jobs(directory: Path, jobs: list[Job], executor: Executor, timeout_s: fl
         elif event["type"] == "setup":
             state.setup = event
         elif event["type"] == "epoch":
-            state.epochs.append(event)
-            record_epoch(directory, job, event)
+            with interrupts:
+                state.epochs.append(event)
+                record_epoch(directory, job, event)
             print(
                 f"{label}: epoch {event['epoch']}: {event['epoch_s']:.3f} s, train loss {event['train_loss']:.4f}, "
                 f"test acc {event['test_acc']:.4f}",
@@ -349,8 +372,9 @@ def run_jobs(directory: Path, jobs: list[Job], executor: Executor, timeout_s: fl
                 flush=True,
             )
         elif event["type"] == "end":
-            del states[(job.key(), job.attempt)]
-            row = finish_job(directory, state, event)
+            with interrupts:
+                row = finish_job(directory, state, event)
+                del states[(job.key(), job.attempt)]
             if not event.get("retried"):  # a lost attempt that was retried is superseded by its retry
                 rows.append(row)
     return rows
@@ -404,12 +428,27 @@ def check_same_experiment(directory: Path, config: dict) -> None:
         )
 
 
+def check_same_seeds(directory: Path, matrices: list[dict], seed: int, same_seed: bool) -> None:
+    """Every matrix of a directory seeds its repeats alike: its backends then start from the same
+    weights, and a job already run is never taken as done for other seeds."""
+    for matrix in matrices:
+        if (matrix["seed"], matrix["same_seed"]) != (seed, same_seed):
+            raise FrameBenchError(
+                f"{directory} was run with --seed {matrix['seed']}"
+                + (" --same-seed" if matrix["same_seed"] else "")
+                + "; extend it with the same seeds, or pass a new --run-id"
+            )
+
+
 def new_config(request: RunRequest, model_overrides: dict, train_overrides: dict) -> dict:
-    """config.json of a new request: the resolved experiment and its matrix (registry names, devices still as asked)."""
+    """config.json of a new request: the resolved experiment, with no matrix recorded yet (run_in adds it)."""
     model, train = resolve(request.preset, model_overrides, train_overrides)
     sweep = Sweep.parse(request.sweep)
-    for value in sweep.values:  # every value must make a valid configuration before anything runs
-        check_threads(sweep.apply(model, train, request.threads, value)[2], request.oversubscribe, "--sweep threads=")
+    points = [sweep.apply(model, train, request.threads, value) for value in sweep.values]  # each value valid before anything runs
+    for _, _, threads in points:
+        check_threads(threads, request.oversubscribe, "--sweep threads=")
+    if len(set(points)) != len(points):
+        raise FrameBenchError(f"--sweep {request.sweep} gives the same configuration twice (e.g. 64 and 064); name each value once")
     return {
         "preset": request.preset,
         "dataset": request.dataset or PRESETS[request.preset].dataset,
@@ -449,6 +488,12 @@ def run(request: RunRequest, model_overrides: dict, train_overrides: dict) -> in
                 f"--resume {directory}: its config.json was written by another framebench version; rerun the matrix into a new --run-id"
             )
         config["data_dir"] = request.data_dir or config.get("data_dir")
+        unknown = sorted({b for m in config["matrices"] for b in m["backends"]} - set(registry.backend_names()))
+        if unknown:
+            raise FrameBenchError(
+                f"--resume {directory}: its matrix names backend(s) not registered here ({', '.join(unknown)}); "
+                "set FRAMEBENCH_PLUGINS as it was when the run started"
+            )
     else:
         config = new_config(request, model_overrides, train_overrides)
         directory = prepare_directory(request.results_dir, request.run_id or new_run_id())
@@ -458,6 +503,7 @@ def run(request: RunRequest, model_overrides: dict, train_overrides: dict) -> in
         if not request.resume and (directory / "config.json").exists():
             check_same_experiment(directory, config)
             config = {**config, "matrices": read_json(directory / "config.json").get("matrices", [])}
+            check_same_seeds(directory, config["matrices"], request.seed, request.same_seed)
         executor = make_executor(request.executor, request.address, request.schedule_timeout)
         try:
             return run_in(directory, request, config, executor, data)
@@ -470,15 +516,14 @@ def run(request: RunRequest, model_overrides: dict, train_overrides: dict) -> in
 
 def run_in(directory: Path, request: RunRequest, config: dict, executor: Executor, data) -> int:
     if not request.resume:
-        matrix = matrix_of(request, executor)
-        if skipped := unregistered(matrix):
-            print(
-                f"not registered, so not run (a variant a backend does not register would repeat its default): {', '.join(skipped)}",
-                file=sys.stderr,
-            )
-        recorded = json.loads(json.dumps(dataclasses.asdict(matrix)))  # as config.json holds it
+        recorded = json.loads(json.dumps(dataclasses.asdict(matrix_of(request, executor))))  # as config.json holds it
         if recorded not in config["matrices"]:
             config["matrices"].append(recorded)
+    if skipped := unregistered(config["matrices"]):
+        print(
+            f"not registered, so not run (a variant a backend does not register would repeat its default): {', '.join(skipped)}",
+            file=sys.stderr,
+        )
     previous = done_keys(directory)
     jobs = [
         dataclasses.replace(job, attempt=previous.get(job.key(), ("", 0))[1] + 1)
@@ -493,7 +538,8 @@ def run_in(directory: Path, request: RunRequest, config: dict, executor: Executo
     write_json(directory, "config.json", config)
     for table in TABLES:  # every table exists (with its header) from the start, whatever happens next
         append_rows(directory, table, [])
-    write_json(directory, "env.json", environment(config["threads"], executor.nodes(config["threads"])))
+    earlier = read_json(directory / "env.json") if (directory / "env.json").exists() else None
+    write_json(directory, "env.json", environment(config["threads"], executor.nodes(config["threads"]), earlier))
     steps = sum(
         math.ceil(
             (j.config["train"]["steps_per_epoch"] * j.config["train"]["batch_size"] or len(data.y_train)) / j.config["train"]["batch_size"]
@@ -504,10 +550,11 @@ def run_in(directory: Path, request: RunRequest, config: dict, executor: Executo
     check_free_space(directory, steps * STEP_ROW_BYTES + 1_000_000)
     probes = probe_requests(jobs, data.input_size, data.num_classes, config["tf32"], executor.has_gpu()) if config["floors"] else {}
     states: dict = {}
-    handlers = {name: signal.signal(name, raise_stopped) for name in (signal.SIGINT, signal.SIGTERM)}
+    interrupts = Interrupts()
+    handlers = {name: signal.signal(name, interrupts.handle) for name in (signal.SIGINT, signal.SIGTERM)}
     try:
         probe_floors(directory, executor, probes, "start")
-        rows = run_jobs(directory, jobs, executor, request.timeout, states)
+        rows = run_jobs(directory, jobs, executor, request.timeout, states, interrupts)
         probe_floors(directory, executor, probes, "end")
     except Stopped as stop:
         executor.stop()

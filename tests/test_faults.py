@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from framebench.results import append_rows, load_results, read_table
+from framebench.runner import Interrupts, Stopped
 from tests.conftest import REPO, framebench
 
 PLUGIN = "fake=tests.fake_backend:FakeClassifier"
@@ -111,6 +112,23 @@ def test_a_stopped_driver_kills_its_worker_records_the_job_and_can_resume(tmp_pa
     assert again.returncode == 0 and "0 to run" in again.stderr and len(load_results(tmp_path / "r")["runs"]) == 3
 
 
+def test_a_signal_while_a_job_s_rows_are_written_is_raised_once_they_are_whole():
+    """Otherwise a job could end with no runs.csv row (or two), or an epoch without its steps."""
+    saved = {name: signal.getsignal(name) for name in (signal.SIGINT, signal.SIGTERM)}
+    interrupts, written = Interrupts(), []
+    try:
+        with pytest.raises(Stopped) as stopped:
+            with interrupts:
+                interrupts.handle(signal.SIGTERM, None)
+                written.append("row")
+        assert written == ["row"] and stopped.value.signum == signal.SIGTERM
+        with pytest.raises(Stopped):  # between writes it stops at once
+            interrupts.handle(signal.SIGINT, None)
+    finally:
+        for name, handler in saved.items():
+            signal.signal(name, handler)
+
+
 def test_kill_9_of_the_driver_leaves_no_worker_and_parseable_tables(tmp_path):
     pids = tmp_path / "pids"
     pids.mkdir()
@@ -156,9 +174,16 @@ def test_appending_another_configuration_is_refused(tmp_path):
     runs = (tmp_path / "r" / "runs.csv").read_bytes()
     other = run_fake(tmp_path, "--backends", "fake", "--epochs", "3", "--run-id", "r")
     assert other.returncode == 2 and "holds another configuration (train differ)" in other.stderr and "--resume" in other.stderr
+    seeds = run_fake(tmp_path, "--backends", "fake", "--epochs", "2", "--seed", "5", "--run-id", "r")
+    assert seeds.returncode == 2 and "was run with --seed 0; extend it with the same seeds" in seeds.stderr
     same = run_fake(tmp_path, "--backends", "fake,numpy", "--epochs", "2", "--run-id", "r")
     assert same.returncode == 0 and "1 job(s) already ok" in same.stderr  # the same experiment grows by what is new
     assert (tmp_path / "r" / "runs.csv").read_bytes().startswith(runs) and rows(tmp_path / "r" / "runs.csv") == 2
+    env = load_results(tmp_path / "r")["env"]  # both commands are on record: the first one's rows came from its nodes
+    assert [e["command"] for e in env["earlier"]] == [env["command"].replace("fake,numpy", "fake")]
+    assert "earlier into this directory" in (tmp_path / "r" / "report.md").read_text()
+    plugin_gone = framebench("run", "--resume", str(tmp_path / "r"), env={**os.environ, "FRAMEBENCH_PLUGINS": ""})
+    assert plugin_gone.returncode == 2 and "names backend(s) not registered here (fake)" in plugin_gone.stderr
 
 
 @pytest.fixture
