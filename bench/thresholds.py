@@ -75,8 +75,8 @@ def load_thresholds(path: Path) -> pd.DataFrame:
     if not bad.empty:
         row = bad.iloc[0]
         raise FrameBenchError(
-            f"{path}: the row for {row['backend']} ({row['preset']}, {row['dataset']}) has threshold {row['min_test_acc']!r} and "
-            f"epochs {row['epochs']!r}: a threshold must be a number in [0, 1] and epochs a positive integer; regenerate it "
+            f"{path}: the row for {row['backend']} ({row['preset']}, {row['dataset']}) has threshold {str(row['min_test_acc'])!r} and "
+            f"epochs {str(row['epochs'])!r}: a threshold must be a number in [0, 1] and epochs a positive integer; regenerate it "
             "with `framebench thresholds`"
         )
     table["min_test_acc"], table["epochs"] = threshold, epochs.astype(int)
