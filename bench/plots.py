@@ -13,6 +13,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from framebench import registry  # noqa: E402
+from framebench.results import swept_field  # noqa: E402
 
 PALETTE = plt.get_cmap("tab10").colors
 LINESTYLES = ["-", "--", ":", "-."]
@@ -172,7 +173,7 @@ def draw_all(directory: Path, tables: dict, summary: pd.DataFrame) -> list[str]:
     """Draw every figure that the data supports; returns the file names written. A sweep's runs are
     drawn against the swept value instead (framebench.scaling): per-run curves of every value at once
     would be one tangle."""
-    if tables["config"].get("sweep", {}).get("field"):
+    if swept_field(tables["config"]):
         return []
     ok_runs = tables["runs"][tables["runs"]["status"] == "ok"]
     variants = list(dict.fromkeys([*tables["runs"]["variant"], *tables["epochs"]["variant"]]))

@@ -8,7 +8,7 @@ from pathlib import Path
 from framebench.errors import FrameBenchError
 from framebench.gemm import unreliable_warnings
 from framebench.plots import draw_all
-from framebench.results import load_results, node_environments, seeds_text
+from framebench.results import load_results, node_environments, seeds_text, swept_field
 from framebench.scaling import report_section
 from framebench.tables import busy_warnings, not_run, summary, to_markdown
 
@@ -43,8 +43,8 @@ def matrix_line(config: dict) -> str:
     matrices = config.get("matrices", [])
     repeats = max((m["repeats"] for m in matrices), default=0)
     seeds = seeds_text(config) or "-"
-    sweep = config.get("sweep", {})
-    swept = f"; sweep over {sweep['field']}: {', '.join(sweep['values'])}" if sweep.get("field") else ""
+    field = swept_field(config)
+    swept = f"; sweep over {field}: {', '.join(config['sweep']['values'])}" if field else ""
     return (
         f"Preset `{config.get('preset')}` on `{config.get('dataset')}`, {repeats} repeat(s), seeds {seeds}{swept}; "
         f"{config.get('threads')} threads; TF32 {'allowed' if config.get('tf32') else 'off'}; "
@@ -74,7 +74,7 @@ def write_report(directory: str | Path) -> Path:
         *[f"- not run: {line}" for line in not_run(tables["runs"])],
         *[f"- warning: {line}" for line in unreliable_warnings(tables["runs"]) + busy_warnings(tables["runs"])],
         "",
-        *(report_section(directory, tables) if config.get("sweep", {}).get("field") else []),
+        *(report_section(directory, tables) if swept_field(config) else []),
         *(["## Figures", "", *[f"![{FIGURE_CAPTIONS[name]}]({name})\n" for name in figures]] if figures else []),
         "## Configuration",
         "",

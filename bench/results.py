@@ -308,6 +308,11 @@ def node_environments(env: dict) -> dict[str, dict]:
     return env.get("nodes") or {env.get("machine", ""): env}
 
 
+def swept_field(config: dict) -> str:
+    """The field config.json's sweep varies ("" when the run is no sweep)."""
+    return config.get("sweep", {}).get("field", "")
+
+
 def seeds_text(config: dict) -> str:
     """How config.json's matrices seeded their repeats, e.g. "0 + repeat" ("" when none is recorded)."""
     return "; ".join(f"{m['seed']}" if m["same_seed"] else f"{m['seed']} + repeat" for m in config.get("matrices", []))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from framebench.errors import FrameBenchError
-from framebench.results import load_results, seeds_text
+from framebench.results import load_results, seeds_text, swept_field
 from framebench.tables import format_table, latest_attempts
 
 DEFAULT_FILE = Path(__file__).resolve().parent / "thresholds.csv"
@@ -27,9 +27,8 @@ def runs_with_epochs(directory: str) -> pd.DataFrame:
     """The latest attempt of each job, with the configured epoch count (from config.json) as a column."""
     tables = load_results(directory)
     runs = latest_attempts(tables["runs"]).copy()
-    sweep = tables["config"].get("sweep", {})
-    epochs = tables["config"]["train"]["epochs"]
-    runs["epochs"] = [int(v) if sweep.get("field") == "epochs" else epochs for v in runs["sweep_value"]]
+    epochs, by_value = tables["config"]["train"]["epochs"], swept_field(tables["config"]) == "epochs"
+    runs["epochs"] = [int(v) if by_value else epochs for v in runs["sweep_value"]]
     return runs
 
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from framebench import optim
 from framebench.classifier import Classifier
+from framebench.harness import steps_in
 from framebench.losses import Ops, loss_function
 
 ACTIVATIONS = {"relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh}
@@ -132,7 +133,7 @@ class JaxClassifier(Classifier):
 
     def train_epoch(self, order: np.ndarray, batch_size: int) -> np.ndarray:
         full = len(order) // batch_size * batch_size
-        adam = self.adam.next(len(range(0, len(order), batch_size))).astype(np.float32)
+        adam = self.adam.next(steps_in(order, batch_size)).astype(np.float32)
         losses = []
         if full:
             batches = jax.device_put(order[:full].reshape(-1, batch_size).astype(np.int32), self.jax_device)

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from framebench import optim
 from framebench.classifier import Classifier
+from framebench.harness import steps_in
 from framebench.losses import Ops, loss_function
 
 ACTIVATIONS = {"relu": tf.nn.relu, "sigmoid": tf.sigmoid, "tanh": tf.tanh}
@@ -156,7 +157,7 @@ class TFClassifier(Classifier):
         return losses.stack()
 
     def train_epoch(self, order: np.ndarray, batch_size: int) -> np.ndarray:
-        adam = self.adam_schedule(len(range(0, len(order), batch_size)))
+        adam = self.adam_schedule(steps_in(order, batch_size))
         with tf.device(self.tf_device):
             return self.epoch_fn(tf.constant(order, tf.int64), tf.constant(batch_size, tf.int64), adam).numpy()
 
