@@ -22,7 +22,7 @@ install-gpu:  ## .venv with the CUDA builds of TensorFlow, JAX and PyTorch (requ
 
 lock-gpu:  ## re-resolve requirements-gpu.lock against PyPI (the three CUDA stacks must co-resolve) with local pip settings ignored
 	$(BIN)/pip --isolated install --dry-run --ignore-installed --quiet --report gpu-resolution.json $(GPU_PINS)
-	$(BIN)/python -m framebench.locks gpu-resolution.json requirements-gpu.lock
+	$(BIN)/python tools/locks.py gpu-resolution.json requirements-gpu.lock
 	rm gpu-resolution.json
 
 bench:  ## the default preset (mlp) on every registered backend, on the CPU

@@ -1,3 +1,3 @@
-from framebench.cli import main
+from framebench.driver.cli import main
 
 main()

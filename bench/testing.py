@@ -32,12 +32,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from framebench import registry
-from framebench.classifier import Classifier
-from framebench.config import PRESETS, ModelConfig, TrainConfig
-from framebench.data import Dataset, load_dataset
+from framebench.core import registry
+from framebench.core.classifier import Classifier
+from framebench.core.config import PRESETS, ModelConfig, TrainConfig
+from framebench.core.data import Dataset, load_dataset
+from framebench.core.harness import epoch_order, initial_weights
 from framebench.errors import FrameBenchError
-from framebench.harness import epoch_order, initial_weights
 
 # float32 GEMMs summed in different orders (BLAS blocking, oneDNN, Eigen) differ by ~1e-7 relative
 # per product; logits sum 784 * 512 * 256 such products, so 1e-5 relative to the logits' scale.

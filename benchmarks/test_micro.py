@@ -13,9 +13,9 @@ import os
 import numpy as np
 import pytest
 
-from framebench import registry
-from framebench.config import PRESETS
-from framebench.harness import epoch_order, initial_weights
+from framebench.core import registry
+from framebench.core.config import PRESETS
+from framebench.core.harness import epoch_order, initial_weights
 from tests.conftest import mnist  # noqa: F401  (a fixture)
 
 PRESET = PRESETS["mlp"]

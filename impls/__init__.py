@@ -1,1 +1,1 @@
-"""The backends, one module each; `framebench.registry` lists them and imports them on demand."""
+"""The backends, one module each; `framebench.core.registry` lists them and imports them on demand."""

@@ -10,10 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from framebench import optim
-from framebench.classifier import Classifier
-from framebench.harness import steps_in
-from framebench.losses import Ops, loss_function
+from framebench.core import optim
+from framebench.core.classifier import Classifier
+from framebench.core.harness import steps_in
+from framebench.core.losses import Ops, loss_function
 
 ACTIVATIONS = {"relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh}
 
@@ -104,7 +104,7 @@ class JaxClassifier(Classifier):
 
     def update(self, params: list, grads: list, state: dict, adam: jnp.ndarray) -> tuple[list, dict]:
         """The oracle's SGD / momentum / Adam; `adam` is this step's (step_size, eps') from
-        framebench.optim, computed on the host in the precision its form states."""
+        framebench.core.optim, computed on the host in the precision its form states."""
         t, step = self.train, state["step"] + 1
         if t.optimizer == "sgd":
             return [p - t.lr * g for p, g in zip(params, grads, strict=True)], {**state, "step": step}

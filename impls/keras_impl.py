@@ -15,9 +15,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from framebench import registry
-from framebench.classifier import Classifier
-from framebench.losses import Ops, loss_function
+from framebench.core import registry
+from framebench.core.classifier import Classifier
+from framebench.core.losses import Ops, loss_function
 
 OPS = Ops(
     softmax=lambda z: ops.softmax(z, axis=-1),
@@ -33,7 +33,7 @@ NATIVE = {"tensorflow": "tf", "torch": "torch", "jax": "jax"}  # Keras backend -
 
 
 class ProjectLoss(keras.losses.Loss):
-    """framebench.losses' definition on the model's pre-activation output, in keras.ops. Not Keras's
+    """framebench.core.losses' definition on the model's pre-activation output, in keras.ops. Not Keras's
     own crossentropy on a softmax output: on TensorFlow it silently swaps in the logits and skips
     the clipping that the project's definition (and Keras's docs) promise."""
 

@@ -12,10 +12,10 @@ from collections import OrderedDict
 
 import numpy as np
 
-from framebench import optim
-from framebench.classifier import Classifier
-from framebench.config import PROB_CLIP
-from framebench.losses import NUMPY, output_activation
+from framebench.core import optim
+from framebench.core.classifier import Classifier
+from framebench.core.config import PROB_CLIP
+from framebench.core.losses import NUMPY, output_activation
 
 
 def activate(name: str, a: np.ndarray) -> None:
@@ -158,7 +158,7 @@ class NumpyClassifier(Classifier):
         return [(self.rng.random((n, size), dtype=self.dtype) < keep) / keep for size in self.sizes[1:-1]]
 
     def output_gradient(self, z: np.ndarray, y: np.ndarray, grad: np.ndarray) -> float:
-        """Mean loss of the batch (framebench.losses' definition, fused with its derivative here, which
+        """Mean loss of the batch (framebench.core.losses' definition, fused with its derivative here, which
         the finite-difference tests check); writes dLoss/dz into `grad`."""
         n, classes = z.shape
         rows = np.arange(n)
@@ -227,7 +227,7 @@ class NumpyClassifier(Classifier):
         p -= s
 
     def adam_schedule(self, steps: int) -> np.ndarray:
-        """The next `steps` steps' Adam coefficients (framebench.optim, in the form `adam_form`
+        """The next `steps` steps' Adam coefficients (framebench.core.optim, in the form `adam_form`
         names), rescaled for the moment buffers `adam_direction` keeps."""
         t = self.train
         return (self.adam.next(steps) * [(1 - t.beta1) / np.sqrt(1 - t.beta2), 1 / np.sqrt(1 - t.beta2)]).astype(self.dtype)

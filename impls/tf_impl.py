@@ -17,10 +17,10 @@ from typing import ClassVar
 import numpy as np
 import tensorflow as tf
 
-from framebench import optim
-from framebench.classifier import Classifier
-from framebench.harness import steps_in
-from framebench.losses import Ops, loss_function
+from framebench.core import optim
+from framebench.core.classifier import Classifier
+from framebench.core.harness import steps_in
+from framebench.core.losses import Ops, loss_function
 
 ACTIVATIONS = {"relu": tf.nn.relu, "sigmoid": tf.sigmoid, "tanh": tf.tanh}
 OPS = Ops(
@@ -118,7 +118,7 @@ class TFClassifier(Classifier):
         return h * tf.cast(draws < keep, h.dtype) / keep
 
     def apply_gradients(self, grads: list[tf.Tensor], adam: tf.Tensor) -> None:
-        """One step of the configured optimiser; `adam` is this step's (step_size, eps') from framebench.optim."""
+        """One step of the configured optimiser; `adam` is this step's (step_size, eps') from framebench.core.optim."""
         t = self.train
         self.step_count.assign_add(1)
         for p, g, m, v in zip(self.params, grads, *self.slots, strict=True):

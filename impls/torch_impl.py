@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from framebench.classifier import Classifier
-from framebench.losses import Ops, loss_function
+from framebench.core.classifier import Classifier
+from framebench.core.losses import Ops, loss_function
 
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
 OPS = Ops(

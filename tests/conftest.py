@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from framebench.data import load_dataset
+from framebench.core.data import load_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # this process hosts the `keras` backend; children host the others

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from framebench.classifier import Classifier
+from framebench.core.classifier import Classifier
 
 
 class FakeClassifier(Classifier):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from framebench.results import load_results
+from framebench.store.results import load_results
 from tests.conftest import framebench, printed_directory
 
 

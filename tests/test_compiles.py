@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from framebench import registry
-from framebench.config import PRESETS
-from framebench.data import load_dataset
-from framebench.harness import epoch_order, initial_weights
+from framebench.core import registry
+from framebench.core.config import PRESETS
+from framebench.core.data import load_dataset
+from framebench.core.harness import epoch_order, initial_weights
 
 MLP = PRESETS["mlp"]
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # what jax.monitoring reports per XLA compile

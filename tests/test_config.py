@@ -6,10 +6,10 @@ import dataclasses
 
 import pytest
 
-from framebench.cli import build_parser
-from framebench.config import PRESETS, ModelConfig, Sweep, TrainConfig, field_comments, parse_init, resolve
+from framebench.core.config import PRESETS, ModelConfig, Sweep, TrainConfig, field_comments, parse_init, resolve
+from framebench.driver.cli import build_parser
+from framebench.driver.runner import RunRequest
 from framebench.errors import FrameBenchError
-from framebench.runner import RunRequest
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))

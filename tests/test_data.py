@@ -9,8 +9,8 @@ import struct
 import numpy as np
 import pytest
 
-from framebench import data
-from framebench.data import load_dataset, parse_idx, read_idx_file
+from framebench.core import data
+from framebench.core.data import load_dataset, parse_idx, read_idx_file
 from framebench.errors import FrameBenchError
 from tests.conftest import mnist_folder
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from framebench.results import append_rows, load_results, read_table
-from framebench.runner import Interrupts, Stopped
+from framebench.driver.runner import Interrupts, Stopped
+from framebench.store.results import append_rows, load_results, read_table
 from tests.conftest import REPO, framebench
 
 PLUGIN = "fake=tests.fake_backend:FakeClassifier"

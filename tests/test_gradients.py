@@ -1,6 +1,6 @@
 """The NumPy backend's hand-written backprop against central finite differences (as seed 002's
 numerical_gradient), for every hidden activation, output activation and loss, and with dropout;
-and its fused loss against the one definition in framebench.losses.
+and its fused loss against the one definition in framebench.core.losses.
 
 Run in float64 so the difference quotient (step 1e-6) is accurate to ~1e-9; the stated tolerance,
 relative 1e-6 of the largest gradient entry, is far below any real backprop mistake (which is O(1)).
@@ -13,9 +13,9 @@ import itertools
 import numpy as np
 import pytest
 
-from framebench.config import ModelConfig, TrainConfig
-from framebench.harness import initial_weights
-from framebench.losses import NUMPY, loss_function
+from framebench.core.config import ModelConfig, TrainConfig
+from framebench.core.harness import initial_weights
+from framebench.core.losses import NUMPY, loss_function
 from framebench.testing import float64_oracle
 
 STEP = 1e-6

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from framebench import registry
-from framebench.config import ModelConfig, TrainConfig
-from framebench.harness import epoch_order, initial_weights
-from framebench.results import EPOCHS_COLUMNS, GEMM_COLUMNS, RUNS_COLUMNS, STEPS_COLUMNS, load_results
+from framebench.core import registry
+from framebench.core.config import ModelConfig, TrainConfig
+from framebench.core.harness import epoch_order, initial_weights
+from framebench.store.results import EPOCHS_COLUMNS, GEMM_COLUMNS, RUNS_COLUMNS, STEPS_COLUMNS, load_results
 from tests.conftest import REPO, framebench, printed_directory
 
 TIME_COLUMNS = [
@@ -260,7 +260,8 @@ def test_init_schemes_have_their_documented_ranges(init, check):
 
 def test_importing_the_harness_imports_no_framework():
     code = (
-        "import sys, framebench.cli, framebench.runner, framebench.harness, framebench.registry, framebench.report; "
+        "import sys, framebench.driver.cli, framebench.driver.runner, framebench.core.harness, framebench.core.registry, "
+        "framebench.reports.report; "
         "print(sorted({'tensorflow', 'torch', 'jax', 'keras', 'ray'} & set(sys.modules)))"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from framebench.classifier import Classifier
+from framebench.core.classifier import Classifier
 from framebench.testing import cases, conformance_test
 from tests.conftest import REPO
 
@@ -105,7 +105,7 @@ def test_the_suite_fails_a_wrong_plugin(wrong):
 
 
 CHILD_SUITE = """
-from framebench.registry import Entry
+from framebench.core.registry import Entry
 from framebench.testing import conformance_test
 
 ENV = {"FRAMEBENCH_PLUGIN_PROCESS": "child"}

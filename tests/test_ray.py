@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from framebench.gemm import with_efficiencies
-from framebench.results import load_results
+from framebench.core.gemm import with_efficiencies
+from framebench.store.results import load_results
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is not installed: pip install 'framebench[ray]'")

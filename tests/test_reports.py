@@ -14,8 +14,8 @@ import os
 import pandas as pd
 import pytest
 
-from framebench.gemm import MAX_CREDIBLE_EFFICIENCY, PROBE_DISAGREEMENT, step_gemms
-from framebench.results import RUNS_COLUMNS, append_rows, load_results, write_json
+from framebench.core.gemm import MAX_CREDIBLE_EFFICIENCY, PROBE_DISAGREEMENT, step_gemms
+from framebench.store.results import RUNS_COLUMNS, append_rows, load_results, write_json
 from tests.conftest import framebench
 
 SIZES, BATCH, SAMPLES = (64, 32, 10), 16, 1600  # a tiny network: 100 steps per epoch
@@ -389,7 +389,7 @@ def test_step_flops_follow_the_stated_formula():
 
 def test_the_perf_table_keeps_every_preset_of_a_backend(tmp_path):
     """Runs of the same backend and repeat in two presets' directories are two rows, not one."""
-    from framebench.tables import perf_table
+    from framebench.store.tables import perf_table
 
     first = load_results(results(tmp_path / "a", baseline_runs()))["runs"]
     second = load_results(results(tmp_path / "b", [{**row, "run_id": "s", "preset": "tutorial000"} for row in baseline_runs()]))["runs"]

@@ -1,4 +1,4 @@
-"""Sweeps: planning and columns, and what a reader sees of them (framebench.scaling): throughput,
+"""Sweeps: planning and columns, and what a reader sees of them (framebench.reports.scaling): throughput,
 the crossover table with its tie rule, half-of-best efficiency, parallel speed-up and scaling.png,
 on synthetic tables (no timing is asserted); then one tiny real sweep on digits through the CLI."""
 
@@ -7,12 +7,12 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from framebench.config import Sweep, TrainConfig, resolve
+from framebench.core.config import Sweep, TrainConfig, resolve
+from framebench.core.gemm import with_efficiencies
+from framebench.driver.runner import Matrix, plan
+from framebench.driver.worker import Job
 from framebench.errors import FrameBenchError
-from framebench.gemm import with_efficiencies
-from framebench.results import GEMM_COLUMNS, RUNS_COLUMNS, STEPS_COLUMNS, load_results
-from framebench.runner import Matrix, plan
-from framebench.scaling import (
+from framebench.reports.scaling import (
     crossover,
     half_efficiency,
     parallel_speedup,
@@ -21,8 +21,8 @@ from framebench.scaling import (
     scaling_figure,
     throughput,
 )
-from framebench.tables import summary
-from framebench.worker import Job
+from framebench.store.results import GEMM_COLUMNS, RUNS_COLUMNS, STEPS_COLUMNS, load_results
+from framebench.store.tables import summary
 from tests.conftest import framebench
 
 BATCHES = ["16", "64", "256"]
@@ -40,7 +40,7 @@ def run_row(
     field: str = "batch_size",
     floor_samples_per_s: float = 1e6,
 ) -> dict:
-    """A runs.csv row with what framebench.scaling reads; an epoch is 1000 samples."""
+    """A runs.csv row with what framebench.reports.scaling reads; an epoch is 1000 samples."""
     return {
         "run_id": "sweep",
         "backend": backend,

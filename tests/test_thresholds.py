@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from framebench import registry
-from framebench.thresholds import DEFAULT_FILE, load_thresholds
+from framebench.core import registry
+from framebench.reports.thresholds import DEFAULT_FILE, load_thresholds
 from tests.conftest import framebench, printed_directory
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import pandas as pd
 
 from framebench.errors import FrameBenchError
-from framebench.results import load_results, node_environments
-from framebench.tables import NOT_RUN, format_table, latest_attempts, to_markdown
+from framebench.store.results import load_results, node_environments
+from framebench.store.tables import NOT_RUN, format_table, latest_attempts, to_markdown
 
 KEYS = ["backend", "variant", "device", "dataset", "preset", "sweep_field", "sweep_value"]
 TRAINING = ("model", "train")  # config.json sections that decide what accuracy a run reaches

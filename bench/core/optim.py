@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from framebench.config import TrainConfig
+from framebench.core.config import TrainConfig
 
 FORMS = ("torch", "keras")
 

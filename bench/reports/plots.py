@@ -12,8 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from framebench import registry  # noqa: E402
-from framebench.results import swept_field  # noqa: E402
+from framebench.core import registry  # noqa: E402
+from framebench.store.results import swept_field  # noqa: E402
 
 PALETTE = plt.get_cmap("tab10").colors
 LINESTYLES = ["-", "--", ":", "-."]
@@ -171,7 +171,7 @@ def plot_perf(table: pd.DataFrame, path: Path) -> bool:
 
 def draw_all(directory: Path, tables: dict, summary: pd.DataFrame) -> list[str]:
     """Draw every figure that the data supports; returns the file names written. A sweep's runs are
-    drawn against the swept value instead (framebench.scaling): per-run curves of every value at once
+    drawn against the swept value instead (framebench.reports.scaling): per-run curves of every value at once
     would be one tangle."""
     if swept_field(tables["config"]):
         return []

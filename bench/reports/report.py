@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from framebench.core.gemm import unreliable_warnings
 from framebench.errors import FrameBenchError
-from framebench.gemm import unreliable_warnings
-from framebench.plots import draw_all
-from framebench.results import load_results, node_environments, seeds_text, swept_field
-from framebench.scaling import report_section
-from framebench.tables import busy_warnings, not_run, summary, to_markdown
+from framebench.reports.plots import draw_all
+from framebench.reports.scaling import report_section
+from framebench.store.results import load_results, node_environments, seeds_text, swept_field
+from framebench.store.tables import busy_warnings, not_run, summary, to_markdown
 
 FIGURE_CAPTIONS = {
     "loss.png": "Training loss per step and test loss per epoch",

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from framebench.classifier import Classifier
-from framebench.config import ModelConfig, TrainConfig, parse_init
-from framebench.data import Dataset
+from framebench.core.classifier import Classifier
+from framebench.core.config import ModelConfig, TrainConfig, parse_init
+from framebench.core.data import Dataset
+from framebench.core.metrics import evaluate
 from framebench.errors import FrameBenchError
-from framebench.metrics import evaluate
 
 WEIGHTS_STREAM = 0  # seed-sequence stream for the initial weights
 ORDER_STREAM = 1  # seed-sequence stream for the batch order; the epoch number follows it

@@ -20,13 +20,14 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from framebench import registry
-from framebench.config import PRESETS, ModelConfig, Sweep, TrainConfig, config_from_dict, layer_sizes, resolve
-from framebench.data import load_dataset
+from framebench.core import registry
+from framebench.core.config import PRESETS, ModelConfig, Sweep, TrainConfig, config_from_dict, layer_sizes, resolve
+from framebench.core.data import load_dataset
+from framebench.driver.executors import EXECUTORS, Executor, LocalExecutor
+from framebench.driver.node import ProbeRequest
+from framebench.driver.worker import Job
 from framebench.errors import FrameBenchError
-from framebench.executors import EXECUTORS, Executor, LocalExecutor
-from framebench.node import ProbeRequest
-from framebench.results import (
+from framebench.store.results import (
     TABLES,
     DirectoryLock,
     append_rows,
@@ -39,8 +40,7 @@ from framebench.results import (
     read_table,
     write_json,
 )
-from framebench.tables import BUSY_FRACTION
-from framebench.worker import Job
+from framebench.store.tables import BUSY_FRACTION
 
 DEVICE_CHOICES = ("cpu", "gpu", "auto", "all")
 OK_STATUSES = ("ok",)
@@ -100,7 +100,7 @@ class RunRequest:
 def make_executor(name: str, address: str | None, schedule_timeout: float) -> Executor:
     """The executor --executor names; Ray is imported only when it is the one."""
     if name == "ray":
-        from framebench.ray_executor import RayExecutor
+        from framebench.driver.ray_executor import RayExecutor
 
         return RayExecutor(address, schedule_timeout)
     if address:
@@ -575,9 +575,9 @@ def run_in(directory: Path, request: RunRequest, config: dict, executor: Executo
 
 def report(directory: Path) -> None:
     """report.md and the figures from what the tables hold, the summary on stdout, the directory last."""
-    from framebench.gemm import unreliable_warnings
-    from framebench.report import write_report
-    from framebench.tables import format_table, not_run, summary
+    from framebench.core.gemm import unreliable_warnings
+    from framebench.reports.report import write_report
+    from framebench.store.tables import format_table, not_run, summary
 
     write_report(directory)
     runs = load_results(directory)["runs"]

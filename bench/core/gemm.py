@@ -68,7 +68,7 @@ def probe(
     rows, skipped = [], []
     for library in libraries:
         request = json.dumps({"library": library, "device": device, "threads": threads, "tf32": tf32, "shapes": shapes})
-        result = subprocess.run([sys.executable, "-m", "framebench.gemm"], input=request, capture_output=True, text=True, env=env)
+        result = subprocess.run([sys.executable, "-m", "framebench.core.gemm"], input=request, capture_output=True, text=True, env=env)
         if result.returncode != 0:
             skipped.append(f"{library} on {device}: {(result.stderr.strip().splitlines() or ['no output'])[-1]}")
             continue
@@ -251,8 +251,8 @@ def measure(library: str, device: str, shapes: list[tuple[int, int, int]]) -> di
 
 
 def main() -> None:
-    """`python -m framebench.gemm` reads {library, device, threads, tf32, shapes} as JSON on stdin."""
-    from framebench import registry
+    """`python -m framebench.core.gemm` reads {library, device, threads, tf32, shapes} as JSON on stdin."""
+    from framebench.core import registry
 
     request = json.loads(sys.stdin.read())
     library = registry.load(registry.lookup(request["library"]))

@@ -18,8 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import NullLocator  # noqa: E402
 
-from framebench.plots import style  # noqa: E402
-from framebench.tables import latest_attempts, to_markdown  # noqa: E402
+from framebench.reports.plots import style  # noqa: E402
+from framebench.store.tables import latest_attempts, to_markdown  # noqa: E402
 
 SERIES = ["backend", "variant", "device"]
 POINT = SERIES + ["sweep_value"]

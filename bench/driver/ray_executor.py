@@ -1,5 +1,5 @@
 """The `ray` executor: a matrix's jobs spread over the nodes of a Ray cluster, at most one timing job
-per node at a time, each still a fresh `python -m framebench.worker` process on its node.
+per node at a time, each still a fresh `python -m framebench.driver.worker` process on its node.
 
 A node takes part by advertising one `framebench_slot` (`ray start --head --resources
 '{"framebench_slot": 1}'`). Every job and every GEMM probe holds its node's slot, so nothing of a
@@ -28,12 +28,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from framebench import node
+from framebench.driver import node
+from framebench.driver.executors import Executor
+from framebench.driver.node import ProbeRequest
+from framebench.driver.worker import Job
 from framebench.errors import FrameBenchError
-from framebench.executors import Executor
-from framebench.node import ProbeRequest
-from framebench.results import node_environment
-from framebench.worker import Job
+from framebench.store.results import node_environment
 
 SLOT = "framebench_slot"  # the custom resource a node advertises to take jobs, one at a time
 START_HEAD = "ray start --head --resources '{\"framebench_slot\": 1}'"

@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from framebench.errors import FrameBenchError
-from framebench.results import load_results, seeds_text, swept_field
-from framebench.tables import format_table, latest_attempts
+from framebench.store.results import load_results, seeds_text, swept_field
+from framebench.store.tables import format_table, latest_attempts
 
 DEFAULT_FILE = Path(__file__).resolve().parent / "thresholds.csv"
 KEYS = ["preset", "dataset", "backend", "epochs", "sweep_field", "sweep_value"]

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from framebench.config import ModelConfig, TrainConfig, layer_sizes
+from framebench.core.config import ModelConfig, TrainConfig, layer_sizes
 
 
 class Classifier(ABC):
@@ -19,13 +19,13 @@ class Classifier(ABC):
     the network, runs the optimisation steps it is told to run, and reports per-step losses.
 
     A variant of a backend is a subclass of the backend's default class that overrides only what
-    differs, registered under its own name in `framebench.registry`.
+    differs, registered under its own name in `framebench.core.registry`.
     """
 
     # The form of this backend's Adam. "torch" (Kingma & Ba): epsilon added to the bias-corrected
     # sqrt(v_hat), corrections computed in float64. "keras": epsilon added to the uncorrected
     # sqrt(v), the corrections folded into the step size and computed in float32 from float32 betas
-    # (1 - 0.999 is then off by 1.3e-5 relative at step 1). `framebench.optim` computes either
+    # (1 - 0.999 is then off by 1.3e-5 relative at step 1). `framebench.core.optim` computes either
     # form's coefficients for backends that write Adam by hand; the NumPy oracle follows either.
     adam_form: ClassVar[str] = "torch"
     # Whether two runs with the same seed give bit-identical losses on the CPU.

@@ -289,8 +289,8 @@ def empty_table(columns: list[str]) -> pd.DataFrame:
 
 def load_results(directory: str | Path) -> dict:
     """Read a results directory back: {'runs', 'epochs', 'steps', 'gemm'} DataFrames plus 'config' and
-    'env' dicts. `runs` gains the floors and efficiencies derived from gemm.csv (framebench.gemm)."""
-    from framebench.gemm import with_efficiencies
+    'env' dicts. `runs` gains the floors and efficiencies derived from gemm.csv (framebench.core.gemm)."""
+    from framebench.core.gemm import with_efficiencies
 
     directory = Path(directory)
     for required in ("runs.csv", "config.json"):

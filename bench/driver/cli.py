@@ -14,12 +14,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from framebench import registry
-from framebench.config import CHOICES, PRESETS, ModelConfig, TrainConfig, field_comments
-from framebench.data import DATASETS
+from framebench.core import registry
+from framebench.core.config import CHOICES, PRESETS, ModelConfig, TrainConfig, field_comments
+from framebench.core.data import DATASETS
+from framebench.driver.executors import EXECUTORS
+from framebench.driver.runner import DEVICE_CHOICES, RunRequest
 from framebench.errors import FrameBenchError
-from framebench.executors import EXECUTORS
-from framebench.runner import DEVICE_CHOICES, RunRequest
 
 RUN_CHOICES = {"preset": list(PRESETS), "dataset": DATASETS, "executor": EXECUTORS, "device": DEVICE_CHOICES}
 RESUMABLE = {"resume", "timeout", "executor", "address", "schedule_timeout", "data_dir"}  # flags that may go with --resume
@@ -120,7 +120,7 @@ def build_parser() -> Parser:
 
 
 def command_run(args: argparse.Namespace) -> int:
-    from framebench.runner import run
+    from framebench.driver.runner import run
 
     flags = given(args, RunRequest)
     if flags.get("resume"):
@@ -137,9 +137,12 @@ def describe(entry: registry.Entry) -> dict:
     """Ask a fresh process (with the entry's environment) what the entry supports here."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **entry.env}
     result = subprocess.run(
-        [sys.executable, "-m", "framebench.worker", "--describe", entry.backend, entry.variant], capture_output=True, text=True, env=env
+        [sys.executable, "-m", "framebench.driver.worker", "--describe", entry.backend, entry.variant],
+        capture_output=True,
+        text=True,
+        env=env,
     )
-    from framebench.worker import EVENT_PREFIX
+    from framebench.driver.worker import EVENT_PREFIX
 
     for line in result.stdout.splitlines():
         if line.startswith(EVENT_PREFIX):
@@ -169,14 +172,14 @@ def command_list(_: argparse.Namespace) -> int:
 
 
 def command_plot(args: argparse.Namespace) -> int:
-    from framebench.report import write_report
+    from framebench.reports.report import write_report
 
     print(write_report(args.directory))
     return 0
 
 
 def command_compare(args: argparse.Namespace) -> int:
-    from framebench.compare import Tolerances, run_compare
+    from framebench.reports.compare import Tolerances, run_compare
 
     return run_compare(
         args.base,
@@ -190,19 +193,19 @@ def command_compare(args: argparse.Namespace) -> int:
 
 
 def command_check(args: argparse.Namespace) -> int:
-    from framebench.thresholds import DEFAULT_FILE, run_check
+    from framebench.reports.thresholds import DEFAULT_FILE, run_check
 
     return run_check(args.directory, args.thresholds or DEFAULT_FILE, allow_missing=args.allow_missing)
 
 
 def command_thresholds(args: argparse.Namespace) -> int:
-    from framebench.thresholds import DEFAULT_FILE, run_derive
+    from framebench.reports.thresholds import DEFAULT_FILE, run_derive
 
     return run_derive(args.directories, margin=args.margin, output=args.output or DEFAULT_FILE)
 
 
 def command_perf(args: argparse.Namespace) -> int:
-    from framebench.perf import run_perf
+    from framebench.driver.perf import run_perf
 
     return run_perf(
         presets=args.presets,
@@ -218,7 +221,7 @@ def command_perf(args: argparse.Namespace) -> int:
 
 
 def command_readme(args: argparse.Namespace) -> int:
-    from framebench.readme import update_readme
+    from framebench.reports.readme import update_readme
 
     return update_readme(check=args.check)
 

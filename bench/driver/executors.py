@@ -1,6 +1,6 @@
 """Where jobs run. `local` (the default, no extra dependency) runs them one after another on this
-machine; `ray` spreads them over a Ray cluster (framebench.ray_executor, imported only when asked for). Either way every job is a
-fresh `python -m framebench.worker` process on the machine that runs it, its events stream back here,
+machine; `ray` spreads them over a Ray cluster (framebench.driver.ray_executor, imported only when asked for). Either way every job is a
+fresh `python -m framebench.driver.worker` process on the machine that runs it, its events stream back here,
 and only the driver writes the results directory."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import socket
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
-from framebench import node
-from framebench.node import ProbeRequest
-from framebench.results import gpu_info, node_environment
-from framebench.worker import Job
+from framebench.driver import node
+from framebench.driver.node import ProbeRequest
+from framebench.driver.worker import Job
+from framebench.store.results import gpu_info, node_environment
 
 EXECUTORS = ("local", "ray")
 

@@ -1,12 +1,12 @@
 """Test-set loss and accuracy, computed by the harness from every backend's logits with the one
-definition of the loss (`framebench.losses`) in float64, so the columns mean the same for everyone."""
+definition of the loss (`framebench.core.losses`) in float64, so the columns mean the same for everyone."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from framebench.config import ModelConfig, TrainConfig
-from framebench.losses import NUMPY, loss_function
+from framebench.core.config import ModelConfig, TrainConfig
+from framebench.core.losses import NUMPY, loss_function
 
 
 def evaluate(z: np.ndarray, y: np.ndarray, model: ModelConfig, train: TrainConfig) -> tuple[float, float]:

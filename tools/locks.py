@@ -1,4 +1,4 @@
-"""`python -m framebench.locks REPORT LOCK`: write a lock file from `pip install --dry-run --report`,
+"""`python tools/locks.py REPORT LOCK`: write a lock file from `pip install --dry-run --report`,
 so requirements-gpu.lock is exactly what pip resolved against the registry (`make lock-gpu`)."""
 
 from __future__ import annotations

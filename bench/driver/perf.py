@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from framebench import registry
-from framebench.config import PRESETS
-from framebench.plots import plot_perf
-from framebench.report import environment_section, write_markdown
-from framebench.results import load_results
-from framebench.runner import RunRequest, run, split_names
-from framebench.tables import perf_table, to_markdown
+from framebench.core import registry
+from framebench.core.config import PRESETS
+from framebench.driver.runner import RunRequest, run, split_names
+from framebench.reports.plots import plot_perf
+from framebench.reports.report import environment_section, write_markdown
+from framebench.store.results import load_results
+from framebench.store.tables import perf_table, to_markdown
 
 
 def perf_matrix(presets: str, backends: str) -> list[tuple[str, str]]:

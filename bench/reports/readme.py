@@ -7,10 +7,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from framebench import registry
+from framebench.core import registry
 from framebench.errors import FrameBenchError
-from framebench.results import load_results
-from framebench.tables import summary, to_markdown
+from framebench.store.results import load_results
+from framebench.store.tables import summary, to_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "results" / "example"
@@ -46,7 +46,7 @@ def backends_table() -> str:
 
 BLOCKS = {  # name -> (what the opening marker says it is generated from, the function that makes it)
     "example-table": ("results/example", example_table),
-    "backends-table": ("framebench.registry", backends_table),
+    "backends-table": ("framebench.core.registry", backends_table),
 }
 
 

@@ -18,9 +18,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from framebench import registry
-from framebench.gemm import LIBRARIES, probe
-from framebench.worker import EVENT_PREFIX, PARENT_PID_VARIABLE, Job
+from framebench.core import registry
+from framebench.core.gemm import LIBRARIES, probe
+from framebench.driver.worker import EVENT_PREFIX, PARENT_PID_VARIABLE, Job
 
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
 LOG_TAIL_BYTES = 64_000  # the end of a worker's stderr kept in logs/ (a traceback, framework warnings)
@@ -102,7 +102,7 @@ def execute(job: Job, timeout_s: float) -> Iterator[dict]:
     log = tempfile.TemporaryFile("w+", errors="replace")
     load_before, busy_before, started, started_at = os.getloadavg()[0], busy_cpu_seconds(), time.perf_counter(), time.time()
     process = subprocess.Popen(
-        [sys.executable, "-m", "framebench.worker"],
+        [sys.executable, "-m", "framebench.driver.worker"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=log,

@@ -1,4 +1,4 @@
-"""One benchmark run in its own process: `python -m framebench.worker` reads a job (JSON) on stdin and
+"""One benchmark run in its own process: `python -m framebench.driver.worker` reads a job (JSON) on stdin and
 reports events as prefixed JSON lines on stdout, so frameworks never share a process, a thread
 pool or a GPU allocator, and whatever a framework prints cannot be mistaken for a result."""
 
@@ -15,11 +15,11 @@ import time
 import traceback
 from dataclasses import dataclass
 
-from framebench import registry
-from framebench.config import config_from_dict, samples_per_epoch
-from framebench.data import load_dataset
+from framebench.core import registry
+from framebench.core.config import config_from_dict, samples_per_epoch
+from framebench.core.data import load_dataset
+from framebench.core.harness import DivergedError, initial_weights, peak_rss_mb, train_epochs
 from framebench.errors import FrameBenchError
-from framebench.harness import DivergedError, initial_weights, peak_rss_mb, train_epochs
 
 EVENT_PREFIX = "@framebench-event "
 PARENT_PID_VARIABLE = "FRAMEBENCH_PARENT_PID"  # the process that started this worker; the worker dies with it
@@ -50,7 +50,7 @@ class Job:
         return self.backend, self.variant, self.device, self.sweep_value, self.repeat
 
     def row_keys(self) -> dict:
-        """The identifying columns every table row of this job starts with (framebench.results.RUN_KEYS)."""
+        """The identifying columns every table row of this job starts with (framebench.store.results.RUN_KEYS)."""
         names = ("run_id", "backend", "variant", "device", "dataset", "preset", "sweep_field", "sweep_value", "repeat", "seed", "attempt")
         return {name: getattr(self, name) for name in names}
 
@@ -133,7 +133,7 @@ def run_job(job: Job) -> None:
 
 def describe(backend: str, variant: str) -> dict:
     """What `framebench list` shows for one entry, gathered in that entry's own process."""
-    from framebench.config import PRESETS
+    from framebench.core.config import PRESETS
 
     entry = registry.lookup(backend, variant)
     try:

@@ -1,6 +1,6 @@
 """The loss and the output activation, defined once over a small namespace of framework primitives.
 
-Every backend trains on, and the harness evaluates with (`framebench.metrics`), the function that
+Every backend trains on, and the harness evaluates with (`framebench.core.metrics`), the function that
 `loss_function` picks here from the configuration; a backend supplies only its framework's
 primitives (`Ops`), so "loss" means the same number in every column. Only the NumPy backend's fused
 loss-and-gradient keeps its own derivative code, and a test holds its loss equal to this one.
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from framebench.config import PROB_CLIP, ModelConfig, TrainConfig
+from framebench.core.config import PROB_CLIP, ModelConfig, TrainConfig
 
 
 @dataclass(frozen=True)
