@@ -14,7 +14,8 @@ import pytest
 from framebench.core import registry
 from framebench.core.config import ModelConfig, TrainConfig
 from framebench.core.harness import epoch_order, initial_weights
-from framebench.store.results import EPOCHS_COLUMNS, GEMM_COLUMNS, RUNS_COLUMNS, STEPS_COLUMNS, load_results
+from framebench.store.job import columns
+from framebench.store.results import load_results
 from tests.conftest import REPO, framebench, printed_directory
 
 TIME_COLUMNS = [
@@ -55,23 +56,23 @@ def test_fake_backend_fills_exactly_the_documented_columns(tmp_path):
     result = run_cli(tmp_path, "run", "--backends", "fake", "--dataset", "digits", "--epochs", "3", "--repeats", "2", "--batch-size", "100")
     assert result.returncode == 0, result.stderr
     tables = load_results(run_dir(result))
-    assert list(tables["runs"].columns) == RUNS_COLUMNS + [
+    assert list(tables["runs"].columns) == columns("runs") + [
         "floor_epoch_s",
         "efficiency",
         "own_floor_epoch_s",
         "overhead_efficiency",
         "floor_note",
     ]
-    assert list(tables["epochs"].columns) == EPOCHS_COLUMNS
-    assert list(tables["steps"].columns) == STEPS_COLUMNS
-    assert list(tables["gemm"].columns) == GEMM_COLUMNS and tables["gemm"].empty  # --no-floors
+    assert list(tables["epochs"].columns) == columns("epochs")
+    assert list(tables["steps"].columns) == columns("steps")
+    assert list(tables["gemm"].columns) == columns("gemm") and tables["gemm"].empty  # --no-floors
     runs, epochs, steps = tables["runs"], tables["epochs"], tables["steps"]
     assert runs["status"].tolist() == ["ok", "ok"] and runs["seed"].tolist() == [0, 1] and runs["attempt"].tolist() == [1, 1]
     assert runs["epochs_done"].tolist() == [3, 3] and (runs["node"] != "").all()
     assert (runs["samples_per_epoch"] == 1438).all() and (runs["batch_size"] == 100).all()
     assert len(epochs) == 6 and len(steps) == 6 * 15  # 1438 digits in batches of 100
     assert {"git_commit", "cpu", "libraries", "threads", "command", "nodes"} <= set(tables["env"])
-    assert tables["config"]["train"]["epochs"] == 3 and tables["config"]["matrices"][0]["backends"] == ["fake"]
+    assert tables["config"]["train"]["epochs"] == 3 and tables["config"]["matrices"][0]["axes"]["backend"] == ["fake"]
     assert "epoch 3" in result.stderr and "runs_ok" in result.stdout  # progress on stderr, table on stdout
 
 

@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 
 from framebench.core.gemm import MAX_CREDIBLE_EFFICIENCY, PROBE_DISAGREEMENT, step_gemms
-from framebench.store.results import RUNS_COLUMNS, append_rows, load_results, write_json
+from framebench.store.job import columns
+from framebench.store.results import append_rows, load_results, write_json
 from tests.conftest import framebench
 
 SIZES, BATCH, SAMPLES = (64, 32, 10), 16, 1600  # a tiny network: 100 steps per epoch
@@ -28,14 +29,16 @@ CONFIG = {
     "threads": 2,
     "sweep": {"field": "", "values": [""]},
     "target_acc": 0.9,
-    "matrices": [{"backends": ["numpy", "jax"], "variants": ["default"], "devices": ["cpu"], "repeats": 3, "seed": 0, "same_seed": False}],
+    "matrices": [
+        {"axes": {"backend": ["numpy", "jax"], "variant": ["default"], "device": ["cpu"]}, "repeats": 3, "seed": 0, "same_seed": False}
+    ],
 }
 NODE = {"machine": "box", "cpu": "Some CPU", "cores": 2, "kernel_settings": {}, "gpus": [], "threads": 2}
 ENV = {**NODE, "nodes": {"box": NODE}, "command": "framebench run ...", "git_commit": "abc"}
 
 
 def run_row(backend: str, repeat: int, epoch_s: float, acc: float, **changes) -> dict:
-    row = dict.fromkeys(RUNS_COLUMNS, "")
+    row = dict.fromkeys(columns("runs"), "")
     row.update(
         run_id="r",
         backend=backend,

@@ -10,7 +10,6 @@ import pytest
 from framebench.core.config import Sweep, TrainConfig, resolve
 from framebench.core.gemm import with_efficiencies
 from framebench.driver.runner import Matrix, plan
-from framebench.driver.worker import Job
 from framebench.errors import FrameBenchError
 from framebench.reports.scaling import (
     crossover,
@@ -21,7 +20,8 @@ from framebench.reports.scaling import (
     scaling_figure,
     throughput,
 )
-from framebench.store.results import GEMM_COLUMNS, RUNS_COLUMNS, STEPS_COLUMNS, load_results
+from framebench.store.job import Job, columns
+from framebench.store.results import load_results
 from framebench.store.tables import summary
 from tests.conftest import framebench
 
@@ -104,29 +104,15 @@ def test_scaling_preset_has_a_fixed_number_of_steps_per_epoch():
 
 
 def test_every_table_row_carries_its_sweep_value():
-    for columns in (RUNS_COLUMNS, STEPS_COLUMNS, GEMM_COLUMNS):
-        assert "sweep_value" in columns
-    assert "sweep_field" in RUNS_COLUMNS
+    for table in ("runs", "epochs", "steps", "gemm"):
+        assert "sweep_value" in columns(table)
+    assert "sweep_field" in columns("runs")
 
 
 def test_jobs_interleave_repeat_by_repeat_value_by_value_backend_by_backend():
     model, train = resolve("scaling", {}, {})
-    template = Job(
-        run_id="r",
-        backend="",
-        variant="",
-        device="",
-        dataset="digits",
-        data_dir=None,
-        preset="scaling",
-        config={},
-        repeat=0,
-        seed=0,
-        threads=2,
-        tf32=False,
-        target_acc=0.9,
-    )
-    matrix = Matrix(backends=("numpy", "jax"), variants=("default",), devices=("cpu",), repeats=2, seed=5, same_seed=False)
+    template = Job(run_id="r", dataset="digits", data_dir=None, preset="scaling", config={}, seed=0, threads=2, tf32=False, target_acc=0.9)
+    matrix = Matrix({"backend": ["numpy", "jax"], "variant": ["default"], "device": ["cpu"]}, repeats=2, seed=5, same_seed=False)
     jobs = plan([matrix], template, Sweep.parse("batch_size=64,16"), model, train)
     assert [(j.repeat, j.sweep_value, j.backend) for j in jobs] == [
         (r, v, b) for r in (0, 1) for v in ("64", "16") for b in ("numpy", "jax")
@@ -164,9 +150,9 @@ def test_summary_and_floors_are_per_sweep_value():
             }
             for value, seconds in (("16", 0.001), ("64", 0.002))
         ],
-        columns=GEMM_COLUMNS,
+        columns=columns("gemm"),
     )
-    runs = with_efficiencies(runs.reindex(columns=RUNS_COLUMNS), gemm)
+    runs = with_efficiencies(runs.reindex(columns=columns("runs")), gemm)
     floors = runs.set_index("sweep_value")["floor_epoch_s"]
     assert floors["16"] == pytest.approx(0.001 * 100) and floors["64"] == pytest.approx(0.002 * 100)  # step time x 100 steps
     assert list(summary(runs)["sweep_value"]) == ["16", "64"]

@@ -7,9 +7,13 @@ never imports TensorFlow, PyTorch or JAX, and `framebench` never imports its bac
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib
+import importlib.util
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from framebench.errors import FrameBenchError
 
@@ -31,6 +35,23 @@ class Entry:
     @property
     def name(self) -> str:
         return self.backend if self.variant == "default" else f"{self.backend}:{self.variant}"
+
+    def implementation(self) -> str:
+        """The identity of the code that implements the entry (asv's benchmark version): a hash of
+        its module's source, read without importing it, so `compare` can tell a change of this
+        backend's code from a change of the framework under it."""
+        return module_hash(self.target.partition(":")[0])
+
+
+@functools.cache
+def module_hash(module: str) -> str:
+    """The first 12 hex digits of the SHA-256 of a module's source file ("unknown" if it has none)."""
+    try:
+        spec = importlib.util.find_spec(module)
+        source = Path(spec.origin).read_bytes() if spec and spec.origin else None
+    except (ImportError, ValueError, OSError):
+        source = None
+    return hashlib.sha256(source).hexdigest()[:12] if source is not None else "unknown"
 
 
 def backend(

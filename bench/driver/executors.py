@@ -5,13 +5,14 @@ and only the driver writes the results directory."""
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
 from framebench.driver import node
 from framebench.driver.node import ProbeRequest
-from framebench.driver.worker import Job
+from framebench.store.job import End, Job, Start, Submitted
 from framebench.store.results import gpu_info, node_environment
 
 EXECUTORS = ("local", "ray")
@@ -33,11 +34,11 @@ class Executor(ABC):
         """Time the request's GEMMs on every node: (node, gemm rows, libraries not measured) per node."""
 
     @abstractmethod
-    def run(self, jobs: list[Job], timeout_s: float) -> Iterator[tuple[Job, dict]]:
-        """Run `jobs` (in this order where the executor has a choice) and yield (job, event) as events come:
-        first `submitted` (the job is in flight from then on), last its `end`, carrying `node` and `host` where
-        it reached a node. A job retried after its node died ends with status `lost` and comes back as a copy
-        with the next `attempt`."""
+    def run(self, jobs: list[Job], timeout_s: float) -> Iterator[tuple[Job, object]]:
+        """Run `jobs` (in this order where the executor has a choice) and yield (job, event) as events come
+        (framebench.store.job's events): first `Submitted` (the job is in flight from then on), last its `End`,
+        carrying `node` and `host` where it reached a node. A job retried after its node died ends with
+        status `lost` and comes back as a copy with the next `attempt`."""
 
     @abstractmethod
     def stop(self) -> None:
@@ -46,6 +47,11 @@ class Executor(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release the executor's resources (a Ray connection)."""
+
+
+def with_node(event, name: str):
+    """`event` with the node that ran it, where the event says (start and end)."""
+    return dataclasses.replace(event, node=name) if isinstance(event, Start | End) else event
 
 
 class LocalExecutor(Executor):
@@ -64,13 +70,13 @@ class LocalExecutor(Executor):
         rows, skipped = node.run_probe(request)
         yield self.name, rows, skipped
 
-    def run(self, jobs: list[Job], timeout_s: float) -> Iterator[tuple[Job, dict]]:
+    def run(self, jobs: list[Job], timeout_s: float) -> Iterator[tuple[Job, object]]:
         for job in jobs:
-            yield job, {"type": "submitted"}
+            yield job, Submitted()
             events = node.execute(job, timeout_s)
             try:
                 for event in events:
-                    yield job, ({**event, "node": self.name} if event["type"] in ("start", "end") else event)
+                    yield job, with_node(event, self.name)
             finally:
                 events.close()  # kills the worker if the driver stopped mid-job
 

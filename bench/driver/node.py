@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 from framebench.core import registry
 from framebench.core.gemm import LIBRARIES, probe
-from framebench.driver.worker import EVENT_PREFIX, PARENT_PID_VARIABLE, Job
+from framebench.driver.worker import EVENT_PREFIX, PARENT_PID_VARIABLE
+from framebench.store.job import End, Job, MalformedEvent, from_wire
 
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
 LOG_TAIL_BYTES = 64_000  # the end of a worker's stderr kept in logs/ (a traceback, framework warnings)
@@ -96,7 +97,7 @@ def read_lines(stream, lines: queue.Queue) -> None:
     lines.put(None)
 
 
-def execute(job: Job, timeout_s: float) -> Iterator[dict]:
+def execute(job: Job, timeout_s: float) -> Iterator:
     """Run `job` in a fresh worker process and yield its events; the last one is always `end`, carrying
     the outcome, the log's tail and how much CPU other processes used while the job ran."""
     log = tempfile.TemporaryFile("w+", errors="replace")
@@ -113,7 +114,7 @@ def execute(job: Job, timeout_s: float) -> Iterator[dict]:
     LIVE_GROUPS.add(process.pid)
     end = None
     try:
-        process.stdin.write(json.dumps(dataclasses.asdict(job)))
+        process.stdin.write(json.dumps(job.to_wire()))
         process.stdin.close()
         lines: queue.Queue = queue.Queue()
         threading.Thread(target=read_lines, args=(process.stdout, lines), daemon=True).start()
@@ -122,19 +123,19 @@ def execute(job: Job, timeout_s: float) -> Iterator[dict]:
             try:
                 line = lines.get(timeout=max(deadline - time.monotonic(), 0))
             except queue.Empty:
-                end = {
-                    "type": "end",
-                    "status": "timeout",
-                    "error": f"no result within --timeout {timeout_s:g} s; raise --timeout or use fewer epochs",
-                }
+                end = End("timeout", f"no result within --timeout {timeout_s:g} s; raise --timeout or use fewer epochs")
                 break
             if line is None:
                 break
             if not line.startswith(EVENT_PREFIX):
                 log.write(line)
                 continue
-            event = json.loads(line[len(EVENT_PREFIX) :])
-            if event["type"] == "end":
+            try:
+                event = from_wire(json.loads(line[len(EVENT_PREFIX) :]))
+            except (ValueError, MalformedEvent) as exc:  # json's errors are ValueErrors
+                end = End("failed", f"the worker sent a malformed event ({exc}); see its log")
+                break
+            if isinstance(event, End):
                 end = event
             else:
                 yield event
@@ -147,19 +148,13 @@ def execute(job: Job, timeout_s: float) -> Iterator[dict]:
     log.seek(max(log.tell() - LOG_TAIL_BYTES, 0))
     text = log.read()
     if end is None:
-        end = {"type": "end", "status": "failed", "error": crash_message(returncode, text)}
+        end = End("failed", crash_message(returncode, text))
     other = None
-    if busy_before is not None and busy_after is not None and "cpu_s" in end:
-        other = max(busy_after - busy_before - end["cpu_s"], 0.0) / (wall * (os.cpu_count() or 1))
-    yield {
-        **end,
-        "log": text,
-        "loadavg_1m": load_before,
-        "other_cpu_frac": other,
-        "host": socket.gethostname(),
-        "started_at": started_at,
-        "ended_at": time.time(),
-    }
+    if busy_before is not None and busy_after is not None and end.cpu_s is not None:
+        other = max(busy_after - busy_before - end.cpu_s, 0.0) / (wall * (os.cpu_count() or 1))
+    yield dataclasses.replace(
+        end, log=text, loadavg_1m=load_before, other_cpu_frac=other, host=socket.gethostname(), started_at=started_at, ended_at=time.time()
+    )
 
 
 def crash_message(returncode: int, log: str) -> str:

@@ -16,6 +16,7 @@ unless $RAY_AUTH_MODE says otherwise.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import logging
 import os
@@ -29,10 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from framebench.driver import node
-from framebench.driver.executors import Executor
+from framebench.driver.executors import Executor, with_node
 from framebench.driver.node import ProbeRequest
-from framebench.driver.worker import Job
 from framebench.errors import FrameBenchError
+from framebench.store.job import End, Job, Submitted
 from framebench.store.results import node_environment
 
 SLOT = "framebench_slot"  # the custom resource a node advertises to take jobs, one at a time
@@ -107,10 +108,18 @@ def connect(address: str | None) -> None:
         ) from None
 
 
-def execute_here(job: Job, timeout_s: float) -> Iterator[dict]:
-    """node.execute on the node that runs this task, after a `scheduled` event saying which node
+@dataclass(frozen=True)
+class Scheduled:
+    """Ray's own event, before the job's: which node took the task, and when."""
+
+    node_id: str  # the Ray node id
+    at: float  # wall clock
+
+
+def execute_here(job: Job, timeout_s: float) -> Iterator:
+    """node.execute on the node that runs this task, after a `Scheduled` event saying which node
     that is and when the job started there."""
-    yield {"type": "scheduled", "node_id": ray.get_runtime_context().get_node_id(), "at": time.time()}
+    yield Scheduled(ray.get_runtime_context().get_node_id(), time.time())
     yield from node.execute(job, timeout_s)
 
 
@@ -231,17 +240,17 @@ class RayExecutor(Executor):
                 rows, skipped = [], [f"every library on {request.device} (the probe task failed: {reason(exc)})"]
             yield self.names[tasks[done]], rows, skipped
 
-    def run(self, jobs: list[Job], timeout_s: float) -> Iterator[tuple[Job, dict]]:
+    def run(self, jobs: list[Job], timeout_s: float) -> Iterator[tuple[Job, object]]:
         """Jobs submitted in plan order, no more in flight than there are slots; events as they come."""
         waiting = deque(jobs)
         try:
             while waiting or self.flights:
                 while waiting and len(self.flights) < self.capacity():
                     job = waiting.popleft()
-                    yield job, {"type": "submitted"}
+                    yield job, Submitted()
                     why = self.unschedulable(job)
                     if why:
-                        yield job, {"type": "end", "status": "unavailable", "error": why}
+                        yield job, End("unavailable", why)
                     else:
                         self.submit(job, timeout_s, retry=False, avoid="")
                 yield from self.next_events(timeout_s)
@@ -271,7 +280,7 @@ class RayExecutor(Executor):
         self.flights[number] = Flight(job=job, task=task, deadline=time.monotonic() + self.schedule_timeout, retry=retry)
         threading.Thread(target=feed, args=(number, task, self.events), daemon=True).start()
 
-    def next_events(self, timeout_s: float) -> Iterator[tuple[Job, dict]]:
+    def next_events(self, timeout_s: float) -> Iterator[tuple[Job, object]]:
         """Everything that arrived (waiting up to POLL_S for something), then the jobs that waited too
         long for a node: a job whose start is already here is never taken for one that did not start."""
         arrived = []
@@ -286,48 +295,39 @@ class RayExecutor(Executor):
                 yield from self.receive(number, payload, timeout_s)
         yield from self.expire()
 
-    def receive(self, number: int, payload, timeout_s: float) -> Iterator[tuple[Job, dict]]:
+    def receive(self, number: int, payload, timeout_s: float) -> Iterator[tuple[Job, object]]:
         flight = self.flights[number]
         if isinstance(payload, RayError):
             yield from self.lost(number, payload, timeout_s)
         elif isinstance(payload, Exception):
             raise payload
-        elif payload["type"] == "scheduled":
-            flight.node_id, flight.started_at = payload["node_id"], payload["at"]
+        elif isinstance(payload, Scheduled):
+            flight.node_id, flight.started_at = payload.node_id, payload.at
         else:
-            if payload["type"] == "end":
+            if isinstance(payload, End):
                 del self.flights[number]
-            yield flight.job, ({**payload, "node": self.name_of(flight.node_id)} if payload["type"] in ("start", "end") else payload)
+            yield flight.job, with_node(payload, self.name_of(flight.node_id))
 
-    def lost(self, number: int, exc: RayError, timeout_s: float) -> Iterator[tuple[Job, dict]]:
+    def lost(self, number: int, exc: RayError, timeout_s: float) -> Iterator[tuple[Job, object]]:
         """A task that failed: framebench's own error fails the job; a dead node or Ray worker is
         retried once, preferring another node."""
         flight = self.flights.pop(number)
         name = self.name_of(flight.node_id) if flight.node_id else ""  # "": it failed before it started
         where = f"node {name}" if name else "its node"
-        end = {
-            "type": "end",
-            "node": name,
-            "host": self.hosts.get(flight.node_id, ""),
-            "started_at": flight.started_at,
-            "ended_at": time.time(),
-        }
+        end = functools.partial(End, node=name, host=self.hosts.get(flight.node_id, ""), started_at=flight.started_at, ended_at=time.time())
         if isinstance(exc, RayTaskError):  # a retry would fail the same way
-            yield flight.job, {**end, "status": "failed", "error": f"framebench's task failed on {where}: {reason(exc)}"}
+            yield flight.job, end("failed", f"framebench's task failed on {where}: {reason(exc)}")
         elif flight.retry:
-            yield flight.job, {**end, "status": "lost", "error": f"{death(exc, where)}: died again after a retry; not retried"}
+            yield flight.job, end("lost", f"{death(exc, where)}: died again after a retry; not retried")
         else:
             retry = dataclasses.replace(flight.job, attempt=flight.job.attempt + 1)
             others = any(can_run(info, retry) for node_id, info in self.slot_nodes().items() if node_id != flight.node_id)
             on = "on another node" if others else "(no other node can run it now)"
-            yield (
-                flight.job,
-                {**end, "status": "lost", "error": f"{death(exc, where)}; retried as attempt {retry.attempt} {on}", "retried": True},
-            )
-            yield retry, {"type": "submitted"}
+            yield flight.job, end("lost", f"{death(exc, where)}; retried as attempt {retry.attempt} {on}", retried=True)
+            yield retry, Submitted()
             self.submit(retry, timeout_s, retry=True, avoid=flight.node_id)
 
-    def expire(self) -> Iterator[tuple[Job, dict]]:
+    def expire(self) -> Iterator[tuple[Job, object]]:
         """Jobs not started after --schedule-timeout of waiting, not counting time when one of this run's
         own jobs held a node able to run them: cancelled, and `unavailable` with the reason."""
         if all(flight.node_id for flight in self.flights.values()):
@@ -346,11 +346,7 @@ class RayExecutor(Executor):
                 needs = f"a free node advertising {SLOT}" + (" and a GPU" if flight.job.device == "gpu" else "")
                 yield (
                     flight.job,
-                    {
-                        "type": "end",
-                        "status": "unavailable",
-                        "error": f"no node started it within --schedule-timeout {self.schedule_timeout:g} s (it needs {needs})",
-                    },
+                    End("unavailable", f"no node started it within --schedule-timeout {self.schedule_timeout:g} s (it needs {needs})"),
                 )
 
     def stop(self) -> None:

@@ -10,6 +10,8 @@ without an `ok` row.
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
+import itertools
 import json
 import math
 import os
@@ -25,10 +27,22 @@ from framebench.core.config import PRESETS, ModelConfig, Sweep, TrainConfig, con
 from framebench.core.data import load_dataset
 from framebench.driver.executors import EXECUTORS, Executor, LocalExecutor
 from framebench.driver.node import ProbeRequest
-from framebench.driver.worker import Job
 from framebench.errors import FrameBenchError
+from framebench.store import job as contract
+from framebench.store.job import (
+    EPOCH_FIELDS,
+    FORMAT_VERSION,
+    NOT_RUN,
+    OK,
+    TABLE_NAMES,
+    End,
+    Epoch,
+    Job,
+    Setup,
+    Start,
+    key_columns,
+)
 from framebench.store.results import (
-    TABLES,
     DirectoryLock,
     append_rows,
     check_free_space,
@@ -43,8 +57,6 @@ from framebench.store.results import (
 from framebench.store.tables import BUSY_FRACTION
 
 DEVICE_CHOICES = ("cpu", "gpu", "auto", "all")
-OK_STATUSES = ("ok",)
-NOT_RUN_STATUSES = ("unavailable", "unsupported")  # the job never trained: declined, not failed
 # A results directory holds one experiment: appending with any of these different is refused.
 IDENTITY = ("preset", "dataset", "model", "train", "tf32", "threads", "sweep", "target_acc")
 STEP_ROW_BYTES = 80  # a steps.csv row, generously, for the free-space check before a matrix starts
@@ -97,6 +109,11 @@ class RunRequest:
             raise FrameBenchError(f"unknown executor {self.executor!r}; --executor takes one of: {', '.join(EXECUTORS)}")
 
 
+def framebench_version() -> str:
+    """The installed framebench's version, recorded in config.json beside the tables' FORMAT_VERSION."""
+    return importlib.metadata.version("framebench")
+
+
 def make_executor(name: str, address: str | None, schedule_timeout: float) -> Executor:
     """The executor --executor names; Ray is imported only when it is the one."""
     if name == "ray":
@@ -122,12 +139,17 @@ def check_threads(threads: int, oversubscribe: bool, flag: str) -> None:
 
 @dataclass(frozen=True)
 class Matrix:
-    backends: tuple[str, ...]  # the --backends of one request, as registry names
-    variants: tuple[str, ...]  # its --variants
-    devices: tuple[str, ...]  # its devices, "auto" and "all" resolved
+    axes: dict[str, list[str]]  # {dimension: its values} for every dimension a request lists (backends, variants, devices, ...)
     repeats: int  # rounds over all jobs
     seed: int  # seed of the first repeat
     same_seed: bool  # every repeat uses `seed`
+
+    def points(self) -> list[dict[str, str]]:
+        """Every combination of the axes' values, the dimensions nested in DIMENSIONS' order (the last
+        one innermost, so its values alternate job by job); registered (backend, variant) pairs only."""
+        names = [d.name for d in contract.DIMENSIONS if d.name in self.axes]
+        combos = (dict(zip(names, values, strict=True)) for values in itertools.product(*(self.axes[n] for n in names)))
+        return [point for point in combos if (point["backend"], point["variant"]) in registry.REGISTRY]
 
 
 def split_names(text: str, allowed: list[str], what: str, flag: str) -> tuple[str, ...]:
@@ -151,32 +173,25 @@ def resolve_devices(text: str, executor: Executor) -> tuple[str, ...]:
 
 
 def plan(matrices: list[Matrix], template: Job, sweep: Sweep, model: ModelConfig, train: TrainConfig) -> list[Job]:
-    """Every job of the matrices, each (backend, variant, device, sweep value, repeat) once, ordered
-    repeat by repeat and, within a repeat, value by value and backend by backend."""
+    """Every job of the matrices, each key (every dimension and the repeat) once, ordered repeat by
+    repeat and, within a repeat, sweep value by value and point by point of the matrix."""
     jobs: dict[tuple, Job] = {}
     for matrix in matrices:
         for repeat in range(matrix.repeats):
             for value in sweep.values:
                 value_model, value_train, threads = sweep.apply(model, train, template.threads, value)
                 config = {"model": dataclasses.asdict(value_model), "train": dataclasses.asdict(value_train)}
-                for device in matrix.devices:
-                    for backend in matrix.backends:
-                        for variant in matrix.variants:
-                            if (backend, variant) not in registry.REGISTRY:
-                                continue
-                            job = dataclasses.replace(
-                                template,
-                                backend=backend,
-                                variant=variant,
-                                device=device,
-                                repeat=repeat,
-                                config=config,
-                                seed=matrix.seed if matrix.same_seed else matrix.seed + repeat,
-                                threads=threads,
-                                sweep_field=sweep.field,
-                                sweep_value=value,
-                            )
-                            jobs.setdefault(job.key(), job)
+                for point in matrix.points():
+                    job = dataclasses.replace(
+                        template,
+                        point={**point, "sweep_value": value},
+                        repeat=repeat,
+                        config=config,
+                        seed=matrix.seed if matrix.same_seed else matrix.seed + repeat,
+                        threads=threads,
+                        sweep_field=sweep.field,
+                    )
+                    jobs.setdefault(job.key(), job)
     return sorted(jobs.values(), key=lambda j: j.repeat)  # stable: the order above within a repeat
 
 
@@ -185,26 +200,23 @@ def recorded_jobs(run_id: str, config: dict) -> list[Job]:
     model, train = config_from_dict(config)
     template = Job(
         run_id=run_id,
-        backend="",
-        variant="",
-        device="",
         dataset=config["dataset"],
         data_dir=config.get("data_dir"),
         preset=config["preset"],
         config={},
-        repeat=0,
         seed=0,
         threads=config["threads"],
         tf32=config["tf32"],
         target_acc=config["target_acc"],
     )
-    matrices = [Matrix(**{**m, **{k: tuple(m[k]) for k in ("backends", "variants", "devices")}}) for m in config["matrices"]]
+    matrices = [Matrix(**m) for m in config["matrices"]]
     return plan(matrices, template, Sweep(config["sweep"]["field"], tuple(config["sweep"]["values"])), model, train)
 
 
 def unregistered(matrices: list[dict]) -> list[str]:
     """Recorded (backend, variant) pairs that are not registered (they would repeat `default`)."""
-    pairs = (f"{b}:{v}" for m in matrices for b in m["backends"] for v in m["variants"] if (b, v) not in registry.REGISTRY)
+    axes = [m["axes"] for m in matrices]
+    pairs = (f"{b}:{v}" for a in axes for b in a["backend"] for v in a["variant"] if (b, v) not in registry.REGISTRY)
     return list(dict.fromkeys(pairs))
 
 
@@ -214,84 +226,82 @@ class JobState:
 
     job: Job
     node: str = ""  # where it runs, once it has started
-    setup: dict = field(default_factory=dict)
-    epochs: list[dict] = field(default_factory=list)
+    setup: Setup | None = None  # its setup event, once it came
+    epochs: list[Epoch] = field(default_factory=list)  # its epoch events so far
 
 
-def time_to_target(epochs: list[dict], target: float) -> float | None:
+def time_to_target(epochs: list[Epoch], target: float) -> float | None:
     """Training seconds (evaluation excluded) until test accuracy first reaches `target`."""
     elapsed = 0.0
     for epoch in epochs:
-        elapsed += epoch["epoch_s"]
-        if epoch["test_acc"] >= target:
+        elapsed += epoch.epoch_s
+        if epoch.test_acc >= target:
             return elapsed
     return None
 
 
-def summarize(state: JobState, end: dict) -> dict:
+def summarize(state: JobState, end: End) -> dict:
     """The runs.csv row: what the epochs measured, whatever the outcome."""
-    job, epochs = state.job, state.epochs
-    times = [e["epoch_s"] for e in epochs]
+    job, epochs, setup = state.job, state.epochs, state.setup
+    times = [e.epoch_s for e in epochs]
     steady = times[1:] or times
     median = statistics.median(steady) if steady else None
-    samples = state.setup.get("samples_per_epoch")
-    train = job.config["train"]
+    samples = setup.samples_per_epoch if setup else None
+    entry = registry.lookup(job.backend, job.variant)
     return {
         **job.row_keys(),
-        "node": end.get("node") or state.node,
-        "host": end.get("host", ""),
-        "status": end["status"],
-        "error": end.get("error", ""),
+        "node": end.node or state.node,
+        "host": end.host,
+        "status": end.status,
+        "error": end.error,
         "epochs_done": len(epochs),
-        "setup_s": state.setup.get("setup_s"),
+        "setup_s": setup.setup_s if setup else None,
         "first_epoch_s": times[0] if times else None,
         "median_epoch_s": median,
         "total_train_s": sum(times) if times else None,
         "samples_per_epoch": samples,
-        "batch_size": train["batch_size"],
+        "batch_size": job.config["train"]["batch_size"],
         "samples_per_s": samples / median if samples and median else None,
-        "final_test_acc": epochs[-1]["test_acc"] if epochs else None,
-        "final_test_loss": epochs[-1]["test_loss"] if epochs else None,
+        "final_test_acc": epochs[-1].test_acc if epochs else None,
+        "final_test_loss": epochs[-1].test_loss if epochs else None,
         "target_acc": job.target_acc,
         "time_to_target_s": time_to_target(epochs, job.target_acc),
-        "gemm_library": registry.lookup(job.backend, job.variant).gemm_library,
-        "peak_rss_mb": end.get("peak_rss_mb") or (epochs[-1]["peak_rss_mb"] if epochs else None),
-        "peak_gpu_mb": end.get("peak_gpu_mb"),
-        "framework_version": state.setup.get("framework_version", ""),
+        "gemm_library": entry.gemm_library,
+        "implementation": entry.implementation(),
+        "peak_rss_mb": end.peak_rss_mb or (epochs[-1].peak_rss_mb if epochs else None),
+        "peak_gpu_mb": end.peak_gpu_mb,
+        "framework_version": setup.framework_version if setup else "",
         "threads": job.threads,
-        "loadavg_1m": end.get("loadavg_1m"),
-        "other_cpu_frac": end.get("other_cpu_frac"),
-        "started_at": end.get("started_at"),
-        "ended_at": end.get("ended_at"),
+        "loadavg_1m": end.loadavg_1m,
+        "other_cpu_frac": end.other_cpu_frac,
+        "started_at": end.started_at,
+        "ended_at": end.ended_at,
     }
 
 
 def log_name(job: Job) -> str:
-    value = re.sub(r"[^A-Za-z0-9.,_-]", "_", f"-{job.sweep_field}={job.sweep_value}") if job.sweep_field else ""
-    return f"{job.backend}-{job.variant}-{job.device}{value}-r{job.repeat}-a{job.attempt}.log"
+    """The job's log file: its dimensions' values, each reduced to characters safe in a file name."""
+    parts = [f"{job.sweep_field}={value}" if name == "sweep_value" else value for name, value in job.point.items() if value]
+    return re.sub(r"[^A-Za-z0-9.,=_-]", "_", "-".join(parts)) + f"-r{job.repeat}-a{job.attempt}.log"
 
 
-def record_epoch(directory: Path, job: Job, event: dict) -> None:
-    keys = job.row_keys()
-    append_rows(
-        directory, "epochs", [{**keys, **{k: event[k] for k in ("epoch", "epoch_s", "train_loss", "test_loss", "test_acc", "eval_s")}}]
-    )
-    step_keys = {k: keys[k] for k in ("run_id", "backend", "variant", "device", "sweep_value", "repeat", "attempt")}
+def record_epoch(directory: Path, job: Job, event: Epoch) -> None:
+    append_rows(directory, "epochs", [{**job.row_keys(), **{name: getattr(event, name) for name in EPOCH_FIELDS}}])
     append_rows(
         directory,
         "steps",
-        [{**step_keys, "epoch": event["epoch"], "step": step, "loss": loss} for step, loss in enumerate(event["step_losses"], start=1)],
+        [{**job.step_keys(), "epoch": event.epoch, "step": step, "loss": loss} for step, loss in enumerate(event.step_losses, start=1)],
     )
 
 
-def finish_job(directory: Path, state: JobState, end: dict) -> dict:
+def finish_job(directory: Path, state: JobState, end: End) -> dict:
     """Write the job's log and its runs.csv row; say how it ended."""
     log_path = directory / "logs" / log_name(state.job)
-    if end.get("log"):
+    if end.log:
         log_path.parent.mkdir(exist_ok=True)
-        log_path.write_text(end["log"])
-    if end["status"] in ("failed", "timeout", "lost") and end.get("log"):
-        end = {**end, "error": f"{end.get('error', '')}; see {log_path}"}
+        log_path.write_text(end.log)
+    if end.status in ("failed", "timeout", "lost") and end.log:
+        end = dataclasses.replace(end, error=f"{end.error}; see {log_path}")
     row = summarize(state, end)
     append_rows(directory, "runs", [row])
     busy = row["other_cpu_frac"] is not None and row["other_cpu_frac"] > BUSY_FRACTION
@@ -347,35 +357,30 @@ def run_jobs(directory: Path, jobs: list[Job], executor: Executor, timeout_s: fl
         if job.device in entry.devices:
             runnable.append(job)
         else:  # declined without starting a process
-            rows.append(
-                finish_job(
-                    directory, JobState(job), {"status": "unavailable", "error": f"{entry.name} runs on {', '.join(entry.devices)} only"}
-                )
-            )
+            rows.append(finish_job(directory, JobState(job), End("unavailable", f"{entry.name} runs on {', '.join(entry.devices)} only")))
     numbers = {job.key(): f"[{number}/{len(jobs)}]" for number, job in enumerate(jobs, start=1)}
     for job, event in executor.run(runnable, timeout_s):
         label = f"{numbers[job.key()]} {job.label}" + (f", attempt {job.attempt}" if job.attempt > 1 else "")
         state = states.setdefault((job.key(), job.attempt), JobState(job))
-        if event["type"] == "start":
-            state.node = event.get("node", "")
-            print(f"{label}: started on {event.get('node') or 'this machine'}", file=sys.stderr, flush=True)
-        elif event["type"] == "setup":
+        if isinstance(event, Start):
+            state.node = event.node
+            print(f"{label}: started on {event.node or 'this machine'}", file=sys.stderr, flush=True)
+        elif isinstance(event, Setup):
             state.setup = event
-        elif event["type"] == "epoch":
+        elif isinstance(event, Epoch):
             with interrupts:
                 state.epochs.append(event)
                 record_epoch(directory, job, event)
             print(
-                f"{label}: epoch {event['epoch']}: {event['epoch_s']:.3f} s, train loss {event['train_loss']:.4f}, "
-                f"test acc {event['test_acc']:.4f}",
+                f"{label}: epoch {event.epoch}: {event.epoch_s:.3f} s, train loss {event.train_loss:.4f}, test acc {event.test_acc:.4f}",
                 file=sys.stderr,
                 flush=True,
             )
-        elif event["type"] == "end":
+        elif isinstance(event, End):
             with interrupts:
                 row = finish_job(directory, state, event)
                 del states[(job.key(), job.attempt)]
-            if not event.get("retried"):  # a lost attempt that was retried is superseded by its retry
+            if not event.retried:  # a lost attempt that was retried is superseded by its retry
                 rows.append(row)
     return rows
 
@@ -410,11 +415,9 @@ def probe_requests(jobs: list[Job], input_size: int, num_classes: int, tf32: boo
 
 def done_keys(directory: Path) -> dict[tuple, tuple[str, int]]:
     """{job key: (status of its latest attempt, that attempt)} of the jobs already in runs.csv."""
-    runs = read_table(directory, "runs")
-    latest = {}
-    for row in runs.sort_values("attempt").itertuples():
-        latest[(row.backend, row.variant, row.device, row.sweep_value, int(row.repeat))] = (row.status, int(row.attempt))
-    return latest
+    runs = read_table(directory, "runs").sort_values("attempt", kind="stable")
+    keys = runs[key_columns()].astype({"repeat": int}).itertuples(index=False, name=None)
+    return {key: (status, int(attempt)) for key, status, attempt in zip(keys, runs["status"], runs["attempt"], strict=True)}
 
 
 def check_same_experiment(directory: Path, config: dict) -> None:
@@ -450,6 +453,8 @@ def new_config(request: RunRequest, model_overrides: dict, train_overrides: dict
     if len(set(points)) != len(points):
         raise FrameBenchError(f"--sweep {request.sweep} gives the same configuration twice (e.g. 64 and 064); name each value once")
     return {
+        "format_version": FORMAT_VERSION,
+        "framebench_version": framebench_version(),
         "preset": request.preset,
         "dataset": request.dataset or PRESETS[request.preset].dataset,
         "data_dir": request.data_dir,
@@ -472,7 +477,11 @@ def matrix_of(request: RunRequest, executor: Executor) -> Matrix:
             f"no registered (backend, variant) pair in --backends {request.backends} --variants {request.variants}; "
             "`framebench list` shows them"
         )
-    return Matrix(backends, variants, resolve_devices(request.device, executor), request.repeats, request.seed, request.same_seed)
+    axes = {"backend": list(backends), "variant": list(variants), "device": list(resolve_devices(request.device, executor))}
+    for dimension in contract.DIMENSIONS:
+        if dimension.request_field and dimension.name not in axes:
+            axes[dimension.name] = list(dict.fromkeys(v.strip() for v in str(getattr(request, dimension.request_field)).split(",")))
+    return Matrix(axes, request.repeats, request.seed, request.same_seed)
 
 
 def run(request: RunRequest, model_overrides: dict, train_overrides: dict) -> int:
@@ -483,12 +492,12 @@ def run(request: RunRequest, model_overrides: dict, train_overrides: dict) -> in
         if not (directory / "config.json").is_file():
             raise FrameBenchError(f"--resume {directory}: not a results directory (no config.json)")
         config = read_json(directory / "config.json")
-        if not {"matrices", "sweep", *IDENTITY} <= set(config):
+        if config.get("format_version") != FORMAT_VERSION or not {"matrices", "sweep", *IDENTITY} <= set(config):
             raise FrameBenchError(
                 f"--resume {directory}: its config.json was written by another framebench version; rerun the matrix into a new --run-id"
             )
         config["data_dir"] = request.data_dir or config.get("data_dir")
-        unknown = sorted({b for m in config["matrices"] for b in m["backends"]} - set(registry.backend_names()))
+        unknown = sorted({b for m in config["matrices"] for b in m["axes"]["backend"]} - set(registry.backend_names()))
         if unknown:
             raise FrameBenchError(
                 f"--resume {directory}: its matrix names backend(s) not registered here ({', '.join(unknown)}); "
@@ -536,7 +545,7 @@ def run_in(directory: Path, request: RunRequest, config: dict, executor: Executo
             file=sys.stderr,
         )
     write_json(directory, "config.json", config)
-    for table in TABLES:  # every table exists (with its header) from the start, whatever happens next
+    for table in TABLE_NAMES:  # every table exists (with its header) from the start, whatever happens next
         append_rows(directory, table, [])
     earlier = read_json(directory / "env.json") if (directory / "env.json").exists() else None
     write_json(directory, "env.json", environment(config["threads"], executor.nodes(config["threads"]), earlier))
@@ -559,7 +568,7 @@ def run_in(directory: Path, request: RunRequest, config: dict, executor: Executo
     except Stopped as stop:
         executor.stop()
         for state in states.values():
-            finish_job(directory, state, {"status": "interrupted", "error": f"stopped by {stop} after {len(state.epochs)} epoch(s)"})
+            finish_job(directory, state, End("interrupted", f"stopped by {stop} after {len(state.epochs)} epoch(s)"))
         report(directory)
         print(f"interrupted by {stop}: rows measured so far are kept; finish with `framebench run --resume {directory}`", file=sys.stderr)
         return 128 + stop.signum
@@ -568,7 +577,7 @@ def run_in(directory: Path, request: RunRequest, config: dict, executor: Executo
             signal.signal(name, handler)
     report(directory)
     statuses = {row["status"] for row in rows}
-    if not jobs or statuses <= set(OK_STATUSES + NOT_RUN_STATUSES):
+    if not jobs or statuses <= {OK, *NOT_RUN}:
         return 0 if "ok" in statuses or not jobs else 1
     return 1
 

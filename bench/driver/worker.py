@@ -13,55 +13,21 @@ import signal
 import sys
 import time
 import traceback
-from dataclasses import dataclass
 
 from framebench.core import registry
 from framebench.core.config import config_from_dict, samples_per_epoch
 from framebench.core.data import load_dataset
 from framebench.core.harness import DivergedError, initial_weights, peak_rss_mb, train_epochs
 from framebench.errors import FrameBenchError
+from framebench.store.job import End, Epoch, Job, Setup, Start, to_wire
 
 EVENT_PREFIX = "@framebench-event "
 PARENT_PID_VARIABLE = "FRAMEBENCH_PARENT_PID"  # the process that started this worker; the worker dies with it
 PR_SET_PDEATHSIG = 1  # Linux prctl option: signal this process when its parent dies
 
 
-@dataclass(frozen=True)
-class Job:
-    run_id: str  # results directory name
-    backend: str  # registry backend name
-    variant: str  # registry variant name
-    device: str  # "cpu" or "gpu"
-    dataset: str  # dataset name
-    data_dir: str | None  # --data-dir, if given
-    preset: str  # preset the configuration started from
-    config: dict  # {"model": ..., "train": ...} as dataclasses.asdict gives them, the sweep value applied
-    repeat: int  # 0-based repeat number
-    seed: int  # seed of weights and batch order
-    threads: int  # CPU threads for every library in the process
-    tf32: bool  # whether GPU float32 matrix products may use TensorFloat-32
-    target_acc: float  # test accuracy for the time-to-accuracy column
-    sweep_field: str = ""  # the field a sweep varies ("" without a sweep)
-    sweep_value: str = ""  # this job's value of it, as written on the command line
-    attempt: int = 1  # 1 for the first try of this job in this directory, then 2, 3, ... (retries, resumes)
-
-    def key(self) -> tuple:
-        """Unique within a results directory: what a retry or a resume repeats (with the next `attempt`)."""
-        return self.backend, self.variant, self.device, self.sweep_value, self.repeat
-
-    def row_keys(self) -> dict:
-        """The identifying columns every table row of this job starts with (framebench.store.results.RUN_KEYS)."""
-        names = ("run_id", "backend", "variant", "device", "dataset", "preset", "sweep_field", "sweep_value", "repeat", "seed", "attempt")
-        return {name: getattr(self, name) for name in names}
-
-    @property
-    def label(self) -> str:
-        sweep = f", {self.sweep_field}={self.sweep_value}" if self.sweep_field else ""
-        return f"{self.backend}/{self.variant} on {self.device}{sweep}, repeat {self.repeat + 1}"
-
-
-def emit(event: dict) -> None:
-    print(EVENT_PREFIX + json.dumps(event), flush=True)
+def emit(event) -> None:
+    print(EVENT_PREFIX + json.dumps(to_wire(event)), flush=True)
 
 
 def die_with_parent() -> None:
@@ -87,16 +53,16 @@ def run_job(job: Job) -> None:
     try:
         cls = registry.load(registry.lookup(job.backend, job.variant))
     except FrameBenchError as exc:
-        emit({"type": "end", "status": "unavailable", "error": str(exc), "cpu_s": cpu_seconds()})
+        emit(End("unavailable", str(exc), cpu_s=cpu_seconds()))
         return
-    emit({"type": "start"})
+    emit(Start())
     ok, reason = cls.available(job.device)
     if not ok:
-        emit({"type": "end", "status": "unavailable", "error": reason, "cpu_s": cpu_seconds()})
+        emit(End("unavailable", reason, cpu_s=cpu_seconds()))
         return
     reason = cls.lacks(model, train)
     if reason:
-        emit({"type": "end", "status": "unsupported", "error": reason, "cpu_s": cpu_seconds()})
+        emit(End("unsupported", reason, cpu_s=cpu_seconds()))
         return
     classifier = None
     try:
@@ -109,26 +75,17 @@ def run_job(job: Job) -> None:
         classifier.set_weights(initial_weights(classifier.sizes, model, job.seed))
         classifier.prepare(data.x_train, data.y_train)
         classifier.sync()
-        emit(
-            {
-                "type": "setup",
-                "setup_s": time.perf_counter() - start,
-                "framework_version": classifier.framework_version(),
-                "samples_per_epoch": samples_per_epoch(train, len(data.y_train)),
-            }
-        )
+        emit(Setup(time.perf_counter() - start, classifier.framework_version(), samples_per_epoch(train, len(data.y_train))))
         for result in train_epochs(classifier, data, model, train, job.seed):
-            event = dataclasses.asdict(result)
-            event["step_losses"] = result.step_losses.tolist()
-            emit({"type": "epoch", **event, "peak_rss_mb": peak_rss_mb()})
-        end = {"status": "ok", "error": ""}
+            emit(Epoch(**{**dataclasses.asdict(result), "step_losses": result.step_losses.tolist()}, peak_rss_mb=peak_rss_mb()))
+        status, error = "ok", ""
     except DivergedError as exc:
-        end = {"status": "diverged", "error": str(exc)}
+        status, error = "diverged", str(exc)
     except Exception as exc:  # recorded in runs.csv, traceback kept in the run's log
         traceback.print_exc()
-        end = {"status": "failed", "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+        status, error = "failed", f"{type(exc).__name__}: {exc}".splitlines()[0]
     gpu_mb = classifier.peak_gpu_memory_mb() if classifier is not None else None
-    emit({"type": "end", **end, "peak_rss_mb": peak_rss_mb(), "peak_gpu_mb": gpu_mb, "cpu_s": cpu_seconds()})
+    emit(End(status, error, peak_rss_mb=peak_rss_mb(), peak_gpu_mb=gpu_mb, cpu_s=cpu_seconds()))
 
 
 def describe(backend: str, variant: str) -> dict:
@@ -152,9 +109,9 @@ def describe(backend: str, variant: str) -> dict:
 def main() -> None:
     die_with_parent()
     if sys.argv[1:2] == ["--describe"]:
-        emit(describe(sys.argv[2], sys.argv[3]))
+        print(EVENT_PREFIX + json.dumps(describe(sys.argv[2], sys.argv[3])), flush=True)
         return
-    run_job(Job(**json.loads(sys.stdin.read())))
+    run_job(Job.from_wire(json.loads(sys.stdin.read())))
 
 
 if __name__ == "__main__":

@@ -19,10 +19,10 @@ from pathlib import Path
 import pandas as pd
 
 from framebench.errors import FrameBenchError
+from framebench.store.job import NOT_RUN, series_columns
 from framebench.store.results import load_results, node_environments
-from framebench.store.tables import NOT_RUN, format_table, latest_attempts, to_markdown
+from framebench.store.tables import format_table, latest_attempts, to_markdown
 
-KEYS = ["backend", "variant", "device", "dataset", "preset", "sweep_field", "sweep_value"]
 TRAINING = ("model", "train")  # config.json sections that decide what accuracy a run reaches
 
 
@@ -77,12 +77,12 @@ def outcome(rows: pd.DataFrame) -> str:
 
 def verdicts(base: pd.DataFrame, new: pd.DataFrame, tolerances: Tolerances, *, compare_accuracy: bool, compare_time: bool) -> pd.DataFrame:
     """One row per key in either run: medians, deltas and a verdict."""
-    rows = []
-    for key in pd.concat([base[KEYS], new[KEYS]]).drop_duplicates().itertuples(index=False):
-        b = base[(base[KEYS] == list(key)).all(axis=1)]
-        n = new[(new[KEYS] == list(key)).all(axis=1)]
+    keys, rows = series_columns(), []
+    for key in pd.concat([base[keys], new[keys]]).drop_duplicates().itertuples(index=False):
+        b = base[(base[keys] == list(key)).all(axis=1)]
+        n = new[(new[keys] == list(key)).all(axis=1)]
         rows.append({**key._asdict(), **verdict(b, n, tolerances, compare_accuracy=compare_accuracy, compare_time=compare_time)})
-    return pd.DataFrame(rows, columns=KEYS + ["acc_base", "acc_new", "d_acc", "epoch_s_base", "epoch_s_new", "time_ratio", "verdict"])
+    return pd.DataFrame(rows, columns=keys + ["acc_base", "acc_new", "d_acc", "epoch_s_base", "epoch_s_new", "time_ratio", "verdict"])
 
 
 def verdict(b: pd.DataFrame, n: pd.DataFrame, tolerances: Tolerances, *, compare_accuracy: bool, compare_time: bool) -> dict:
@@ -105,6 +105,8 @@ def verdict(b: pd.DataFrame, n: pd.DataFrame, tolerances: Tolerances, *, compare
         return {**figures, "verdict": f"REGRESSION: NEW {new_outcome}"}
     if b.empty or base_ok.empty:
         return {**figures, "verdict": "new" if b.empty else f"fixed (BASE {outcome(b)})"}
+    if changed := code_change(base_ok, new_ok):
+        return {**figures, "verdict": f"not comparable: {changed}"}
     problems = []
     if compare_accuracy and figures["d_acc"] < -tolerances.acc_tol:
         problems.append("accuracy")
@@ -131,6 +133,15 @@ def verdict(b: pd.DataFrame, n: pd.DataFrame, tolerances: Tolerances, *, compare
         if compare_time
         else "not verified",
     }
+
+
+def code_change(base_ok: pd.DataFrame, new_ok: pd.DataFrame) -> str:
+    """How the backend's own code differs between the runs ("" where it is the same): a change there is
+    framebench's, not the framework's, and is never reported as the framework's regression."""
+    before, after = set(base_ok["implementation"]), set(new_ok["implementation"])
+    if before == after:
+        return ""
+    return f"the {base_ok['backend'].iloc[0]} backend's code changed ({', '.join(sorted(before))} -> {', '.join(sorted(after))})"
 
 
 def time_regressed(base_ok: pd.DataFrame, new_ok: pd.DataFrame, tolerances: Tolerances) -> bool | None:
@@ -219,7 +230,7 @@ def run_compare(
         except OSError as exc:
             raise FrameBenchError(f"cannot write --markdown {markdown} ({exc.strerror or exc})") from None
     regressions = table[table["verdict"].str.startswith("REGRESSION")]
-    unverified = table[table["verdict"].str.startswith("not verified")]
+    unverified = table[table["verdict"].str.startswith(("not verified", "not comparable"))]
     if len(regressions):
         print(f"{len(regressions)} regression(s)")
         return 1
@@ -230,7 +241,7 @@ def run_compare(
         print("no regression")
         return 0
     print(
-        f"no regression found, but not everything was verified ({len(unverified)} key(s) without a shared machine"
+        f"no regression found, but not everything was verified ({len(unverified)} key(s) not comparable or without a shared machine"
         + ("" if compare_accuracy else "; accuracy not compared")
         + ("" if compare_time or accuracy_only else "; timings not compared")
         + "): refused"

@@ -15,12 +15,11 @@ from pathlib import Path
 import pandas as pd
 
 from framebench.errors import FrameBenchError
+from framebench.store.job import accuracy_key_columns, text_columns
 from framebench.store.results import load_results, seeds_text, swept_field
 from framebench.store.tables import format_table, latest_attempts
 
 DEFAULT_FILE = Path(__file__).resolve().parent / "thresholds.csv"
-KEYS = ["preset", "dataset", "backend", "epochs", "sweep_field", "sweep_value"]
-COLUMNS = KEYS + ["min_test_acc", "measured_min", "measured_runs", "margin"]
 
 
 def runs_with_epochs(directory: str) -> pd.DataFrame:
@@ -44,11 +43,16 @@ def derive(directories: list[str], margin: float) -> pd.DataFrame:
             f"{len(bad)} run(s) did not finish ok with an accuracy (e.g. {bad.iloc[0]['backend']}: {bad.iloc[0]['status']}); "
             "thresholds come from complete runs only"
         )
-    grouped = runs.groupby(KEYS)["final_test_acc"]
+    grouped = runs.groupby(accuracy_key_columns())["final_test_acc"]
     table = pd.DataFrame({"measured_min": grouped.min(), "measured_runs": grouped.size()}).reset_index()
     table["margin"] = margin
     table["min_test_acc"] = (table["measured_min"] - margin).round(4)
-    return table[COLUMNS]
+    return table[columns()]
+
+
+def columns() -> list[str]:
+    """A thresholds file's header."""
+    return accuracy_key_columns() + ["min_test_acc", "measured_min", "measured_runs", "margin"]
 
 
 def load_thresholds(path: Path) -> pd.DataFrame:
@@ -60,13 +64,13 @@ def load_thresholds(path: Path) -> pd.DataFrame:
         table = pd.read_csv(
             path,
             comment="#",
-            dtype=dict.fromkeys(["preset", "dataset", "backend", "sweep_field", "sweep_value"], str),
+            dtype=dict.fromkeys(["preset", "dataset", *(c for c in accuracy_key_columns() if c in text_columns())], str),
             keep_default_na=False,
             na_values=["", "nan", "NaN"],
         )
     except (UnicodeDecodeError, ValueError, pd.errors.ParserError, OSError) as exc:
         raise FrameBenchError(f"{path} cannot be read as a thresholds file ({str(exc).splitlines()[0][:120]})") from None
-    missing = set(COLUMNS) - set(table.columns)
+    missing = set(columns()) - set(table.columns)
     if missing:
         raise FrameBenchError(f"{path} lacks columns {sorted(missing)}; regenerate it with `framebench thresholds`")
     threshold, epochs = (pd.to_numeric(table[c], errors="coerce") for c in ("min_test_acc", "epochs"))
@@ -88,7 +92,7 @@ def check(directory: str, thresholds_path: Path, *, allow_missing: bool) -> tupl
     runs = runs_with_epochs(directory)
     if runs.empty:
         raise FrameBenchError(f"{directory} holds no runs; there is nothing to check")
-    runs = runs.merge(load_thresholds(thresholds_path), on=KEYS, how="left")
+    runs = runs.merge(load_thresholds(thresholds_path), on=accuracy_key_columns(), how="left")
     failures, notes = [], []
     for run in runs.itertuples():
         sweep = f", {run.sweep_field}={run.sweep_value}" if run.sweep_field else ""

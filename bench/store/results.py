@@ -21,48 +21,15 @@ import socket
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 
 from framebench.errors import FrameBenchError
+from framebench.store import job
 
-# Columns that identify a run's rows; (backend, variant, device, sweep_value, repeat) is unique per job
-# within a results directory, and `attempt` tells a job's retries apart.
-RUN_KEYS = ["run_id", "backend", "variant", "device", "dataset", "preset", "sweep_field", "sweep_value", "repeat", "seed", "attempt"]
-RUNS_COLUMNS = RUN_KEYS + [
-    "node",
-    "host",
-    "status",
-    "error",
-    "epochs_done",
-    "setup_s",
-    "first_epoch_s",
-    "median_epoch_s",
-    "total_train_s",
-    "samples_per_epoch",
-    "batch_size",
-    "samples_per_s",
-    "final_test_acc",
-    "final_test_loss",
-    "target_acc",
-    "time_to_target_s",
-    "gemm_library",
-    "peak_rss_mb",
-    "peak_gpu_mb",
-    "framework_version",
-    "threads",
-    "loadavg_1m",
-    "other_cpu_frac",
-    "started_at",
-    "ended_at",
-]
-EPOCHS_COLUMNS = RUN_KEYS + ["epoch", "epoch_s", "train_loss", "test_loss", "test_acc", "eval_s"]
-STEPS_COLUMNS = ["run_id", "backend", "variant", "device", "sweep_value", "repeat", "attempt", "epoch", "step", "loss"]
-GEMM_COLUMNS = ["node", "library", "device", "threads", "sweep_value", "probe", "kind", "layer", "m", "k", "n", "seconds", "gflops"]
-TABLES = {"runs": RUNS_COLUMNS, "epochs": EPOCHS_COLUMNS, "steps": STEPS_COLUMNS, "gemm": GEMM_COLUMNS}
-TEXT_COLUMNS = {"sweep_field", "sweep_value", "error", "node", "host", "framework_version", "gemm_library"}
 LIBRARIES = ("numpy", "pandas", "scikit-learn", "threadpoolctl", "tensorflow", "tensorflow-cpu", "keras", "torch", "jax", "jaxlib", "ray")
 LOCK_FILE = ".lock"
 UMASK = os.umask(0o022)  # read (and put back at once): files made via mkstemp get the usual permissions
@@ -123,7 +90,7 @@ def append_rows(directory: Path, table: str, rows: list[dict]) -> None:
     A previous writer killed mid-row leaves a last line without a newline: it is cut off before
     appending, so no row is ever glued to a torn one. A failed write is undone to the last whole row.
     """
-    columns = TABLES[table]
+    columns = job.columns(table)
     path = directory / f"{table}.csv"
     buffer = io.StringIO()
     csv.DictWriter(buffer, fieldnames=columns, extrasaction="raise", lineterminator="\n").writerows(map(one_line, rows))
@@ -255,7 +222,7 @@ def check_free_space(directory: Path, needed_bytes: int) -> None:
 def read_table(directory: Path, table: str) -> pd.DataFrame:
     """One table, every whole row of it: a torn last line is left out with a warning; anything that is
     not a framebench table is one clear error."""
-    columns = TABLES[table]
+    columns = job.columns(table)
     path = directory / f"{table}.csv"
     if not path.exists():
         return empty_table(columns)
@@ -271,7 +238,7 @@ def read_table(directory: Path, table: str) -> pd.DataFrame:
         header = next(csv.reader(io.StringIO(text)))
         if header != columns:
             raise ValueError(f"columns {header[:4]}… are not {table}.csv's")
-        dtypes = {c: str for c in TEXT_COLUMNS if c in columns}
+        dtypes = {c: str for c in job.text_columns() if c in columns}
         rows = pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=[""], dtype=dtypes).fillna({c: "" for c in dtypes})
     except StopIteration:
         raise FrameBenchError(f"{path} is not a framebench table (no header line); pass a directory `framebench run` wrote") from None
@@ -284,7 +251,7 @@ def read_table(directory: Path, table: str) -> pd.DataFrame:
 
 
 def empty_table(columns: list[str]) -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype=str if c in TEXT_COLUMNS else float) for c in columns})
+    return pd.DataFrame({c: pd.Series(dtype=str if c in job.text_columns() else float) for c in columns})
 
 
 def load_results(directory: str | Path) -> dict:
@@ -296,7 +263,7 @@ def load_results(directory: str | Path) -> dict:
     for required in ("runs.csv", "config.json"):
         if not (directory / required).is_file():
             raise FrameBenchError(f"{directory} is not a results directory (no {required}); pass the folder `framebench run` printed")
-    tables: dict = {table: read_table(directory, table) for table in TABLES}
+    tables: dict = {table: read_table(directory, table) for table in job.TABLE_NAMES}
     tables["config"] = read_json(directory / "config.json")
     tables["env"] = read_json(directory / "env.json") if (directory / "env.json").exists() else {}
     tables["runs"] = with_efficiencies(tables["runs"], tables["gemm"])
@@ -374,10 +341,24 @@ def kernel_settings() -> dict[str, str]:
     return settings
 
 
+def source_checkout() -> Path | None:
+    """The folder framebench was installed from in editable mode (`make install`), as pip records it
+    (PEP 610's direct_url.json); None for an installed wheel, which has no checkout."""
+    try:
+        direct = json.loads(importlib.metadata.distribution("framebench").read_text("direct_url.json") or "{}")
+    except (importlib.metadata.PackageNotFoundError, json.JSONDecodeError):
+        return None
+    if not direct.get("dir_info", {}).get("editable") or not direct.get("url", "").startswith("file://"):
+        return None
+    return Path(urllib.parse.unquote(direct["url"][len("file://") :]))
+
+
 def git_commit() -> str:
     """HEAD of the framebench checkout, with '+dirty' when tracked files have uncommitted changes
     (untracked files do not count: the results directory being written is one)."""
-    root = Path(__file__).resolve().parent.parent
+    root = source_checkout()
+    if root is None:
+        return "unknown (not an editable install)"
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
         dirty = subprocess.run(

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-GROUP = ["backend", "variant", "device"]
-SWEEP = ["sweep_field", "sweep_value"]
-JOB_KEY = ["run_id", "backend", "variant", "device", "sweep_value", "repeat"]  # unique across results directories too
-NOT_RUN = ("unsupported", "unavailable")  # statuses of jobs that never trained: listed apart, not as rows
+from framebench.store.job import NOT_RUN, key_columns, point_names
+
 BUSY_FRACTION = 0.15  # other processes used more than this share of the CPUs during a job: its time is suspect
 MEDIANS = {  # summary column -> runs.csv column whose median over ok repeats it shows
     "median_epoch_s": "median_epoch_s",
@@ -51,18 +49,18 @@ def latest_attempts(runs: pd.DataFrame) -> pd.DataFrame:
     """Each job's last attempt, in the order the jobs were written."""
     if runs.empty:
         return runs
-    return runs.sort_values("attempt", kind="stable").drop_duplicates(JOB_KEY, keep="last").sort_index()
+    return runs.sort_values("attempt", kind="stable").drop_duplicates(["run_id", *key_columns()], keep="last").sort_index()
 
 
 def group_columns(runs: pd.DataFrame) -> list[str]:
-    """Rows are per backend/variant/device, and per sweep value when the runs sweep a field."""
-    return GROUP + (SWEEP if runs["sweep_field"].astype(bool).any() else [])
+    """Rows are per point of the matrix (backend, variant, device, ...), and per sweep value when the runs sweep a field."""
+    return point_names() + (["sweep_field", "sweep_value"] if runs["sweep_field"].astype(bool).any() else [])
 
 
 def not_run(runs: pd.DataFrame) -> list[str]:
     """One line per (backend, variant, device) that did not run here, with the reason."""
     skipped = latest_attempts(runs)
-    skipped = skipped[skipped["status"].isin(NOT_RUN)].drop_duplicates(GROUP + ["status", "error"])
+    skipped = skipped[skipped["status"].isin(NOT_RUN)].drop_duplicates(point_names() + ["status", "error"])
     return [f"{r.backend}/{r.variant} on {r.device}: {r.status}: {r.error}" for r in skipped.itertuples()]
 
 
