@@ -1,0 +1,60 @@
+"""The package's layers import only downwards: shared definitions (core) know nothing of the store,
+the store nothing of reports or the driver, reports nothing of the driver, and the backends only
+the shared definitions and the contract. Read from the source, so a new back-edge fails here."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+# package -> the framebench packages it may import (besides itself and framebench.errors)
+ALLOWED = {
+    "core": set(),
+    "store": {"core"},
+    "reports": {"core", "store"},
+    "driver": {"core", "store", "reports"},
+    "impls": {"core", "store"},
+    "testing": {"core", "store"},
+}
+FOLDERS = {"impls": REPO / "impls", "testing": REPO / "bench" / "testing.py"}
+
+
+def modules(package: str) -> list[Path]:
+    where = FOLDERS.get(package, REPO / "bench" / package)
+    return [where] if where.is_file() else sorted(where.glob("*.py"))
+
+
+def imported_packages(path: Path) -> set[str]:
+    """The framebench sub-packages a module imports, at any depth of its code (lazy imports too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in getattr(node, "names", [])]
+        if not isinstance(node, ast.Import | ast.ImportFrom):
+            continue
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "framebench" and len(parts) > 1 and parts[1] != "errors":
+                found.add(parts[1])
+    return found
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_a_layer_imports_only_the_layers_below_it(package):
+    for path in modules(package):
+        upward = imported_packages(path) - ALLOWED[package] - {package}
+        assert not upward, f"{path.relative_to(REPO)} imports framebench.{', framebench.'.join(sorted(upward))}"
+
+
+def test_the_layer_check_sees_a_back_edge(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("def f():\n    from framebench.driver.runner import run\n")
+    assert imported_packages(module) == {"driver"}
+
+
+def test_no_module_finds_the_checkout_through_its_own_file():
+    offenders = [p for p in (REPO / "bench").rglob("*.py") if "parent.parent" in p.read_text()]
+    assert not offenders, offenders
