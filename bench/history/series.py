@@ -122,7 +122,7 @@ def load_history(paths: list[str]) -> History:
     parts = [joined_rows(con, good, metas, nodes)] if good else []
     parts += [f"SELECT * FROM read_parquet('{str(p).replace(chr(39), chr(39) * 2)}')" for p in parquets]
     if not parts:
-        raise FrameBenchError("no results directory to read" + "".join(f"\n{line}" for line in skipped))
+        raise FrameBenchError("no results directory to read: " + "; ".join(skipped))
     con.sql("CREATE TABLE rows AS " + " UNION ALL BY NAME ".join(parts))
     epochs = latest_epochs(con, good) if good else pd.DataFrame(columns=["directory", *JOB_KEY, "epoch", "train_loss", "test_loss"])
     return History(

@@ -60,16 +60,18 @@ def page(title: str, body: str, depth: int) -> str:
 
 
 def hover(runs: pd.DataFrame) -> list[str]:
+    """Run id, commit, date, versions and repeats of each point, escaped (Plotly renders some tags)."""
     return [
-        esc(f"run {r.run_id}")
-        + "<br>"
-        + esc(f"commit {short_commit(r.commit)}")
-        + "<br>"
-        + esc(f"{r.run_time:%Y-%m-%d %H:%M} UTC")
-        + "<br>"
-        + esc(f"versions {r.versions}")
-        + "<br>"
-        + esc(f"{r.repeats} ok repeat(s)")
+        "<br>".join(
+            esc(part)
+            for part in (
+                f"run {r.run_id}",
+                f"commit {short_commit(r.commit)}",
+                f"{r.run_time:%Y-%m-%d %H:%M} UTC",
+                f"versions {r.versions}",
+                f"{r.repeats} ok repeat(s)",
+            )
+        )
         for r in runs.itertuples()
     ]
 
