@@ -5,7 +5,7 @@ GPU_PINS := "tensorflow[and-cuda]==2.21.0" "jax[cuda12]==0.10.2" "torch==2.13.0"
 	"numpy==2.4.6" "pandas==3.1.1" "matplotlib==3.11.2" "scikit-learn==1.9.1" "threadpoolctl==3.8.0" \
 	"pytest==9.2.0" "pytest-benchmark==5.3.1" "pytest-timeout==2.4.0" "ruff==0.17.6"
 
-.PHONY: install install-gpu lock-gpu bench bench-gpu bench-steps bench-perf bench-scaling lint test readme clean
+.PHONY: install install-gpu lock-gpu bench bench-gpu bench-steps bench-perf bench-scaling bench-history lint test readme clean
 
 install:  ## .venv with the pinned CPU versions (requirements.lock, torch's CPU build) + framebench, editable
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,16 @@ bench-perf:  ## the speed study (every backend x variant on tutorial000, tutoria
 
 bench-scaling:  ## throughput and efficiency against batch size, every backend: results/scaling (rerun: finishes or redraws it; delete its tables for a fresh one)
 	$(BIN)/framebench run --preset scaling --backends all --variants default --sweep batch_size=16,64,256,1024,4096 --repeats 2 --results-dir results --run-id scaling
+
+HISTORY_RUN := $(BIN)/framebench run --backends numpy,torch --preset tutorial000 --epochs 2 --repeats 2 --no-floors --results-dir results/history/runs
+
+bench-history:  ## a small real history (8 runs; from h05 on one thread instead of two: the step), published to results/history/site + screenshot
+	rm -rf results/history/runs
+	for run in h01 h02 h03 h04; do $(HISTORY_RUN) --threads 2 --run-id $$run || exit 1; done
+	for run in h05 h06 h07 h08; do $(HISTORY_RUN) --threads 1 --run-id $$run || exit 1; done
+	$(BIN)/framebench publish results/history/runs --out results/history/site
+	chromium --headless --no-sandbox --hide-scrollbars --window-size=1280,460 --virtual-time-budget=10000 \
+		--screenshot=results/history/screenshot.png results/history/site/index.html
 
 BENCH_STEPS := $(BIN)/python -m pytest benchmarks -q --benchmark-only --benchmark-autosave --benchmark-columns=min,median,max,rounds
 

@@ -1,4 +1,4 @@
-"""`framebench` / `python -m framebench`: run the matrix, list what exists, report, compare, check.
+"""`framebench` / `python -m framebench`: run the matrix, list what exists, report, compare, check, history, publish.
 
 Every flag's help comes from the comment on its dataclass field (RunRequest, ModelConfig, TrainConfig),
 so it is written once. User mistakes end in one line naming the fix, never a traceback.
@@ -114,6 +114,15 @@ def build_parser() -> Parser:
     deriving.add_argument("directories", nargs="+", help="results directories whose runs all finished ok")
     deriving.add_argument("--margin", type=float, default=0.01, help="subtracted from the lowest measured accuracy, finite and >= 0")
     deriving.add_argument("--output", type=Path, default=None, help="thresholds file to write (default: the one framebench ships)")
+    history = commands.add_parser("history", help="the series of many results directories (DuckDB), with their detected changes")
+    history.add_argument("directories", nargs="+", help="results directories, folders of them, or .parquet exports")
+    history.add_argument("--parquet", default=None, help="also export the joined rows to this Parquet file")
+    publish = commands.add_parser("publish", help="print the detected changes and write the static dashboard")
+    publish.add_argument("directories", nargs="+", help="results directories, folders of them, or .parquet exports")
+    publish.add_argument("--out", required=True, help="the site's folder (written whole, then swapped in)")
+    publish.add_argument(
+        "--fail-on-regression", action="store_true", help="exit 1 when a series' latest change is a slowdown or accuracy drop"
+    )
     readme = commands.add_parser("readme", help="rewrite README.md's example table from results/example (so it cannot drift)")
     readme.add_argument("--check", action="store_true", help="only say whether README.md is up to date (exit 1 if not)")
     return parser
@@ -220,6 +229,18 @@ def command_perf(args: argparse.Namespace) -> int:
     )
 
 
+def command_history(args: argparse.Namespace) -> int:
+    from framebench.history.commands import run_history
+
+    return run_history(args.directories, args.parquet)
+
+
+def command_publish(args: argparse.Namespace) -> int:
+    from framebench.history.commands import run_publish
+
+    return run_publish(args.directories, args.out, args.fail_on_regression)
+
+
 def command_readme(args: argparse.Namespace) -> int:
     from framebench.reports.readme import update_readme
 
@@ -234,6 +255,8 @@ HANDLERS = {
     "check": command_check,
     "thresholds": command_thresholds,
     "perf": command_perf,
+    "history": command_history,
+    "publish": command_publish,
     "readme": command_readme,
 }
 
