@@ -20,7 +20,8 @@ from framebench.driver.cli import main
 from framebench.history.changes import ACCURACY, TIME, detect
 from framebench.history.commands import all_changes
 from framebench.history.series import export_parquet, load_history
-from framebench.store.results import RUNS_COLUMNS, append_rows, write_json
+from framebench.store.job import columns
+from framebench.store.results import append_rows, write_json
 
 NODE = {"machine": "ci-1", "cpu": "Test CPU", "cores": 2, "kernel_settings": {}, "gpus": [], "libraries": {}}
 TRAIN = {"optimizer": "sgd", "lr": 0.001, "batch_size": 128, "epochs": 2}
@@ -184,7 +185,7 @@ def hostile_directory(root: Path) -> Path:
     CSV: framebench's own writer would have joined the lines)."""
     directory = write_run(root, "h<i>1", {}, started=1.8e9 + 1e6, commit="<b>c</b>")
     with (directory / "runs.csv").open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=RUNS_COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(handle, fieldnames=columns("runs"), lineterminator="\n")
         common = {"run_id": HOSTILE, "device": "cpu", "dataset": "mnist", "preset": "tutorial000", "node": "n1", "attempt": 1, "repeat": 0}
         common["started_at"] = 1.8e9 + 1e6
         writer.writerow({**common, "backend": HOSTILE, "variant": HOSTILE, "status": "ok", "median_epoch_s": 1.0, "final_test_acc": 0.9})

@@ -16,7 +16,8 @@ ALLOWED = {
     "core": set(),
     "store": {"core"},
     "reports": {"core", "store"},
-    "driver": {"core", "store", "reports"},
+    "history": {"core", "store", "reports"},
+    "driver": {"core", "store", "reports", "history"},
     "impls": {"core", "store"},
     "testing": {"core", "store"},
 }

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from framebench.history.changes import METRICS, Change, Metric, detect
-from framebench.history.series import SERIES_KEY, History, export_parquet, load_history
+from framebench.history.series import History, export_parquet, load_history, series_key
 from framebench.store.tables import format_table
 
 
@@ -76,10 +76,10 @@ def series_table(runs: pd.DataFrame, found: list[Found]) -> pd.DataFrame:
     """One row per series: its key, latest values, number of runs and changes."""
     counts = pd.Series([f.first_after["series"] for f in found], dtype=str).value_counts()
     latest = runs.groupby("series", sort=False).tail(1)
-    table = latest[SERIES_KEY + ["run_id", "epoch_s", "acc"]].rename(columns={"run_id": "latest_run"}).copy()
+    table = latest[series_key() + ["run_id", "epoch_s", "acc"]].rename(columns={"run_id": "latest_run"}).copy()
     table["runs"] = runs.groupby("series", sort=False).size().to_numpy()
     table["changes"] = [int(counts.get(s, 0)) for s in latest["series"]]
-    for column in [*SERIES_KEY, "latest_run"]:
+    for column in [*series_key(), "latest_run"]:
         table[column] = table[column].map(clean)
     return table
 

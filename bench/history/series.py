@@ -18,12 +18,25 @@ import duckdb
 import pandas as pd
 
 from framebench.errors import FrameBenchError
-from framebench.reports.compare import KEYS, TRAINING, fingerprints
-from framebench.store.results import EPOCHS_COLUMNS, RUNS_COLUMNS, read_json
-from framebench.store.tables import JOB_KEY
+from framebench.reports.compare import TRAINING, fingerprints
+from framebench.store.job import columns, key_columns, series_columns
+from framebench.store.results import read_json
 
-SERIES_KEY = [*KEYS, "machine", "config"]  # what one series shares: the benchmark key, the machine, the training
-PAGE_KEY = [*KEYS, "config"]  # what one dashboard page shows (every machine its own line)
+
+def series_key() -> list[str]:
+    """What one series shares: the benchmark key, the backend's code, the machine and the training."""
+    return [*series_columns(), "implementation", "machine", "config"]
+
+
+def page_key() -> list[str]:
+    """What one dashboard page shows (every machine and backend-code version its own line)."""
+    return [*series_columns(), "config"]
+
+
+def job_key() -> list[str]:
+    return ["run_id", *key_columns()]
+
+
 NUMBERS = ["repeat", "attempt", "median_epoch_s", "final_test_acc", "started_at"]  # runs.csv columns read as numbers
 CSV_OPTIONS = "header=true, delim=',', quote='\"', escape='\"', new_line='\\n', strict_mode=false, auto_detect=false, filename=true"
 
@@ -109,10 +122,10 @@ def load_history(paths: list[str]) -> History:
     for directory in directories:
         try:
             meta, machine_rows = directory_metadata(directory)
-            check_header(directory / "runs.csv", RUNS_COLUMNS)
+            check_header(directory / "runs.csv", columns("runs"))
             if (directory / "epochs.csv").exists():
-                check_header(directory / "epochs.csv", EPOCHS_COLUMNS)
-            con.sql(f"SELECT count(*) FROM {read_csv([str(directory / 'runs.csv')], RUNS_COLUMNS)}").fetchall()
+                check_header(directory / "epochs.csv", columns("epochs"))
+            con.sql(f"SELECT count(*) FROM {read_csv([str(directory / 'runs.csv')], columns('runs'))}").fetchall()
         except (FrameBenchError, duckdb.Error) as exc:
             skipped.append(f"skipped {directory}: {' '.join(str(exc).split())[:160]}")
             continue
@@ -124,7 +137,7 @@ def load_history(paths: list[str]) -> History:
     if not parts:
         raise FrameBenchError("no results directory to read: " + "; ".join(skipped))
     con.sql("CREATE TABLE rows AS " + " UNION ALL BY NAME ".join(parts))
-    epochs = latest_epochs(con, good) if good else pd.DataFrame(columns=["directory", *JOB_KEY, "epoch", "train_loss", "test_loss"])
+    epochs = latest_epochs(con, good) if good else pd.DataFrame(columns=["directory", *job_key(), "epoch", "train_loss", "test_loss"])
     return History(
         rows=con.sql("SELECT * FROM rows").df(),
         runs=per_run(con),
@@ -140,21 +153,21 @@ def joined_rows(con: duckdb.DuckDBPyConnection, directories: list[Path], metas: 
     con.register("nodes", pd.DataFrame(nodes, columns=["directory", "node", "machine", "fingerprint"]))
     files = [str(d / "runs.csv") for d in directories]
     numbers = ", ".join(f"TRY_CAST(r.{c} AS DOUBLE) AS {c}" for c in NUMBERS)
-    texts = ", ".join(f"coalesce(r.{c}, '') AS {c}" for c in RUNS_COLUMNS if c not in NUMBERS)  # an empty cell is text, not NULL
+    texts = ", ".join(f"coalesce(r.{c}, '') AS {c}" for c in columns("runs") if c not in NUMBERS)  # an empty cell is text, not NULL
     return f"""
         SELECT {texts}, {numbers}, m.directory, m.config, m.commit,
                coalesce(to_timestamp(TRY_CAST(r.started_at AS DOUBLE)), TRY_CAST(m.started_utc AS TIMESTAMPTZ)) AS run_time,
                coalesce(n.machine, 'node ' || r.node) AS machine
-        FROM {read_csv(files, RUNS_COLUMNS)} r
+        FROM {read_csv(files, columns("runs"))} r
         JOIN meta m ON r.filename = m.directory || '/runs.csv'
         LEFT JOIN nodes n ON n.directory = m.directory AND n.node = r.node
-        QUALIFY row_number() OVER (PARTITION BY m.directory, {", ".join("r." + c for c in JOB_KEY)}
+        QUALIFY row_number() OVER (PARTITION BY m.directory, {", ".join("r." + c for c in job_key())}
                                    ORDER BY TRY_CAST(r.attempt AS DOUBLE) DESC) = 1"""
 
 
 def per_run(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """One row per (series, run): medians and ranges over the run's ok repeats, in run time then commit order."""
-    keys = ", ".join(SERIES_KEY)
+    keys = ", ".join(series_key())
     runs = con.sql(f"""
         SELECT {keys}, directory, any_value(run_id) AS run_id, any_value(commit) AS commit, min(run_time) AS run_time,
                median(median_epoch_s) AS epoch_s, min(median_epoch_s) AS epoch_s_min, max(median_epoch_s) AS epoch_s_max,
@@ -164,8 +177,8 @@ def per_run(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
         WHERE status = 'ok' AND median_epoch_s > 0 AND final_test_acc IS NOT NULL
         GROUP BY {keys}, directory
         ORDER BY {keys}, run_time, commit""").df()
-    runs["series"] = [short_hash(key) for key in runs[SERIES_KEY].itertuples(index=False)]
-    runs["page"] = [short_hash(key) for key in runs[PAGE_KEY].itertuples(index=False)]
+    runs["series"] = [short_hash(key) for key in runs[series_key()].itertuples(index=False)]
+    runs["page"] = [short_hash(key) for key in runs[page_key()].itertuples(index=False)]
     runs["anchor"] = ["run-" + short_hash(d) for d in runs["directory"]]
     return runs
 
@@ -174,12 +187,12 @@ def latest_epochs(con: duckdb.DuckDBPyConnection, directories: list[Path]) -> pd
     """Per-epoch losses of the latest attempts, for the loss curves."""
     files = [str(d / "epochs.csv") for d in directories if (d / "epochs.csv").exists()]
     if not files:
-        return pd.DataFrame(columns=["directory", *JOB_KEY, "epoch", "train_loss", "test_loss"])
-    join = " AND ".join(f"coalesce(e.{c}, '') = CAST(r.{c} AS VARCHAR)" for c in JOB_KEY if c not in NUMBERS)
+        return pd.DataFrame(columns=["directory", *job_key(), "epoch", "train_loss", "test_loss"])
+    join = " AND ".join(f"coalesce(e.{c}, '') = CAST(r.{c} AS VARCHAR)" for c in job_key() if c not in NUMBERS)
     return con.sql(f"""
-        SELECT r.directory, {", ".join("r." + c for c in JOB_KEY)}, TRY_CAST(e.epoch AS DOUBLE) AS epoch,
+        SELECT r.directory, {", ".join("r." + c for c in job_key())}, TRY_CAST(e.epoch AS DOUBLE) AS epoch,
                TRY_CAST(e.train_loss AS DOUBLE) AS train_loss, TRY_CAST(e.test_loss AS DOUBLE) AS test_loss
-        FROM {read_csv(files, EPOCHS_COLUMNS)} e
+        FROM {read_csv(files, columns("epochs"))} e
         JOIN rows r ON e.filename = r.directory || '/epochs.csv' AND {join}
              AND TRY_CAST(e.repeat AS DOUBLE) = r.repeat AND TRY_CAST(e.attempt AS DOUBLE) = r.attempt
         WHERE r.status = 'ok'
