@@ -129,7 +129,8 @@ def steady_epochs(runs: pd.DataFrame, epochs: pd.DataFrame) -> list[np.ndarray]:
     """Per run, its attempt's epoch times after the first (all of them if it has only one), or its
     median_epoch_s where epochs.csv holds none of it."""
     join = ["run_id", *key_columns(), "attempt"]
-    by_job = {key: rows.sort_values("epoch")["epoch_s"].to_numpy(float) for key, rows in epochs.groupby(join, sort=False)}
+    grouped = epochs.groupby(join, sort=False) if not epochs.empty else []
+    by_job = {key: rows.sort_values("epoch")["epoch_s"].to_numpy(float) for key, rows in grouped}
     steady = []
     for row in runs[join + ["median_epoch_s"]].itertuples(index=False):
         times = by_job.get(tuple(row[:-1]), np.array([]))
