@@ -17,6 +17,7 @@ from framebench.reports.compare import ONE_REPEAT, Group, Options, Tolerances, c
 from framebench.reports.stats import Interval, ratio_of_medians, repeats_to_settle
 from framebench.slowdown import slowdown_share
 from framebench.store.job import columns
+from framebench.store.tables import calibration_warnings
 
 NODE = {"machine": "box", "cpu": "Some CPU", "cores": 2, "kernel_settings": {}, "gpus": []}
 ENV = {"nodes": {"box": NODE}}
@@ -165,3 +166,13 @@ def test_a_bad_slowdown_share_is_one_clear_error(monkeypatch, text):
     monkeypatch.setenv("FRAMEBENCH_SLOWDOWN", text)
     with pytest.raises(FrameBenchError, match="FRAMEBENCH_SLOWDOWN"):
         slowdown_share()
+
+
+def test_a_job_whose_machine_changed_speed_is_flagged():
+    runs = group("r", 1.0, repeats=6).runs
+    runs.loc[2, "calib_after_s"] = 0.09  # slower after than before: the machine changed speed during the job
+    runs.loc[5, ["calib_before_s", "calib_after_s"]] = 0.1  # steady, but twice the run's usual
+    warnings = calibration_warnings(runs)
+    assert len(warnings) == 2
+    assert "repeat 3 (box): the machine changed speed during it (calibration 0.05 s before, 0.09 s after)" in warnings[0]
+    assert "repeat 6 (box): the machine ran ×2.00 the run's usual calibration time" in warnings[1]
