@@ -33,7 +33,7 @@ from scipy.stats import binomtest
 from framebench.errors import FrameBenchError
 from framebench.reports.compare import Group, Options, Tolerances, compare_groups, held_back
 from framebench.store.results import load_results
-from framebench.store.tables import latest_attempts, to_markdown
+from framebench.store.tables import BUSY_FRACTION, latest_attempts, to_markdown
 
 PLUGIN = "slowdown=framebench.slowdown:SlowdownClassifier"  # the study's backend, registered for every run
 RUNS_FOLDER = "runs"  # under --directory: one results directory per run (not committed)
@@ -316,6 +316,9 @@ def write_report(settings: Settings) -> Path:
         f"- The median A/A interval here spans ±{math.expm1(half_width):.1%}; an interval of half the tolerance "
         f"(±{settings.time_tol / 2:.0%}) would take about {repeats_needed} repeats a side under the same load "
         "(width ~ 1/sqrt(repeats)).",
+        f"- {int(table['verdict'].str.startswith('not verified (busy').sum())} of {len(table)} pairs were held back as busy "
+        f"(other processes used more than {BUSY_FRACTION:.0%} of the CPUs): on a machine this shared the gate refuses to judge "
+        "time, as designed; the `interval alone` and `interval + speed guard` columns show what its statistics say without that guard.",
         f"- A false-alarm rate shown to be below 5% needs about 60 A/A pairs without one (rule of three); this study has "
         f"{aa_pairs} quiet A/A pair(s), so its rates carry the wide 95% intervals shown.",
         "",
