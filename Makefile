@@ -5,7 +5,7 @@ GPU_PINS := "tensorflow[and-cuda]==2.21.0" "jax[cuda12]==0.10.2" "torch==2.13.0"
 	"numpy==2.4.6" "pandas==3.1.1" "matplotlib==3.11.2" "scikit-learn==1.9.1" "threadpoolctl==3.8.0" \
 	"pytest==9.2.0" "pytest-benchmark==5.3.1" "pytest-timeout==2.4.0" "ruff==0.17.6"
 
-.PHONY: install install-gpu lock-gpu bench bench-gpu bench-steps bench-perf bench-scaling bench-history lint test readme clean
+.PHONY: install install-gpu lock-gpu bench bench-gpu bench-steps bench-perf bench-scaling bench-history bench-gate lint test readme clean
 
 install:  ## .venv with the pinned CPU versions (requirements.lock, torch's CPU build) + framebench, editable
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,9 @@ bench-history:  ## a small real history (8 runs; from h05 on one thread instead 
 	$(BIN)/framebench publish results/history/runs --out results/history/site
 	chromium --headless --no-sandbox --hide-scrollbars --window-size=1280,460 --virtual-time-budget=10000 \
 		--screenshot=results/history/screenshot.png results/history/site/index.html
+
+bench-gate:  ## the regression gate measured: false alarms (A/A, quiet and busy) and power (+3..20%) into results/gate/report.md
+	$(BIN)/python -m framebench.reports.gatestudy --rounds 40 --budget-min 20 --directory results/gate
 
 BENCH_STEPS := $(BIN)/python -m pytest benchmarks -q --benchmark-only --benchmark-autosave --benchmark-columns=min,median,max,rounds
 

@@ -10,7 +10,7 @@ import pytest
 
 from framebench.core.config import Sweep, resolve
 from framebench.driver.runner import JobState, Matrix, done_keys, plan, summarize
-from framebench.reports.compare import Tolerances, prepared, verdicts
+from framebench.reports.compare import Group, Options, Tolerances, compare_groups
 from framebench.store import job as contract
 from framebench.store.job import Dimension, End, Epoch, Job, MalformedEvent, Setup, from_wire, to_wire
 from framebench.store.results import append_rows, read_table
@@ -28,6 +28,13 @@ def planned() -> list[Job]:
     model, train = resolve("mlp", {}, {"epochs": 1})
     matrix = Matrix({"backend": ["numpy"], "variant": ["default"], "device": ["cpu"], "flavour": ["sweet", "sour"]}, 2, 0, False)
     return plan([matrix], TEMPLATE, Sweep("", ("",)), model, train)
+
+
+def compared(base: list[dict], new: list[dict]) -> pd.DataFrame:
+    options = Options(Tolerances(0.01, 0.1), compare_accuracy=True, compare_time=True)
+    return compare_groups(
+        Group(pd.DataFrame(base), pd.DataFrame(), {}, "BASE"), Group(pd.DataFrame(new), pd.DataFrame(), {}, "NEW"), options
+    )
 
 
 def ok_row(job: Job, acc: float) -> dict:
@@ -61,21 +68,17 @@ def test_resume_tells_jobs_apart_by_a_new_dimension(flavour, tmp_path):
 
 def test_compare_keys_on_a_new_dimension(flavour):
     sweet, sour = planned()[:2]
-    base = prepared(pd.DataFrame([ok_row(sweet, 0.9), ok_row(sour, 0.9)]), {})
-    new = prepared(pd.DataFrame([ok_row(sweet, 0.9), ok_row(sour, 0.5)]), {})
-    table = verdicts(base, new, Tolerances(0.01, 0.1), compare_accuracy=True, compare_time=True).set_index("flavour")
-    assert table.loc["sweet", "verdict"] == "ok" and table.loc["sour", "verdict"] == "REGRESSION: accuracy"
+    table = compared([ok_row(sweet, 0.9), ok_row(sour, 0.9)], [ok_row(sweet, 0.9), ok_row(sour, 0.5)]).set_index("flavour")
+    assert table.loc["sweet", "verdict"] == "no change" and table.loc["sour", "verdict"] == "REGRESSION: accuracy"
     assert "flavour" in contract.accuracy_key_columns()
 
 
 def test_a_backend_code_change_is_not_comparable_rather_than_a_regression():
     job = dataclasses.replace(planned()[0], point={"backend": "numpy", "variant": "default", "device": "cpu", "sweep_value": ""})
-    base = prepared(pd.DataFrame([ok_row(job, 0.9)]), {})
+    base = ok_row(job, 0.9)
     slower = {**ok_row(job, 0.5), "median_epoch_s": 9.0, "implementation": "0123456789ab"}
-    table = verdicts(base, prepared(pd.DataFrame([slower]), {}), Tolerances(0.01, 0.1), compare_accuracy=True, compare_time=True)
-    assert (
-        table["verdict"].iloc[0] == f"not comparable: the numpy backend's code changed ({base['implementation'].iloc[0]} -> 0123456789ab)"
-    )
+    table = compared([base], [slower])
+    assert table["verdict"].iloc[0] == f"not comparable: the numpy backend's code changed ({base['implementation']} -> 0123456789ab)"
 
 
 def test_events_cross_the_wire_unchanged():

@@ -8,6 +8,7 @@ cannot fail (or pass) these tests; one small real run checks that the report is 
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 
@@ -98,7 +99,7 @@ def results(path, runs: list[dict], gemm: list[dict] | None = None, config: dict
     return path
 
 
-def baseline_runs(numpy_s=(1.0, 1.1, 1.2), jax_s=(0.5, 0.55, 0.6), acc=0.95) -> list[dict]:
+def baseline_runs(numpy_s=(1.0, 1.01, 1.02), jax_s=(0.5, 0.505, 0.51), acc=0.95) -> list[dict]:
     return [run_row("numpy", r, t, acc) for r, t in enumerate(numpy_s)] + [run_row("jax", r, t, acc) for r, t in enumerate(jax_s)]
 
 
@@ -173,14 +174,35 @@ def test_compare_flags_an_accuracy_drop_beyond_the_tolerance_only(tmp_path):
     assert result.returncode == 1 and "REGRESSION: accuracy" in result.stdout and "2 regression(s)" in result.stdout
 
 
-def test_compare_flags_time_only_beyond_tolerance_and_spread(tmp_path):
+def test_compare_reads_the_time_interval_against_the_tolerance(tmp_path):
     base = results(tmp_path / "base", baseline_runs(numpy_s=(1.0, 1.1, 1.2)))
     slower = compare(base, results(tmp_path / "slow", baseline_runs(numpy_s=(3.0, 3.3, 3.6))))
     assert slower.returncode == 1 and "REGRESSION: time" in slower.stdout and "1 regression(s)" in slower.stdout
+    assert "×3.000 [" in slower.stdout  # the ratio of medians with its interval
     within_spread = compare(base, results(tmp_path / "spread", baseline_runs(numpy_s=(1.15, 1.25, 1.4))))
-    assert within_spread.returncode == 0, within_spread.stdout  # 14% slower but the repeats overlap
-    within_tolerance = compare(base, results(tmp_path / "tol", baseline_runs(numpy_s=(1.202, 1.205, 1.208))))
-    assert within_tolerance.returncode == 0, within_tolerance.stdout  # beyond the spread but within 10%
+    assert within_spread.returncode == 2, within_spread.stdout  # 14% slower, but the repeats overlap: not settled either way
+    assert "inconclusive" in within_spread.stdout
+    tight = results(tmp_path / "tight", baseline_runs())
+    within_tolerance = compare(tight, results(tmp_path / "tol", baseline_runs(numpy_s=(1.05, 1.06, 1.07))))
+    assert within_tolerance.returncode == 0 and "no change" in within_tolerance.stdout  # 5% slower: within 10%
+
+
+def test_compare_one_repeat_is_named_and_cannot_regress(tmp_path):
+    base = results(tmp_path / "base", [run_row("numpy", 0, 1.0, 0.95)])
+    new = results(tmp_path / "new", [run_row("numpy", 0, 3.0, 0.95)])
+    result = compare(base, new)
+    assert result.returncode == 2 and "1 repeat: the spread between processes is unknown; use --repeats 3" in result.stdout
+
+
+def test_compare_a_busy_new_is_not_verified_and_the_json_says_the_same(tmp_path):
+    base = results(tmp_path / "base", baseline_runs())
+    runs = [{**r, "other_cpu_frac": 0.47} for r in baseline_runs(numpy_s=(3.0, 3.03, 3.06))]
+    output = tmp_path / "compare.json"
+    result = compare(base, results(tmp_path / "new", runs), "--json", str(output))
+    assert result.returncode == 2 and "not verified (busy: NEW's jobs shared the CPU with other processes, 47%)" in result.stdout
+    document = json.loads(output.read_text())
+    numpy_row = next(k for k in document["keys"] if k["backend"] == "numpy")
+    assert document["exit_status"] == 2 and numpy_row["verdict"].startswith("not verified (busy") and numpy_row["time_ratio"] == 3.0
 
 
 @pytest.mark.parametrize("status", ["failed", "diverged", "timeout", "unavailable", "unsupported", "interrupted", "lost"])
@@ -227,10 +249,11 @@ def test_compare_matches_timings_per_node(tmp_path):
     """Two nodes with different CPUs: each row's time is compared with BASE's on a node like its own."""
     fast, slow = {**NODE, "machine": "a", "cpu": "Fast"}, {**NODE, "machine": "b", "cpu": "Slow"}
     env = {**ENV, "nodes": {"a": fast, "b": slow}}
-    base = results(tmp_path / "base", [run_row("numpy", 0, 1.0, 0.9, node="a"), run_row("numpy", 1, 3.0, 0.9, node="b")], env=env)
-    swapped = results(tmp_path / "new", [run_row("numpy", 0, 3.0, 0.9, node="b"), run_row("numpy", 1, 1.0, 0.9, node="a")], env=env)
+    on = lambda node, seconds: [run_row("numpy", r, seconds * (1 + r / 100), 0.9, node=node) for r in range(2)]  # noqa: E731
+    base = results(tmp_path / "base", on("a", 1.0) + [{**r, "repeat": r["repeat"] + 2} for r in on("b", 3.0)], env=env)
+    swapped = results(tmp_path / "new", on("b", 3.0) + [{**r, "repeat": r["repeat"] + 2} for r in on("a", 1.0)], env=env)
     assert compare(base, swapped).returncode == 0  # the same machines at the same speed, only the job placement changed
-    slower = results(tmp_path / "slower", [run_row("numpy", 0, 2.0, 0.9, node="a"), run_row("numpy", 1, 3.0, 0.9, node="b")], env=env)
+    slower = results(tmp_path / "slower", on("a", 2.0) + [{**r, "repeat": r["repeat"] + 2} for r in on("b", 3.0)], env=env)
     assert compare(base, slower).returncode == 1
 
 

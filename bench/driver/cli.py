@@ -88,6 +88,7 @@ def build_parser() -> Parser:
     comparison.add_argument("--allow-config-diff", action="store_true", help="compare accuracy across different training configurations")
     comparison.add_argument("--accuracy-only", action="store_true", help="verify accuracy only; timings are shown, not verified")
     comparison.add_argument("--markdown", default=None, help="also write the comparison as Markdown to this file")
+    comparison.add_argument("--json", default=None, dest="json_file", help="also write the comparison as JSON to this file")
     checking = commands.add_parser("check", help="hold a results directory to the accuracy thresholds (exit 1 on a miss)")
     checking.add_argument("directory", help="a results directory `framebench run` printed")
     checking.add_argument("--thresholds", type=Path, default=None, help="thresholds file (default: the one framebench ships)")
@@ -198,6 +199,7 @@ def command_compare(args: argparse.Namespace) -> int:
         allow_config_diff=args.allow_config_diff,
         accuracy_only=args.accuracy_only,
         markdown=args.markdown,
+        json_file=args.json_file,
     )
 
 

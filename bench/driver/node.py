@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from framebench.core import registry
 from framebench.core.gemm import LIBRARIES, probe
+from framebench.driver.calibration import calibrate, cpu_counters, steal_fraction
 from framebench.driver.worker import EVENT_PREFIX, PARENT_PID_VARIABLE
 from framebench.store.job import End, Job, MalformedEvent, from_wire
 
@@ -101,6 +102,7 @@ def execute(job: Job, timeout_s: float) -> Iterator:
     """Run `job` in a fresh worker process and yield its events; the last one is always `end`, carrying
     the outcome, the log's tail and how much CPU other processes used while the job ran."""
     log = tempfile.TemporaryFile("w+", errors="replace")
+    calib_before, counters_before = calibrate(job.threads), cpu_counters()
     load_before, busy_before, started, started_at = os.getloadavg()[0], busy_cpu_seconds(), time.perf_counter(), time.time()
     process = subprocess.Popen(
         [sys.executable, "-m", "framebench.driver.worker"],
@@ -144,6 +146,7 @@ def execute(job: Job, timeout_s: float) -> Iterator:
     returncode = process.wait()
     wall = time.perf_counter() - started
     busy_after = busy_cpu_seconds()
+    machine = machine_speed(job, calib_before, counters_before)
     log.seek(0, os.SEEK_END)
     log.seek(max(log.tell() - LOG_TAIL_BYTES, 0))
     text = log.read()
@@ -153,8 +156,26 @@ def execute(job: Job, timeout_s: float) -> Iterator:
     if busy_before is not None and busy_after is not None and end.cpu_s is not None:
         other = max(busy_after - busy_before - end.cpu_s, 0.0) / (wall * (os.cpu_count() or 1))
     yield dataclasses.replace(
-        end, log=text, loadavg_1m=load_before, other_cpu_frac=other, host=socket.gethostname(), started_at=started_at, ended_at=time.time()
+        end,
+        log=text,
+        loadavg_1m=load_before,
+        other_cpu_frac=other,
+        host=socket.gethostname(),
+        started_at=started_at,
+        ended_at=time.time(),
+        **machine,
     )
+
+
+def machine_speed(job: Job, calib_before: float, counters_before: tuple[int, int] | None) -> dict:
+    """The End fields that say how fast the machine itself was around the job: the calibration before
+    and after it (framebench.driver.calibration) and the steal fraction while it ran."""
+    counters_after = cpu_counters()
+    return {
+        "calib_before_s": calib_before,
+        "calib_after_s": calibrate(job.threads),
+        "steal_frac": steal_fraction(counters_before, counters_after),
+    }
 
 
 def crash_message(returncode: int, log: str) -> str:

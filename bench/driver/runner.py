@@ -54,7 +54,7 @@ from framebench.store.results import (
     read_table,
     write_json,
 )
-from framebench.store.tables import BUSY_FRACTION
+from framebench.store.tables import BUSY_FRACTION, calibration_drifted
 
 DEVICE_CHOICES = ("cpu", "gpu", "auto", "all")
 # A results directory holds one experiment: appending with any of these different is refused.
@@ -274,6 +274,9 @@ def summarize(state: JobState, end: End) -> dict:
         "threads": job.threads,
         "loadavg_1m": end.loadavg_1m,
         "other_cpu_frac": end.other_cpu_frac,
+        "calib_before_s": end.calib_before_s,
+        "calib_after_s": end.calib_after_s,
+        "steal_frac": end.steal_frac,
         "started_at": end.started_at,
         "ended_at": end.ended_at,
     }
@@ -305,10 +308,12 @@ def finish_job(directory: Path, state: JobState, end: End) -> dict:
     row = summarize(state, end)
     append_rows(directory, "runs", [row])
     busy = row["other_cpu_frac"] is not None and row["other_cpu_frac"] > BUSY_FRACTION
+    drifted = calibration_drifted(row["calib_before_s"], row["calib_after_s"])
     print(
         f"{state.job.label}: {row['status']}"
         + (f" ({row['error']})" if row["error"] else "")
-        + (f"; warning: machine busy, other processes used {row['other_cpu_frac']:.0%} of the CPUs" if busy else ""),
+        + (f"; warning: machine busy, other processes used {row['other_cpu_frac']:.0%} of the CPUs" if busy else "")
+        + ("; warning: the machine changed speed during it (calibrations before and after disagree)" if drifted else ""),
         file=sys.stderr,
         flush=True,
     )

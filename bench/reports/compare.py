@@ -1,12 +1,27 @@
 """`framebench compare BASE NEW`: accuracy and steady-state time of NEW against BASE, as a CI gate.
 
-A gate passes (exit 0) only what it verified. Every (backend, variant, device, dataset, preset, sweep
-value) that ran ok in BASE must run ok in NEW, with its accuracy within --acc-tol and its epoch time
-within --time-tol (a slowdown counts only beyond the spread of the repeats too). Accuracy is compared
-only between the same training configuration, and timings only between nodes with the same machine
-fingerprint (host, CPU, cores, kernel settings, GPUs, threads); what those rules leave unverified is
-refused (exit 2) unless a flag allows it, and so is a comparison in which no key ran ok in both (a
-BASE whose runs all failed verifies nothing). A regression exits 1.
+A gate passes (exit 0) only what it verified. Every key (backend, variant, device, dataset, preset,
+sweep value) that ran ok in BASE must run ok in NEW. Time is the ratio of NEW's median steady-state
+epoch to BASE's with a 95% interval from a hierarchical bootstrap (framebench.reports.stats), and the
+verdict reads the interval against --time-tol:
+
+- REGRESSION: the interval lies above 1 (NEW is slower) and the estimate beyond 1 + tol;
+- improved: the mirror image (below 1, estimate under 1 / (1 + tol));
+- no change: the whole interval inside [1 / (1 + tol), 1 + tol];
+- inconclusive: anything else, with about how many repeats would settle it.
+
+A time verdict is `not verified` instead when either side's jobs shared the CPU with other processes
+(other_cpu_frac above BUSY_FRACTION), or when the machine's own speed (its calibration beside each
+job) differs between BASE and NEW by at least half the effect (or half the tolerance); with one
+repeat on a side the spread between processes is unknown, so the time verdict claims at most
+`no change` or `inconclusive`, never a regression. Accuracy is the difference of medians over repeats
+with its interval (a regression: beyond --acc-tol and the interval below 0), or with one repeat
+today's tolerance rule. Accuracy is compared only between the same training configuration, and
+timings only between nodes with the same machine fingerprint. Exit status: 1 on a regression, else 2
+if anything was inconclusive or not verified (or nothing was verified at all), else 0.
+
+`compare_groups` decides two groups of tables, whichever directories they came from, so two
+environments inside one results directory compare exactly like two directories.
 """
 
 from __future__ import annotations
@@ -16,14 +31,36 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from framebench.errors import FrameBenchError
-from framebench.store.job import NOT_RUN, series_columns
+from framebench.reports.stats import Interval, difference_of_medians, ratio_of_medians, repeats_to_settle
+from framebench.store.job import NOT_RUN, key_columns, series_columns
 from framebench.store.results import load_results, node_environments
-from framebench.store.tables import format_table, latest_attempts, to_markdown
+from framebench.store.tables import BUSY_FRACTION, format_table, latest_attempts, to_markdown
 
 TRAINING = ("model", "train")  # config.json sections that decide what accuracy a run reaches
+ONE_REPEAT = "1 repeat: the spread between processes is unknown; use --repeats 3"
+VERIFIED = ("no change", "improved")  # verdicts that verified a key
+TABLE_COLUMNS = ["verdict", "time", "accuracy", "repeats", "note"]
+FIGURE_COLUMNS = [
+    "epoch_s_base",
+    "epoch_s_new",
+    "time_ratio",
+    "time_low",
+    "time_high",
+    "acc_base",
+    "acc_new",
+    "d_acc",
+    "d_acc_low",
+    "d_acc_high",
+    "repeats_base",
+    "repeats_new",
+    "machine_ratio",
+    "busy_base",
+    "busy_new",
+]
 
 
 @dataclass(frozen=True)
@@ -35,6 +72,24 @@ class Tolerances:
         for name in ("acc_tol", "time_tol"):
             if not 0 <= getattr(self, name) < math.inf:
                 raise FrameBenchError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class Group:
+    """One side of a comparison: the tables of a results directory, or of one environment inside one."""
+
+    runs: pd.DataFrame  # runs.csv rows (every attempt; the latest of each job counts)
+    epochs: pd.DataFrame  # epochs.csv rows of those runs (may be empty: each job then counts by its median_epoch_s)
+    env: dict  # env.json: the nodes whose fingerprints decide which timings are comparable
+    label: str  # how verdicts name this side ("BASE", "NEW", an environment's name)
+
+
+@dataclass(frozen=True)
+class Options:
+    tolerances: Tolerances  # --acc-tol and --time-tol
+    compare_accuracy: bool  # whether the training configurations allow comparing accuracy
+    compare_time: bool  # whether timings are compared at all (not with --accuracy-only, nor across TF32 settings)
+    any_machine: bool = False  # --allow-env-diff: timings compared whatever the nodes' fingerprints
 
 
 def fingerprints(env: dict) -> dict[str, str]:
@@ -54,15 +109,33 @@ def fingerprints(env: dict) -> dict[str, str]:
     }
 
 
-def prepared(runs: pd.DataFrame, env: dict) -> pd.DataFrame:
-    """Latest attempts, each with its node's fingerprint (threads included) and whether it is a usable ok."""
-    runs = latest_attempts(runs).copy()
-    prints = fingerprints(env)
-    runs["fingerprint"] = [
-        f"{prints.get(node, node)} threads={threads}" for node, threads in zip(runs["node"], runs["threads"], strict=True)
-    ]
+def prepared(group: Group, any_machine: bool) -> pd.DataFrame:
+    """Latest attempts, each with its node's fingerprint (threads included), whether it is a usable ok,
+    its steady-state epoch times (first epoch excluded) and its calibration."""
+    runs = latest_attempts(group.runs).copy()
+    prints = fingerprints(group.env)
+    runs["fingerprint"] = (
+        "any"
+        if any_machine
+        else [f"{prints.get(node, node)} threads={threads}" for node, threads in zip(runs["node"], runs["threads"], strict=True)]
+    )
     runs["usable"] = (runs["status"] == "ok") & runs["final_test_acc"].notna() & runs["median_epoch_s"].notna()
+    runs["steady"] = steady_epochs(runs, group.epochs)
+    runs["calibration"] = runs[["calib_before_s", "calib_after_s"]].mean(axis=1)
     return runs
+
+
+def steady_epochs(runs: pd.DataFrame, epochs: pd.DataFrame) -> list[np.ndarray]:
+    """Per run, its attempt's epoch times after the first (all of them if it has only one), or its
+    median_epoch_s where epochs.csv holds none of it."""
+    join = ["run_id", *key_columns(), "attempt"]
+    grouped = epochs.groupby(join, sort=False) if not epochs.empty else []
+    by_job = {key: rows.sort_values("epoch")["epoch_s"].to_numpy(float) for key, rows in grouped}
+    steady = []
+    for row in runs[join + ["median_epoch_s"]].itertuples(index=False):
+        times = by_job.get(tuple(row[:-1]), np.array([]))
+        steady.append(times[1:] if len(times) > 1 else times if len(times) else np.array([row[-1]], float))
+    return steady
 
 
 def outcome(rows: pd.DataFrame) -> str:
@@ -75,64 +148,66 @@ def outcome(rows: pd.DataFrame) -> str:
     return f"{bad['status']}" + (f": {bad['error']}" if bad["error"] else "")
 
 
-def verdicts(base: pd.DataFrame, new: pd.DataFrame, tolerances: Tolerances, *, compare_accuracy: bool, compare_time: bool) -> pd.DataFrame:
-    """One row per key in either run: medians, deltas and a verdict."""
-    keys, rows = series_columns(), []
-    for key in pd.concat([base[keys], new[keys]]).drop_duplicates().itertuples(index=False):
-        b = base[(base[keys] == list(key)).all(axis=1)]
-        n = new[(new[keys] == list(key)).all(axis=1)]
-        rows.append({**key._asdict(), **verdict(b, n, tolerances, compare_accuracy=compare_accuracy, compare_time=compare_time)})
-    return pd.DataFrame(rows, columns=keys + ["acc_base", "acc_new", "d_acc", "epoch_s_base", "epoch_s_new", "time_ratio", "verdict"])
+def compare_groups(base: Group, new: Group, options: Options) -> pd.DataFrame:
+    """One row per key in either group: the key, a verdict, the rendered time and accuracy effects and
+    the figures behind them (FIGURE_COLUMNS)."""
+    keys = series_columns()
+    b, n = prepared(base, options.any_machine), prepared(new, options.any_machine)
+    rows = []
+    for key in pd.concat([b[keys], n[keys]]).drop_duplicates().itertuples(index=False):
+        in_base, in_new = b[(b[keys] == list(key)).all(axis=1)], n[(n[keys] == list(key)).all(axis=1)]
+        rows.append({**key._asdict(), **decide(in_base, in_new, options, (base.label, new.label))})
+    return pd.DataFrame(rows, columns=keys + TABLE_COLUMNS + FIGURE_COLUMNS)
 
 
-def verdict(b: pd.DataFrame, n: pd.DataFrame, tolerances: Tolerances, *, compare_accuracy: bool, compare_time: bool) -> dict:
+def decide(b: pd.DataFrame, n: pd.DataFrame, options: Options, labels: tuple[str, str]) -> dict:
+    """The verdict of one key and its figures."""
     base_ok, new_ok = b[b["usable"]], n[n["usable"]]
-    figures = {
-        "acc_base": base_ok["final_test_acc"].median(),
-        "acc_new": new_ok["final_test_acc"].median(),
-        "epoch_s_base": base_ok["median_epoch_s"].median(),
-        "epoch_s_new": new_ok["median_epoch_s"].median(),
-    }
-    figures["d_acc"] = figures["acc_new"] - figures["acc_base"]
-    figures["time_ratio"] = figures["epoch_s_new"] / figures["epoch_s_base"]
+    figures = {"repeats_base": len(base_ok), "repeats_new": len(new_ok)}
+    status = presence(b, n, labels)
+    if status:
+        return render({**figures, "verdict": status})
+    if changed := code_change(base_ok, new_ok):
+        return render({**figures, "verdict": f"not comparable: {changed}"})
+    accuracy = accuracy_effect(base_ok, new_ok, options.tolerances)
+    figures.update(accuracy)
+    timing = time_effect(base_ok, new_ok, options, labels) if options.compare_time else {"time_verdict": "not compared"}
+    figures.update(timing)
+    regressed = [
+        what
+        for what, bad in (
+            ("accuracy", accuracy["acc_regressed"] and options.compare_accuracy),
+            ("time", timing["time_verdict"] == "REGRESSION"),
+        )
+        if bad
+    ]
+    if regressed:
+        verdict = "REGRESSION: " + " and ".join(regressed)
+    elif not options.compare_time:
+        verdict = "no change (accuracy only)" if options.compare_accuracy else "not verified"
+    elif not options.compare_accuracy and timing["time_verdict"] in VERIFIED:
+        verdict = f"{timing['time_verdict']} (time only)"
+    else:
+        verdict = timing["time_verdict"]
+    return render({**figures, "verdict": verdict})
+
+
+def presence(b: pd.DataFrame, n: pd.DataFrame, labels: tuple[str, str]) -> str:
+    """The verdict of a key that did not run ok on both sides ("" when it did)."""
+    base_label, new_label = labels
     declined = lambda rows: not rows.empty and rows["status"].isin(NOT_RUN).all()  # noqa: E731
     if n.empty:
-        return {**figures, "verdict": "REGRESSION: missing in NEW" if not b.empty and not declined(b) else "not run in either"}
+        return f"REGRESSION: missing in {new_label}" if not b.empty and not declined(b) else "not run in either"
     new_outcome = outcome(n)
     if new_outcome != "ok":
         if declined(n) and (b.empty or declined(b)):
-            return {**figures, "verdict": f"not run in either ({n['status'].iloc[0]})"}
-        return {**figures, "verdict": f"REGRESSION: NEW {new_outcome}"}
-    if b.empty or base_ok.empty:
-        return {**figures, "verdict": "new" if b.empty else f"fixed (BASE {outcome(b)})"}
-    if changed := code_change(base_ok, new_ok):
-        return {**figures, "verdict": f"not comparable: {changed}"}
-    problems = []
-    if compare_accuracy and figures["d_acc"] < -tolerances.acc_tol:
-        problems.append("accuracy")
-    if compare_time:
-        slower = time_regressed(base_ok, new_ok, tolerances)
-        if slower is None:
-            return {
-                **figures,
-                "verdict": "REGRESSION: " + " and ".join(problems)
-                if problems
-                else "not verified: no node of NEW has the machine fingerprint of BASE's",
-            }
-        if slower:
-            problems.append("time")
-    if problems:
-        return {**figures, "verdict": "REGRESSION: " + " and ".join(problems)}
-    return {
-        **figures,
-        "verdict": "ok"
-        if compare_accuracy and compare_time
-        else "ok (accuracy only)"
-        if compare_accuracy
-        else "ok (time only)"
-        if compare_time
-        else "not verified",
-    }
+            return f"not run in either ({n['status'].iloc[0]})"
+        return f"REGRESSION: {new_label} {new_outcome}"
+    if b.empty:
+        return "new"
+    if not b["usable"].any():
+        return f"fixed ({base_label} {outcome(b)})"
+    return ""
 
 
 def code_change(base_ok: pd.DataFrame, new_ok: pd.DataFrame) -> str:
@@ -144,18 +219,99 @@ def code_change(base_ok: pd.DataFrame, new_ok: pd.DataFrame) -> str:
     return f"the {base_ok['backend'].iloc[0]} backend's code changed ({', '.join(sorted(before))} -> {', '.join(sorted(after))})"
 
 
-def time_regressed(base_ok: pd.DataFrame, new_ok: pd.DataFrame, tolerances: Tolerances) -> bool | None:
-    """Slower beyond the tolerance AND beyond the spread (NEW's fastest repeat slower than BASE's slowest),
-    judged per machine fingerprint both runs share; None if they share none."""
-    shared = set(base_ok["fingerprint"]) & set(new_ok["fingerprint"])
+def accuracy_effect(base_ok: pd.DataFrame, new_ok: pd.DataFrame, tolerances: Tolerances) -> dict:
+    """Difference of the median final accuracies with an interval over repeats (>= 2 a side); a drop
+    beyond --acc-tol whose interval lies below 0 regresses. With one repeat: the tolerance rule alone."""
+    effect = difference_of_medians(base_ok["final_test_acc"].to_numpy(float), new_ok["final_test_acc"].to_numpy(float))
+    one_repeat = min(len(base_ok), len(new_ok)) < 2
+    regressed = effect.estimate < -tolerances.acc_tol and (one_repeat or effect.high < 0)
+    return {
+        "acc_base": base_ok["final_test_acc"].median(),
+        "acc_new": new_ok["final_test_acc"].median(),
+        "d_acc": effect.estimate,
+        "d_acc_low": math.nan if one_repeat else effect.low,
+        "d_acc_high": math.nan if one_repeat else effect.high,
+        "acc_regressed": regressed,
+    }
+
+
+def time_effect(base_ok: pd.DataFrame, new_ok: pd.DataFrame, options: Options, labels: tuple[str, str]) -> dict:
+    """The time verdict on the nodes both sides share (the worst where they share several)."""
+    shared = sorted(set(base_ok["fingerprint"]) & set(new_ok["fingerprint"]))
     if not shared:
-        return None
-    for fingerprint in shared:
-        b = base_ok[base_ok["fingerprint"] == fingerprint]["median_epoch_s"]
-        n = new_ok[new_ok["fingerprint"] == fingerprint]["median_epoch_s"]
-        if n.median() / b.median() > 1 + tolerances.time_tol and n.min() > b.max():
-            return True
-    return False
+        return {"time_verdict": f"not verified: no node of {labels[1]} has the machine fingerprint of {labels[0]}'s"}
+    judged = [
+        time_verdict(base_ok[base_ok["fingerprint"] == f], new_ok[new_ok["fingerprint"] == f], options.tolerances.time_tol, labels)
+        for f in shared
+    ]
+    return max(judged, key=lambda j: SEVERITY.index(j["time_verdict"].split(":")[0].split(" (")[0]))
+
+
+SEVERITY = ["no change", "improved", "inconclusive", "not verified", "REGRESSION"]  # the worst wins across nodes
+
+
+def time_verdict(base_ok: pd.DataFrame, new_ok: pd.DataFrame, tol: float, labels: tuple[str, str]) -> dict:
+    """Ratio of medians with its interval, read against the tolerance band, then held back where the
+    machine was busy or ran at another speed."""
+    effect = ratio_of_medians(list(base_ok["steady"]), list(new_ok["steady"]))
+    repeats = min(len(base_ok), len(new_ok))
+    figures = {
+        "epoch_s_base": float(np.median(np.concatenate(list(base_ok["steady"])))),
+        "epoch_s_new": float(np.median(np.concatenate(list(new_ok["steady"])))),
+        "time_ratio": effect.estimate,
+        "time_low": effect.low,
+        "time_high": effect.high,
+        "machine_ratio": new_ok["calibration"].median() / base_ok["calibration"].median(),
+        "busy_base": base_ok["other_cpu_frac"].max(),
+        "busy_new": new_ok["other_cpu_frac"].max(),
+        "one_repeat": repeats < 2,
+    }
+    verdict = band_verdict(effect, tol, repeats)
+    held = held_back(figures, tol, labels)
+    return {**figures, "time_verdict": held or verdict}
+
+
+def band_verdict(effect: Interval, tol: float, repeats: int) -> str:
+    """The interval read against [1 / (1 + tol), 1 + tol] (see the module's docstring)."""
+    upper, lower = 1 + tol, 1 / (1 + tol)
+    if lower <= effect.low and effect.high <= upper:
+        return "no change"
+    if repeats < 2:  # the interval knows only the epochs of one process: too narrow to claim an effect
+        return "inconclusive"
+    if effect.low > 1 and effect.estimate > upper:
+        return "REGRESSION"
+    if effect.high < 1 and effect.estimate < lower:
+        return "improved"
+    bound = upper if effect.estimate > 1 else lower
+    needed = repeats_to_settle(effect, repeats, bound)
+    return "inconclusive: " + (f"about {needed} repeats a side would settle it" if needed else "the effect sits on the tolerance")
+
+
+def held_back(figures: dict, tol: float, labels: tuple[str, str]) -> str:
+    """'not verified (...)' when either side ran busy or the machine's speed differed by at least half
+    the effect (or half the tolerance, for an effect smaller than it); "" otherwise."""
+    for side, label in (("busy_new", labels[1]), ("busy_base", labels[0])):
+        if figures[side] > BUSY_FRACTION:
+            return f"not verified (busy: {label}'s jobs shared the CPU with other processes, {figures[side]:.0%})"
+    speed = figures["machine_ratio"]
+    if not math.isnan(speed) and abs(math.log(speed)) >= max(abs(math.log(figures["time_ratio"])), math.log1p(tol)) / 2:
+        direction = f"×{speed:.2f} slower" if speed > 1 else f"×{1 / speed:.2f} faster"
+        return f"not verified: the machine ran {direction} during {labels[1]}"
+    return ""
+
+
+def render(decided: dict) -> dict:
+    """The table's text columns from the figures: `×1.24 [1.19, 1.30]`, `-0.0012 [-0.0030, 0.0004]`."""
+    ratio, d_acc = decided.get("time_ratio", math.nan), decided.get("d_acc", math.nan)
+    decided["time"] = "" if math.isnan(ratio) else f"×{ratio:.3f} [{decided['time_low']:.3f}, {decided['time_high']:.3f}]"
+    decided["accuracy"] = (
+        ""
+        if math.isnan(d_acc)
+        else f"{d_acc:+.4f}" + ("" if math.isnan(decided["d_acc_low"]) else f" [{decided['d_acc_low']:+.4f}, {decided['d_acc_high']:+.4f}]")
+    )
+    decided["repeats"] = f"{decided['repeats_base']}/{decided['repeats_new']}"
+    decided["note"] = ONE_REPEAT if decided.get("one_repeat") else ""
+    return {name: decided.get(name, math.nan) for name in TABLE_COLUMNS + FIGURE_COLUMNS}
 
 
 def differences(base: dict, new: dict) -> tuple[list[str], list[str], list[str]]:
@@ -182,6 +338,25 @@ def differences(base: dict, new: dict) -> tuple[list[str], list[str], list[str]]
     return config, machine, notes
 
 
+def exit_status(table: pd.DataFrame, fully_compared: bool) -> tuple[int, str]:
+    """1 on a regression, else 2 if anything was left unverified (or nothing verified), else 0; with the line saying so."""
+    verdicts = table["verdict"]
+    regressions = verdicts.str.startswith("REGRESSION").sum()
+    if regressions:
+        return 1, f"{regressions} regression(s)"
+    verified = verdicts.str.startswith(VERIFIED).any()
+    unsettled = verdicts.str.startswith(("inconclusive", "not verified", "not comparable")).sum()
+    if not verified and not unsettled:
+        return 2, "nothing was verified: no key ran ok in BASE and in NEW (a BASE whose runs all failed is no baseline): refused"
+    if unsettled or not fully_compared:
+        missing = "" if fully_compared else "; accuracy or timings not compared"
+        return (
+            2,
+            f"no regression found, but not everything was verified ({unsettled} key(s) inconclusive or not verified{missing}): refused",
+        )
+    return 0, "no regression"
+
+
 def run_compare(
     base_dir: str,
     new_dir: str,
@@ -191,20 +366,24 @@ def run_compare(
     allow_config_diff: bool,
     accuracy_only: bool,
     markdown: str | None,
+    json_file: str | None = None,
 ) -> int:
-    """Print the comparison; 1 on a regression, else 2 if something could not be verified, else 0."""
+    """Print the comparison of two results directories; the exit status of `exit_status`."""
     tolerances.validate()
     base, new = load_results(base_dir), load_results(new_dir)
     if base["runs"].empty:
         raise FrameBenchError(f"{base_dir} holds no runs; there is nothing to compare against")
     config_diff, machine_diff, notes = differences(base, new)
-    compare_accuracy = not config_diff or allow_config_diff
     tf32_diff = any(line.startswith("TF32") for line in machine_diff)
-    compare_time = not accuracy_only and (not tf32_diff or allow_env_diff)
-    b, n = prepared(base["runs"], base["env"]), prepared(new["runs"], new["env"])
-    if allow_env_diff:  # compare timings across machines: one fingerprint for all
-        b["fingerprint"] = n["fingerprint"] = "any"
-    table = verdicts(b, n, tolerances, compare_accuracy=compare_accuracy, compare_time=compare_time)
+    options = Options(
+        tolerances,
+        compare_accuracy=not config_diff or allow_config_diff,
+        compare_time=not accuracy_only and (not tf32_diff or allow_env_diff),
+        any_machine=allow_env_diff,
+    )
+    table = compare_groups(
+        Group(base["runs"], base["epochs"], base["env"], "BASE"), Group(new["runs"], new["epochs"], new["env"], "NEW"), options
+    )
     lines = [f"configuration differs: {d}" for d in config_diff] + [f"environment differs: {d}" for d in machine_diff]
     lines += [f"note: {line}" for line in notes]
     if config_diff and not allow_config_diff:
@@ -214,36 +393,30 @@ def run_compare(
             "timings are compared only between nodes of the same machine fingerprint; pass --allow-env-diff to compare "
             "them anyway, or --accuracy-only"
         )
+    status, conclusion = exit_status(table, options.compare_accuracy and (options.compare_time or accuracy_only))
+    shown = table[series_columns() + TABLE_COLUMNS]
     for line in lines:
         print(line)
-    print(format_table(table))
-    if markdown:
-        header = [
-            "## framebench compare",
-            "",
-            f"BASE `{base_dir}`, NEW `{new_dir}`; accuracy tolerance {tolerances.acc_tol:g}, "
-            f"time tolerance {tolerances.time_tol:.0%} (and beyond the spread across repeats)",
-            "",
-        ]
-        try:
-            Path(markdown).write_text("\n".join(header + [f"- {line}" for line in lines] + [""]) + to_markdown(table))
-        except OSError as exc:
-            raise FrameBenchError(f"cannot write --markdown {markdown} ({exc.strerror or exc})") from None
-    regressions = table[table["verdict"].str.startswith("REGRESSION")]
-    unverified = table[table["verdict"].str.startswith(("not verified", "not comparable"))]
-    if len(regressions):
-        print(f"{len(regressions)} regression(s)")
-        return 1
-    if not table["verdict"].str.startswith("ok").any():
-        print("nothing was verified: no key ran ok in BASE and in NEW (a BASE whose runs all failed is no baseline): refused")
-        return 2
-    if unverified.empty and compare_accuracy and (compare_time or accuracy_only):
-        print("no regression")
-        return 0
-    print(
-        f"no regression found, but not everything was verified ({len(unverified)} key(s) not comparable or without a shared machine"
-        + ("" if compare_accuracy else "; accuracy not compared")
-        + ("" if compare_time or accuracy_only else "; timings not compared")
-        + "): refused"
+    print(format_table(shown))
+    print(conclusion)
+    rule = (
+        f"accuracy tolerance {tolerances.acc_tol:g}; time tolerance {tolerances.time_tol:.0%}: a regression's 95% interval lies above 1 "
+        f"and its ratio beyond {1 + tolerances.time_tol:g}; no change: the interval inside the tolerance band"
     )
-    return 2
+    if markdown:
+        header = ["## framebench compare", "", f"BASE `{base_dir}`, NEW `{new_dir}`; {rule}", ""]
+        write_output(
+            markdown, "--markdown", "\n".join(header + [f"- {line}" for line in lines] + [""]) + to_markdown(shown) + f"\n{conclusion}\n"
+        )
+    if json_file:
+        document = {"base": base_dir, "new": new_dir, "rule": rule, "notes": lines, "exit_status": status, "conclusion": conclusion}
+        document["keys"] = json.loads(table.to_json(orient="records"))
+        write_output(json_file, "--json", json.dumps(document, indent=2) + "\n")
+    return status
+
+
+def write_output(path: str, flag: str, text: str) -> None:
+    try:
+        Path(path).write_text(text)
+    except OSError as exc:
+        raise FrameBenchError(f"cannot write {flag} {path} ({exc.strerror or exc})") from None

@@ -10,7 +10,7 @@ from framebench.errors import FrameBenchError
 from framebench.reports.plots import draw_all
 from framebench.reports.scaling import report_section
 from framebench.store.results import load_results, node_environments, seeds_text, swept_field
-from framebench.store.tables import busy_warnings, not_run, summary, to_markdown
+from framebench.store.tables import busy_warnings, calibration_warnings, not_run, summary, to_markdown
 
 FIGURE_CAPTIONS = {
     "loss.png": "Training loss per step and test loss per epoch",
@@ -72,7 +72,10 @@ def write_report(directory: str | Path) -> Path:
         "",
         to_markdown(table),
         *[f"- not run: {line}" for line in not_run(tables["runs"])],
-        *[f"- warning: {line}" for line in unreliable_warnings(tables["runs"]) + busy_warnings(tables["runs"])],
+        *[
+            f"- warning: {line}"
+            for line in unreliable_warnings(tables["runs"]) + busy_warnings(tables["runs"]) + calibration_warnings(tables["runs"])
+        ],
         "",
         *(report_section(directory, tables) if swept_field(config) else []),
         *(["## Figures", "", *[f"![{FIGURE_CAPTIONS[name]}]({name})\n" for name in figures]] if figures else []),

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from framebench.errors import FrameBenchError
 
-FORMAT_VERSION = 2  # of a results directory's tables and config.json; bumped when either changes shape
+FORMAT_VERSION = 3  # of a results directory's tables and config.json; bumped when either changes shape
 OK = "ok"
 NOT_RUN = ("unavailable", "unsupported")  # the job never trained: declined, not failed
 STATUSES = (OK, "failed", "diverged", "timeout", "interrupted", "lost", *NOT_RUN)
@@ -100,6 +100,9 @@ RUN_FIELDS = [  # runs.csv after the key: one row per job and attempt
     "threads",
     "loadavg_1m",
     "other_cpu_frac",
+    "calib_before_s",
+    "calib_after_s",
+    "steal_frac",
     "started_at",
     "ended_at",
 ]
@@ -226,6 +229,9 @@ class End:
     log: str = ""  # the tail of the worker's log
     loadavg_1m: float | None = None  # load average when the job started
     other_cpu_frac: float | None = None  # share of the CPUs other processes used while it ran
+    calib_before_s: float | None = None  # the machine's calibration just before the job (framebench.driver.calibration)
+    calib_after_s: float | None = None  # and just after it
+    steal_frac: float | None = None  # share of the host's CPU time the hypervisor stole while it ran
     host: str = ""  # hostname of the machine that ran it
     node: str = ""  # node name (host, plus the Ray node id where nodes share a host)
     started_at: float | None = None  # wall clock at the start

@@ -335,8 +335,8 @@ def kernel_settings() -> dict[str, str]:
     from threadpoolctl import threadpool_info
 
     settings = {name: os.environ[name] for name in KERNEL_ENV_VARS if name in os.environ}
-    for pool in threadpool_info():
-        if pool.get("user_api") == "blas":
+    for pool in threadpool_info():  # NumPy's own: whether SciPy's copy is loaded yet depends on what ran first
+        if pool.get("user_api") == "blas" and "numpy" in Path(pool.get("filepath", "")).parent.name:
             settings[f"blas:{pool['internal_api']}"] = f"{pool.get('version')} {pool.get('architecture')}"
     return settings
 

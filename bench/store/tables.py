@@ -11,6 +11,9 @@ import pandas as pd
 from framebench.store.job import NOT_RUN, key_columns, point_names
 
 BUSY_FRACTION = 0.15  # other processes used more than this share of the CPUs during a job: its time is suspect
+CALIBRATION_DRIFT = (
+    0.2  # a job's calibrations differ by more than this ratio (before vs after, or vs the run's usual): the machine changed speed
+)
 MEDIANS = {  # summary column -> runs.csv column whose median over ok repeats it shows
     "median_epoch_s": "median_epoch_s",
     "first_epoch_s": "first_epoch_s",
@@ -73,6 +76,30 @@ def busy_warnings(runs: pd.DataFrame) -> list[str]:
         f"{r.other_cpu_frac:.0%} of the CPUs; its times are suspect"
         for r in busy.itertuples()
     ]
+
+
+def calibration_drifted(before: float | None, after: float | None) -> bool:
+    """Whether a job's calibrations before and after it disagree beyond CALIBRATION_DRIFT."""
+    return before is not None and after is not None and max(before, after) > (1 + CALIBRATION_DRIFT) * min(before, after)
+
+
+def calibration_warnings(runs: pd.DataFrame) -> list[str]:
+    """One line per job during which the machine itself changed speed (its calibrations before and
+    after disagree) or that ran at a speed unlike the run's usual (its calibration off the run's median)."""
+    jobs = latest_attempts(runs)
+    own = jobs[["calib_before_s", "calib_after_s"]].mean(axis=1)
+    usual = own.median()
+    lines = []
+    for row, calibration in zip(jobs.itertuples(), own, strict=True):
+        where = f"{row.backend}/{row.variant} on {row.device}, repeat {row.repeat + 1} ({row.node})"
+        if calibration_drifted(row.calib_before_s, row.calib_after_s):
+            lines.append(
+                f"{where}: the machine changed speed during it (calibration {row.calib_before_s:.3g} s before, "
+                f"{row.calib_after_s:.3g} s after); its times are suspect"
+            )
+        elif max(calibration, usual) > (1 + CALIBRATION_DRIFT) * min(calibration, usual):
+            lines.append(f"{where}: the machine ran ×{calibration / usual:.2f} the run's usual calibration time; its times are suspect")
+    return lines
 
 
 def summary(runs: pd.DataFrame) -> pd.DataFrame:
