@@ -8,6 +8,7 @@ cannot fail (or pass) these tests; one small real run checks that the report is 
 from __future__ import annotations
 
 import copy
+import io
 import math
 import os
 
@@ -16,7 +17,7 @@ import pytest
 
 from framebench.core.gemm import MAX_CREDIBLE_EFFICIENCY, PROBE_DISAGREEMENT, step_gemms
 from framebench.store.results import RUNS_COLUMNS, append_rows, load_results, write_json
-from tests.conftest import framebench
+from tests.conftest import cli, framebench
 
 SIZES, BATCH, SAMPLES = (64, 32, 10), 16, 1600  # a tiny network: 100 steps per epoch
 CONFIG = {
@@ -119,7 +120,7 @@ def test_disagreeing_probes_make_efficiencies_unreliable_not_wrong(tmp_path):
     numpy_runs = runs[runs["backend"] == "numpy"]
     assert numpy_runs["efficiency"].isna().all() and numpy_runs["floor_epoch_s"].notna().all()
     assert numpy_runs["floor_note"].str.contains("disagree").all()
-    result = framebench("plot", str(tmp_path / "r"))
+    result = cli("plot", str(tmp_path / "r"))
     assert result.returncode == 0 and "disagree" in (tmp_path / "r" / "report.md").read_text()
 
 
@@ -152,7 +153,7 @@ def test_one_probe_is_noted(tmp_path):
 
 
 def compare(base, new, *args):
-    return framebench("compare", str(base), str(new), *args)
+    return cli("compare", str(base), str(new), *args)
 
 
 def test_compare_identical_runs_finds_no_regression(tmp_path):
@@ -273,13 +274,13 @@ def thresholds_file(path, rows: list[tuple[str, float]]) -> str:
 def test_check_passes_only_runs_it_verified(tmp_path):
     directory = results(tmp_path / "r", baseline_runs(acc=0.95))
     good = thresholds_file(tmp_path / "good.csv", [("numpy", 0.9), ("jax", 0.9)])
-    assert framebench("check", str(directory), "--thresholds", good).returncode == 0
+    assert cli("check", str(directory), "--thresholds", good).returncode == 0
     partial = thresholds_file(tmp_path / "partial.csv", [("numpy", 0.9)])
-    missing = framebench("check", str(directory), "--thresholds", partial)
+    missing = cli("check", str(directory), "--thresholds", partial)
     assert missing.returncode == 1 and "jax/default on cpu (mlp, digits, 3 epochs, repeat 1): no threshold" in missing.stdout
-    assert framebench("check", str(directory), "--thresholds", partial, "--allow-missing").returncode == 0
+    assert cli("check", str(directory), "--thresholds", partial, "--allow-missing").returncode == 0
     strict = thresholds_file(tmp_path / "strict.csv", [("numpy", 0.9), ("jax", 0.999)])
-    result = framebench("check", str(directory), "--thresholds", strict)
+    result = cli("check", str(directory), "--thresholds", strict)
     assert (
         result.returncode == 1
         and "FAIL: jax/default on cpu (mlp, digits, 3 epochs, repeat 1): test accuracy 0.9500 < threshold 0.9990" in result.stdout
@@ -291,7 +292,7 @@ def test_check_fails_a_run_that_did_not_finish_ok_whatever_the_thresholds(tmp_pa
     runs = baseline_runs()
     runs[2] = {**runs[2], "status": status, "error": "boom"}
     directory = results(tmp_path / "r", runs)
-    result = framebench("check", str(directory), "--thresholds", thresholds_file(tmp_path / "t.csv", [("numpy", 0.0), ("jax", 0.0)]))
+    result = cli("check", str(directory), "--thresholds", thresholds_file(tmp_path / "t.csv", [("numpy", 0.0), ("jax", 0.0)]))
     assert result.returncode == 1 and f"run {status} (boom)" in result.stdout
 
 
@@ -301,13 +302,13 @@ def test_an_empty_or_nonsense_threshold_is_an_error_when_read(tmp_path, row):
     path = tmp_path / "t.csv"
     thresholds_file(path, [("numpy", 0.9), ("jax", 0.9)])
     path.write_text(path.read_text().replace("jax,3,,,0.9", row))
-    result = framebench("check", str(directory), "--thresholds", str(path))
+    result = cli("check", str(directory), "--thresholds", str(path))
     assert result.returncode == 2 and "a threshold must be a number in [0, 1] and epochs a positive integer" in result.stderr
 
 
 def test_check_without_thresholds_file_is_a_one_line_error(tmp_path):
     directory = results(tmp_path / "r", baseline_runs())
-    result = framebench("check", str(directory), "--thresholds", str(tmp_path / "none.csv"))
+    result = cli("check", str(directory), "--thresholds", str(tmp_path / "none.csv"))
     assert result.returncode == 2 and result.stderr.startswith("error: no thresholds file")
 
 
@@ -316,23 +317,36 @@ def test_thresholds_are_the_lowest_accuracy_minus_the_margin(tmp_path):
     runs[1]["final_test_acc"] = 0.91
     directory = results(tmp_path / "r", runs)
     output = tmp_path / "derived.csv"
-    assert framebench("thresholds", str(directory), "--margin", "0.01", "--output", str(output)).returncode == 0
+    assert cli("thresholds", str(directory), "--margin", "0.01", "--output", str(output)).returncode == 0
     table = pd.read_csv(output, comment="#").set_index("backend")
     assert table.loc["numpy", "min_test_acc"] == pytest.approx(0.90) and table.loc["jax", "min_test_acc"] == pytest.approx(0.94)
-    assert framebench("check", str(directory), "--thresholds", str(output)).returncode == 0
+    assert cli("check", str(directory), "--thresholds", str(output)).returncode == 0
+
+
+def test_thresholds_without_output_print_and_leave_the_shipped_file_alone(tmp_path, monkeypatch):
+    from framebench.reports import thresholds
+
+    shipped = tmp_path / "shipped.csv"
+    shipped.write_text("as shipped\n")
+    monkeypatch.setattr(thresholds, "DEFAULT_FILE", shipped)
+    result = cli("thresholds", str(results(tmp_path / "r", baseline_runs())))
+    assert result.returncode == 0, result.stderr
+    assert shipped.read_text() == "as shipped\n"
+    printed = pd.read_csv(io.StringIO(result.stdout), comment="#")
+    assert list(printed.columns) == thresholds.COLUMNS and sorted(printed["backend"]) == ["jax", "numpy"]
 
 
 def test_thresholds_refuse_an_ok_run_without_accuracy(tmp_path):
     runs = baseline_runs()
     runs[1]["final_test_acc"] = ""
-    result = framebench("thresholds", str(results(tmp_path / "r", runs)), "--output", str(tmp_path / "t.csv"))
+    result = cli("thresholds", str(results(tmp_path / "r", runs)), "--output", str(tmp_path / "t.csv"))
     assert result.returncode == 2 and "did not finish ok with an accuracy" in result.stderr and not (tmp_path / "t.csv").exists()
 
 
 @pytest.mark.parametrize("margin", ["-0.01", "inf", "nan"])
 def test_thresholds_margin_must_be_finite_and_not_negative(tmp_path, margin):
     directory = results(tmp_path / "r", baseline_runs())
-    result = framebench("thresholds", str(directory), "--margin", margin, "--output", str(tmp_path / "t.csv"))
+    result = cli("thresholds", str(directory), "--margin", margin, "--output", str(tmp_path / "t.csv"))
     assert result.returncode == 2 and "--margin must be a finite number >= 0" in result.stderr
 
 
@@ -373,7 +387,7 @@ def test_run_writes_figures_and_a_report_that_plot_redraws(measured):
     for name in ("loss.png", "accuracy.png", "epoch_time.png", "report.md"):
         assert (measured / name).stat().st_size > 1000
     (measured / "loss.png").unlink()
-    assert framebench("plot", str(measured)).returncode == 0
+    assert cli("plot", str(measured)).returncode == 0
     assert (measured / "loss.png").exists()
     report = (measured / "report.md").read_text()
     assert "| numpy | default | cpu | 2 |" in report and "![Steady-state epoch time per backend](epoch_time.png)" in report

@@ -113,7 +113,9 @@ def build_parser() -> Parser:
     deriving = commands.add_parser("thresholds", help="derive accuracy thresholds from measured results directories")
     deriving.add_argument("directories", nargs="+", help="results directories whose runs all finished ok")
     deriving.add_argument("--margin", type=float, default=0.01, help="subtracted from the lowest measured accuracy, finite and >= 0")
-    deriving.add_argument("--output", type=Path, default=None, help="thresholds file to write (default: the one framebench ships)")
+    deriving.add_argument(
+        "--output", type=Path, default=None, help="thresholds file to write (default: print it; `check` reads --thresholds PATH)"
+    )
     readme = commands.add_parser("readme", help="rewrite README.md's example table from results/example (so it cannot drift)")
     readme.add_argument("--check", action="store_true", help="only say whether README.md is up to date (exit 1 if not)")
     return parser
@@ -199,9 +201,9 @@ def command_check(args: argparse.Namespace) -> int:
 
 
 def command_thresholds(args: argparse.Namespace) -> int:
-    from framebench.reports.thresholds import DEFAULT_FILE, run_derive
+    from framebench.reports.thresholds import run_derive
 
-    return run_derive(args.directories, margin=args.margin, output=args.output or DEFAULT_FILE)
+    return run_derive(args.directories, margin=args.margin, output=args.output)
 
 
 def command_perf(args: argparse.Namespace) -> int:

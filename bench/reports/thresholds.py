@@ -129,8 +129,8 @@ def run_check(directory: str, thresholds_path: Path, *, allow_missing: bool) -> 
     return 0
 
 
-def write_thresholds(table: pd.DataFrame, path: Path, command: str, directories: list[str]) -> None:
-    """The table, headed by how it was made: this command and the commands that measured its runs."""
+def thresholds_text(table: pd.DataFrame, command: str, directories: list[str]) -> str:
+    """The thresholds file: the table, headed by how it was made (this command and the commands that measured its runs)."""
     measured = []
     for directory in directories:
         tables = load_results(directory)
@@ -141,17 +141,22 @@ def write_thresholds(table: pd.DataFrame, path: Path, command: str, directories:
         *measured,
         f"# Derived by: {command}",
     ]
-    try:
-        path.write_text("\n".join(header) + "\n" + table.to_csv(index=False))
-    except OSError as exc:
-        raise FrameBenchError(f"cannot write --output {path} ({exc.strerror or exc})") from None
+    return "\n".join(header) + "\n" + table.to_csv(index=False)
 
 
-def run_derive(directories: list[str], *, margin: float, output: Path) -> int:
+def run_derive(directories: list[str], *, margin: float, output: Path | None) -> int:
+    """Print the thresholds file, or write it to `output` (never, unasked, into the installed package)."""
     import sys
 
     table = derive(directories, margin)
-    write_thresholds(table, output, " ".join(["framebench", *sys.argv[1:]]), directories)
+    text = thresholds_text(table, " ".join(["framebench", *sys.argv[1:]]), directories)
+    if output is None:
+        print(text, end="")
+        return 0
+    try:
+        output.write_text(text)
+    except OSError as exc:
+        raise FrameBenchError(f"cannot write --output {output} ({exc.strerror or exc})") from None
     print(format_table(table))
     print(output)
     return 0
