@@ -51,7 +51,7 @@ lint:  ## ruff: lint and format check
 test: lint  ## lint, then the test suite (needs MNIST and Fashion-MNIST: $$FRAMEBENCH_DATA_DIR, or the cache)
 	$(BIN)/python -m pytest -q
 
-readme:  ## README.md's example table, regenerated from results/example
+readme:  ## README.md's generated tables, the example results (from results/example) and the backends (from the registry)
 	$(BIN)/framebench readme
 
 clean:

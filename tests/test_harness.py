@@ -3,6 +3,7 @@ hanging or diverging run becomes a row while everything already measured stays o
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -13,9 +14,11 @@ import pytest
 
 from framebench.core import registry
 from framebench.core.config import ModelConfig, TrainConfig
-from framebench.core.harness import epoch_order, initial_weights
+from framebench.core.harness import divergence, epoch_order, initial_weights
+from framebench.driver.runner import time_to_target
+from framebench.errors import FrameBenchError
 from framebench.store.results import EPOCHS_COLUMNS, GEMM_COLUMNS, RUNS_COLUMNS, STEPS_COLUMNS, load_results
-from tests.conftest import REPO, framebench, printed_directory
+from tests.conftest import REPO, cli, framebench, printed_directory
 
 TIME_COLUMNS = [
     "setup_s",
@@ -107,13 +110,62 @@ def test_a_failing_run_keeps_what_it_measured_and_the_others_go_on(tmp_path, mod
     assert tables["epochs"].groupby("backend").size().to_dict() == {"fake": 1, "numpy": 3}
 
 
-def test_a_loss_that_blows_up_while_finite_is_diverged(tmp_path):
-    """Adam at lr 1e6 keeps a finite loss far above where it started: the divergence rule, not a NaN."""
+def test_a_loss_that_blows_up_while_finite_is_diverged():
+    """A finite epoch mean above DIVERGENCE_FACTOR x the first step's loss: the finite rule, not a NaN."""
+    blown_up = np.array([2.4, 30.0, 1e21])
+    assert np.isfinite(blown_up).all()
+    assert divergence(blown_up, initial_loss=2.4, epoch=1) == (
+        "training diverged: epoch 1's mean loss 3.33e+20 is over 10x the initial 2.4; lower --lr or check the init"
+    )
+    assert divergence(np.array([2.4, 23.0]), initial_loss=2.4, epoch=1) is None  # mean 12.7 < 24
+    assert "non-finite loss at epoch 2, step 2" in divergence(np.array([1.0, np.inf]), initial_loss=2.4, epoch=2)
+
+
+def test_a_run_whose_loss_blows_up_while_finite_ends_diverged_by_that_rule(tmp_path):
+    """Adam at lr 1e6 keeps a finite loss far above where it started: the run ends by the finite rule."""
     result = run_cli(tmp_path, "run", "--backends", "numpy", "--dataset", "digits", "--epochs", "3", "--lr", "1e6")
     assert result.returncode == 1
     runs = load_results(run_dir(result))["runs"]
     assert runs["status"].tolist() == ["diverged"]
-    assert "over 10x the initial" in runs["error"][0] or "non-finite" in runs["error"][0]
+    assert "over 10x the initial" in runs["error"][0], runs["error"][0]
+
+
+@pytest.mark.parametrize(
+    "target, expected",
+    [(0.5, 1.0), (0.9, 3.0), (0.95, 7.0), (0.99, None)],
+)
+def test_time_to_target_adds_training_seconds_until_the_accuracy_is_first_reached(target, expected):
+    epochs = [{"epoch_s": 1.0, "test_acc": 0.5}, {"epoch_s": 2.0, "test_acc": 0.92}, {"epoch_s": 4.0, "test_acc": 0.95}]
+    assert time_to_target(epochs, target) == expected
+
+
+def test_same_seed_gives_every_repeat_the_first_seed(tmp_path):
+    result = run_cli(
+        tmp_path, "run", "--backends", "numpy", "--dataset", "digits", "--epochs", "1", "--repeats", "2", "--same-seed", "--seed", "5"
+    )
+    assert result.returncode == 0, result.stderr
+    tables = load_results(run_dir(result))
+    assert tables["runs"]["seed"].tolist() == [5, 5]
+    steps = tables["steps"].set_index(["repeat", "epoch", "step"])["loss"]
+    pd.testing.assert_series_equal(steps.loc[0], steps.loc[1])
+    assert tables["config"]["matrices"][0]["same_seed"] is True
+
+
+def test_an_entry_needing_another_environment_is_refused_in_this_process(monkeypatch):
+    monkeypatch.setenv("FRAMEBENCH_TEST_SETTING", "here")
+    entry = registry.Entry("other", "default", "tests.fake_backend:FakeClassifier", "", env={"FRAMEBENCH_TEST_SETTING": "there"})
+    assert registry.needs_own_process(entry)
+    with pytest.raises(
+        FrameBenchError, match="^other needs FRAMEBENCH_TEST_SETTING=there but this process has FRAMEBENCH_TEST_SETTING=here; run"
+    ):
+        registry.load(entry)
+    assert registry.load(dataclasses.replace(entry, env={"FRAMEBENCH_TEST_SETTING": "here"})).__name__ == "FakeClassifier"
+
+
+def test_the_readme_command_names_both_tables_it_writes():
+    result = cli("--help")
+    readme = " ".join(result.stdout.split()).split("readme ", 1)[1]
+    assert "the example results (results/example)" in readme and "the backends (the registry)" in readme
 
 
 def test_a_hanging_run_times_out(tmp_path):

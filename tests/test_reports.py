@@ -16,7 +16,9 @@ import pandas as pd
 import pytest
 
 from framebench.core.gemm import MAX_CREDIBLE_EFFICIENCY, PROBE_DISAGREEMENT, step_gemms
+from framebench.errors import FrameBenchError
 from framebench.store.results import RUNS_COLUMNS, append_rows, load_results, write_json
+from framebench.store.tables import BUSY_FRACTION, busy_warnings
 from tests.conftest import cli, framebench
 
 SIZES, BATCH, SAMPLES = (64, 32, 10), 16, 1600  # a tiny network: 100 steps per epoch
@@ -358,6 +360,60 @@ def test_perf_returns_the_worst_status_of_its_runs(tmp_path):
     )
     assert result.returncode == 1, result.stderr
     assert "| ci | fake |" not in (tmp_path / "report.md").read_text()  # a failed run is no row of the speed table
+
+
+def test_perf_takes_the_run_flags_and_runs_one_request_per_preset(tmp_path, monkeypatch):
+    from framebench.driver import perf
+
+    requests = []
+    monkeypatch.setattr(perf, "run", lambda request, model, train: requests.append((request, train)) or 0)
+    monkeypatch.setattr(perf, "write_perf_report", lambda folder, directories: folder / "report.md")
+    flags = ["--timeout", "60", "--executor", "local", "--seed", "7", "--same-seed", "--no-floors", "--schedule-timeout", "9"]
+    result = cli("perf", "--presets", "mlp", "--backends", "numpy,torch", "--epochs", "2", "--results-dir", str(tmp_path), *flags)
+    assert result.returncode == 0, result.stderr
+    assert [(r.preset, r.backends, r.run_id) for r, _ in requests] == [
+        ("mlp", "numpy,torch", "mlp"),
+        ("tutorial002", "numpy", "tutorial002"),
+        ("tutorial004", "torch", "tutorial004"),
+    ]
+    request, train = requests[0]
+    assert (request.timeout, request.executor, request.seed, request.same_seed, request.floors, request.schedule_timeout) == (
+        60,
+        "local",
+        7,
+        True,
+        False,
+        9,
+    )
+    assert (request.variants, request.repeats, request.results_dir, train) == ("all", 2, str(tmp_path), {"epochs": 2})
+
+
+@pytest.mark.parametrize("flag", ["--dataset", "--run-id", "--resume", "--sweep"])
+def test_perf_refuses_the_run_flags_it_sets_per_preset(flag):
+    result = cli("perf", flag, "x")
+    assert result.returncode == 2 and f"unrecognized arguments: {flag} x" in result.stderr
+
+
+def test_the_perf_matrix_adds_each_tutorial_preset_for_its_own_backend():
+    from framebench.driver.perf import perf_matrix
+
+    assert perf_matrix("mlp,tutorial000", "numpy,tf") == [("mlp", "numpy,tf"), ("tutorial000", "numpy,tf"), ("tutorial002", "numpy")]
+    assert perf_matrix("tutorial003", "jax") == [("tutorial003", "jax")]  # keras's tutorial preset only with keras
+    with pytest.raises(FrameBenchError, match="--presets"):
+        perf_matrix("nosuch", "numpy")
+
+
+def test_busy_warnings_name_each_job_whose_machine_was_busy_in_its_latest_attempt():
+    runs = [
+        run_row("numpy", 0, 1.0, 0.9, other_cpu_frac=BUSY_FRACTION + 0.01, node="n1"),
+        run_row("numpy", 1, 1.0, 0.9, other_cpu_frac=BUSY_FRACTION),
+        run_row("jax", 0, 1.0, 0.9, other_cpu_frac=0.9, status="lost"),
+        run_row("jax", 0, 1.0, 0.9, other_cpu_frac=0.0, attempt=2),
+    ]
+    used = f"{BUSY_FRACTION + 0.01:.0%}"
+    assert busy_warnings(pd.DataFrame(runs)) == [
+        f"numpy/default on cpu, repeat 1 (n1): machine busy, other processes used {used} of the CPUs; its times are suspect"
+    ]
 
 
 @pytest.fixture(scope="module")

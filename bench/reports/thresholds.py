@@ -129,16 +129,17 @@ def run_check(directory: str, thresholds_path: Path, *, allow_missing: bool) -> 
     return 0
 
 
-def thresholds_text(table: pd.DataFrame, command: str, directories: list[str]) -> str:
+def measured_by(directories: list[str]) -> list[str]:
+    """The command that measured each results directory, with its seeds."""
+    return [f"{t['env'].get('command', '?')}  (seeds {seeds_text(t['config']) or '?'})" for t in map(load_results, directories)]
+
+
+def thresholds_text(table: pd.DataFrame, command: str, measured: list[str]) -> str:
     """The thresholds file: the table, headed by how it was made (this command and the commands that measured its runs)."""
-    measured = []
-    for directory in directories:
-        tables = load_results(directory)
-        measured.append(f"#   {tables['env'].get('command', '?')}  (seeds {seeds_text(tables['config']) or '?'})")
     header = [
         "# Minimum final test accuracy per (preset, dataset, backend, epochs, sweep value): the lowest measured over",
         "# measured_runs runs, minus margin. Runs measured by:",
-        *measured,
+        *(f"#   {line}" for line in measured),
         f"# Derived by: {command}",
     ]
     return "\n".join(header) + "\n" + table.to_csv(index=False)
@@ -149,7 +150,7 @@ def run_derive(directories: list[str], *, margin: float, output: Path | None) ->
     import sys
 
     table = derive(directories, margin)
-    text = thresholds_text(table, " ".join(["framebench", *sys.argv[1:]]), directories)
+    text = thresholds_text(table, " ".join(["framebench", *sys.argv[1:]]), measured_by(directories))
     if output is None:
         print(text, end="")
         return 0
