@@ -120,6 +120,7 @@ test_in_a_child = conformance_test(
 """
 
 
+@pytest.mark.slow
 def test_an_entry_in_another_environment_reports_its_child_outcomes(pytester, monkeypatch):
     """One child runs exactly the items -k selected; each passes, fails or skips as it did there."""
     monkeypatch.setenv("PYTHONPATH", str(REPO))

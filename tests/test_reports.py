@@ -352,6 +352,7 @@ def test_thresholds_margin_must_be_finite_and_not_negative(tmp_path, margin):
     assert result.returncode == 2 and "--margin must be a finite number >= 0" in result.stderr
 
 
+@pytest.mark.slow
 def test_perf_returns_the_worst_status_of_its_runs(tmp_path):
     """One preset whose only job fails: perf must say so in its exit status, and still write its report."""
     env = {**os.environ, "FRAMEBENCH_PLUGINS": "fake=tests.fake_backend:FakeClassifier", "FAKE_MODE": "raise"}
@@ -439,6 +440,7 @@ def measured(tmp_path_factory):
     return parent / "base"
 
 
+@pytest.mark.slow
 def test_run_writes_figures_and_a_report_that_plot_redraws(measured):
     for name in ("loss.png", "accuracy.png", "epoch_time.png", "report.md"):
         assert (measured / name).stat().st_size > 1000

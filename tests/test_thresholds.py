@@ -11,6 +11,7 @@ from framebench.reports.thresholds import COLUMNS, DEFAULT_FILE, load_thresholds
 from tests.conftest import framebench, printed_directory
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist"])
 def test_every_backend_meets_its_threshold(tmp_path, dataset):
     thresholds = load_thresholds(DEFAULT_FILE)
