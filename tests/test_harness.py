@@ -153,7 +153,6 @@ def test_same_seed_gives_every_repeat_the_first_seed(tmp_path):
     assert tables["runs"]["seed"].tolist() == [5, 5]
     steps = tables["steps"].set_index(["repeat", "epoch", "step"])["loss"]
     pd.testing.assert_series_equal(steps.loc[0], steps.loc[1])
-    assert tables["config"]["matrices"][0]["same_seed"] is True
 
 
 def test_an_entry_needing_another_environment_is_refused_in_this_process(monkeypatch):

@@ -335,7 +335,7 @@ def test_thresholds_without_output_print_and_leave_the_shipped_file_alone(tmp_pa
     assert result.returncode == 0, result.stderr
     assert shipped.read_text() == "as shipped\n"
     printed = pd.read_csv(io.StringIO(result.stdout), comment="#")
-    assert list(printed.columns) == thresholds.COLUMNS and sorted(printed["backend"]) == ["jax", "numpy"]
+    assert sorted(printed["backend"]) == ["jax", "numpy"] and printed["min_test_acc"].notna().all()
 
 
 def test_thresholds_refuse_an_ok_run_without_accuracy(tmp_path):

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from framebench.core import registry
-from framebench.reports.thresholds import COLUMNS, DEFAULT_FILE, load_thresholds, thresholds_text
+from framebench.reports.thresholds import DEFAULT_FILE, load_thresholds, thresholds_text
 from tests.conftest import framebench, printed_directory
 
 
@@ -34,5 +34,5 @@ def test_the_shipped_file_is_exactly_what_the_generator_writes():
     measured = [line.removeprefix("#   ") for line in comments if line.startswith("#   ")]
     (command,) = [line.removeprefix("# Derived by: ") for line in comments if line.startswith("# Derived by: ")]
     table = pd.read_csv(DEFAULT_FILE, comment="#", dtype={"sweep_field": str, "sweep_value": str}, keep_default_na=False)
-    assert list(table.columns) == COLUMNS and measured
+    assert measured and "min_test_acc" in table
     assert thresholds_text(table, command, measured) == text
