@@ -226,7 +226,7 @@ class Check:
     run: Callable[[Subject, ModelConfig, TrainConfig], None]
     configs: dict[str | None, tuple[ModelConfig, TrainConfig]]  # parameter (None: none) -> the configuration it uses
     applies: Callable[[type[Classifier]], bool] = lambda cls: True  # beyond `lacks()`
-    slow: bool = False  # many steps of training: its items carry pytest's `slow` mark
+    slow: bool = False  # many steps or many builds (compiles): its items carry pytest's `slow` mark
 
 
 def with_optimizer(optimizer: str, lr: float) -> TrainConfig:
@@ -253,12 +253,13 @@ CHECKS = (
         configs={o: (MLP.model, with_optimizer(o, 1e-3 if o == "adam" else 0.05)) for o in ("sgd", "adam")},
         slow=True,
     ),
-    Check(name="preset", run=check_preset, configs={p: (PRESETS[p].model, PRESETS[p].train) for p in PRESETS if p != "mlp"}),
+    Check(name="preset", run=check_preset, configs={p: (PRESETS[p].model, PRESETS[p].train) for p in PRESETS if p != "mlp"}, slow=True),
     Check(
         name="determinism",
         run=check_determinism,
         configs={None: (dataclasses.replace(MLP.model, dropout=0.2), MLP.train)},
         applies=lambda cls: cls.deterministic_on_cpu,
+        slow=True,
     ),
     Check(
         name="dropout",
