@@ -5,7 +5,7 @@ GPU_PINS := "tensorflow[and-cuda]==2.21.0" "jax[cuda12]==0.10.2" "torch==2.13.0"
 	"numpy==2.4.6" "pandas==3.1.1" "matplotlib==3.11.2" "scikit-learn==1.9.1" "threadpoolctl==3.8.0" \
 	"pytest==9.2.0" "pytest-benchmark==5.3.1" "pytest-timeout==2.4.0" "ruff==0.17.6"
 
-.PHONY: install install-gpu lock-gpu bench bench-gpu bench-steps bench-perf bench-scaling bench-history bench-gate lint test readme clean
+.PHONY: install install-gpu lock-gpu bench bench-gpu bench-steps bench-perf bench-scaling bench-history bench-gate lint test test-fast readme clean
 
 install:  ## .venv with the pinned CPU versions (requirements.lock, torch's CPU build) + framebench, editable
 	$(PYTHON) -m venv $(VENV)
@@ -61,10 +61,13 @@ lint:  ## ruff: lint and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint  ## lint, then the test suite (needs MNIST and Fashion-MNIST: $$FRAMEBENCH_DATA_DIR, or the cache)
+test: lint  ## lint, then the whole test suite, what CI runs (needs MNIST and Fashion-MNIST: $$FRAMEBENCH_DATA_DIR, or the cache)
 	$(BIN)/python -m pytest -q
 
-readme:  ## README.md's example table, regenerated from results/example
+test-fast: lint  ## lint, then every test not marked slow: the edit-test loop (a few minutes)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+readme:  ## README.md's generated tables, the example results (from results/example) and the backends (from the registry)
 	$(BIN)/framebench readme
 
 clean:

@@ -226,6 +226,7 @@ class Check:
     run: Callable[[Subject, ModelConfig, TrainConfig], None]
     configs: dict[str | None, tuple[ModelConfig, TrainConfig]]  # parameter (None: none) -> the configuration it uses
     applies: Callable[[type[Classifier]], bool] = lambda cls: True  # beyond `lacks()`
+    slow: bool = False  # many steps or many builds (compiles): its items carry pytest's `slow` mark
 
 
 def with_optimizer(optimizer: str, lr: float) -> TrainConfig:
@@ -250,13 +251,15 @@ CHECKS = (
         name="trajectory",
         run=check_trajectory,
         configs={o: (MLP.model, with_optimizer(o, 1e-3 if o == "adam" else 0.05)) for o in ("sgd", "adam")},
+        slow=True,
     ),
-    Check(name="preset", run=check_preset, configs={p: (PRESETS[p].model, PRESETS[p].train) for p in PRESETS if p != "mlp"}),
+    Check(name="preset", run=check_preset, configs={p: (PRESETS[p].model, PRESETS[p].train) for p in PRESETS if p != "mlp"}, slow=True),
     Check(
         name="determinism",
         run=check_determinism,
         configs={None: (dataclasses.replace(MLP.model, dropout=0.2), MLP.train)},
         applies=lambda cls: cls.deterministic_on_cpu,
+        slow=True,
     ),
     Check(
         name="dropout",
@@ -278,6 +281,11 @@ class Case:
     subject: Subject
     check: Check | None  # None: the subject could not be loaded, and the case reports why
     parameter: str | None = None
+
+    @property
+    def slow(self) -> bool:
+        """A long check, or any check of a subject only a child pytest can host."""
+        return not self.subject.hosted or (self.check is not None and self.check.slow)
 
     @property
     def id(self) -> str:
@@ -313,13 +321,15 @@ def cases(*targets: type[Classifier] | registry.Entry) -> list[Case]:
 
 def conformance_test(*targets: type[Classifier] | registry.Entry) -> Callable:
     """A pytest test function, parametrised over every check that applies to each target; assign
-    it to a `test_...` name in a test module."""
+    it to a `test_...` name in a test module. Long items carry the `slow` mark (`-m "not slow"`
+    leaves them out; register the marker where pytest runs with --strict-markers)."""
     found = cases(*targets)
     generated = {case.id: case for case in found}
     if len(generated) != len(found):
         raise ValueError("two targets share a name; give each class a distinct name")
+    params = [pytest.param(case, id=name, marks=[pytest.mark.slow] if case.slow else []) for name, case in generated.items()]
 
-    @pytest.mark.parametrize("case", list(generated.values()), ids=list(generated))
+    @pytest.mark.parametrize("case", params)
     def test_conformance(case: Case, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
         if case.subject.hosted:
             case.run()

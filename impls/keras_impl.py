@@ -233,8 +233,9 @@ class KerasXLA(KerasClassifier):
 
 
 class KerasTutorial(KerasAuto):
-    """Tutorial 003's way: a tf.data pipeline mapped element by element and batched, fit one step per
-    call, with the tutorial's accuracy metric and Keras's default compilation."""
+    """Tutorial 003's way: a tf.data pipeline mapped element by element and batched, one `fit` per epoch
+    that executes one step per call (steps_per_execution=1), with the tutorial's accuracy metric and
+    Keras's default compilation."""
 
     def metrics(self) -> list:
         return [self.step_losses, "accuracy"]

@@ -3,6 +3,8 @@ $FRAMEBENCH_DATA_DIR, the cache, Debian's package); CI sets $FRAMEBENCH_DATA_DIR
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from framebench.core.data import load_dataset
+from framebench.driver.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # this process hosts the `keras` backend; children host the others
@@ -20,6 +23,18 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # this process hosts the `
 def framebench(*args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
     """`python -m framebench ARGS` in a fresh process from the repository root, as a user runs it."""
     return subprocess.run([sys.executable, "-m", "framebench", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    """`framebench ARGS` run in this process, for what the process boundary adds nothing to (arguments,
+    messages, exit statuses, reports): the same result as `framebench`, without an interpreter's start-up."""
+    out, err, status = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+        except SystemExit as exc:
+            status = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+    return subprocess.CompletedProcess(["framebench", *args], status, out.getvalue(), err.getvalue())
 
 
 def printed_directory(result: subprocess.CompletedProcess) -> str:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from framebench.store.results import load_results
 from tests.conftest import framebench, printed_directory
 
 
+@pytest.mark.slow
 def test_numpy_tutorial002_reaches_ninety_percent_on_mnist(tmp_path):
     result = framebench(
         "run", "--backends", "numpy", "--preset", "tutorial002", "--epochs", "2", "--results-dir", str(tmp_path), "--no-floors"

@@ -23,6 +23,7 @@ def built(backend: str, n_train: int, data):
     return classifier
 
 
+@pytest.mark.slow
 def test_tf_epoch_function_is_traced_once(mnist):
     """No retracing per batch, per short last batch, per epoch or per batch size."""
     pytest.importorskip("tensorflow", reason="TensorFlow is not installed")
@@ -35,6 +36,7 @@ def test_tf_epoch_function_is_traced_once(mnist):
     assert classifier.traces == 1
 
 
+@pytest.mark.slow
 def test_jax_compiles_in_the_first_epoch_only():
     """XLA compiles again when an argument's placement changes between calls (an uncommitted array
     in the first call), which once put a whole compile into every JAX run's second epoch."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import struct
+import urllib.error
 
 import numpy as np
 import pytest
@@ -139,3 +141,53 @@ def test_digits_split_is_fixed_and_scaled():
     first, second = load_dataset("digits"), load_dataset("digits")
     np.testing.assert_array_equal(first.y_test, second.y_test)
     assert first.input_size == 64 and first.x_train.max() == 1.0 and len(first.y_train) + len(first.y_test) == 1797
+
+
+class Response(io.BytesIO):
+    """What urlopen returns, serving `payload`."""
+
+    def __init__(self, payload: bytes) -> None:
+        super().__init__(payload)
+        self.headers = {"Content-Length": str(len(payload))}
+
+
+def serve(monkeypatch, payloads: dict[str, bytes]) -> list[str]:
+    """Mirrors a/ and b/ answering with `payloads` by mirror (others unreachable); returns the URLs asked for."""
+    asked = []
+
+    def urlopen(url, timeout):
+        asked.append(url)
+        mirror = url.split("/")[2]
+        if mirror not in payloads:
+            raise urllib.error.URLError("unreachable")
+        return Response(payloads[mirror])
+
+    monkeypatch.setitem(data.MIRRORS, "mnist", ["http://a/", "http://b/"])
+    monkeypatch.setattr(data.urllib.request, "urlopen", urlopen)
+    return asked
+
+
+def test_a_download_falls_back_to_the_next_mirror_verifies_and_is_cached(tmp_path, monkeypatch, capsys):
+    labels = np.arange(10_000) % 10
+    raw = idx_bytes(labels)
+    monkeypatch.setitem(data.SHA256, "mnist/t10k-labels-idx1-ubyte", hashlib.sha256(raw).hexdigest())
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("FRAMEBENCH_DATA_DIR", raising=False)
+    asked = serve(monkeypatch, {"b": gzip.compress(raw)})
+    path = data.download("mnist", "t10k-labels-idx1-ubyte", data.default_cache_dir() / "mnist")
+    assert asked == ["http://a/t10k-labels-idx1-ubyte.gz", "http://b/t10k-labels-idx1-ubyte.gz"]
+    assert path == tmp_path / "framebench" / "mnist" / "t10k-labels-idx1-ubyte.gz" and sorted(path.parent.iterdir()) == [path]
+    assert "downloading http://b/t10k-labels-idx1-ubyte.gz: 0.0/0.0 MB" in capsys.readouterr().err
+    assert data.find_file("t10k-labels-idx1-ubyte", data.search_dirs("mnist", None)) == path  # found in the cache next time
+    np.testing.assert_array_equal(read_idx_file(path, key="mnist/t10k-labels-idx1-ubyte", ndim=1, count=10_000), labels)
+
+
+def test_a_download_that_fails_verification_everywhere_keeps_nothing_and_says_why(tmp_path, monkeypatch):
+    serve(monkeypatch, {"a": gzip.compress(idx_bytes(np.arange(10_000) % 10)), "b": b"not gzip"})
+    with pytest.raises(FrameBenchError) as error:
+        data.download("mnist", "t10k-labels-idx1-ubyte", tmp_path)
+    message = str(error.value)
+    assert message.startswith("could not download mnist/t10k-labels-idx1-ubyte (http://a/t10k-labels-idx1-ubyte.gz: ")
+    assert "does not match the published" in message and "http://b/t10k-labels-idx1-ubyte.gz: " in message
+    assert message.endswith("put the files under --data-dir DIR/mnist/ or use --dataset digits offline")
+    assert list(tmp_path.iterdir()) == []  # no partial or unverified file is left to be found later

@@ -5,6 +5,7 @@ once. Each case asserts the exit status, the one-line message, and that no earli
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 
 from framebench.driver.runner import Interrupts, Stopped
 from framebench.store.results import append_rows, load_results, read_table
-from tests.conftest import REPO, framebench
+from tests.conftest import REPO, cli, framebench
 
 PLUGIN = "fake=tests.fake_backend:FakeClassifier"
 
@@ -36,10 +37,6 @@ def run_args(results: Path, *args: str) -> list[str]:
 def run_fake(results: Path, *args: str) -> subprocess.CompletedProcess:
     """`framebench run` on digits with the fake plugin behaving well."""
     return framebench(*run_args(results, *args), env=env_for("ok"))
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return framebench(*args, env=env_for("ok"))
 
 
 def wait_for(condition, what: str, timeout: float = 120) -> None:
@@ -87,6 +84,7 @@ def worker_pids(pid_dir: Path) -> list[int]:
 
 
 @pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.slow
 def test_a_stopped_driver_kills_its_worker_records_the_job_and_can_resume(tmp_path, signum, status):
     pids = tmp_path / "pids"
     pids.mkdir()
@@ -102,13 +100,13 @@ def test_a_stopped_driver_kills_its_worker_records_the_job_and_can_resume(tmp_pa
     assert runs[["backend", "status", "epochs_done"]].values.tolist() == [["fake", "interrupted", 1]]
     assert (tmp_path / "r" / "report.md").exists() and out.strip().splitlines()[-1] == str(tmp_path / "r")
     epochs_before = tables["epochs"]
-    resumed = cli("run", "--resume", str(tmp_path / "r"))
+    resumed = framebench("run", "--resume", str(tmp_path / "r"), env=env_for("ok"))
     assert resumed.returncode == 0, resumed.stderr
     after = load_results(tmp_path / "r")
     assert after["runs"]["status"].tolist() == ["interrupted", "ok", "ok"]
     assert after["runs"]["attempt"].tolist() == [1, 2, 1]
     pd.testing.assert_frame_equal(after["epochs"].iloc[: len(epochs_before)], epochs_before)
-    again = cli("run", "--resume", str(tmp_path / "r"))
+    again = framebench("run", "--resume", str(tmp_path / "r"), env=env_for("ok"))
     assert again.returncode == 0 and "0 to run" in again.stderr and len(load_results(tmp_path / "r")["runs"]) == 3
 
 
@@ -129,6 +127,7 @@ def test_a_signal_while_a_job_s_rows_are_written_is_raised_once_they_are_whole()
             signal.signal(name, handler)
 
 
+@pytest.mark.slow
 def test_kill_9_of_the_driver_leaves_no_worker_and_parseable_tables(tmp_path):
     pids = tmp_path / "pids"
     pids.mkdir()
@@ -138,12 +137,13 @@ def test_kill_9_of_the_driver_leaves_no_worker_and_parseable_tables(tmp_path):
     wait_for(lambda: not any(alive(pid) for pid in worker_pids(pids)), "the orphaned worker to die", timeout=10)
     tables = load_results(tmp_path / "r")
     assert tables["runs"].empty and len(tables["epochs"]) == 1  # no row was finished; the measured epoch is kept
-    resumed = cli("run", "--resume", str(tmp_path / "r"))
+    resumed = framebench("run", "--resume", str(tmp_path / "r"), env=env_for("ok"))
     assert resumed.returncode == 0, resumed.stderr
     runs = load_results(tmp_path / "r")["runs"]
     assert sorted(runs["backend"]) == ["fake", "numpy"] and (runs["status"] == "ok").all()
 
 
+@pytest.mark.slow
 def test_kill_9_of_a_worker_is_a_failed_row_and_the_matrix_goes_on(tmp_path):
     pids = tmp_path / "pids"
     pids.mkdir()
@@ -156,6 +156,7 @@ def test_kill_9_of_a_worker_is_a_failed_row_and_the_matrix_goes_on(tmp_path):
     assert runs.loc["fake", "epochs_done"] == 1 and runs.loc["numpy", "status"] == "ok"
 
 
+@pytest.mark.slow
 def test_a_second_writer_is_refused_and_the_first_is_untouched(tmp_path):
     pids = tmp_path / "pids"
     pids.mkdir()
@@ -168,6 +169,7 @@ def test_a_second_writer_is_refused_and_the_first_is_untouched(tmp_path):
         process.terminate()
 
 
+@pytest.mark.slow
 def test_appending_another_configuration_is_refused(tmp_path):
     first = run_fake(tmp_path, "--backends", "fake", "--epochs", "2", "--run-id", "r")
     assert first.returncode == 0, first.stderr
@@ -186,13 +188,22 @@ def test_appending_another_configuration_is_refused(tmp_path):
     assert plugin_gone.returncode == 2 and "names backend(s) not registered here (fake)" in plugin_gone.stderr
 
 
-@pytest.fixture
-def finished(tmp_path):
-    result = run_fake(tmp_path, "--backends", "fake", "--epochs", "2", "--repeats", "2", "--run-id", "r")
+@pytest.fixture(scope="module")
+def finished_once(tmp_path_factory):
+    """One real finished run of the fake backend, measured once for the tests that damage a copy of it."""
+    parent = tmp_path_factory.mktemp("finished")
+    result = run_fake(parent, "--backends", "fake", "--epochs", "2", "--repeats", "2", "--run-id", "r")
     assert result.returncode == 0, result.stderr
-    return tmp_path / "r"
+    return parent / "r"
 
 
+@pytest.fixture
+def finished(finished_once, tmp_path):
+    """A copy of the finished run (under tmp_path/r) for one test to damage."""
+    return Path(shutil.copytree(finished_once, tmp_path / "r"))
+
+
+@pytest.mark.slow
 def test_a_torn_last_row_is_ignored_when_read_and_cut_before_the_next_append(finished):
     runs = finished / "runs.csv"
     whole = runs.read_bytes()
@@ -235,6 +246,7 @@ def test_a_torn_row_longer_than_one_read_block_keeps_every_whole_row(tmp_path):
     assert path.read_bytes().startswith(whole) and read_table(tmp_path, "epochs")["epoch"].tolist() == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_an_empty_steps_table_gets_its_header_back(finished):
     (finished / "steps.csv").write_bytes(b"")
     assert load_results(finished)["steps"].empty
@@ -300,6 +312,7 @@ def mounted_tmpfs(path: Path, *options: str):
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
+@pytest.mark.slow
 def test_a_read_only_results_dir_is_one_line_before_training(tmp_path):
     with mounted_tmpfs(tmp_path / "ro", "ro", "size=1m") as readonly:
         result = run_fake(readonly, "--backends", "fake")
@@ -307,6 +320,7 @@ def test_a_read_only_results_dir_is_one_line_before_training(tmp_path):
     assert len(result.stderr.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_a_results_dir_too_small_for_the_matrix_is_refused_before_training(tmp_path):
     with mounted_tmpfs(tmp_path / "small", "size=256k") as small:
         result = run_fake(small, "--backends", "fake", "--epochs", "20", "--batch-size", "1", "--run-id", "r")
@@ -314,6 +328,7 @@ def test_a_results_dir_too_small_for_the_matrix_is_refused_before_training(tmp_p
         assert not (small / "r" / "epochs.csv").exists() or rows(small / "r" / "epochs.csv") == 0
 
 
+@pytest.mark.slow
 def test_a_disk_that_fills_up_mid_run_is_one_error_and_every_table_stays_whole(tmp_path):
     pids = tmp_path / "pids"
     pids.mkdir()

@@ -4,11 +4,14 @@ backend that is wrong; entries needing another environment report their child py
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
 
+from framebench.core import registry
 from framebench.core.classifier import Classifier
+from framebench.errors import FrameBenchError
 from framebench.testing import cases, conformance_test
 from tests.conftest import REPO
 
@@ -117,6 +120,7 @@ test_in_a_child = conformance_test(
 """
 
 
+@pytest.mark.slow
 def test_an_entry_in_another_environment_reports_its_child_outcomes(pytester, monkeypatch):
     """One child runs exactly the items -k selected; each passes, fails or skips as it did there."""
     monkeypatch.setenv("PYTHONPATH", str(REPO))
@@ -135,3 +139,38 @@ def test_an_entry_in_another_environment_reports_its_child_outcomes(pytester, mo
     (report,) = pytester.path.rglob("outcomes.jsonl")
     run = {json.loads(line)[0].split("[", 1)[1] for line in report.read_text().splitlines()}
     assert run == {f"{name}-{check}]" for name in ("tiny", "tiny:frozen", "tiny:gpu") for check in ("logits[relu]", "optimizer[sgd]")}
+
+
+class DeclaringPlugin(TinyNumpy):
+    """A plugin that declares what the registry declares for the built-in backends."""
+
+    devices = ("gpu",)
+    environment = {"FRAMEBENCH_PLUGIN_PROCESS": "declared"}
+    gemm_library = "torch"
+
+
+class MisdeclaringPlugin(TinyNumpy):
+    devices = ("tpu",)
+    gemm_library = "mkl"
+
+
+def test_a_plugin_class_declares_its_devices_environment_and_gemm_library():
+    plugins = registry.Registry(registry.plugin_entries("tiny:declared=tests.test_plugin:DeclaringPlugin,tiny=tests.test_plugin:TinyNumpy"))
+    entry = plugins[("tiny", "declared")]
+    assert (entry.devices, entry.env, entry.gemm_library, entry.error) == (("gpu",), {"FRAMEBENCH_PLUGIN_PROCESS": "declared"}, "torch", "")
+    plain = plugins[("tiny", "default")]
+    assert (plain.devices, plain.env, plain.gemm_library) == (("cpu", "gpu"), {}, "numpy")
+
+
+def test_a_plugin_module_is_imported_when_its_entry_is_looked_up_not_before():
+    plugins = registry.Registry(registry.plugin_entries("absent=no_such_module_here:Backend"))
+    assert ("absent", "default") in plugins and list(plugins) == [("absent", "default")]
+    assert "no_such_module_here" not in sys.modules
+    assert "absent cannot be imported" in plugins[("absent", "default")].error
+
+
+def test_a_wrong_declaration_spoils_only_its_entry():
+    (entry,) = registry.Registry(registry.plugin_entries("bad=tests.test_plugin:MisdeclaringPlugin")).values()
+    assert "devices ('tpu',) (not among ('cpu', 'gpu'))" in entry.error and "gemm_library 'mkl'" in entry.error
+    with pytest.raises(FrameBenchError, match="MisdeclaringPlugin declares"):
+        registry.load(entry)

@@ -21,7 +21,10 @@ from framebench.core.gemm import with_efficiencies
 from framebench.store.results import load_results
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is not installed: pip install 'framebench[ray]'")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is not installed: pip install 'framebench[ray]'"),
+]
 
 LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # Ray then puts every node and every driver on 127.0.0.1
 TOKEN = secrets.token_hex(32)
@@ -220,7 +223,6 @@ def test_a_job_no_node_can_run_is_a_row_within_the_schedule_timeout(cluster, tmp
         while ray.available_resources().get("framebench_slot", 0) > 0 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert ray.available_resources().get("framebench_slot", 0) == 0, "the holders never started"
-        started = time.monotonic()
         result = framebench_run(
             tmp_path,
             "--executor",
@@ -237,7 +239,7 @@ def test_a_job_no_node_can_run_is_a_row_within_the_schedule_timeout(cluster, tmp
             "--schedule-timeout",
             "3",
         )
-        elapsed = time.monotonic() - started
+        still_holding = not ray.wait(holders, num_returns=len(holders), timeout=0)[0]  # the run gave up before a slot freed
         for holder in holders:
             ray.cancel(holder, force=True)
     finally:
@@ -248,7 +250,7 @@ def test_a_job_no_node_can_run_is_a_row_within_the_schedule_timeout(cluster, tmp
     waited = "no node started it within --schedule-timeout 3 s (it needs a free node advertising framebench_slot)"
     assert runs.loc[("numpy", "cpu"), "error"] == waited and runs.loc[("torch", "cpu"), "error"] == waited
     assert runs.loc[("torch", "gpu"), "error"] == "no node of the Ray cluster that advertises framebench_slot has a GPU"
-    assert "runs on cpu only" in runs.loc[("numpy", "gpu"), "error"] and elapsed < 60
+    assert "runs on cpu only" in runs.loc[("numpy", "gpu"), "error"] and still_holding
 
 
 def test_without_an_address_a_ray_instance_of_its_own_runs_the_jobs_quietly(cluster, tmp_path):

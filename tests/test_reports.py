@@ -8,6 +8,7 @@ cannot fail (or pass) these tests; one small real run checks that the report is 
 from __future__ import annotations
 
 import copy
+import io
 import json
 import math
 import os
@@ -16,9 +17,11 @@ import pandas as pd
 import pytest
 
 from framebench.core.gemm import MAX_CREDIBLE_EFFICIENCY, PROBE_DISAGREEMENT, step_gemms
+from framebench.errors import FrameBenchError
 from framebench.store.job import columns
 from framebench.store.results import append_rows, load_results, write_json
-from tests.conftest import framebench
+from framebench.store.tables import BUSY_FRACTION, busy_warnings
+from tests.conftest import cli, framebench
 
 SIZES, BATCH, SAMPLES = (64, 32, 10), 16, 1600  # a tiny network: 100 steps per epoch
 CONFIG = {
@@ -111,7 +114,7 @@ def test_floors_and_efficiencies_are_derived_from_each_nodes_probes(tmp_path):
     numpy_run = runs.loc[("numpy", 1)]
     assert numpy_run["floor_epoch_s"] == pytest.approx(0.002 * steps)  # the faster probe of the faster library
     assert numpy_run["own_floor_epoch_s"] == pytest.approx(0.004 * steps)
-    assert numpy_run["efficiency"] == pytest.approx(0.2 / 1.1) and numpy_run["overhead_efficiency"] == pytest.approx(0.4 / 1.1)
+    assert numpy_run["efficiency"] == pytest.approx(0.2 / 1.01) and numpy_run["overhead_efficiency"] == pytest.approx(0.4 / 1.01)
     assert runs.loc[("jax", 0), "overhead_efficiency"] == pytest.approx(0.2 / 0.5)
     assert (runs["floor_note"] == "").all()
 
@@ -123,7 +126,7 @@ def test_disagreeing_probes_make_efficiencies_unreliable_not_wrong(tmp_path):
     numpy_runs = runs[runs["backend"] == "numpy"]
     assert numpy_runs["efficiency"].isna().all() and numpy_runs["floor_epoch_s"].notna().all()
     assert numpy_runs["floor_note"].str.contains("disagree").all()
-    result = framebench("plot", str(tmp_path / "r"))
+    result = cli("plot", str(tmp_path / "r"))
     assert result.returncode == 0 and "disagree" in (tmp_path / "r" / "report.md").read_text()
 
 
@@ -156,7 +159,7 @@ def test_one_probe_is_noted(tmp_path):
 
 
 def compare(base, new, *args):
-    return framebench("compare", str(base), str(new), *args)
+    return cli("compare", str(base), str(new), *args)
 
 
 def test_compare_identical_runs_finds_no_regression(tmp_path):
@@ -299,13 +302,13 @@ def thresholds_file(path, rows: list[tuple[str, float]]) -> str:
 def test_check_passes_only_runs_it_verified(tmp_path):
     directory = results(tmp_path / "r", baseline_runs(acc=0.95))
     good = thresholds_file(tmp_path / "good.csv", [("numpy", 0.9), ("jax", 0.9)])
-    assert framebench("check", str(directory), "--thresholds", good).returncode == 0
+    assert cli("check", str(directory), "--thresholds", good).returncode == 0
     partial = thresholds_file(tmp_path / "partial.csv", [("numpy", 0.9)])
-    missing = framebench("check", str(directory), "--thresholds", partial)
+    missing = cli("check", str(directory), "--thresholds", partial)
     assert missing.returncode == 1 and "jax/default on cpu (mlp, digits, 3 epochs, repeat 1): no threshold" in missing.stdout
-    assert framebench("check", str(directory), "--thresholds", partial, "--allow-missing").returncode == 0
+    assert cli("check", str(directory), "--thresholds", partial, "--allow-missing").returncode == 0
     strict = thresholds_file(tmp_path / "strict.csv", [("numpy", 0.9), ("jax", 0.999)])
-    result = framebench("check", str(directory), "--thresholds", strict)
+    result = cli("check", str(directory), "--thresholds", strict)
     assert (
         result.returncode == 1
         and "FAIL: jax/default on cpu (mlp, digits, 3 epochs, repeat 1): test accuracy 0.9500 < threshold 0.9990" in result.stdout
@@ -317,7 +320,7 @@ def test_check_fails_a_run_that_did_not_finish_ok_whatever_the_thresholds(tmp_pa
     runs = baseline_runs()
     runs[2] = {**runs[2], "status": status, "error": "boom"}
     directory = results(tmp_path / "r", runs)
-    result = framebench("check", str(directory), "--thresholds", thresholds_file(tmp_path / "t.csv", [("numpy", 0.0), ("jax", 0.0)]))
+    result = cli("check", str(directory), "--thresholds", thresholds_file(tmp_path / "t.csv", [("numpy", 0.0), ("jax", 0.0)]))
     assert result.returncode == 1 and f"run {status} (boom)" in result.stdout
 
 
@@ -327,13 +330,13 @@ def test_an_empty_or_nonsense_threshold_is_an_error_when_read(tmp_path, row):
     path = tmp_path / "t.csv"
     thresholds_file(path, [("numpy", 0.9), ("jax", 0.9)])
     path.write_text(path.read_text().replace("jax,3,,,0.9", row))
-    result = framebench("check", str(directory), "--thresholds", str(path))
+    result = cli("check", str(directory), "--thresholds", str(path))
     assert result.returncode == 2 and "a threshold must be a number in [0, 1] and epochs a positive integer" in result.stderr
 
 
 def test_check_without_thresholds_file_is_a_one_line_error(tmp_path):
     directory = results(tmp_path / "r", baseline_runs())
-    result = framebench("check", str(directory), "--thresholds", str(tmp_path / "none.csv"))
+    result = cli("check", str(directory), "--thresholds", str(tmp_path / "none.csv"))
     assert result.returncode == 2 and result.stderr.startswith("error: no thresholds file")
 
 
@@ -342,26 +345,40 @@ def test_thresholds_are_the_lowest_accuracy_minus_the_margin(tmp_path):
     runs[1]["final_test_acc"] = 0.91
     directory = results(tmp_path / "r", runs)
     output = tmp_path / "derived.csv"
-    assert framebench("thresholds", str(directory), "--margin", "0.01", "--output", str(output)).returncode == 0
+    assert cli("thresholds", str(directory), "--margin", "0.01", "--output", str(output)).returncode == 0
     table = pd.read_csv(output, comment="#").set_index("backend")
     assert table.loc["numpy", "min_test_acc"] == pytest.approx(0.90) and table.loc["jax", "min_test_acc"] == pytest.approx(0.94)
-    assert framebench("check", str(directory), "--thresholds", str(output)).returncode == 0
+    assert cli("check", str(directory), "--thresholds", str(output)).returncode == 0
+
+
+def test_thresholds_without_output_print_and_leave_the_shipped_file_alone(tmp_path, monkeypatch):
+    from framebench.reports import thresholds
+
+    shipped = tmp_path / "shipped.csv"
+    shipped.write_text("as shipped\n")
+    monkeypatch.setattr(thresholds, "DEFAULT_FILE", shipped)
+    result = cli("thresholds", str(results(tmp_path / "r", baseline_runs())))
+    assert result.returncode == 0, result.stderr
+    assert shipped.read_text() == "as shipped\n"
+    printed = pd.read_csv(io.StringIO(result.stdout), comment="#")
+    assert sorted(printed["backend"]) == ["jax", "numpy"] and printed["min_test_acc"].notna().all()
 
 
 def test_thresholds_refuse_an_ok_run_without_accuracy(tmp_path):
     runs = baseline_runs()
     runs[1]["final_test_acc"] = ""
-    result = framebench("thresholds", str(results(tmp_path / "r", runs)), "--output", str(tmp_path / "t.csv"))
+    result = cli("thresholds", str(results(tmp_path / "r", runs)), "--output", str(tmp_path / "t.csv"))
     assert result.returncode == 2 and "did not finish ok with an accuracy" in result.stderr and not (tmp_path / "t.csv").exists()
 
 
 @pytest.mark.parametrize("margin", ["-0.01", "inf", "nan"])
 def test_thresholds_margin_must_be_finite_and_not_negative(tmp_path, margin):
     directory = results(tmp_path / "r", baseline_runs())
-    result = framebench("thresholds", str(directory), "--margin", margin, "--output", str(tmp_path / "t.csv"))
+    result = cli("thresholds", str(directory), "--margin", margin, "--output", str(tmp_path / "t.csv"))
     assert result.returncode == 2 and "--margin must be a finite number >= 0" in result.stderr
 
 
+@pytest.mark.slow
 def test_perf_returns_the_worst_status_of_its_runs(tmp_path):
     """One preset whose only job fails: perf must say so in its exit status, and still write its report."""
     env = {**os.environ, "FRAMEBENCH_PLUGINS": "fake=tests.fake_backend:FakeClassifier", "FAKE_MODE": "raise"}
@@ -370,6 +387,60 @@ def test_perf_returns_the_worst_status_of_its_runs(tmp_path):
     )
     assert result.returncode == 1, result.stderr
     assert "| ci | fake |" not in (tmp_path / "report.md").read_text()  # a failed run is no row of the speed table
+
+
+def test_perf_takes_the_run_flags_and_runs_one_request_per_preset(tmp_path, monkeypatch):
+    from framebench.driver import perf
+
+    requests = []
+    monkeypatch.setattr(perf, "run", lambda request, model, train: requests.append((request, train)) or 0)
+    monkeypatch.setattr(perf, "write_perf_report", lambda folder, directories: folder / "report.md")
+    flags = ["--timeout", "60", "--executor", "local", "--seed", "7", "--same-seed", "--no-floors", "--schedule-timeout", "9"]
+    result = cli("perf", "--presets", "mlp", "--backends", "numpy,torch", "--epochs", "2", "--results-dir", str(tmp_path), *flags)
+    assert result.returncode == 0, result.stderr
+    assert [(r.preset, r.backends, r.run_id) for r, _ in requests] == [
+        ("mlp", "numpy,torch", "mlp"),
+        ("tutorial002", "numpy", "tutorial002"),
+        ("tutorial004", "torch", "tutorial004"),
+    ]
+    request, train = requests[0]
+    assert (request.timeout, request.executor, request.seed, request.same_seed, request.floors, request.schedule_timeout) == (
+        60,
+        "local",
+        7,
+        True,
+        False,
+        9,
+    )
+    assert (request.variants, request.repeats, request.results_dir, train) == ("all", 2, str(tmp_path), {"epochs": 2})
+
+
+@pytest.mark.parametrize("flag", ["--dataset", "--run-id", "--resume", "--sweep"])
+def test_perf_refuses_the_run_flags_it_sets_per_preset(flag):
+    result = cli("perf", flag, "x")
+    assert result.returncode == 2 and f"unrecognized arguments: {flag} x" in result.stderr
+
+
+def test_the_perf_matrix_adds_each_tutorial_preset_for_its_own_backend():
+    from framebench.driver.perf import perf_matrix
+
+    assert perf_matrix("mlp,tutorial000", "numpy,tf") == [("mlp", "numpy,tf"), ("tutorial000", "numpy,tf"), ("tutorial002", "numpy")]
+    assert perf_matrix("tutorial003", "jax") == [("tutorial003", "jax")]  # keras's tutorial preset only with keras
+    with pytest.raises(FrameBenchError, match="--presets"):
+        perf_matrix("nosuch", "numpy")
+
+
+def test_busy_warnings_name_each_job_whose_machine_was_busy_in_its_latest_attempt():
+    runs = [
+        run_row("numpy", 0, 1.0, 0.9, other_cpu_frac=BUSY_FRACTION + 0.01, node="n1"),
+        run_row("numpy", 1, 1.0, 0.9, other_cpu_frac=BUSY_FRACTION),
+        run_row("jax", 0, 1.0, 0.9, other_cpu_frac=0.9, status="lost"),
+        run_row("jax", 0, 1.0, 0.9, other_cpu_frac=0.0, attempt=2),
+    ]
+    used = f"{BUSY_FRACTION + 0.01:.0%}"
+    assert busy_warnings(pd.DataFrame(runs)) == [
+        f"numpy/default on cpu, repeat 1 (n1): machine busy, other processes used {used} of the CPUs; its times are suspect"
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -395,11 +466,12 @@ def measured(tmp_path_factory):
     return parent / "base"
 
 
+@pytest.mark.slow
 def test_run_writes_figures_and_a_report_that_plot_redraws(measured):
     for name in ("loss.png", "accuracy.png", "epoch_time.png", "report.md"):
         assert (measured / name).stat().st_size > 1000
     (measured / "loss.png").unlink()
-    assert framebench("plot", str(measured)).returncode == 0
+    assert cli("plot", str(measured)).returncode == 0
     assert (measured / "loss.png").exists()
     report = (measured / "report.md").read_text()
     assert "| numpy | default | cpu | 2 |" in report and "![Steady-state epoch time per backend](epoch_time.png)" in report

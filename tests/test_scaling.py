@@ -289,6 +289,7 @@ def test_report_section_of_a_threads_sweep(tmp_path):
 # --- a real sweep -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_tiny_real_sweep_on_digits_writes_rows_per_value_and_the_report_section(tmp_path):
     result = framebench(
         "run",

@@ -30,6 +30,15 @@ class Classifier(ABC):
     adam_form: ClassVar[str] = "torch"
     # Whether two runs with the same seed give bit-identical losses on the CPU.
     deterministic_on_cpu: ClassVar[bool] = True
+    # What a plugin (FRAMEBENCH_PLUGINS) needs, read from its class when its entry is first looked up
+    # (the built-in backends declare theirs in `framebench.core.registry`, which imports none of them):
+    # the devices it can run on at all (`available` says whether this machine has them), the
+    # environment its process must start with (e.g. {"KERAS_BACKEND": "torch"}; its module is imported
+    # once without it, to read these), and the library whose matrix products it runs on, for its own
+    # GEMM floor: numpy, torch, tf or jax.
+    devices: ClassVar[tuple[str, ...]] = ("cpu", "gpu")
+    environment: ClassVar[dict[str, str]] = {}
+    gemm_library: ClassVar[str] = "numpy"
 
     def __init__(
         self,

@@ -86,8 +86,8 @@ class EpochResult:
     epoch_s: float  # wall-clock seconds of train_epoch + sync
     step_losses: np.ndarray  # per-step training losses as the backend reported them
     train_loss: float  # mean of the step losses
-    test_loss: float  # mean test loss, by bench.metrics
-    test_acc: float  # test accuracy, by bench.metrics
+    test_loss: float  # mean test loss, by framebench.core.metrics
+    test_acc: float  # test accuracy, by framebench.core.metrics
     eval_s: float  # wall-clock seconds of predict_logits on the test set
 
 

@@ -3,15 +3,19 @@
 A variant is a `Classifier` subclass of its backend's default class, registered under its own name.
 Entries name their class as a string and are imported only when loaded, so importing the harness
 never imports TensorFlow, PyTorch or JAX, and `framebench` never imports its backends statically.
+A plugin's class declares its own devices, environment and GEMM library: its module is imported
+when its entry is first looked up (to plan its jobs), never when the registry is.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import importlib
 import importlib.util
 import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +35,7 @@ class Entry:
     gemm_library: str = "numpy"  # library whose matrix products it runs on (its own GEMM floor)
     devices: tuple[str, ...] = DEVICES  # devices it can run on at all; `available()` checks this machine
     error: str = ""  # why it cannot be used at all (a malformed plugin entry); empty when usable
+    declared_by_class: bool = False  # a plugin whose class declares env, gemm_library and devices, not read yet
 
     @property
     def name(self) -> str:
@@ -70,7 +75,10 @@ def backend(
 
 
 NUMPY, TF, KERAS, TORCH, JAX = (f"framebench.impls.{name}_impl" for name in ("numpy", "tf", "keras", "torch", "jax"))
-KERAS_TUTORIAL = ("KerasTutorial", "tutorial 003's way: a tf.data pipeline mapped per element, one step per fit call")
+KERAS_TUTORIAL = (
+    "KerasTutorial",
+    "tutorial 003's way: a tf.data pipeline mapped per element, one fit per epoch running one step per execution",
+)
 BUILTIN = [
     *backend(
         "numpy",
@@ -136,11 +144,54 @@ def plugin_entries(text: str) -> list[Entry]:
         backend_name, _, variant = name.strip().partition(":")
         module, _, class_name = target.strip().partition(":")
         error = "" if backend_name and module and class_name else f"{PLUGINS_VARIABLE} entry {item!r} is not name[:variant]=module:Class"
-        entries.append(Entry(backend_name or item, variant or "default", target.strip(), f"plugin {target.strip()}", error=error))
+        summary = f"plugin {target.strip()}"
+        entries.append(Entry(backend_name or item, variant or "default", target.strip(), summary, error=error, declared_by_class=True))
     return entries
 
 
-REGISTRY: dict[tuple[str, str], Entry] = {(e.backend, e.variant): e for e in BUILTIN + plugin_entries(os.environ.get(PLUGINS_VARIABLE, ""))}
+def declared(entry: Entry) -> Entry:
+    """A plugin's entry completed with what its class declares (Classifier.devices, .environment,
+    .gemm_library), or carrying the reason it cannot be used."""
+    from framebench.core.gemm import LIBRARIES
+
+    try:
+        cls = load(dataclasses.replace(entry, declared_by_class=False))
+    except FrameBenchError as exc:
+        return dataclasses.replace(entry, error=str(exc), declared_by_class=False)
+    devices, env = tuple(cls.devices), dict(cls.environment)
+    problems = [
+        f"devices {devices} (not among {DEVICES})" if not devices or not set(devices) <= set(DEVICES) else "",
+        f"gemm_library {cls.gemm_library!r} (not one of {LIBRARIES})" if cls.gemm_library not in LIBRARIES else "",
+        "an environment that is not a dict of strings" if not all(isinstance(v, str) for v in (*env, *env.values())) else "",
+    ]
+    wrong = "; ".join(filter(None, problems))
+    error = f"{entry.name}: {cls.__name__} declares {wrong}; see Classifier's class attributes" if wrong else ""
+    return dataclasses.replace(entry, devices=devices, env=env, gemm_library=cls.gemm_library, error=error, declared_by_class=False)
+
+
+class Registry(Mapping):
+    """(backend, variant) -> Entry. Names and membership import nothing; a plugin's entry is read from
+    its class (`declared`) the first time it is looked up."""
+
+    def __init__(self, entries: list[Entry]) -> None:
+        self.entries = {(e.backend, e.variant): e for e in entries}
+
+    def __getitem__(self, key: tuple[str, str]) -> Entry:
+        if self.entries[key].declared_by_class:
+            self.entries[key] = declared(self.entries[key])
+        return self.entries[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.entries
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+REGISTRY = Registry(BUILTIN + plugin_entries(os.environ.get(PLUGINS_VARIABLE, "")))
 
 
 def backend_names() -> list[str]:

@@ -23,6 +23,7 @@ from framebench.errors import FrameBenchError
 
 RUN_CHOICES = {"preset": list(PRESETS), "dataset": DATASETS, "executor": EXECUTORS, "device": DEVICE_CHOICES}
 RESUMABLE = {"resume", "timeout", "executor", "address", "schedule_timeout", "data_dir"}  # flags that may go with --resume
+PER_PRESET = ("preset", "dataset", "run_id", "resume", "sweep", "target_acc")  # run flags `perf` sets per preset, not flags of its own
 TYPES = {"int": int, "float": float, "int | None": int, "float | None": float}
 
 
@@ -40,10 +41,11 @@ def int_tuple(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def add_fields(group, cls, choices: dict, note: str = "") -> None:
-    """One flag per dataclass field, default None (= the dataclass's or preset's value), help from its comment."""
+def add_fields(group, cls, choices: dict, note: str = "", skip: tuple[str, ...] = ()) -> None:
+    """One flag per dataclass field (but those in `skip`), default None (= the dataclass's or preset's
+    value), help from its comment."""
     comments = field_comments(cls)
-    for field in dataclasses.fields(cls):
+    for field in (f for f in dataclasses.fields(cls) if f.name not in skip):
         flag = "--" + field.name.replace("_", "-")
         text = comments[field.name] + (f" (one of: {', '.join(choices[field.name])})" if field.name in choices else "") + note
         if field.type == "bool":
@@ -55,7 +57,7 @@ def add_fields(group, cls, choices: dict, note: str = "") -> None:
 
 
 def given(args: argparse.Namespace, cls) -> dict:
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name) is not None}
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
 
 
 def build_parser() -> Parser:
@@ -93,28 +95,26 @@ def build_parser() -> Parser:
     checking.add_argument("directory", help="a results directory `framebench run` printed")
     checking.add_argument("--thresholds", type=Path, default=None, help="thresholds file (default: the one framebench ships)")
     checking.add_argument("--allow-missing", action="store_true", help="runs without a threshold are noted instead of failing")
-    perf = commands.add_parser("perf", help="the speed study: backends x variants on several presets, with floors and a report")
+    perf = commands.add_parser(
+        "perf",
+        help="the speed study: backends x variants on several presets, with floors and a report",
+        description="One results directory per preset under --results-dir (default results/perf), every backend and "
+        "variant (default all, 2 repeats), then report.md over all of them; the run flags are `framebench run`'s.",
+    )
     perf.add_argument(
         "--presets",
         default="tutorial000,tutorial003,mlp",
         help="comma-separated presets; each tutorial's own preset is added for its backend",
     )
-    run_help = field_comments(RunRequest)
-    for name, default, kind in (
-        ("backends", "all", str),
-        ("variants", "all", str),
-        ("device", "cpu", str),
-        ("data_dir", None, str),
-        ("repeats", 2, int),
-        ("threads", os.cpu_count(), int),
-    ):
-        perf.add_argument("--" + name.replace("_", "-"), default=default, type=kind, help=run_help[name])
     perf.add_argument("--epochs", type=int, default=3, help="epochs per job (the first is excluded from the steady state)")
-    perf.add_argument("--results-dir", default="results/perf", help="folder for one results directory per preset and report.md")
+    add_fields(perf.add_argument_group("the runs"), RunRequest, RUN_CHOICES, skip=PER_PRESET)
+    perf.set_defaults(backends="all", variants="all", repeats=2, results_dir="results/perf")
     deriving = commands.add_parser("thresholds", help="derive accuracy thresholds from measured results directories")
     deriving.add_argument("directories", nargs="+", help="results directories whose runs all finished ok")
     deriving.add_argument("--margin", type=float, default=0.01, help="subtracted from the lowest measured accuracy, finite and >= 0")
-    deriving.add_argument("--output", type=Path, default=None, help="thresholds file to write (default: the one framebench ships)")
+    deriving.add_argument(
+        "--output", type=Path, default=None, help="thresholds file to write (default: print it; `check` reads --thresholds PATH)"
+    )
     history = commands.add_parser("history", help="the series of many results directories (DuckDB), with their detected changes")
     history.add_argument("directories", nargs="+", help="results directories, folders of them, or .parquet exports")
     history.add_argument("--parquet", default=None, help="also export the joined rows to this Parquet file")
@@ -124,7 +124,9 @@ def build_parser() -> Parser:
     publish.add_argument(
         "--fail-on-regression", action="store_true", help="exit 1 when a series' latest change is a slowdown or accuracy drop"
     )
-    readme = commands.add_parser("readme", help="rewrite README.md's example table from results/example (so it cannot drift)")
+    readme = commands.add_parser(
+        "readme", help="rewrite README.md's generated tables: the example results (results/example) and the backends (the registry)"
+    )
     readme.add_argument("--check", action="store_true", help="only say whether README.md is up to date (exit 1 if not)")
     return parser
 
@@ -210,25 +212,15 @@ def command_check(args: argparse.Namespace) -> int:
 
 
 def command_thresholds(args: argparse.Namespace) -> int:
-    from framebench.reports.thresholds import DEFAULT_FILE, run_derive
+    from framebench.reports.thresholds import run_derive
 
-    return run_derive(args.directories, margin=args.margin, output=args.output or DEFAULT_FILE)
+    return run_derive(args.directories, margin=args.margin, output=args.output)
 
 
 def command_perf(args: argparse.Namespace) -> int:
     from framebench.driver.perf import run_perf
 
-    return run_perf(
-        presets=args.presets,
-        backends=args.backends,
-        variants=args.variants,
-        device=args.device,
-        data_dir=args.data_dir,
-        repeats=args.repeats,
-        epochs=args.epochs,
-        threads=args.threads,
-        results_dir=args.results_dir,
-    )
+    return run_perf(args.presets, RunRequest(**given(args, RunRequest)), epochs=args.epochs)
 
 
 def command_history(args: argparse.Namespace) -> int:

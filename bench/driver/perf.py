@@ -4,6 +4,7 @@ report.md with the table and perf.png. Measured numbers live only in that genera
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pandas as pd
@@ -26,39 +27,18 @@ def perf_matrix(presets: str, backends: str) -> list[tuple[str, str]]:
     return matrix + [(p.name, p.tutorial_backend) for p in PRESETS.values() if p.tutorial_backend in names and p.name not in chosen]
 
 
-def run_perf(
-    *,
-    presets: str,
-    backends: str,
-    variants: str,
-    device: str,
-    data_dir: str | None,
-    repeats: int,
-    epochs: int,
-    threads: int,
-    results_dir: str,
-) -> int:
-    """Run the study; returns the worst exit status of its runs (an interrupt stops it at once)."""
+def run_perf(presets: str, request: RunRequest, *, epochs: int) -> int:
+    """Run the study, one `request` per preset (its backends, preset and run id set per preset);
+    returns the worst exit status of its runs (an interrupt stops it at once)."""
     worst = 0
     directories = []
-    for preset, preset_backends in perf_matrix(presets, backends):
-        request = RunRequest(
-            backends=preset_backends,
-            variants=variants,
-            device=device,
-            preset=preset,
-            data_dir=data_dir,
-            results_dir=results_dir,
-            run_id=preset,
-            repeats=repeats,
-            threads=threads,
-        )
-        status = run(request, {}, {"epochs": epochs})
-        directories.append(Path(results_dir) / preset)
+    for preset, preset_backends in perf_matrix(presets, request.backends):
+        status = run(dataclasses.replace(request, backends=preset_backends, preset=preset, run_id=preset), {}, {"epochs": epochs})
+        directories.append(Path(request.results_dir) / preset)
         if status >= 128:
             return status
         worst = max(worst, status)
-    print(write_perf_report(Path(results_dir), directories))
+    print(write_perf_report(Path(request.results_dir), directories))
     return worst
 
 

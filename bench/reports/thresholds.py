@@ -133,29 +133,35 @@ def run_check(directory: str, thresholds_path: Path, *, allow_missing: bool) -> 
     return 0
 
 
-def write_thresholds(table: pd.DataFrame, path: Path, command: str, directories: list[str]) -> None:
-    """The table, headed by how it was made: this command and the commands that measured its runs."""
-    measured = []
-    for directory in directories:
-        tables = load_results(directory)
-        measured.append(f"#   {tables['env'].get('command', '?')}  (seeds {seeds_text(tables['config']) or '?'})")
+def measured_by(directories: list[str]) -> list[str]:
+    """The command that measured each results directory, with its seeds."""
+    return [f"{t['env'].get('command', '?')}  (seeds {seeds_text(t['config']) or '?'})" for t in map(load_results, directories)]
+
+
+def thresholds_text(table: pd.DataFrame, command: str, measured: list[str]) -> str:
+    """The thresholds file: the table, headed by how it was made (this command and the commands that measured its runs)."""
     header = [
         "# Minimum final test accuracy per (preset, dataset, backend, epochs, sweep value): the lowest measured over",
         "# measured_runs runs, minus margin. Runs measured by:",
-        *measured,
+        *(f"#   {line}" for line in measured),
         f"# Derived by: {command}",
     ]
-    try:
-        path.write_text("\n".join(header) + "\n" + table.to_csv(index=False))
-    except OSError as exc:
-        raise FrameBenchError(f"cannot write --output {path} ({exc.strerror or exc})") from None
+    return "\n".join(header) + "\n" + table.to_csv(index=False)
 
 
-def run_derive(directories: list[str], *, margin: float, output: Path) -> int:
+def run_derive(directories: list[str], *, margin: float, output: Path | None) -> int:
+    """Print the thresholds file, or write it to `output` (never, unasked, into the installed package)."""
     import sys
 
     table = derive(directories, margin)
-    write_thresholds(table, output, " ".join(["framebench", *sys.argv[1:]]), directories)
+    text = thresholds_text(table, " ".join(["framebench", *sys.argv[1:]]), measured_by(directories))
+    if output is None:
+        print(text, end="")
+        return 0
+    try:
+        output.write_text(text)
+    except OSError as exc:
+        raise FrameBenchError(f"cannot write --output {output} ({exc.strerror or exc})") from None
     print(format_table(table))
     print(output)
     return 0
