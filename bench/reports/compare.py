@@ -21,7 +21,7 @@ import pandas as pd
 from framebench.errors import FrameBenchError
 from framebench.store.job import NOT_RUN, series_columns
 from framebench.store.results import load_results, node_environments
-from framebench.store.tables import format_table, latest_attempts, to_markdown
+from framebench.store.tables import escape_markdown, format_table, latest_attempts, to_markdown
 
 TRAINING = ("model", "train")  # config.json sections that decide what accuracy a run reaches
 
@@ -221,12 +221,12 @@ def run_compare(
         header = [
             "## framebench compare",
             "",
-            f"BASE `{base_dir}`, NEW `{new_dir}`; accuracy tolerance {tolerances.acc_tol:g}, "
+            f"BASE {escape_markdown(base_dir)}, NEW {escape_markdown(new_dir)}; accuracy tolerance {tolerances.acc_tol:g}, "
             f"time tolerance {tolerances.time_tol:.0%} (and beyond the spread across repeats)",
             "",
         ]
         try:
-            Path(markdown).write_text("\n".join(header + [f"- {line}" for line in lines] + [""]) + to_markdown(table))
+            Path(markdown).write_text("\n".join(header + [f"- {escape_markdown(line)}" for line in lines] + [""]) + to_markdown(table))
         except OSError as exc:
             raise FrameBenchError(f"cannot write --markdown {markdown} ({exc.strerror or exc})") from None
     regressions = table[table["verdict"].str.startswith("REGRESSION")]
@@ -235,6 +235,12 @@ def run_compare(
         print(f"{len(regressions)} regression(s)")
         return 1
     if not table["verdict"].str.startswith("ok").any():
+        if unknown := [name for name, tables in (("BASE", base), ("NEW", new)) if not tables["env"]]:
+            print(
+                f"nothing was verified: {' and '.join(unknown)} has no env.json, so its machine is unknown and no timing can be "
+                "matched; pass --accuracy-only or --allow-env-diff: refused"
+            )
+            return 2
         print("nothing was verified: no key ran ok in BASE and in NEW (a BASE whose runs all failed is no baseline): refused")
         return 2
     if unverified.empty and compare_accuracy and (compare_time or accuracy_only):
