@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from framebench.driver.runner import Interrupts, Stopped
+from framebench.driver.runner import STOP_SIGNALS, Interrupts, Stopped
 from framebench.store.results import append_rows, load_results, read_table
 from tests.conftest import REPO, framebench
 
@@ -114,7 +114,7 @@ def test_a_stopped_driver_kills_its_worker_records_the_job_and_can_resume(tmp_pa
 
 def test_a_signal_while_a_job_s_rows_are_written_is_raised_once_they_are_whole():
     """Otherwise a job could end with no runs.csv row (or two), or an epoch without its steps."""
-    saved = {name: signal.getsignal(name) for name in (signal.SIGINT, signal.SIGTERM)}
+    saved = {name: signal.getsignal(name) for name in STOP_SIGNALS}
     interrupts, written = Interrupts(), []
     try:
         with pytest.raises(Stopped) as stopped:

@@ -121,8 +121,10 @@ def start_worker(args: list[str], env: dict[str, str], log) -> tuple[subprocess.
 
 
 def read_lines(channel, lines: queue.Queue) -> None:
-    for line in channel:
-        lines.put(line)
+    """Pass the channel's lines on until it ends (every process holding its write end is gone), then None."""
+    with channel:
+        for line in channel:
+            lines.put(line)
     lines.put(None)
 
 
@@ -168,11 +170,14 @@ def execute(job: Job, timeout_s: float) -> Iterator:
     process, channel = start_worker([], {**worker_env(job), JOB_TOKEN_VARIABLE: token}, log)
     LIVE_GROUPS.add(process.pid)
     end = None
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=read_lines, args=(channel, lines), daemon=True).start()
     try:
-        process.stdin.write(json.dumps(job.to_wire()).encode())
-        process.stdin.close()
-        lines: queue.Queue = queue.Queue()
-        threading.Thread(target=read_lines, args=(channel, lines), daemon=True).start()
+        try:
+            process.stdin.write(json.dumps(job.to_wire()).encode())
+            process.stdin.close()
+        except BrokenPipeError:  # the worker died at once: its exit status and log say why
+            pass
         deadline = time.monotonic() + timeout_s
         while end is None:
             try:
@@ -199,7 +204,6 @@ def execute(job: Job, timeout_s: float) -> Iterator:
         kill_group(process.pid)  # the job is over, or the driver stopped it: nothing of it may outlive it
         process.wait()
         kill_strays(token)
-        channel.close()
     returncode = process.returncode
     wall = time.perf_counter() - started
     busy_after = busy_cpu_seconds()
