@@ -141,7 +141,11 @@ def test_kill_9_of_the_driver_leaves_no_worker_and_parseable_tables(tmp_path):
     resumed = cli("run", "--resume", str(tmp_path / "r"))
     assert resumed.returncode == 0, resumed.stderr
     runs = load_results(tmp_path / "r")["runs"]
-    assert sorted(runs["backend"]) == ["fake", "numpy"] and (runs["status"] == "ok").all()
+    superseded = [["fake", 1, "interrupted"], ["fake", 2, "ok"], ["numpy", 1, "ok"]]  # the killed attempt gets its row at resume
+    assert runs[["backend", "attempt", "status"]].values.tolist() == superseded and "superseded" in runs["error"][0]
+    after = load_results(tmp_path / "r")  # its next attempt never shares a number with the killed one's epochs and steps
+    assert not after["epochs"].duplicated(["backend", "attempt", "epoch"]).any()
+    assert not after["steps"].duplicated(["backend", "attempt", "epoch", "step"]).any()
 
 
 def test_kill_9_of_a_worker_is_a_failed_row_and_the_matrix_goes_on(tmp_path):
