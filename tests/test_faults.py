@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from framebench.driver.runner import Interrupts, Stopped
+from framebench.driver.runner import STOP_SIGNALS, Interrupts, Stopped
 from framebench.store.results import append_rows, load_results, read_table
 from tests.conftest import REPO, cli, framebench
 
@@ -112,7 +112,7 @@ def test_a_stopped_driver_kills_its_worker_records_the_job_and_can_resume(tmp_pa
 
 def test_a_signal_while_a_job_s_rows_are_written_is_raised_once_they_are_whole():
     """Otherwise a job could end with no runs.csv row (or two), or an epoch without its steps."""
-    saved = {name: signal.getsignal(name) for name in (signal.SIGINT, signal.SIGTERM)}
+    saved = {name: signal.getsignal(name) for name in STOP_SIGNALS}
     interrupts, written = Interrupts(), []
     try:
         with pytest.raises(Stopped) as stopped:
@@ -140,7 +140,11 @@ def test_kill_9_of_the_driver_leaves_no_worker_and_parseable_tables(tmp_path):
     resumed = framebench("run", "--resume", str(tmp_path / "r"), env=env_for("ok"))
     assert resumed.returncode == 0, resumed.stderr
     runs = load_results(tmp_path / "r")["runs"]
-    assert sorted(runs["backend"]) == ["fake", "numpy"] and (runs["status"] == "ok").all()
+    superseded = [["fake", 1, "interrupted"], ["fake", 2, "ok"], ["numpy", 1, "ok"]]  # the killed attempt gets its row at resume
+    assert runs[["backend", "attempt", "status"]].values.tolist() == superseded and "superseded" in runs["error"][0]
+    after = load_results(tmp_path / "r")  # its next attempt never shares a number with the killed one's epochs and steps
+    assert not after["epochs"].duplicated(["backend", "attempt", "epoch"]).any()
+    assert not after["steps"].duplicated(["backend", "attempt", "epoch", "step"]).any()
 
 
 @pytest.mark.slow

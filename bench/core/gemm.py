@@ -28,6 +28,7 @@ MAX_CREDIBLE_EFFICIENCY = 1.2  # a run this much faster than its GEMM floor mean
 FLOOR_COLUMNS = ["floor_epoch_s", "efficiency", "own_floor_epoch_s", "overhead_efficiency", "floor_note"]
 ROUNDS = 5  # timed rounds per shape; the fastest is kept (the floor is a best case)
 MIN_ROUND_S = 0.02  # each round repeats the GEMM until it lasts at least this long
+PROBE_TIMEOUT_S = 600.0  # one library's probe process is killed after this long (a framework may hang on import)
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,31 @@ def key(gemm: Gemm) -> str:
     return f"{gemm.m}x{gemm.k}x{gemm.n}"
 
 
+def probe_one(request: str, env: dict[str, str]) -> tuple[dict, str]:
+    """One library's timings ({shape key: seconds}) from its own process, or why there are none."""
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "framebench.core.gemm"],
+            input=request,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            env=env,
+            timeout=PROBE_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        return {}, f"no answer within {PROBE_TIMEOUT_S:g} s, killed"
+    if result.returncode != 0:
+        return {}, (result.stderr.strip().splitlines() or ["no output"])[-1]
+    try:
+        seconds = json.loads(result.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return {}, "the probe printed no timings"
+    if not isinstance(seconds, dict):
+        return {}, "the probe printed no timings"
+    return seconds, ""
+
+
 def probe(
     libraries: tuple[str, ...], device: str, threads: int, tf32: bool, sizes: tuple[int, ...], batch: int, env: dict[str, str]
 ) -> tuple[list[dict], list[str]]:
@@ -68,11 +94,10 @@ def probe(
     rows, skipped = [], []
     for library in libraries:
         request = json.dumps({"library": library, "device": device, "threads": threads, "tf32": tf32, "shapes": shapes})
-        result = subprocess.run([sys.executable, "-m", "framebench.core.gemm"], input=request, capture_output=True, text=True, env=env)
-        if result.returncode != 0:
-            skipped.append(f"{library} on {device}: {(result.stderr.strip().splitlines() or ['no output'])[-1]}")
+        seconds, failure = probe_one(request, env)
+        if failure:
+            skipped.append(f"{library} on {device}: {failure}")
             continue
-        seconds = json.loads(result.stdout.strip().splitlines()[-1])
         rows += [
             {
                 "library": library,

@@ -92,7 +92,8 @@ class EpochResult:
 
 
 class DivergedError(FrameBenchError):
-    """The training loss became non-finite or blew up (DIVERGENCE_FACTOR): the run ends `diverged`."""
+    """The training loss or the test-set predictions became non-finite, or the loss blew up
+    (DIVERGENCE_FACTOR): the run ends `diverged`, never `ok` with NaN in its columns."""
 
 
 DIVERGENCE_FACTOR = 10.0  # an epoch whose mean training loss exceeds this multiple of the initial loss diverged
@@ -101,11 +102,12 @@ DIVERGENCE_FACTOR = 10.0  # an epoch whose mean training loss exceeds this multi
 def divergence(losses: np.ndarray, initial_loss: float, epoch: int) -> str | None:
     """Why an epoch's step losses mean the run diverged, or None: a non-finite loss, or a finite mean
     loss above DIVERGENCE_FACTOR times the initial one, the first step's, which is the loss at the
-    initial weights (e.g. Adam at lr 1e6: 2.4 at the start, 1e21 over the first epoch)."""
+    initial weights (e.g. Adam at lr 1e6: 2.4 at the start, 1e21 over the first epoch). An initial
+    loss of 0 gives no scale, so only non-finite losses count then."""
     if not np.isfinite(losses).all():
         step = int(np.argmin(np.isfinite(losses))) + 1
         return f"training diverged: non-finite loss at epoch {epoch}, step {step}; lower --lr or check the init"
-    if losses.mean() > DIVERGENCE_FACTOR * initial_loss:
+    if initial_loss > 0 and losses.mean() > DIVERGENCE_FACTOR * initial_loss:
         return (
             f"training diverged: epoch {epoch}'s mean loss {losses.mean():.3g} is over {DIVERGENCE_FACTOR:g}x the initial "
             f"{initial_loss:.3g}; lower --lr or check the init"
@@ -136,7 +138,9 @@ def train_epochs(classifier: Classifier, data: Dataset, model: ModelConfig, trai
         if reason:
             raise DivergedError(reason)
         start = time.perf_counter()
-        logits = classifier.predict_logits(data.x_test)
+        logits = np.asarray(classifier.predict_logits(data.x_test))
         eval_s = time.perf_counter() - start
+        if not np.isfinite(logits).all():
+            raise DivergedError(f"training diverged: non-finite test-set predictions (NaN or inf logits) after epoch {epoch + 1}")
         test_loss, test_acc = evaluate(logits, data.y_test, model, train)
         yield EpochResult(epoch + 1, epoch_s, losses, float(losses.mean()), test_loss, test_acc, eval_s)

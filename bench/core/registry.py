@@ -15,6 +15,7 @@ import hashlib
 import importlib
 import importlib.util
 import os
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from framebench.errors import FrameBenchError
 
 DEVICES = ("cpu", "gpu")
 PLUGINS_VARIABLE = "FRAMEBENCH_PLUGINS"
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")  # a backend or variant name: it becomes part of file names
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,8 @@ def plugin_entries(text: str) -> list[Entry]:
         backend_name, _, variant = name.strip().partition(":")
         module, _, class_name = target.strip().partition(":")
         error = "" if backend_name and module and class_name else f"{PLUGINS_VARIABLE} entry {item!r} is not name[:variant]=module:Class"
+        if not error and not all(NAME_PATTERN.fullmatch(part) for part in (backend_name, variant or "default")):
+            error = f"{PLUGINS_VARIABLE} entry {item!r}: a name is letters, digits, '.', '_', '+' and '-' (it becomes part of file names)"
         summary = f"plugin {target.strip()}"
         entries.append(Entry(backend_name or item, variant or "default", target.strip(), summary, error=error, declared_by_class=True))
     return entries

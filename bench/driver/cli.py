@@ -10,8 +10,8 @@ import argparse
 import dataclasses
 import json
 import os
-import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from framebench.core import registry
@@ -146,20 +146,23 @@ def command_run(args: argparse.Namespace) -> int:
 
 
 def describe(entry: registry.Entry) -> dict:
-    """Ask a fresh process (with the entry's environment) what the entry supports here."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **entry.env}
-    result = subprocess.run(
-        [sys.executable, "-m", "framebench.driver.worker", "--describe", entry.backend, entry.variant],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    from framebench.driver.worker import EVENT_PREFIX
+    """Ask a fresh process (with the entry's environment) what the entry supports here; its answer
+    comes on the worker's event channel, whatever the backend prints."""
+    from framebench.driver.node import start_worker
 
-    for line in result.stdout.splitlines():
-        if line.startswith(EVENT_PREFIX):
-            return json.loads(line[len(EVENT_PREFIX) :])
-    return {"error": (result.stderr.strip().splitlines() or ["no answer"])[-1]}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **entry.env}
+    with tempfile.TemporaryFile() as log:
+        process, channel = start_worker(["--describe", entry.backend, entry.variant], env, log)
+        process.stdin.close()
+        with channel:
+            answer = channel.read()
+        process.wait()
+        log.seek(0)
+        printed = log.read().decode("utf-8", errors="replace")
+    try:
+        return json.loads(answer.decode("utf-8"))
+    except ValueError:  # no answer: the process died first, its last line says why
+        return {"error": (printed.strip().splitlines() or ["no answer"])[-1]}
 
 
 def command_list(_: argparse.Namespace) -> int:

@@ -1,6 +1,11 @@
 """What runs on the machine that runs a job, whichever executor sent it there: a fresh worker process,
 its events as they come, its log, and how busy the machine was meanwhile. Nothing here writes a
-table: events go back to the driver, which alone writes the results directory."""
+table: events go back to the driver, which alone writes the results directory.
+
+Events come on a pipe of their own (the worker's "event channel"), never on stdout or stderr: both of
+those go to the job's log, whatever a backend or framework prints there, in whatever bytes. A message
+on the channel that is not an event of the job contract ends the job `failed`; nothing of the job
+(a process it started with setsid included) outlives it."""
 
 from __future__ import annotations
 
@@ -15,18 +20,20 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from framebench.core import registry
 from framebench.core.gemm import LIBRARIES, probe
 from framebench.driver.calibration import calibrate, cpu_counters, steal_fraction
-from framebench.driver.worker import EVENT_PREFIX, PARENT_PID_VARIABLE
+from framebench.driver.worker import CHANNEL_VARIABLE, JOB_TOKEN_VARIABLE, PARENT_PID_VARIABLE
 from framebench.store.job import End, Job, MalformedEvent, from_wire
 
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
 LOG_TAIL_BYTES = 64_000  # the end of a worker's stderr kept in logs/ (a traceback, framework warnings)
 LIVE_GROUPS: set[int] = set()  # process groups of running workers, killed at once if the driver is stopped
+EXIT_GRACE_S = 10.0  # how long a worker that closed its event channel has to exit before it is killed
 
 
 def thread_env(threads: int) -> dict[str, str]:
@@ -92,34 +99,87 @@ def kill_live_workers() -> None:
         kill_group(pid)
 
 
-def read_lines(stream, lines: queue.Queue) -> None:
-    for line in stream:
-        lines.put(line)
+def start_worker(args: list[str], env: dict[str, str], log) -> tuple[subprocess.Popen, object]:
+    """`python -m framebench.driver.worker ARGS` in a session of its own, stdout and stderr into `log`,
+    and the read end of its event channel (binary): a pipe only the harness in the worker writes."""
+    read_fd, write_fd = os.pipe()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "framebench.driver.worker", *args],
+            stdin=subprocess.PIPE,
+            stdout=log,
+            stderr=log,
+            env={**env, CHANNEL_VARIABLE: str(write_fd)},
+            pass_fds=(write_fd,),
+            start_new_session=True,
+        )
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)  # the worker holds the only write end: its exit is the channel's end
+    return process, os.fdopen(read_fd, "rb")
+
+
+def read_lines(channel, lines: queue.Queue) -> None:
+    """Pass the channel's lines on until it ends (every process holding its write end is gone), then None."""
+    with channel:
+        for line in channel:
+            lines.put(line)
     lines.put(None)
+
+
+def decode_event(line: bytes):
+    """The event one channel line holds; MalformedEvent for anything else (bytes that are not UTF-8,
+    not JSON, JSON nested past reason, or JSON that is not an event of the contract)."""
+    try:
+        return from_wire(json.loads(line.decode("utf-8")))
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and json's errors are ValueErrors
+        raise MalformedEvent(f"{type(exc).__name__}: {str(exc)[:120]}") from None
+
+
+def process_environ(pid: str) -> bytes:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            return handle.read()
+    except OSError:  # gone, or another user's
+        return b""
+
+
+def kill_strays(token: str) -> None:
+    """Kill every process still carrying the job's token in its environment: what a backend started
+    that left the worker's process group (setsid, a daemon) and would otherwise outlive the job."""
+    marker = f"{JOB_TOKEN_VARIABLE}={token}".encode() + b"\0"
+    for _ in range(10):  # again while a stray forks while being killed
+        strays = [int(pid) for pid in os.listdir("/proc") if pid.isdigit() and marker in process_environ(pid)]
+        if not strays:
+            return
+        for pid in strays:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, os.WNOHANG)  # reaps it where it is our child; a no-op otherwise
+            except (ProcessLookupError, PermissionError, ChildProcessError):
+                pass
 
 
 def execute(job: Job, timeout_s: float) -> Iterator:
     """Run `job` in a fresh worker process and yield its events; the last one is always `end`, carrying
     the outcome, the log's tail and how much CPU other processes used while the job ran."""
-    log = tempfile.TemporaryFile("w+", errors="replace")
+    log = tempfile.TemporaryFile()
+    token = uuid.uuid4().hex
     calib_before, counters_before = calibrate(job.threads), cpu_counters()
     load_before, busy_before, started, started_at = os.getloadavg()[0], busy_cpu_seconds(), time.perf_counter(), time.time()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "framebench.driver.worker"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-        env=worker_env(job),
-        start_new_session=True,
-    )
+    process, channel = start_worker([], {**worker_env(job), JOB_TOKEN_VARIABLE: token}, log)
     LIVE_GROUPS.add(process.pid)
     end = None
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=read_lines, args=(channel, lines), daemon=True).start()
     try:
-        process.stdin.write(json.dumps(job.to_wire()))
-        process.stdin.close()
-        lines: queue.Queue = queue.Queue()
-        threading.Thread(target=read_lines, args=(process.stdout, lines), daemon=True).start()
+        try:
+            process.stdin.write(json.dumps(job.to_wire()).encode())
+            process.stdin.close()
+        except BrokenPipeError:  # the worker died at once: its exit status and log say why
+            pass
         deadline = time.monotonic() + timeout_s
         while end is None:
             try:
@@ -128,13 +188,14 @@ def execute(job: Job, timeout_s: float) -> Iterator:
                 end = End("timeout", f"no result within --timeout {timeout_s:g} s; raise --timeout or use fewer epochs")
                 break
             if line is None:
+                try:
+                    process.wait(timeout=EXIT_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    end = End("failed", "the worker closed its event channel without reporting how the job ended; see its log")
                 break
-            if not line.startswith(EVENT_PREFIX):
-                log.write(line)
-                continue
             try:
-                event = from_wire(json.loads(line[len(EVENT_PREFIX) :]))
-            except (ValueError, MalformedEvent) as exc:  # json's errors are ValueErrors
+                event = decode_event(line)
+            except MalformedEvent as exc:
                 end = End("failed", f"the worker sent a malformed event ({exc}); see its log")
                 break
             if isinstance(event, End):
@@ -143,13 +204,16 @@ def execute(job: Job, timeout_s: float) -> Iterator:
                 yield event
     finally:
         kill_group(process.pid)  # the job is over, or the driver stopped it: nothing of it may outlive it
-    returncode = process.wait()
+        process.wait()
+        kill_strays(token)
+    returncode = process.returncode
     wall = time.perf_counter() - started
     busy_after = busy_cpu_seconds()
     machine = machine_speed(job, calib_before, counters_before)
     log.seek(0, os.SEEK_END)
     log.seek(max(log.tell() - LOG_TAIL_BYTES, 0))
-    text = log.read()
+    text = log.read().decode("utf-8", errors="replace")
+    log.close()
     if end is None:
         end = End("failed", crash_message(returncode, text))
     other = None

@@ -2,9 +2,12 @@
 shared machine's drift spreads evenly, every measured row written the moment its event arrives.
 
 The driver alone writes the results directory (under a lock), whichever executor runs the jobs. A
-run stopped by SIGINT or SIGTERM kills its workers, records the job in flight as `interrupted`,
-writes its report and says how to finish it: `framebench run --resume DIR` runs only the jobs
-without an `ok` row.
+run stopped by a signal (STOP_SIGNALS: SIGINT, SIGTERM, a closed terminal's SIGHUP, ...) kills its
+workers, records the job in flight as `interrupted`, writes its report and says how to finish it:
+`framebench run --resume DIR` runs only the jobs without an `ok` row. An attempt a driver killed
+outright (SIGKILL) left without a runs.csv row is recorded `interrupted` when the directory is
+resumed, and the next attempt's number follows every attempt any table holds, so no two attempts
+ever share rows.
 """
 
 from __future__ import annotations
@@ -50,8 +53,12 @@ from framebench.store.results import (
     load_results,
     new_run_id,
     prepare_directory,
-    read_json,
+    read_config,
+    read_env,
     read_table,
+    remove_empty_directory,
+    replace_file,
+    write_failure,
     write_json,
 )
 from framebench.store.tables import BUSY_FRACTION, calibration_drifted
@@ -61,6 +68,9 @@ DEVICE_CHOICES = ("cpu", "gpu", "auto", "all")
 IDENTITY = ("preset", "dataset", "model", "train", "tf32", "threads", "sweep", "target_acc")
 STEP_ROW_BYTES = 80  # a steps.csv row, generously, for the free-space check before a matrix starts
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+LARGE_PLAN_JOBS = 1_000  # a plan of more jobs is warned about
+MAX_PLAN_JOBS = 100_000  # a plan of more jobs is refused unless --large-plan
 
 
 @dataclass(frozen=True)
@@ -87,6 +97,7 @@ class RunRequest:
     executor: str = "local"  # where jobs run: local (this machine, one at a time) or ray (a Ray cluster)
     address: str | None = None  # Ray cluster address, e.g. 10.0.0.1:6379 (default: start a Ray instance here)
     schedule_timeout: float = 300.0  # ray: seconds a job may wait for a node able to run it before it is unavailable
+    large_plan: bool = False  # run a matrix of more than 100000 jobs anyway (repeats x sweep values x backends x variants x devices)
 
     def validate(self) -> None:
         """Everything checkable before a worker starts, each mistake naming its flag."""
@@ -301,8 +312,11 @@ def finish_job(directory: Path, state: JobState, end: End) -> dict:
     """Write the job's log and its runs.csv row; say how it ended."""
     log_path = directory / "logs" / log_name(state.job)
     if end.log:
-        log_path.parent.mkdir(exist_ok=True)
-        log_path.write_text(end.log)
+        try:
+            log_path.parent.mkdir(exist_ok=True)
+            replace_file(log_path, end.log.encode("utf-8", errors="replace"))
+        except OSError as exc:
+            raise write_failure(log_path, exc, directory) from None
     if end.status in ("failed", "timeout", "lost") and end.log:
         end = dataclasses.replace(end, error=f"{end.error}; see {log_path}")
     row = summarize(state, end)
@@ -321,7 +335,7 @@ def finish_job(directory: Path, state: JobState, end: End) -> dict:
 
 
 class Stopped(Exception):
-    """SIGINT or SIGTERM reached the driver."""
+    """One of STOP_SIGNALS reached the driver."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
@@ -329,7 +343,7 @@ class Stopped(Exception):
 
 
 class Interrupts:
-    """SIGINT and SIGTERM as `Stopped`, held back while a job's rows are written (`with interrupts:`),
+    """STOP_SIGNALS as `Stopped`, held back while a job's rows are written (`with interrupts:`),
     so a stopped run still gives every job exactly one runs.csv row and every epoch its steps."""
 
     def __init__(self) -> None:
@@ -337,7 +351,7 @@ class Interrupts:
         self.pending: int | None = None  # a signal that arrived while writing
 
     def handle(self, signum: int, _frame) -> None:
-        for name in (signal.SIGINT, signal.SIGTERM):  # finishing up must not be interrupted again
+        for name in STOP_SIGNALS:  # finishing up must not be interrupted again
             signal.signal(name, signal.SIG_IGN)
         if self.writing:
             self.pending = signum
@@ -419,14 +433,19 @@ def probe_requests(jobs: list[Job], input_size: int, num_classes: int, tf32: boo
 
 
 def done_keys(directory: Path) -> dict[tuple, tuple[str, int]]:
-    """{job key: (status of its latest attempt, that attempt)} of the jobs already in runs.csv."""
+    """{job key: (status of its latest runs.csv row, the highest attempt any table records)} of the
+    jobs the directory holds: an attempt with epochs or steps but no runs row still takes its number."""
     runs = read_table(directory, "runs").sort_values("attempt", kind="stable")
-    keys = runs[key_columns()].astype({"repeat": int}).itertuples(index=False, name=None)
-    return {key: (status, int(attempt)) for key, status, attempt in zip(keys, runs["status"], runs["attempt"], strict=True)}
+    done = {key: (status, attempt) for (key, attempt), status in zip(table_attempts(runs), runs["status"], strict=True)}
+    for table in ("epochs", "steps"):
+        for key, attempt in table_attempts(read_table(directory, table)):
+            status, highest = done.get(key, ("", 0))
+            done[key] = (status, max(highest, attempt))
+    return done
 
 
 def check_same_experiment(directory: Path, config: dict) -> None:
-    old = read_json(directory / "config.json")
+    old = read_config(directory)
     new = json.loads(json.dumps(config))  # as it will read back (tuples become lists)
     differences = [key for key in IDENTITY if old.get(key) != new.get(key)]
     if differences:
@@ -489,34 +508,77 @@ def matrix_of(request: RunRequest, executor: Executor) -> Matrix:
     return Matrix(axes, request.repeats, request.seed, request.same_seed)
 
 
+def plan_size(request: RunRequest, sweep: Sweep) -> int:
+    """The most jobs the request can plan, by arithmetic (every device it lists, every backend x
+    variant pair), before a single job is built."""
+    backends = split_names(request.backends, registry.backend_names(), "backend", "--backends")
+    variants = split_names(request.variants, registry.variant_names(), "variant", "--variants")
+    devices = min(len(split_names(request.device, list(DEVICE_CHOICES), "device", "--device")), 2)  # cpu and gpu at most
+    return request.repeats * len(sweep.values) * len(backends) * len(variants) * devices
+
+
+def check_plan_size(request: RunRequest) -> None:
+    """An absurd matrix (e.g. --repeats 1000000000) is refused in one line rather than built in
+    memory; a large one is warned about."""
+    jobs = plan_size(request, Sweep.parse(request.sweep))
+    if jobs > MAX_PLAN_JOBS and not request.large_plan:
+        raise FrameBenchError(
+            f"this matrix plans up to {jobs:,} jobs (more than {MAX_PLAN_JOBS:,}); lower --repeats or the lists, "
+            "or pass --large-plan to run it anyway"
+        )
+    if jobs > LARGE_PLAN_JOBS:
+        print(f"warning: this matrix plans up to {jobs:,} jobs", file=sys.stderr)
+
+
+def resumed_config(directory: Path, request: RunRequest) -> dict:
+    """config.json of a directory to resume, checked against what this framebench can run."""
+    if not (directory / "config.json").is_file():
+        raise FrameBenchError(f"--resume {directory}: not a results directory (no config.json)")
+    config = read_config(directory)
+    read_env(directory)  # a damaged env.json is refused now, not after the first rows
+    if config.get("format_version") != FORMAT_VERSION or not {"matrices", "sweep", *IDENTITY} <= set(config):
+        raise FrameBenchError(
+            f"--resume {directory}: its config.json was written by another framebench version; rerun the matrix into a new --run-id"
+        )
+    config["data_dir"] = request.data_dir or config.get("data_dir")
+    unknown = sorted({b for m in config["matrices"] for b in m["axes"]["backend"]} - set(registry.backend_names()))
+    if unknown:
+        raise FrameBenchError(
+            f"--resume {directory}: its matrix names backend(s) not registered here ({', '.join(unknown)}); "
+            "set FRAMEBENCH_PLUGINS as it was when the run started"
+        )
+    return config
+
+
 def run(request: RunRequest, model_overrides: dict, train_overrides: dict) -> int:
-    """`framebench run`: plan, probe, run, report. Returns the exit status."""
+    """`framebench run`: plan, probe, run, report. Returns the exit status. A run refused before its
+    config.json is written leaves no directory behind that it created."""
     request.validate()
+    created = False
     if request.resume:
         directory = Path(request.resume)
-        if not (directory / "config.json").is_file():
-            raise FrameBenchError(f"--resume {directory}: not a results directory (no config.json)")
-        config = read_json(directory / "config.json")
-        if config.get("format_version") != FORMAT_VERSION or not {"matrices", "sweep", *IDENTITY} <= set(config):
-            raise FrameBenchError(
-                f"--resume {directory}: its config.json was written by another framebench version; rerun the matrix into a new --run-id"
-            )
-        config["data_dir"] = request.data_dir or config.get("data_dir")
-        unknown = sorted({b for m in config["matrices"] for b in m["axes"]["backend"]} - set(registry.backend_names()))
-        if unknown:
-            raise FrameBenchError(
-                f"--resume {directory}: its matrix names backend(s) not registered here ({', '.join(unknown)}); "
-                "set FRAMEBENCH_PLUGINS as it was when the run started"
-            )
+        config = resumed_config(directory, request)
     else:
         config = new_config(request, model_overrides, train_overrides)
-        directory = prepare_directory(request.results_dir, request.run_id or new_run_id())
+        check_plan_size(request)
+        directory = Path(request.results_dir) / (request.run_id or new_run_id())
+        created = not directory.exists()
+        directory = prepare_directory(request.results_dir, directory.name)
+    try:
+        return run_locked(directory, request, config)
+    except FrameBenchError:
+        if created and not (directory / "config.json").exists():
+            remove_empty_directory(directory)
+        raise
+
+
+def run_locked(directory: Path, request: RunRequest, config: dict) -> int:
     data = load_dataset(config["dataset"], data_dir=config.get("data_dir"))  # fails fast, once, on missing or bad data
     config["data_source"] = data.source
     with DirectoryLock(directory):
         if not request.resume and (directory / "config.json").exists():
             check_same_experiment(directory, config)
-            config = {**config, "matrices": read_json(directory / "config.json").get("matrices", [])}
+            config = {**config, "matrices": read_config(directory).get("matrices", [])}
             check_same_seeds(directory, config["matrices"], request.seed, request.same_seed)
         executor = make_executor(request.executor, request.address, request.schedule_timeout)
         try:
@@ -526,6 +588,31 @@ def run(request: RunRequest, model_overrides: dict, train_overrides: dict) -> in
             raise
         finally:
             executor.close()
+
+
+def supersede_unfinished(directory: Path, jobs: list[Job]) -> None:
+    """Give every attempt that left epochs or steps but no runs.csv row (its driver was killed
+    outright) an `interrupted` row, so it reads as superseded and never as a result."""
+    planned = {job.key(): job for job in jobs}
+    finished = {(key, attempt) for key, attempt in table_attempts(read_table(directory, "runs"))}
+    epochs = read_table(directory, "epochs")
+    unfinished = {(key, attempt) for table in ("epochs", "steps") for key, attempt in table_attempts(read_table(directory, table))}
+    for key, attempt in sorted(unfinished - finished):
+        if key not in planned:
+            continue
+        job = dataclasses.replace(planned[key], attempt=attempt)
+        mine = epochs.iloc[[i for i, found in enumerate(table_attempts(epochs)) if found == (key, attempt)]]
+        state = JobState(
+            job, epochs=[Epoch(**{**row, "step_losses": []}, peak_rss_mb=None) for row in mine[EPOCH_FIELDS].to_dict("records")]
+        )
+        error = f"superseded: its driver was stopped before attempt {attempt} ended; a later attempt repeats it"
+        append_rows(directory, "runs", [summarize(state, End("interrupted", error))])
+
+
+def table_attempts(rows) -> list[tuple[tuple, int]]:
+    """(job key, attempt) of every row of a table holding both."""
+    keys = rows[key_columns()].astype({"repeat": int}).itertuples(index=False, name=None)
+    return [(key, int(attempt)) for key, attempt in zip(keys, rows["attempt"], strict=True)]
 
 
 def run_in(directory: Path, request: RunRequest, config: dict, executor: Executor, data) -> int:
@@ -538,10 +625,12 @@ def run_in(directory: Path, request: RunRequest, config: dict, executor: Executo
             f"not registered, so not run (a variant a backend does not register would repeat its default): {', '.join(skipped)}",
             file=sys.stderr,
         )
+    planned = recorded_jobs(directory.name, config)
+    supersede_unfinished(directory, planned)
     previous = done_keys(directory)
     jobs = [
         dataclasses.replace(job, attempt=previous.get(job.key(), ("", 0))[1] + 1)
-        for job in recorded_jobs(directory.name, config)
+        for job in planned
         if previous.get(job.key(), ("",))[0] != "ok"
     ]
     if previous:
@@ -549,11 +638,6 @@ def run_in(directory: Path, request: RunRequest, config: dict, executor: Executo
             f"{sum(1 for status, _ in previous.values() if status == 'ok')} job(s) already ok in {directory}; {len(jobs)} to run",
             file=sys.stderr,
         )
-    write_json(directory, "config.json", config)
-    for table in TABLE_NAMES:  # every table exists (with its header) from the start, whatever happens next
-        append_rows(directory, table, [])
-    earlier = read_json(directory / "env.json") if (directory / "env.json").exists() else None
-    write_json(directory, "env.json", environment(config["threads"], executor.nodes(config["threads"]), earlier))
     steps = sum(
         math.ceil(
             (j.config["train"]["steps_per_epoch"] * j.config["train"]["batch_size"] or len(data.y_train)) / j.config["train"]["batch_size"]
@@ -561,26 +645,40 @@ def run_in(directory: Path, request: RunRequest, config: dict, executor: Executo
         * j.config["train"]["epochs"]
         for j in jobs
     )
-    check_free_space(directory, steps * STEP_ROW_BYTES + 1_000_000)
+    check_free_space(directory, steps * STEP_ROW_BYTES + 1_000_000)  # before anything is written
+    earlier = read_env(directory)
+    write_json(directory, "config.json", config)
+    for table in TABLE_NAMES:  # every table exists (with its header) from the start, whatever happens next
+        append_rows(directory, table, [])
+    write_json(directory, "env.json", environment(config["threads"], executor.nodes(config["threads"]), earlier))
     probes = probe_requests(jobs, data.input_size, data.num_classes, config["tf32"], executor.has_gpu()) if config["floors"] else {}
     states: dict = {}
     interrupts = Interrupts()
-    handlers = {name: signal.signal(name, interrupts.handle) for name in (signal.SIGINT, signal.SIGTERM)}
+    handlers = {name: signal.signal(name, interrupts.handle) for name in STOP_SIGNALS}
     try:
-        probe_floors(directory, executor, probes, "start")
-        rows = run_jobs(directory, jobs, executor, request.timeout, states, interrupts)
-        probe_floors(directory, executor, probes, "end")
-    except Stopped as stop:
-        executor.stop()
-        for state in states.values():
-            finish_job(directory, state, End("interrupted", f"stopped by {stop} after {len(state.epochs)} epoch(s)"))
+        try:
+            probe_floors(directory, executor, probes, "start")
+            rows = run_jobs(directory, jobs, executor, request.timeout, states, interrupts)
+            probe_floors(directory, executor, probes, "end")
+        except Stopped as stop:
+            executor.stop()
+            for state in states.values():
+                finish_job(directory, state, End("interrupted", f"stopped by {stop} after {len(state.epochs)} epoch(s)"))
+            report(directory)  # no signal interrupts it: Interrupts.handle ignores them from now on
+            print(
+                f"interrupted by {stop}: rows measured so far are kept; finish with `framebench run --resume {directory}`", file=sys.stderr
+            )
+            return 128 + stop.signum
         report(directory)
-        print(f"interrupted by {stop}: rows measured so far are kept; finish with `framebench run --resume {directory}`", file=sys.stderr)
+    except Stopped as stop:
+        print(
+            f"interrupted by {stop} while writing the report: every row is kept; write it with `framebench plot {directory}`",
+            file=sys.stderr,
+        )
         return 128 + stop.signum
     finally:
         for name, handler in handlers.items():
             signal.signal(name, handler)
-    report(directory)
     statuses = {row["status"] for row in rows}
     if not jobs or statuses <= {OK, *NOT_RUN}:
         return 0 if "ok" in statuses or not jobs else 1

@@ -1,6 +1,8 @@
 """One benchmark run in its own process: `python -m framebench.driver.worker` reads a job (JSON) on stdin and
-reports events as prefixed JSON lines on stdout, so frameworks never share a process, a thread
-pool or a GPU allocator, and whatever a framework prints cannot be mistaken for a result."""
+reports events as JSON lines on its event channel, a pipe the node opened for it alone (file
+descriptor $FRAMEBENCH_EVENT_FD), so frameworks never share a process, a thread pool or a GPU
+allocator. stdout and stderr are only the job's log: whatever a framework or backend prints there,
+in whatever bytes, cannot be mistaken for a result."""
 
 from __future__ import annotations
 
@@ -21,13 +23,33 @@ from framebench.core.harness import DivergedError, initial_weights, peak_rss_mb,
 from framebench.errors import FrameBenchError
 from framebench.store.job import End, Epoch, Job, Setup, Start, to_wire
 
-EVENT_PREFIX = "@framebench-event "
+CHANNEL_VARIABLE = "FRAMEBENCH_EVENT_FD"  # the write end of the event channel, set by the node
+JOB_TOKEN_VARIABLE = "FRAMEBENCH_JOB"  # marks every process of the job, so the node finds those that left its process group
 PARENT_PID_VARIABLE = "FRAMEBENCH_PARENT_PID"  # the process that started this worker; the worker dies with it
 PR_SET_PDEATHSIG = 1  # Linux prctl option: signal this process when its parent dies
 
 
+channel = None  # the event channel, opened by main() (a text file on the node's pipe)
+
+
+def open_channel():
+    """The event channel the node passed, kept from this process's children: a process a backend
+    starts never holds it (nor learns its number from the environment)."""
+    number = os.environ.pop(CHANNEL_VARIABLE, None)
+    if number is None:
+        sys.exit(f"framebench.driver.worker is started by framebench, which passes ${CHANNEL_VARIABLE}")
+    fd = int(number)
+    os.set_inheritable(fd, False)
+    return os.fdopen(fd, "w", encoding="utf-8")
+
+
+def send(message: dict) -> None:
+    channel.write(json.dumps(message) + "\n")
+    channel.flush()
+
+
 def emit(event) -> None:
-    print(EVENT_PREFIX + json.dumps(to_wire(event)), flush=True)
+    send(to_wire(event))
 
 
 def die_with_parent() -> None:
@@ -107,9 +129,11 @@ def describe(backend: str, variant: str) -> dict:
 
 
 def main() -> None:
+    global channel
     die_with_parent()
+    channel = open_channel()
     if sys.argv[1:2] == ["--describe"]:
-        print(EVENT_PREFIX + json.dumps(describe(sys.argv[2], sys.argv[3])), flush=True)
+        send(describe(sys.argv[2], sys.argv[3]))
         return
     run_job(Job.from_wire(json.loads(sys.stdin.read())))
 

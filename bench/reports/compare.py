@@ -38,7 +38,7 @@ from framebench.errors import FrameBenchError
 from framebench.reports.stats import Interval, difference_of_medians, ratio_of_medians, repeats_to_settle
 from framebench.store.job import NOT_RUN, key_columns, series_columns
 from framebench.store.results import load_results, node_environments
-from framebench.store.tables import BUSY_FRACTION, format_table, latest_attempts, to_markdown
+from framebench.store.tables import BUSY_FRACTION, escape_markdown, format_table, latest_attempts, to_markdown
 
 TRAINING = ("model", "train")  # config.json sections that decide what accuracy a run reaches
 ONE_REPEAT = "1 repeat: the spread between processes is unknown; use --repeats 3"
@@ -394,6 +394,11 @@ def run_compare(
             "them anyway, or --accuracy-only"
         )
     status, conclusion = exit_status(table, options.compare_accuracy and (options.compare_time or accuracy_only))
+    if status == 2 and (unknown := [label for label, tables in (("BASE", base), ("NEW", new)) if not tables["env"]]):
+        conclusion += (
+            f"; {' and '.join(unknown)} has no env.json, so its machine is unknown and no timing can be matched: "
+            "pass --accuracy-only or --allow-env-diff"
+        )
     shown = table[series_columns() + TABLE_COLUMNS]
     for line in lines:
         print(line)
@@ -404,10 +409,9 @@ def run_compare(
         f"and its ratio beyond {1 + tolerances.time_tol:g}; no change: the interval inside the tolerance band"
     )
     if markdown:
-        header = ["## framebench compare", "", f"BASE `{base_dir}`, NEW `{new_dir}`; {rule}", ""]
-        write_output(
-            markdown, "--markdown", "\n".join(header + [f"- {line}" for line in lines] + [""]) + to_markdown(shown) + f"\n{conclusion}\n"
-        )
+        header = ["## framebench compare", "", f"BASE {escape_markdown(base_dir)}, NEW {escape_markdown(new_dir)}; {rule}", ""]
+        notes = [f"- {escape_markdown(line)}" for line in lines]
+        write_output(markdown, "--markdown", "\n".join(header + notes + [""]) + to_markdown(shown) + f"\n{conclusion}\n")
     if json_file:
         document = {"base": base_dir, "new": new_dir, "rule": rule, "notes": lines, "exit_status": status, "conclusion": conclusion}
         document["keys"] = json.loads(table.to_json(orient="records"))

@@ -3,6 +3,7 @@ figure; variants differ by line style and devices by marker, so a line is identi
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -13,7 +14,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from framebench.core import registry  # noqa: E402
-from framebench.store.results import swept_field  # noqa: E402
+from framebench.store.results import replace_file, swept_field  # noqa: E402
 
 PALETTE = plt.get_cmap("tab10").colors
 LINESTYLES = ["-", "--", ":", "-."]
@@ -21,6 +22,13 @@ MARKERS = {"cpu": "o", "gpu": "s"}
 SERIES = ["backend", "variant", "device"]
 SMOOTHING_POINTS = 60  # the running mean of step losses spans about 1/60 of the run: trends show, noise does not
 HEADROOM = 1.12  # bar charts' y-limit over their tallest bar, so the value labels above the bars fit
+
+
+def save_figure(fig, path: Path) -> None:
+    """Write the figure as PNG by renaming (replace_file): a symbolic link at `path` is never followed."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    replace_file(Path(path), buffer.getvalue())
 
 
 def colour(backend: str):
@@ -67,7 +75,7 @@ def plot_losses(steps: pd.DataFrame, epochs: pd.DataFrame, variants: list[str], 
         axes.grid(alpha=0.3, which="both")
         axes.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -84,13 +92,16 @@ def plot_accuracy(epochs: pd.DataFrame, variants: list[str], path: Path) -> None
         axes.grid(alpha=0.3)
         axes.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
 
 
-def plot_epoch_times(summary: pd.DataFrame, path: Path) -> None:
-    """Steady-state epoch time (median over repeats), whiskers from the fastest to the slowest repeat."""
+def plot_epoch_times(summary: pd.DataFrame, path: Path) -> bool:
+    """Steady-state epoch time (median over repeats), whiskers from the fastest to the slowest repeat;
+    drawn only when some run has one."""
     table = summary.dropna(subset=["median_epoch_s"])
+    if table.empty:
+        return False
     labels = [f"{b}\n{v}, {d}" for b, v, d in zip(table["backend"], table["variant"], table["device"], strict=True)]
     fig, axes = plt.subplots(figsize=(max(6, 1.1 * len(table) + 2), 4.8))
     errors = [table["median_epoch_s"] - table["min_epoch_s"], table["max_epoch_s"] - table["median_epoch_s"]]
@@ -106,8 +117,9 @@ def plot_epoch_times(summary: pd.DataFrame, path: Path) -> None:
     )
     axes.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
+    return True
 
 
 def plot_speedup(summary: pd.DataFrame, path: Path) -> bool:
@@ -131,7 +143,7 @@ def plot_speedup(summary: pd.DataFrame, path: Path) -> bool:
     )
     axes.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
     return True
 
@@ -140,6 +152,7 @@ def plot_perf(table: pd.DataFrame, path: Path) -> bool:
     """Per preset, each backend/variant's steady-state epoch time as a bar (whiskers: the spread), with
     the fastest library's GEMM floor as a dashed line: how far each implementation is from the machine.
     Drawn only when some run finished ok."""
+    table = table.dropna(subset=["median_epoch_s"])
     if table.empty:
         return False
     presets = list(dict.fromkeys(table["preset"]))
@@ -164,7 +177,7 @@ def plot_perf(table: pd.DataFrame, path: Path) -> bool:
         axes.tick_params(axis="y", labelsize=7)
         axes.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
     return True
 
@@ -175,15 +188,13 @@ def draw_all(directory: Path, tables: dict, summary: pd.DataFrame) -> list[str]:
     would be one tangle."""
     if swept_field(tables["config"]):
         return []
-    ok_runs = tables["runs"][tables["runs"]["status"] == "ok"]
     variants = list(dict.fromkeys([*tables["runs"]["variant"], *tables["epochs"]["variant"]]))
     written = []
     if not tables["epochs"].empty:
         plot_losses(tables["steps"], tables["epochs"], variants, directory / "loss.png")
         plot_accuracy(tables["epochs"], variants, directory / "accuracy.png")
         written += ["loss.png", "accuracy.png"]
-    if not ok_runs.empty:
-        plot_epoch_times(summary, directory / "epoch_time.png")
+    if plot_epoch_times(summary, directory / "epoch_time.png"):
         written.append("epoch_time.png")
     if plot_speedup(summary, directory / "speedup.png"):
         written.append("speedup.png")

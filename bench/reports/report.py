@@ -9,8 +9,8 @@ from framebench.core.gemm import unreliable_warnings
 from framebench.errors import FrameBenchError
 from framebench.reports.plots import draw_all
 from framebench.reports.scaling import report_section
-from framebench.store.results import load_results, node_environments, seeds_text, swept_field
-from framebench.store.tables import busy_warnings, calibration_warnings, not_run, summary, to_markdown
+from framebench.store.results import load_results, node_environments, replace_file, seeds_text, swept_field
+from framebench.store.tables import busy_warnings, calibration_warnings, escape_markdown, not_run, summary, to_markdown
 
 FIGURE_CAPTIONS = {
     "loss.png": "Training loss per step and test loss per epoch",
@@ -21,6 +21,7 @@ FIGURE_CAPTIONS = {
 
 
 def environment_lines(env: dict) -> list[str]:
+    """The environment as Markdown list items, every value escaped (env.json may come from anyone)."""
     lines = []
     for name, node in node_environments(env).items():
         gpus = "; ".join(f"{g.get('name')} (driver {g.get('driver')}, CUDA {g.get('cuda')})" for g in node.get("gpus", [])) or "none"
@@ -33,10 +34,11 @@ def environment_lines(env: dict) -> list[str]:
             f"  - kernel settings: {kernels}",
         ]
     earlier = [
-        f"- earlier into this directory: `{e.get('command')}` (commit {e.get('git_commit')}, {e.get('started_utc')})"
+        f"- earlier into this directory: {e.get('command')} (commit {e.get('git_commit')}, {e.get('started_utc')})"
         for e in env.get("earlier", [])
     ]
-    return lines + [f"- framebench commit: {env.get('git_commit')}", f"- command: `{env.get('command')}`", *earlier]
+    lines += [f"- framebench commit: {env.get('git_commit')}", f"- command: {env.get('command')}", *earlier]
+    return [escape_markdown(line) for line in lines]
 
 
 def matrix_line(config: dict) -> str:
@@ -45,8 +47,8 @@ def matrix_line(config: dict) -> str:
     seeds = seeds_text(config) or "-"
     field = swept_field(config)
     swept = f"; sweep over {field}: {', '.join(config['sweep']['values'])}" if field else ""
-    return (
-        f"Preset `{config.get('preset')}` on `{config.get('dataset')}`, {repeats} repeat(s), seeds {seeds}{swept}; "
+    return escape_markdown(
+        f"Preset {config.get('preset')} on {config.get('dataset')}, {repeats} repeat(s), seeds {seeds}{swept}; "
         f"{config.get('threads')} threads; TF32 {'allowed' if config.get('tf32') else 'off'}; "
         f"time-to-accuracy target {config.get('target_acc')}."
     )
@@ -71,9 +73,9 @@ def write_report(directory: str | Path) -> Path:
         "(model build + data preparation) are reported apart.",
         "",
         to_markdown(table),
-        *[f"- not run: {line}" for line in not_run(tables["runs"])],
+        *[f"- not run: {escape_markdown(line)}" for line in not_run(tables["runs"])],
         *[
-            f"- warning: {line}"
+            f"- warning: {escape_markdown(line)}"
             for line in unreliable_warnings(tables["runs"]) + busy_warnings(tables["runs"]) + calibration_warnings(tables["runs"])
         ],
         "",
@@ -99,7 +101,7 @@ def environment_section(env: dict) -> list[str]:
 def write_markdown(path: Path, lines: list[str], fix: str) -> Path:
     """Write a report; a folder that cannot take it is one line saying what to do."""
     try:
-        path.write_text("\n".join(lines))
+        replace_file(path, "\n".join(lines).encode())
     except OSError as exc:
         raise FrameBenchError(f"cannot write {path} ({exc.strerror or exc}); {fix}") from None
     return path

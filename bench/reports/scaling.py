@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import NullLocator  # noqa: E402
 
-from framebench.reports.plots import style  # noqa: E402
+from framebench.reports.plots import save_figure, style  # noqa: E402
 from framebench.store.tables import latest_attempts, to_markdown  # noqa: E402
 
 SERIES = ["backend", "variant", "device"]
@@ -253,7 +253,7 @@ def report_section(directory: Path, tables: dict) -> list[str]:
         return lines + ["No run finished ok, so there are no curves.", ""]
     pivot = throughput_pivot(table)
     fig = scaling_figure(table, field, order)
-    fig.savefig(Path(directory) / FIGURE, dpi=110)
+    save_figure(fig, Path(directory) / FIGURE)
     plt.close(fig)
     lines += [
         f"![Throughput and efficiency against {field}]({FIGURE})",

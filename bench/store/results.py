@@ -4,11 +4,16 @@ A results directory holds runs.csv, epochs.csv, steps.csv, gemm.csv, config.json
 Rows are appended (never rewritten) the moment they are measured. Every table is created with its
 header in one atomic step, and every append writes whole rows or, if the write fails (disk full,
 killed), nothing: a crash at any instant leaves every table parseable and every row whole or absent.
+
+A results directory may come from someone else (a CI artefact): nothing here writes through a
+symbolic link in it (files are replaced by rename or opened with O_NOFOLLOW), and config.json and
+env.json are checked for shape (CONFIG_SHAPE, ENV_SHAPE) before any command reads them.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import fcntl
 import importlib.metadata
 import io
@@ -32,6 +37,7 @@ from framebench.store import job
 
 LIBRARIES = ("numpy", "pandas", "scikit-learn", "threadpoolctl", "tensorflow", "tensorflow-cpu", "keras", "torch", "jax", "jaxlib", "ray")
 LOCK_FILE = ".lock"
+NO_HARD_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK)  # os.link on vfat, exFAT, some mounts
 UMASK = os.umask(0o022)  # read (and put back at once): files made via mkstemp get the usual permissions
 os.umask(UMASK)
 
@@ -71,8 +77,24 @@ def create_with_header(path: Path, columns: list[str]) -> None:
             os.link(tmp, path)  # fails if another writer created it first: theirs stays
         except FileExistsError:
             pass
+        except OSError as exc:
+            if exc.errno not in NO_HARD_LINKS:
+                raise
+            claim_and_replace(tmp, path)
     finally:
-        os.unlink(tmp)
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+
+
+def claim_and_replace(tmp: str, path: Path) -> None:
+    """create_with_header on a filesystem without hard links: claim the name (O_EXCL: another
+    writer's file stays), then rename the complete file onto the claim (a reader sees an empty
+    table or the whole header, never part of it)."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666))
+    except FileExistsError:
+        return
+    os.replace(tmp, path)
 
 
 def check_header(path: Path, columns: list[str]) -> None:
@@ -100,7 +122,7 @@ def append_rows(directory: Path, table: str, rows: list[dict]) -> None:
             if path.exists():
                 path.unlink()
             create_with_header(path, columns)
-        fd = os.open(path, os.O_RDWR | os.O_APPEND)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW)
     except OSError as exc:
         raise write_failure(path, exc, directory) from None
     try:
@@ -145,16 +167,27 @@ def cut_torn_tail(fd: int) -> int:
     return keep
 
 
-def write_json(directory: Path, name: str, data: dict) -> None:
-    """Write metadata atomically (a reader sees the old or the new file, never half of one)."""
-    path = directory / name
+def replace_file(path: Path, data: bytes) -> None:
+    """Write `path` atomically by renaming a complete new file onto it: a reader sees the old or the
+    new file, never half of one, and a symbolic link planted at `path` is replaced, never followed.
+    Raises OSError."""
+    fd, tmp = temporary_beside(path)
     try:
-        fd, tmp = temporary_beside(path)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(directory: Path, name: str, data: dict) -> None:
+    """Write metadata atomically (replace_file)."""
+    path = directory / name
+    try:
+        replace_file(path, (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode())
     except OSError as exc:
         raise write_failure(path, exc, directory) from None
 
@@ -162,8 +195,109 @@ def write_json(directory: Path, name: str, data: dict) -> None:
 def read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise FrameBenchError(f"{path} cannot be read ({exc}); it is not a framebench results file") from None
+
+
+NUMBER = (int, float)
+STRINGS = "list of strings"
+CONFIG_SHAPE = {  # config.json's fields and what each holds (a field missing is older framebench's, and allowed)
+    "format_version": int,
+    "framebench_version": str,
+    "preset": str,
+    "dataset": str,
+    "data_dir": (str, type(None)),
+    "data_source": str,
+    "model": dict,
+    "train": dict,
+    "tf32": bool,
+    "threads": int,
+    "sweep": {"field": str, "values": STRINGS},
+    "target_acc": NUMBER,
+    "floors": bool,
+    "matrices": [{"axes": dict, "repeats": int, "seed": int, "same_seed": bool}],
+}
+NODE_SHAPE = {  # one node's environment in env.json
+    "python": str,
+    "libraries": {"*": str},
+    "cpu": str,
+    "cores": (int, type(None)),
+    "threads": int,
+    "os": str,
+    "machine": str,
+    "gpus": [dict],
+    "kernel_settings": {"*": str},
+}
+ENV_SHAPE = {  # env.json's fields this framebench reads and what each holds (others are kept, unread)
+    **NODE_SHAPE,
+    "git_commit": str,
+    "command": str,
+    "started_utc": str,
+    "nodes": {"*": NODE_SHAPE},
+    "earlier": [dict],
+}
+
+
+def shape_error(value, shape, where: str) -> str | None:
+    """Where `value` departs from `shape` (a type, a tuple of types, STRINGS, a {field: shape} dict
+    whose fields are optional and whose "*" is any other field's, or a one-item list: a list of that
+    shape), or None."""
+    if isinstance(shape, dict):
+        if not isinstance(value, dict):
+            return f"{where} holds {str(value)[:60]!r}, not an object"
+        fields = ((k, v, shape.get(k, shape.get("*"))) for k, v in value.items())
+        return next((e for k, v, inner in fields if inner is not None and (e := shape_error(v, inner, f"{where}.{k}"))), None)
+    if isinstance(shape, list):
+        if not isinstance(value, list):
+            return f"{where} holds {str(value)[:60]!r}, not a list"
+        return next((e for i, v in enumerate(value) if (e := shape_error(v, shape[0], f"{where}[{i}]"))), None)
+    if shape == STRINGS:
+        return shape_error(value, [str], where)
+    types = shape if isinstance(shape, tuple) else (shape,)
+    if isinstance(value, bool) != (bool in types) or not isinstance(value, types):
+        return f"{where} holds {str(value)[:60]!r}, not {' or '.join(t.__name__ for t in types)}"
+    return None
+
+
+def read_metadata(path: Path, shape: dict, known_only: bool) -> dict:
+    """config.json or env.json, checked against its shape; `known_only` refuses fields this
+    framebench does not know (a newer framebench's). Anything else is one line naming the field."""
+    data = read_json(path)
+    fix = "it is damaged or from another framebench version; rerun the matrix with this one"
+    if not isinstance(data, dict):
+        raise FrameBenchError(f"{path} holds {str(data)[:60]!r}, not an object; {fix}")
+    if known_only and (unknown := sorted(set(data) - set(shape))):
+        raise FrameBenchError(f"{path} has field {unknown[0]!r}, which this framebench does not know; {fix}")
+    if error := shape_error(data, shape, path.name):
+        raise FrameBenchError(f"{path}: {error}; {fix}")
+    return data
+
+
+def read_config(directory: Path) -> dict:
+    return read_metadata(directory / "config.json", CONFIG_SHAPE, known_only=True)
+
+
+def read_env(directory: Path) -> dict:
+    """env.json, or {} where the directory has none."""
+    return read_metadata(directory / "env.json", ENV_SHAPE, known_only=False) if (directory / "env.json").exists() else {}
+
+
+def check_no_symlinks(directory: Path) -> None:
+    """Refuse a results directory in which a file framebench writes is a symbolic link: a directory
+    from elsewhere could point it at any file of the user's."""
+    written = [f"{t}.csv" for t in job.TABLE_NAMES] + ["config.json", "env.json", LOCK_FILE, "logs", "report.md"]
+    for name in written:
+        if (directory / name).is_symlink():
+            raise FrameBenchError(f"{directory / name} is a symbolic link; framebench never writes through one: remove it")
+
+
+def remove_empty_directory(directory: Path) -> None:
+    """Remove a results directory this invocation created and left empty but for its lock."""
+    (directory / LOCK_FILE).unlink(missing_ok=True)
+    try:
+        directory.rmdir()
+    except OSError:  # something else is in it now: it stays
+        pass
 
 
 class DirectoryLock:
@@ -174,8 +308,9 @@ class DirectoryLock:
         self.handle = None
 
     def __enter__(self) -> DirectoryLock:
+        check_no_symlinks(self.path.parent)
         try:
-            self.handle = self.path.open("a+")
+            self.handle = os.fdopen(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666), "r+")
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self.handle.seek(0)
@@ -239,7 +374,8 @@ def read_table(directory: Path, table: str) -> pd.DataFrame:
         if header != columns:
             raise ValueError(f"columns {header[:4]}… are not {table}.csv's")
         dtypes = {c: str for c in job.text_columns() if c in columns}
-        rows = pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=[""], dtype=dtypes).fillna({c: "" for c in dtypes})
+        missing = {c: [""] if c in dtypes else ["", "nan", "NaN", "-nan"] for c in columns}  # a number column's NaN, however written
+        rows = pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=missing, dtype=dtypes).fillna({c: "" for c in dtypes})
     except StopIteration:
         raise FrameBenchError(f"{path} is not a framebench table (no header line); pass a directory `framebench run` wrote") from None
     except (UnicodeDecodeError, ValueError, pd.errors.ParserError) as exc:
@@ -264,8 +400,11 @@ def load_results(directory: str | Path) -> dict:
         if not (directory / required).is_file():
             raise FrameBenchError(f"{directory} is not a results directory (no {required}); pass the folder `framebench run` printed")
     tables: dict = {table: read_table(directory, table) for table in job.TABLE_NAMES}
-    tables["config"] = read_json(directory / "config.json")
-    tables["env"] = read_json(directory / "env.json") if (directory / "env.json").exists() else {}
+    for table in job.TABLE_NAMES:  # a renamed or copied directory reads as itself: its rows may carry the old name
+        if "run_id" in tables[table]:
+            tables[table]["run_id"] = directory.name
+    tables["config"] = read_config(directory)
+    tables["env"] = read_env(directory)
     tables["runs"] = with_efficiencies(tables["runs"], tables["gemm"])
     return tables
 

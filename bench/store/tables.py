@@ -137,12 +137,24 @@ def format_table(table: pd.DataFrame) -> str:
     return table.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-")
 
 
+MARKDOWN_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "\\|", "`": "&#96;", "\n": " ", "\r": " "})
+
+
+def escape_markdown(text: str) -> str:
+    """Text from a results directory (an error message, a name) as inert Markdown: no raw HTML, no
+    code span, no extra table cell, one line."""
+    return str(text).translate(MARKDOWN_ESCAPES)
+
+
 def to_markdown(table: pd.DataFrame) -> str:
-    """GitHub-flavoured Markdown without the optional `tabulate` dependency."""
+    """GitHub-flavoured Markdown without the optional `tabulate` dependency; every cell escaped."""
     if table.empty:
         return "(no runs)\n"
-    cells = [["-" if pd.isna(v) else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row] for row in table.itertuples(index=False)]
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    cells = [
+        ["-" if pd.isna(v) else f"{v:.4g}" if isinstance(v, float) else escape_markdown(v) for v in row]
+        for row in table.itertuples(index=False)
+    ]
+    lines = ["| " + " | ".join(map(escape_markdown, table.columns)) + " |", "|" + "---|" * len(table.columns)]
     lines += ["| " + " | ".join(row) + " |" for row in cells]
     return "\n".join(lines) + "\n"
 
