@@ -203,7 +203,7 @@ def test_writing_a_results_directory_never_follows_a_symbolic_link(finished, tmp
     assert target.read_text() == "keep me" and not (finished / "report.md").is_symlink() and not (finished / "loss.png").is_symlink()
     (finished / ".lock").unlink(missing_ok=True)
     (finished / ".lock").symlink_to(target)
-    resumed = cli("run", "--resume", str(finished))
+    resumed = framebench("run", "--resume", str(finished), env=env_for("ok"))
     assert resumed.returncode == 2 and "symbolic link" in resumed.stderr and target.read_text() == "keep me"
 
 
