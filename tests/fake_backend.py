@@ -2,7 +2,9 @@
 
 $FAKE_MODE picks its behaviour at epoch 2: ok, crash (the process dies), hang, diverge (NaN loss),
 raise (a Python exception); every epoch lasts $FAKE_EPOCH_SLEEP seconds or more. With $FAKE_PID_DIR
-set, each worker leaves its pid there, so a test can kill it or check that it is gone."""
+set, each worker leaves its pid there, so a test can kill it or check that it is gone. It claims the
+precisions $FAKE_PRECISIONS lists (default fp32) and computes in float32 whatever it claims: a
+precision switch that never took."""
 
 from __future__ import annotations
 
@@ -15,6 +17,11 @@ from framebench.core.classifier import Classifier
 
 
 class FakeClassifier(Classifier):
+    @classmethod
+    def lacks_precision(cls, precision, device):
+        claimed = os.environ.get("FAKE_PRECISIONS", "fp32").split(",")
+        return None if precision in claimed else super().lacks_precision(precision, device)
+
     def set_weights(self, weights):
         self.weights = [w.copy() for w in weights]
         self.epochs_run = 0

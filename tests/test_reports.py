@@ -25,7 +25,6 @@ CONFIG = {
     "dataset": "digits",
     "model": {"hidden": [32]},
     "train": {"epochs": 3, "batch_size": BATCH},
-    "tf32": False,
     "threads": 2,
     "sweep": {"field": "", "values": [""]},
     "target_acc": 0.9,

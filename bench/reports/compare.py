@@ -169,8 +169,6 @@ def differences(base: dict, new: dict) -> tuple[list[str], list[str], list[str]]
     base_prints, new_prints = set(fingerprints(base["env"]).values()), set(fingerprints(new["env"]).values())
     if base_prints != new_prints:
         machine.append(f"nodes: {sorted(base_prints - new_prints)} in BASE only, {sorted(new_prints - base_prints)} in NEW only")
-    if base["config"].get("tf32") != new["config"].get("tf32"):
-        machine.append(f"TF32: {base['config'].get('tf32')} -> {new['config'].get('tf32')}")
     notes = []
     versions = (
         base["runs"][["backend", "framework_version"]]
@@ -199,8 +197,7 @@ def run_compare(
         raise FrameBenchError(f"{base_dir} holds no runs; there is nothing to compare against")
     config_diff, machine_diff, notes = differences(base, new)
     compare_accuracy = not config_diff or allow_config_diff
-    tf32_diff = any(line.startswith("TF32") for line in machine_diff)
-    compare_time = not accuracy_only and (not tf32_diff or allow_env_diff)
+    compare_time = not accuracy_only
     b, n = prepared(base["runs"], base["env"]), prepared(new["runs"], new["env"])
     if allow_env_diff:  # compare timings across machines: one fingerprint for all
         b["fingerprint"] = n["fingerprint"] = "any"
