@@ -102,8 +102,8 @@ class NumpyClassifier(Classifier):
     def lacks_precision(cls, precision: str, device: str) -> str | None:
         if precision in ("bf16", "fp16"):
             return (
-                f"NumPy has no {precision} GEMM: its BLAS multiplies float32/float64 only, and a bfloat16/float16 "
-                "matmul (ml_dtypes, numpy) runs a scalar loop, orders of magnitude slower (`make bench-precision` measures it)"
+                f"NumPy has no {precision} GEMM: np.matmul promotes ml_dtypes' bfloat16 operands to a float32 product, and "
+                "multiplies float16 without BLAS, so a NumPy 16-bit run would time conversions, not 16-bit products"
             )
         return super().lacks_precision(precision, device)
 
