@@ -38,10 +38,10 @@ bench-perf:  ## the speed study (every backend x variant on tutorial000, tutoria
 bench-scaling:  ## throughput and efficiency against batch size, every backend: results/scaling (rerun: finishes or redraws it; delete its tables for a fresh one)
 	$(BIN)/framebench run --preset scaling --backends all --variants default --sweep batch_size=16,64,256,1024,4096 --repeats 2 --results-dir results --run-id scaling
 
-PRECISION_RUN := $(BIN)/framebench run --backends all --variants default --precision fp32,bf16 --results-dir results/precision
+PRECISION_RUN := $(BIN)/framebench run --backends all --variants default --precision fp32,bf16 --epochs 2 --threads 1 --results-dir results/precision
 
-bench-precision:  ## fp32 against bf16 on every backend, at the mlp preset and at batch 1024: results/precision/report.md (rerun: finishes or redraws)
-	$(PRECISION_RUN) --preset mlp --epochs 3 --run-id mlp
+bench-precision:  ## fp32 against bf16 on every backend, one thread, at the mlp preset and at batch 1024: results/precision/report.md (rerun: finishes or redraws)
+	$(PRECISION_RUN) --preset mlp --run-id mlp
 	$(PRECISION_RUN) --preset scaling --batch-size 1024 --run-id scaling-1024
 	$(BIN)/python -m framebench.reports.precision results/precision results/precision/mlp results/precision/scaling-1024
 
