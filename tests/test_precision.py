@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from framebench.core import registry
 from framebench.core.config import Sweep, precision_mismatch, resolve
 from framebench.core.gemm import with_efficiencies
 from framebench.driver.runner import JobState, Matrix, RunRequest, plan, summarize
@@ -16,6 +17,7 @@ from framebench.errors import FrameBenchError
 from framebench.reports.precision import precision_table
 from framebench.store.job import End, Job, Setup, accuracy_key_columns, columns
 from framebench.store.results import read_table
+from framebench.testing import cases
 from tests.conftest import framebench, printed_directory
 
 TEMPLATE = Job(run_id="r", dataset="digits", data_dir=None, preset="mlp", config={}, seed=0, threads=1, target_acc=0.9)
@@ -134,3 +136,10 @@ def test_unsupported_and_ineffective_precisions_are_rows_with_the_reason(tmp_pat
     assert declined.returncode == 0, declined.stderr[-2000:]
     runs = read_table(Path(printed_directory(declined)), "runs").set_index("precision")
     assert runs.loc["bf16", "status"] == "unsupported" and runs.loc["bf16", "error"] == "FakeClassifier trains in fp32 only"
+
+
+def test_conformance_items_carry_their_precision_and_none_is_generated_for_a_declined_one():
+    ids = [case.id for case in cases(registry.lookup("torch"), registry.lookup("numpy"))]
+    assert "torch-trajectory-bf16[adam]" in ids
+    assert not [i for i in ids if "-trajectory-fp16" in i or "-trajectory-tf32" in i]  # on the CPU: declined, never passed
+    assert not [i for i in ids if i.startswith("numpy-trajectory-")]
