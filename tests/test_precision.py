@@ -14,7 +14,7 @@ from framebench.core.config import Sweep, precision_mismatch, resolve
 from framebench.core.gemm import with_efficiencies
 from framebench.driver.runner import JobState, Matrix, RunRequest, plan, summarize
 from framebench.errors import FrameBenchError
-from framebench.reports.precision import precision_table
+from framebench.reports.precision import precision_table, verdict
 from framebench.store.job import End, Job, Setup, accuracy_key_columns, columns
 from framebench.store.results import read_table
 from framebench.testing import cases
@@ -143,3 +143,11 @@ def test_conformance_items_carry_their_precision_and_none_is_generated_for_a_dec
     assert "torch-trajectory-bf16[adam]" in ids
     assert not [i for i in ids if "-trajectory-fp16" in i or "-trajectory-tf32" in i]  # on the CPU: declined, never passed
     assert not [i for i in ids if i.startswith("numpy-trajectory-")]
+
+
+@pytest.mark.parametrize(
+    "speedup, gemm_speedup, says",
+    [(1.3, 1.4, "faster GEMMs, faster epoch"), (0.9, 1.8, "but no faster epoch"), (0.9, 0.8, "not faster here")],
+)
+def test_the_study_says_whether_faster_gemms_made_a_faster_epoch(speedup, gemm_speedup, says):
+    assert says in verdict(speedup, gemm_speedup)

@@ -95,9 +95,18 @@ def findings(table: pd.DataFrame, study: str) -> list[str]:
         lines.append(
             f"- {study}, {row.backend}/{row.variant} {row.precision}: epoch {row.speedup:.2f}x fp32's, its own GEMMs "
             f"{row.gemm_speedup:.2f}x{share}; the rest of the epoch changed by {row.other_change_s:+.3f} s; "
-            f"accuracy {row.acc_diff:+.4f}"
+            f"accuracy {row.acc_diff:+.4f}; {verdict(row.speedup, row.gemm_speedup)}"
         )
     return lines
+
+
+def verdict(speedup: float, gemm_speedup: float) -> str:
+    """Whether faster 16-bit GEMMs made a faster epoch (the study's goal), and if not, what is left."""
+    if not gemm_speedup > 1:
+        return "its 16-bit GEMMs are not faster here, so no epoch speed-up is owed"
+    if speedup > 1:
+        return "faster GEMMs, faster epoch"
+    return "faster GEMMs but no faster epoch: the work outside the products (casts, 16-bit elementwise ops) grew more than they saved"
 
 
 def plot_study(tables: dict[str, pd.DataFrame], path: Path) -> bool:
