@@ -158,7 +158,8 @@ def write_study(folder: Path, directories: list[Path]) -> Path:
         "Every backend at fp32 and at bf16 (mixed precision: bf16 products and activations, fp32 weights, optimiser state "
         "and loss), one results directory per configuration: " + ", ".join(f"`{name}/`" for name in loaded) + ". Each "
         "run's GEMM floor is its own library's products at its precision; a backend that cannot train a precision is a "
-        "`not run` line with the reason.",
+        "`not run` line with the reason. The verdicts compare medians of the runs made; with one repeat on a shared "
+        "machine (its load is stated per configuration) a difference of a few percent is within the noise.",
         "",
     ]
     for study, t in loaded.items():
