@@ -5,7 +5,7 @@ GPU_PINS := "tensorflow[and-cuda]==2.21.0" "jax[cuda12]==0.10.2" "torch==2.13.0"
 	"numpy==2.4.6" "pandas==3.1.1" "matplotlib==3.11.2" "scikit-learn==1.9.1" "threadpoolctl==3.8.0" \
 	"pytest==9.2.0" "pytest-benchmark==5.3.1" "pytest-timeout==2.4.0" "ruff==0.17.6"
 
-.PHONY: install install-gpu lock-gpu bench bench-gpu bench-steps bench-perf bench-scaling bench-history bench-gate lint test test-fast readme clean
+.PHONY: install install-gpu lock-gpu bench bench-gpu bench-steps bench-perf bench-scaling bench-history bench-gate bench-precision lint test test-fast readme clean
 
 install:  ## .venv with the pinned CPU versions (requirements.lock, torch's CPU build) + framebench, editable
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,9 @@ lock-gpu:  ## re-resolve requirements-gpu.lock against PyPI (the three CUDA stac
 bench:  ## the default preset (mlp) on every registered backend, on the CPU
 	$(BIN)/framebench run --backends all --device cpu --preset mlp
 
-bench-gpu:  ## the default preset on every backend, GPU and CPU side by side
-	$(BIN)/framebench run --backends all --device cpu,gpu --preset mlp
+bench-gpu:  ## a GPU machine's one prepared run (< 10 min): every default backend on the GPU at fp32, tf32, bf16 and fp16: results/gpu
+	$(BIN)/framebench run --backends all --variants default --device gpu --precision fp32,tf32,bf16,fp16 --preset mlp --epochs 3 \
+		--timeout 120 --results-dir results --run-id gpu
 
 bench-perf:  ## the speed study (every backend x variant on tutorial000, tutorial003, mlp) into results/perf/report.md
 	$(BIN)/framebench perf --presets tutorial000,tutorial003,mlp --repeats 2 --epochs 3 --results-dir results/perf
@@ -49,6 +50,13 @@ bench-history:  ## a small real history (8 runs; from h05 on one thread instead 
 
 bench-gate:  ## the regression gate measured: false alarms (A/A, quiet and busy) and power (+3..20%) into results/gate/report.md
 	$(BIN)/python -m framebench.reports.gatestudy --rounds 40 --budget-min 20 --directory results/gate
+
+PRECISION_RUN := $(BIN)/framebench run --backends all --variants default --precision fp32,bf16 --epochs 2 --threads 1 --results-dir results/precision
+
+bench-precision:  ## fp32 against bf16 on every backend, one thread, at the mlp preset and at batch 1024: results/precision/report.md (rerun: finishes or redraws)
+	$(PRECISION_RUN) --preset mlp --run-id mlp
+	$(PRECISION_RUN) --preset scaling --batch-size 1024 --run-id scaling-1024
+	$(BIN)/python -m framebench.reports.precision results/precision results/precision/mlp results/precision/scaling-1024
 
 BENCH_STEPS := $(BIN)/python -m pytest benchmarks -q --benchmark-only --benchmark-autosave --benchmark-columns=min,median,max,rounds
 

@@ -7,8 +7,9 @@ it with one line, as scikit-learn's `parametrize_with_checks` does for an estima
     test_my_backend = framebench.testing.conformance_test(MyClassifier)
 
 A check is generated only where it applies: for a class whose `lacks()` is None for the
-configuration the check uses. Items are named `<backend>-<check>[<parameter>]`, e.g.
-`numpy:tutorial-logits[relu]`, so `-k` selects by backend, variant or check.
+configuration the check uses and whose `lacks_precision()` is None for the precision it trains at.
+Items are named `<backend>-<check>[<parameter>]`, e.g. `numpy:tutorial-logits[relu]` or
+`torch-trajectory-bf16[adam]`, so `-k` selects by backend, variant, check or precision.
 
 Registry entries may be given instead of classes. An entry whose environment differs from this
 process's (Keras on torch or JAX needs KERAS_BACKEND set before Keras is imported) runs in a child
@@ -34,7 +35,7 @@ import pytest
 
 from framebench.core import registry
 from framebench.core.classifier import Classifier
-from framebench.core.config import PRESETS, ModelConfig, TrainConfig
+from framebench.core.config import PRESETS, ModelConfig, TrainConfig, precision_mismatch
 from framebench.core.data import Dataset, load_dataset
 from framebench.core.harness import epoch_order, initial_weights
 from framebench.errors import FrameBenchError
@@ -57,6 +58,21 @@ ADAM_UPDATE_TOL_IN_LR = 2e-2
 # hyperparameter shows at once (>1e-2 by step 2), and looser late, where only the drift grows.
 TRAJECTORY_RTOL = {"sgd": [(150, 1e-5), (200, 1e-3)], "adam": [(25, 1e-4), (50, 5e-3), (200, 1e-1)]}
 PRESET_STEPS_RTOL = 1e-4  # 20 steps of each preset's own configuration
+# Reduced precision (tf32, bf16, fp16) against the same float64 oracle, by the rule PyTorch's
+# compiler benchmarks apply to low-precision runs (torch._dynamo.utils.same with an fp64 reference):
+# the low-precision run's error against float64 may be PRECISION_MULTIPLIER times the fp32 run's
+# error plus a tolerance of its own, here the largest relative step-loss error over the first
+# PRECISION_STEPS Adam steps (fewer than fp32's 200: rounding noise, not a formula error, grows after).
+# The tolerance is PRECISION_ROUNDOFFS unit roundoffs of the format (bf16 2^-8: 7 stored mantissa
+# bits; fp16 and TF32 2^-11: 10 bits): 3.1e-2 for bf16, measured 6.0e-3 (Keras) to 1.8e-2 (TF) over
+# the 30 steps on this CPU, the fp32 runs 2e-7 to 1.1e-5; <= 1.1e-3 over the first 5 steps, where a
+# wrong formula, order or hyperparameter is off by > 1e-2 (TRAJECTORY_RTOL's note). A path that
+# silently stayed fp32 passes this rule, so the check also asks the backend's `compute_dtype`.
+PRECISION_STEPS = 30
+PRECISION_MULTIPLIER = 3.0
+PRECISION_ROUNDOFFS = 8
+UNIT_ROUNDOFF = {"tf32": 2.0**-11, "bf16": 2.0**-8, "fp16": 2.0**-11}
+PRECISION_RTOL = {precision: PRECISION_ROUNDOFFS * u for precision, u in UNIT_ROUNDOFF.items()}
 MLP = PRESETS["mlp"]
 TEST_SAMPLES = 2000  # test images whose logits are compared
 CHILD_REPORT = "FRAMEBENCH_CONFORMANCE_REPORT"  # set in a child pytest: where it records outcomes
@@ -92,13 +108,17 @@ class Subject:
     def device(self) -> str:
         return "cpu" if "cpu" in self.devices else "gpu"
 
-    def build(self, model: ModelConfig, train: TrainConfig, data: Dataset, *, seed: int = 0) -> Classifier:
+    def build(self, model: ModelConfig, train: TrainConfig, data: Dataset, *, seed: int = 0, precision: str = "fp32") -> Classifier:
         """An instance with the harness's initial weights, prepared on `data`."""
-        return build(self.cls, model, train, data, device=self.device, seed=seed)
+        return build(self.cls, model, train, data, device=self.device, seed=seed, precision=precision)
 
 
-def build(cls: type[Classifier], model: ModelConfig, train: TrainConfig, data: Dataset, *, device: str, seed: int) -> Classifier:
-    classifier = cls(model=model, train=train, input_size=data.input_size, num_classes=data.num_classes, device=device, seed=seed)
+def build(
+    cls: type[Classifier], model: ModelConfig, train: TrainConfig, data: Dataset, *, device: str, seed: int, precision: str = "fp32"
+) -> Classifier:
+    classifier = cls(
+        model=model, train=train, input_size=data.input_size, num_classes=data.num_classes, device=device, seed=seed, precision=precision
+    )
     classifier.set_weights(initial_weights(classifier.sizes, model, seed))
     classifier.prepare(data.x_train, data.y_train)
     return classifier
@@ -180,6 +200,23 @@ def check_trajectory(subject: Subject, model: ModelConfig, train: TrainConfig) -
         first = last
 
 
+def check_precision(subject: Subject, model: ModelConfig, train: TrainConfig, *, precision: str) -> None:
+    """PRECISION_STEPS steps at `precision` and at fp32, each against the float64 oracle; the products
+    must have run in the precision's dtype."""
+    order = first_steps(train, PRECISION_STEPS)
+    expected, _ = oracle_training(model, train, subject.cls.adam_form, PRECISION_STEPS)
+    low = subject.build(model, train, mnist(), precision=precision)
+    low_losses = low.train_epoch(order, train.batch_size)
+    full_losses = subject.build(model, train, mnist()).train_epoch(order, train.batch_size)
+    assert (mismatch := precision_mismatch(precision, low.compute_dtype())) is None, mismatch
+    low_error, full_error = (float((np.abs(losses - expected) / np.abs(expected)).max()) for losses in (low_losses, full_losses))
+    bound = PRECISION_MULTIPLIER * full_error + PRECISION_RTOL[precision]
+    assert low_error <= bound, (
+        f"{precision} loss off the float64 oracle by {low_error:.3g} relative over {PRECISION_STEPS} steps; the bound is "
+        f"{PRECISION_MULTIPLIER:g} x fp32's {full_error:.3g} + {PRECISION_RTOL[precision]:.3g}"
+    )
+
+
 def check_preset(subject: Subject, model: ModelConfig, train: TrainConfig) -> None:
     """A preset's own activations, loss, init and optimiser, 20 steps, losses compared per step."""
     losses = subject.build(model, train, mnist()).train_epoch(first_steps(train, 20), train.batch_size)
@@ -226,7 +263,8 @@ class Check:
     run: Callable[[Subject, ModelConfig, TrainConfig], None]
     configs: dict[str | None, tuple[ModelConfig, TrainConfig]]  # parameter (None: none) -> the configuration it uses
     applies: Callable[[type[Classifier]], bool] = lambda cls: True  # beyond `lacks()`
-    slow: bool = False  # many steps or many builds (compiles): its items carry pytest's `slow` mark
+    precision: str = "fp32"  # the precision it trains at (a class whose `lacks_precision` names it gets no item)
+    slow: bool = False  # marked `slow` (the fast tier, `make test-fast`, leaves it out)
 
 
 def with_optimizer(optimizer: str, lr: float) -> TrainConfig:
@@ -271,6 +309,16 @@ CHECKS = (
             )
         },
     ),
+    *(
+        Check(
+            name=f"trajectory-{precision}",
+            run=functools.partial(check_precision, precision=precision),
+            configs={"adam": (MLP.model, with_optimizer("adam", 1e-3))},
+            precision=precision,
+            slow=True,
+        )
+        for precision in UNIT_ROUNDOFF
+    ),
 )
 
 
@@ -314,7 +362,7 @@ def cases(*targets: type[Classifier] | registry.Entry) -> list[Case]:
             for check in CHECKS
             if check.applies(item.cls)
             for parameter, (model, train) in check.configs.items()
-            if item.cls.lacks(model, train) is None
+            if item.cls.lacks(model, train) is None and item.cls.lacks_precision(check.precision, item.device) is None
         ]
     return found
 

@@ -25,7 +25,7 @@ HOSTED = [entry for entry in registry.REGISTRY.values() if entry.variant == "def
 @pytest.fixture(params=HOSTED, ids=[entry.name for entry in HOSTED], scope="module")
 def classifier(request, mnist):  # noqa: F811
     cls = registry.load(request.param)
-    cls.configure(threads=os.cpu_count(), tf32=False)
+    cls.configure(threads=os.cpu_count())
     instance = cls(model=PRESET.model, train=PRESET.train, input_size=784, num_classes=10, device="cpu", seed=0)
     instance.set_weights(initial_weights(instance.sizes, PRESET.model, 0))
     instance.prepare(mnist.x_train, mnist.y_train)

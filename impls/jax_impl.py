@@ -1,6 +1,11 @@
 """JAX: parameters as a pytree of jax.numpy arrays, the loss differentiated with jax.value_and_grad,
 SGD/momentum/Adam written against the NumPy oracle's formulas (no optax), and a whole epoch's full
-batches compiled into one jax.lax.scan; only a short last batch takes a separate compiled step."""
+batches compiled into one jax.lax.scan; only a short last batch takes a separate compiled step.
+
+Mixed precision is written out, as JAX has no autocast: the step casts the fp32 parameters and the
+batch to bf16 for the products and activations and the logits back to fp32 for the loss, so the
+gradients, the parameters and the optimiser state stay fp32. `compute_dtype` reads the dtype of the
+products (`dot_general`) from the step's traced program (its jaxpr)."""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from framebench.core.classifier import Classifier
 from framebench.core.harness import steps_in
 from framebench.core.losses import Ops, loss_function
 
+COMPUTE_DTYPES = {"bf16": jnp.bfloat16}  # mixed precisions -> the dtype of the products and activations
 ACTIVATIONS = {"relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh}
 
 
@@ -58,13 +64,35 @@ class JaxClassifier(Classifier):
         return False, f"JAX {jax.__version__} sees no GPU (CPU-only jaxlib, or no CUDA plugin)"
 
     @classmethod
-    def configure(cls, *, threads: int, tf32: bool) -> None:
+    def configure(cls, *, threads: int) -> None:
         """XLA has no thread-count setting once running: its CPU pool is sized from the CPU affinity
         mask when the backend starts, so the process is pinned to `threads` cores before that."""
-        super().configure(threads=threads, tf32=tf32)
+        super().configure(threads=threads)
         cores = sorted(os.sched_getaffinity(0))
         os.sched_setaffinity(0, cores[:threads])
-        jax.config.update("jax_default_matmul_precision", "tensorfloat32" if tf32 else "highest")
+
+    @classmethod
+    def use_tf32(cls, allowed: bool) -> None:
+        jax.config.update("jax_default_matmul_precision", "tensorfloat32" if allowed else "highest")
+
+    @classmethod
+    def tf32_enabled(cls) -> bool:
+        return jax.config.jax_default_matmul_precision == "tensorfloat32"
+
+    @classmethod
+    def lacks_precision(cls, precision: str, device: str) -> str | None:
+        if precision == "fp16":
+            return "fp16 needs dynamic loss scaling, which this hand-written JAX step does not implement; use bf16"
+        return None if precision in ("fp32", "bf16") or device == "gpu" else super().lacks_precision(precision, device)
+
+    def compute_dtype(self) -> str:
+        """The output dtype of the first `dot_general` in the traced training loss."""
+        x, y = self.x_train[:1], self.y_train[:1]
+        jaxpr = jax.make_jaxpr(self.loss)(self.params, x, y, None)
+        dots = [eqn.outvars[0].aval.dtype for eqn in jaxpr.jaxpr.eqns if eqn.primitive.name == "dot_general"]
+        if dots[0] == jnp.float32:
+            return super().compute_dtype()
+        return jnp.dtype(dots[0]).name
 
     def framework_version(self) -> str:
         return jax.__version__
@@ -89,15 +117,16 @@ class JaxClassifier(Classifier):
     def forward(self, params: list, x: jnp.ndarray, *, key) -> jnp.ndarray:
         """Pre-activation output; inverted dropout from `key` when one is given (training)."""
         layers = len(params) // 2
-        h = x
+        dtype = COMPUTE_DTYPES.get(self.precision, jnp.float32)
+        h = x.astype(dtype)
         for layer in range(layers):
-            h = h @ params[2 * layer] + params[2 * layer + 1]
+            h = h @ params[2 * layer].astype(dtype) + params[2 * layer + 1].astype(dtype)
             if layer < layers - 1:
                 h = ACTIVATIONS[self.model.hidden_activation](h)
                 if key is not None and self.model.dropout > 0:
                     keep = 1.0 - self.model.dropout
-                    h = h * jax.random.bernoulli(jax.random.fold_in(key, layer), keep, h.shape) / keep
-        return h
+                    h = h * jax.random.bernoulli(jax.random.fold_in(key, layer), keep, h.shape).astype(dtype) / keep
+        return h.astype(jnp.float32)
 
     def loss(self, params: list, x: jnp.ndarray, y: jnp.ndarray, key) -> jnp.ndarray:
         return self.loss_fn(self.forward(params, x, key=key), y)

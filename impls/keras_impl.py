@@ -5,6 +5,12 @@ The same code runs on whichever backend KERAS_BACKEND names; the registry gives 
 backend and starts each in its own process. Per-step losses are collected by a metric that writes
 each step's loss into a device-side buffer, read once per epoch, because Keras's own logs only
 carry the running mean and would force a host sync per step.
+
+Mixed precision is Keras's: every layer gets the `mixed_bfloat16` or `mixed_float16` dtype policy
+(fp32 variables, products and activations in the 16-bit type), the loss is computed in fp32 (a Keras
+loss casts its inputs to its own dtype, float32), and fp16 wraps the optimiser in a
+`LossScaleOptimizer` (dynamic loss scaling). `compute_dtype` is the dtype of the first Dense layer's
+output on a sample.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ OPS = Ops(
     logits_cross_entropy=lambda z, y: ops.mean(keras.losses.sparse_categorical_crossentropy(y, z, from_logits=True)),
 )
 NATIVE = {"tensorflow": "tf", "torch": "torch", "jax": "jax"}  # Keras backend -> framebench backend
+POLICIES = {"fp32": "float32", "tf32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}  # precision -> dtype policy
 
 
 class ProjectLoss(keras.losses.Loss):
@@ -42,7 +49,7 @@ class ProjectLoss(keras.losses.Loss):
         self.loss = loss_function(OPS, model, train)
 
     def call(self, y_true, z):
-        return self.loss(z, ops.cast(ops.reshape(y_true, (-1,)), "int32"))
+        return self.loss(ops.cast(z, "float32"), ops.cast(ops.reshape(y_true, (-1,)), "int32"))
 
 
 class StepLosses(keras.metrics.Metric):
@@ -98,12 +105,12 @@ class KerasClassifier(Classifier):
         self.step_losses: StepLosses | None = None
 
     def layers(self) -> list[keras.layers.Layer]:
-        layers = []
+        layers, policy = [], POLICIES[self.precision]
         for index, width in enumerate(self.sizes[1:-1]):
-            layers.append(keras.layers.Dense(width, activation=self.model.hidden_activation))
+            layers.append(keras.layers.Dense(width, activation=self.model.hidden_activation, dtype=policy))
             if self.model.dropout > 0:
-                layers.append(keras.layers.Dropout(self.model.dropout, seed=self.seed + index))
-        layers.append(keras.layers.Dense(self.sizes[-1]))  # pre-activation output; the loss applies the rest
+                layers.append(keras.layers.Dropout(self.model.dropout, seed=self.seed + index, dtype=policy))
+        layers.append(keras.layers.Dense(self.sizes[-1], dtype=policy))  # pre-activation output; the loss applies the rest
         return layers
 
     @classmethod
@@ -116,8 +123,28 @@ class KerasClassifier(Classifier):
         return cls.native().available(device)
 
     @classmethod
-    def configure(cls, *, threads: int, tf32: bool) -> None:
-        cls.native().configure(threads=threads, tf32=tf32)
+    def configure(cls, *, threads: int) -> None:
+        cls.native().configure(threads=threads)
+
+    @classmethod
+    def use_tf32(cls, allowed: bool) -> None:
+        cls.native().use_tf32(allowed)
+
+    @classmethod
+    def tf32_enabled(cls) -> bool:
+        return cls.native().tf32_enabled()
+
+    @classmethod
+    def lacks_precision(cls, precision: str, device: str) -> str | None:
+        if precision == "fp16" and device == "cpu":
+            return "fp16 (with loss scaling) is run on the GPU only; bf16 is the CPU's 16-bit training format"
+        return None if precision in ("fp32", "bf16") or device == "gpu" else super().lacks_precision(precision, device)
+
+    def compute_dtype(self) -> str:
+        with keras.device(self.keras_device):
+            output = self.net.layers[0](self.x_train[:1])
+        dtype = keras.backend.standardize_dtype(output.dtype)
+        return super().compute_dtype() if dtype == "float32" else dtype
 
     @classmethod
     def gpu_peak_mb(cls) -> float | None:
@@ -129,8 +156,10 @@ class KerasClassifier(Classifier):
     def make_optimizer(self) -> keras.optimizers.Optimizer:
         t = self.train
         if t.optimizer == "adam":
-            return keras.optimizers.Adam(learning_rate=t.lr, beta_1=t.beta1, beta_2=t.beta2, epsilon=t.adam_eps)
-        return keras.optimizers.SGD(learning_rate=t.lr, momentum=t.momentum if t.optimizer == "momentum" else 0.0)
+            optimizer = keras.optimizers.Adam(learning_rate=t.lr, beta_1=t.beta1, beta_2=t.beta2, epsilon=t.adam_eps)
+        else:
+            optimizer = keras.optimizers.SGD(learning_rate=t.lr, momentum=t.momentum if t.optimizer == "momentum" else 0.0)
+        return keras.optimizers.LossScaleOptimizer(optimizer) if self.precision == "fp16" else optimizer
 
     def compile(self) -> None:
         """(Re)compile: a fresh optimiser (its state reset) and a step-loss buffer for an epoch."""

@@ -98,6 +98,19 @@ class NumpyClassifier(Classifier):
     def framework_version(self) -> str:
         return np.__version__
 
+    @classmethod
+    def lacks_precision(cls, precision: str, device: str) -> str | None:
+        if precision in ("bf16", "fp16"):
+            return (
+                f"NumPy has no {precision} GEMM: np.matmul promotes ml_dtypes' bfloat16 operands to a float32 product, and "
+                "multiplies float16 without BLAS, so a NumPy 16-bit run would time conversions, not 16-bit products"
+            )
+        return super().lacks_precision(precision, device)
+
+    def compute_dtype(self) -> str:
+        """The dtype of the first layer's product on one training sample."""
+        return self.forward(self.x_train[:1], masks=None)[1].dtype.name
+
     def set_weights(self, weights: list[np.ndarray]) -> None:
         """Parameters, gradients and optimiser state are each one flat array, with per-layer views
         into it, so an optimiser step is a dozen whole-model ufunc calls rather than a dozen per

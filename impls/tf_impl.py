@@ -8,6 +8,11 @@ XLA fuses a step's small elementwise ops (bias, activation, the optimiser update
 kernels run one by one; `TFGraph` keeps the same epoch function on plain TensorFlow kernels so
 `make bench-perf` can measure what XLA buys on each preset.
 `TFTutorial`: tutorial 000's loop: eager GradientTape steps on batches sliced from host NumPy arrays.
+
+Mixed precision is written out with casts, as the low-level API has no policy: the forward pass
+casts the fp32 variables and the batch to bf16 (products, biases, activations), the logits back to
+fp32 for the loss; the tape's gradients reach the fp32 variables through the casts. `compute_dtype`
+is the dtype of the first matmul's result in the traced (or eagerly run) forward pass.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from framebench.core.classifier import Classifier
 from framebench.core.harness import steps_in
 from framebench.core.losses import Ops, loss_function
 
+COMPUTE_DTYPES = {"bf16": tf.bfloat16}  # mixed precisions -> the dtype of the products and activations
 ACTIVATIONS = {"relu": tf.nn.relu, "sigmoid": tf.sigmoid, "tanh": tf.tanh}
 OPS = Ops(
     softmax=tf.nn.softmax,
@@ -46,6 +52,7 @@ class TFClassifier(Classifier):
         super().__init__(**kwargs)
         self.tf_device = "/GPU:0" if self.device == "gpu" else "/CPU:0"
         self.traces = 0  # Python-side count of epoch-function traces (a test checks it stays at 1)
+        self.matmul_dtype: tf.DType | None = None  # the first product's dtype in the latest forward pass built
         self.loss = loss_function(OPS, self.model, self.train)
         with tf.device(self.tf_device):
             self.params = [tf.Variable(tf.zeros(shape), name=f"p{i}") for i, shape in enumerate(self.param_shapes())]
@@ -70,11 +77,29 @@ class TFClassifier(Classifier):
         return False, f"TensorFlow {tf.__version__} sees no GPU (tensorflow-cpu, or no CUDA build/driver)"
 
     @classmethod
-    def configure(cls, *, threads: int, tf32: bool) -> None:
-        super().configure(threads=threads, tf32=tf32)
+    def configure(cls, *, threads: int) -> None:
+        super().configure(threads=threads)
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
-        tf.config.experimental.enable_tensor_float_32_execution(tf32)
+
+    @classmethod
+    def use_tf32(cls, allowed: bool) -> None:
+        tf.config.experimental.enable_tensor_float_32_execution(allowed)
+
+    @classmethod
+    def tf32_enabled(cls) -> bool:
+        return tf.config.experimental.tensor_float_32_execution_enabled()
+
+    @classmethod
+    def lacks_precision(cls, precision: str, device: str) -> str | None:
+        if precision == "fp16":
+            return "fp16 needs dynamic loss scaling, which this low-level TensorFlow step does not implement; use bf16 (or keras)"
+        return None if precision in ("fp32", "bf16") or device == "gpu" else super().lacks_precision(precision, device)
+
+    def compute_dtype(self) -> str:
+        if self.matmul_dtype is None or self.matmul_dtype == tf.float32:
+            return super().compute_dtype()
+        return self.matmul_dtype.name
 
     @classmethod
     def gpu_peak_mb(cls) -> float | None:
@@ -101,15 +126,19 @@ class TFClassifier(Classifier):
             self.y_train = tf.constant(y_train)
 
     def forward(self, x: tf.Tensor, *, training: bool) -> tf.Tensor:
-        h = x
+        dtype = COMPUTE_DTYPES.get(self.precision, tf.float32)
+        h = tf.cast(x, dtype)
         layers = len(self.params) // 2
         for layer in range(layers):
-            h = tf.matmul(h, self.params[2 * layer]) + self.params[2 * layer + 1]
+            h = tf.matmul(h, tf.cast(self.params[2 * layer], dtype))
+            if layer == 0 and training:
+                self.matmul_dtype = h.dtype
+            h = h + tf.cast(self.params[2 * layer + 1], dtype)
             if layer < layers - 1:
                 h = ACTIVATIONS[self.model.hidden_activation](h)
                 if training and self.model.dropout > 0:
                     h = self.dropout(h, layer)
-        return h
+        return tf.cast(h, tf.float32)
 
     def dropout(self, h: tf.Tensor, layer: int) -> tf.Tensor:
         """Inverted dropout from stateless draws keyed by (seed, step, layer): repeatable, no RNG state."""

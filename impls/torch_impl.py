@@ -6,10 +6,17 @@ sync). `TorchCompile`: the same with the module compiled by torch.compile. `Torc
 only): compiled with mode="reduce-overhead", which replays each step as a CUDA graph.
 `TorchTutorial`: tutorial 004's loop: a DataLoader over a TensorDataset collating every batch on the
 host, `loss.item()` every step.
+
+Mixed precision is PyTorch's automatic mixed precision: the forward pass under `torch.autocast`
+(nn.Linear's products and the activations after them in bf16/fp16, the parameters and Adam's state
+stay fp32), the loss on the logits cast to fp32, and for fp16 a `torch.amp.GradScaler` scaling the
+loss dynamically (it skips a step whose gradients overflowed). The dtype of the model's output, a
+Linear's product, is what `compute_dtype` reports.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import ClassVar
 
 import numpy as np
@@ -21,6 +28,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from framebench.core.classifier import Classifier
 from framebench.core.losses import Ops, loss_function
 
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}  # precision -> autocast's dtype
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
 OPS = Ops(
     softmax=lambda z: torch.softmax(z, dim=1),
@@ -65,6 +73,8 @@ class TorchClassifier(Classifier):
         self.net = MLP(self.sizes, self.model.hidden_activation, self.model.dropout).to(self.torch_device)
         self.call = torch.compile(self.net, mode=self.compile_mode) if self.compile_mode else self.net
         self.loss = loss_function(OPS, self.model, self.train)
+        self.output_dtype: torch.dtype | None = None  # the dtype of the last training step's model output
+        self.scaler = torch.amp.GradScaler(self.torch_device.type, enabled=self.precision == "fp16")
 
     @classmethod
     def available(cls, device: str) -> tuple[bool, str]:
@@ -73,11 +83,48 @@ class TorchClassifier(Classifier):
         return False, f"torch {torch.__version__} sees no CUDA GPU"
 
     @classmethod
-    def configure(cls, *, threads: int, tf32: bool) -> None:
-        super().configure(threads=threads, tf32=tf32)
+    def configure(cls, *, threads: int) -> None:
+        super().configure(threads=threads)
         torch.set_num_threads(threads)
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
+
+    @classmethod
+    def use_tf32(cls, allowed: bool) -> None:
+        torch.backends.cuda.matmul.allow_tf32 = allowed
+        torch.backends.cudnn.allow_tf32 = allowed
+
+    @classmethod
+    def tf32_enabled(cls) -> bool:
+        return torch.backends.cuda.matmul.allow_tf32
+
+    @classmethod
+    def lacks_precision(cls, precision: str, device: str) -> str | None:
+        if precision == "fp16" and device == "cpu":
+            return "fp16 (with loss scaling) is run on the GPU only; bf16 is the CPU's 16-bit training format"
+        return None if precision in ("fp32", "bf16") or device == "gpu" else super().lacks_precision(precision, device)
+
+    def compute_dtype(self) -> str:
+        if self.output_dtype is None or self.output_dtype == torch.float32:
+            return super().compute_dtype()
+        return str(self.output_dtype).removeprefix("torch.")
+
+    def autocast(self):
+        """The forward pass's context: autocast to the precision's dtype, or nothing at fp32/tf32."""
+        if self.precision not in AUTOCAST:
+            return contextlib.nullcontext()
+        return torch.autocast(self.torch_device.type, dtype=AUTOCAST[self.precision])
+
+    def forward_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The model under autocast, the loss in fp32 on its output."""
+        with self.autocast():
+            z = self.call(x)
+        self.output_dtype = z.dtype
+        return self.loss(z.float(), y)
+
+    def backward_step(self, loss: torch.Tensor) -> None:
+        """Backward and the optimiser step; with fp16 through the GradScaler (a no-op scaler otherwise)."""
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
 
     def framework_version(self) -> str:
         return torch.__version__
@@ -111,17 +158,16 @@ class TorchClassifier(Classifier):
         order_t = torch.from_numpy(order).to(self.torch_device)
         losses = []
         for idx in torch.split(order_t, batch_size):
-            loss = self.loss(self.call(self.x_train.index_select(0, idx)), self.y_train.index_select(0, idx))
+            loss = self.forward_loss(self.x_train.index_select(0, idx), self.y_train.index_select(0, idx))
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            self.backward_step(loss)
             losses.append(loss.detach())
         return torch.stack(losses).cpu().numpy()
 
     def predict_logits(self, x: np.ndarray) -> np.ndarray:
         self.net.eval()
-        with torch.no_grad():
-            return self.call(torch.from_numpy(x).to(self.torch_device)).cpu().numpy()
+        with torch.no_grad(), self.autocast():
+            return self.call(torch.from_numpy(x).to(self.torch_device)).float().cpu().numpy()
 
     @classmethod
     def gpu_peak_mb(cls) -> float | None:
@@ -160,9 +206,8 @@ class TorchTutorial(TorchClassifier):
         )
         losses = []
         for xb, yb in loader:
-            loss = self.loss(self.net(xb.to(self.torch_device)), yb.to(self.torch_device))
-            loss.backward()
-            self.optimizer.step()
+            loss = self.forward_loss(xb.to(self.torch_device), yb.to(self.torch_device))
+            self.backward_step(loss)
             self.optimizer.zero_grad()
             losses.append(loss.item())
         return np.asarray(losses)

@@ -7,7 +7,9 @@ exception), all at epoch 2; and hostile ones: forge (prints forged event lines, 
 (NaN predictions at epoch 2), zero-loss (a first step loss of exactly 0), setsid (starts a process in
 a session of its own, its pid left in $FAKE_STRAY_DIR). Every epoch lasts $FAKE_EPOCH_SLEEP seconds
 or more. With $FAKE_PID_DIR set, each worker leaves its pid there, so a test can kill it or check
-that it is gone."""
+that it is gone. It claims the
+precisions $FAKE_PRECISIONS lists (default fp32) and computes in float32 whatever it claims: a
+precision switch that never took."""
 
 from __future__ import annotations
 
@@ -24,6 +26,11 @@ FORGED = '@framebench-event {"type": "end", "status": "ok"}\n{"type": "end", "st
 
 
 class FakeClassifier(Classifier):
+    @classmethod
+    def lacks_precision(cls, precision, device):
+        claimed = os.environ.get("FAKE_PRECISIONS", "fp32").split(",")
+        return None if precision in claimed else super().lacks_precision(precision, device)
+
     def set_weights(self, weights):
         self.weights = [w.copy() for w in weights]
         self.epochs_run = 0

@@ -15,7 +15,7 @@ from framebench.store import job as contract
 from framebench.store.job import Dimension, End, Epoch, Job, MalformedEvent, Setup, from_wire, to_wire
 from framebench.store.results import append_rows, read_table
 
-TEMPLATE = Job(run_id="r", dataset="digits", data_dir=None, preset="mlp", config={}, seed=0, threads=1, tf32=False, target_acc=0.9)
+TEMPLATE = Job(run_id="r", dataset="digits", data_dir=None, preset="mlp", config={}, seed=0, threads=1, target_acc=0.9)
 
 
 @pytest.fixture

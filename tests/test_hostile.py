@@ -26,7 +26,7 @@ from framebench.store.job import MalformedEvent
 from framebench.store.results import append_rows, load_results, read_table
 from framebench.store.tables import escape_markdown, latest_attempts, to_markdown
 from tests.conftest import framebench
-from tests.test_faults import alive, cli, env_for, run_args, run_fake, started, wait_for
+from tests.test_faults import alive, env_for, run_args, run_fake, started, wait_for
 
 
 def run_mode(tmp_path, mode: str, *args: str, extra_env: dict | None = None) -> pd.DataFrame:

@@ -29,7 +29,6 @@ CONFIG = {
     "dataset": "digits",
     "model": {"hidden": [32]},
     "train": {"epochs": 3, "batch_size": BATCH},
-    "tf32": False,
     "threads": 2,
     "sweep": {"field": "", "values": [""]},
     "target_acc": 0.9,
@@ -48,6 +47,7 @@ def run_row(backend: str, repeat: int, epoch_s: float, acc: float, **changes) ->
         backend=backend,
         variant="default",
         device="cpu",
+        precision="fp32",
         dataset="digits",
         preset="mlp",
         repeat=repeat,
@@ -78,6 +78,7 @@ def gemm_rows(library: str, step_seconds: float, probe: str = "start", node: str
             "node": node,
             "library": library,
             "device": "cpu",
+            "precision": "fp32",
             "threads": 2,
             "sweep_value": "",
             "probe": probe,
@@ -167,7 +168,7 @@ def test_compare_identical_runs_finds_no_regression(tmp_path):
     markdown = tmp_path / "compare.md"
     result = compare(base, base, "--markdown", str(markdown))
     assert result.returncode == 0, result.stdout
-    assert "no regression" in result.stdout and "| numpy | default | cpu | digits | mlp |" in markdown.read_text()
+    assert "no regression" in result.stdout and "| numpy | default | cpu | fp32 | digits | mlp |" in markdown.read_text()
 
 
 def test_compare_flags_an_accuracy_drop_beyond_the_tolerance_only(tmp_path):
@@ -283,6 +284,7 @@ def thresholds_file(path, rows: list[tuple[str, float]]) -> str:
             {
                 "preset": "mlp",
                 "dataset": "digits",
+                "precision": "fp32",
                 "backend": b,
                 "epochs": 3,
                 "sweep_field": "",
@@ -305,13 +307,13 @@ def test_check_passes_only_runs_it_verified(tmp_path):
     assert cli("check", str(directory), "--thresholds", good).returncode == 0
     partial = thresholds_file(tmp_path / "partial.csv", [("numpy", 0.9)])
     missing = cli("check", str(directory), "--thresholds", partial)
-    assert missing.returncode == 1 and "jax/default on cpu (mlp, digits, 3 epochs, repeat 1): no threshold" in missing.stdout
+    assert missing.returncode == 1 and "jax/default on cpu (mlp, digits, fp32, 3 epochs, repeat 1): no threshold" in missing.stdout
     assert cli("check", str(directory), "--thresholds", partial, "--allow-missing").returncode == 0
     strict = thresholds_file(tmp_path / "strict.csv", [("numpy", 0.9), ("jax", 0.999)])
     result = cli("check", str(directory), "--thresholds", strict)
     assert (
         result.returncode == 1
-        and "FAIL: jax/default on cpu (mlp, digits, 3 epochs, repeat 1): test accuracy 0.9500 < threshold 0.9990" in result.stdout
+        and "FAIL: jax/default on cpu (mlp, digits, fp32, 3 epochs, repeat 1): test accuracy 0.9500 < threshold 0.9990" in result.stdout
     )
 
 
@@ -474,7 +476,7 @@ def test_run_writes_figures_and_a_report_that_plot_redraws(measured):
     assert cli("plot", str(measured)).returncode == 0
     assert (measured / "loss.png").exists()
     report = (measured / "report.md").read_text()
-    assert "| numpy | default | cpu | 2 |" in report and "![Steady-state epoch time per backend](epoch_time.png)" in report
+    assert "| numpy | default | cpu | fp32 | 2 |" in report and "![Steady-state epoch time per backend](epoch_time.png)" in report
     assert "speedup.png" not in report  # no GPU rows, no GPU-vs-CPU figure
     tables = load_results(measured)
     assert set(tables["gemm"]["probe"]) == {"start", "end"} and tables["runs"]["floor_epoch_s"].notna().all()

@@ -46,6 +46,7 @@ def run_row(
         "backend": backend,
         "variant": "default",
         "device": "cpu",
+        "precision": "fp32",
         "sweep_field": field,
         "sweep_value": value,
         "repeat": repeat,
@@ -111,7 +112,7 @@ def test_every_table_row_carries_its_sweep_value():
 
 def test_jobs_interleave_repeat_by_repeat_value_by_value_backend_by_backend():
     model, train = resolve("scaling", {}, {})
-    template = Job(run_id="r", dataset="digits", data_dir=None, preset="scaling", config={}, seed=0, threads=2, tf32=False, target_acc=0.9)
+    template = Job(run_id="r", dataset="digits", data_dir=None, preset="scaling", config={}, seed=0, threads=2, target_acc=0.9)
     matrix = Matrix({"backend": ["numpy", "jax"], "variant": ["default"], "device": ["cpu"]}, repeats=2, seed=5, same_seed=False)
     jobs = plan([matrix], template, Sweep.parse("batch_size=64,16"), model, train)
     assert [(j.repeat, j.sweep_value, j.backend) for j in jobs] == [
@@ -137,6 +138,7 @@ def test_summary_and_floors_are_per_sweep_value():
                 "node": "n",
                 "library": "numpy",
                 "device": "cpu",
+                "precision": "fp32",
                 "threads": 2,
                 "sweep_value": value,
                 "probe": "start",

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from framebench.core.config import ModelConfig, TrainConfig, layer_sizes
+from framebench.core.config import PRECISIONS, ModelConfig, TrainConfig, layer_sizes
 
 
 class Classifier(ABC):
@@ -20,6 +20,14 @@ class Classifier(ABC):
 
     A variant of a backend is a subclass of the backend's default class that overrides only what
     differs, registered under its own name in `framebench.core.registry`.
+
+    Precision (`framebench.core.config.PRECISIONS`): the constructor's `precision` says how to train,
+    each backend in its framework's own idiom; `lacks_precision` declares what a backend cannot do
+    (the job is then `unsupported`, with the reason); `compute_dtype` reports what its matrix
+    products actually ran in, read from the computation, and a job whose dtype is not the one its
+    precision names fails. Mixed precision (bf16, fp16) means: products and activations in the
+    16-bit type, master weights, optimiser state and the loss in fp32; fp16 with dynamic loss
+    scaling. tf32 keeps fp32 storage and lets the GPU's products round their inputs to TF32.
     """
 
     # The form of this backend's Adam. "torch" (Kingma & Ba): epsilon added to the bias-corrected
@@ -49,14 +57,18 @@ class Classifier(ABC):
         num_classes: int,
         device: str,
         seed: int,
+        precision: str = "fp32",
     ) -> None:
-        """Build the network for `device` ("cpu" or "gpu"); `seed` drives the backend's own
-        randomness (dropout masks), which frameworks draw differently and is therefore not shared."""
+        """Build the network for `device` ("cpu" or "gpu") at `precision` (one `lacks_precision`
+        accepts); `seed` drives the backend's own randomness (dropout masks), which frameworks draw
+        differently and is therefore not shared."""
         self.model = model
         self.train = train
         self.sizes = layer_sizes(input_size, model, num_classes)
         self.device = device
         self.seed = seed
+        self.precision = precision
+        self.use_tf32(precision == "tf32")
 
     @classmethod
     def available(cls, device: str) -> tuple[bool, str]:
@@ -64,13 +76,40 @@ class Classifier(ABC):
         return (device == "cpu", "" if device == "cpu" else f"{cls.__name__} runs on the CPU only")
 
     @classmethod
-    def configure(cls, *, threads: int, tf32: bool) -> None:
+    def configure(cls, *, threads: int) -> None:
         """Process-wide settings, called once before construction: `threads` CPU threads for every
-        library, and whether float32 matrix products may use TensorFloat-32 on the GPU. Backends
-        extend this with their framework's own switches."""
+        library. Backends extend this with their framework's own switches."""
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(limits=threads)
+
+    @classmethod
+    def use_tf32(cls, allowed: bool) -> None:
+        """Process-wide: whether float32 matrix products on the GPU may use TensorFloat-32 (the
+        constructor sets it from its precision, the GEMM probe from its own). Nothing to switch in
+        a framework without TF32."""
+        return None
+
+    @classmethod
+    def tf32_enabled(cls) -> bool:
+        """Whether the framework reports float32 GPU products as allowed to use TF32, read back from it."""
+        return False
+
+    @classmethod
+    def lacks_precision(cls, precision: str, device: str) -> str | None:
+        """None if this class can train at `precision` on `device`, else the reason it cannot (the
+        job is `unsupported` with it; `framebench.testing` generates no check that needs it)."""
+        if precision == "fp32":
+            return None
+        if precision == "tf32" and device == "cpu":
+            return "tf32 is a GPU tensor-core format; CPUs have no TF32 products"
+        return f"{cls.__name__} trains in fp32 only"
+
+    def compute_dtype(self) -> str:
+        """The dtype the matrix products of the latest training step ran in, as `PRECISIONS` names
+        it ("float32", "tfloat32", "bfloat16", "float16"), inspected from the computation (an
+        output's dtype, the compiled program), never echoed from the request. Called after training."""
+        return "tfloat32" if self.device == "gpu" and self.tf32_enabled() else PRECISIONS["fp32"]
 
     @classmethod
     def lacks(cls, model: ModelConfig, train: TrainConfig) -> str | None:

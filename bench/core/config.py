@@ -32,6 +32,21 @@ LOSSES = ("cross_entropy", "mse")
 SAMPLINGS = ("permutation", "with_replacement")
 SCALING_STEPS = 40  # steps per epoch of the `scaling` preset, at any batch size: enough that per-epoch costs stay small
 # beside per-step ones at batch 16, few enough that batch 4096 keeps `make bench-scaling` to about ten minutes on two cores
+# Numeric precisions of training: fp32; tf32 (fp32 storage, TensorFloat-32 matrix products: GPU only);
+# bf16 and fp16 mixed precision (products and activations in the 16-bit type, fp32 master weights,
+# optimiser state and loss; fp16 with dynamic loss scaling). The dtype each must show in the matrix
+# products as the backend inspects them (`Classifier.compute_dtype`).
+PRECISIONS = {"fp32": "float32", "tf32": "tfloat32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def precision_mismatch(precision: str, compute_dtype: str) -> str | None:
+    """Why a job at `precision` whose products ran in `compute_dtype` did not train as asked, or None.
+    fp32 accepts float64 (a wider backend, numpy:tutorial, keeps its tutorial's dtype, and runs.csv shows it)."""
+    if compute_dtype == PRECISIONS[precision] or (precision == "fp32" and compute_dtype == "float64"):
+        return None
+    return f"precision {precision} requested, but the matrix products ran in {compute_dtype}, not {PRECISIONS[precision]}"
+
+
 # Probabilities are clipped to [PROB_CLIP, 1 - PROB_CLIP] before the log, as Keras does.
 PROB_CLIP = 1e-7
 
@@ -272,12 +287,17 @@ def samples_per_epoch(train: TrainConfig, n_train: int) -> int:
 
 MODEL_FIELDS = {f.name: f for f in dataclasses.fields(ModelConfig)}
 TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-SWEEPABLE = ["hidden", "threads", *[name for name, f in {**MODEL_FIELDS, **TRAIN_FIELDS}.items() if f.type in ("int", "float")]]
+SWEEPABLE = [
+    "hidden",
+    "threads",
+    "precision",
+    *[name for name, f in {**MODEL_FIELDS, **TRAIN_FIELDS}.items() if f.type in ("int", "float")],
+]
 
 
 @dataclass(frozen=True)
 class Sweep:
-    field: str = ""  # the ModelConfig/TrainConfig field, or threads, that the sweep varies ("" for no sweep)
+    field: str = ""  # the ModelConfig/TrainConfig field, threads or precision, that the sweep varies ("" for no sweep)
     values: tuple[str, ...] = ("",)  # its values as written on the command line, in order
 
     @classmethod
@@ -297,8 +317,11 @@ class Sweep:
         return cls(field, parts)
 
     def apply(self, model: ModelConfig, train: TrainConfig, threads: int, value: str) -> tuple[ModelConfig, TrainConfig, int]:
-        """The configuration at one value of the sweep, validated."""
-        if not self.field:
+        """The configuration at one value of the sweep, validated. A precision sweep leaves it as it is:
+        its value is the job's `precision` dimension (the plan sets it), the one place a job's precision lives."""
+        if self.field == "precision":
+            check_precisions(value, "--sweep precision=")
+        if self.field in ("", "precision"):
             return model, train, threads
         try:
             if self.field == "hidden":
@@ -317,3 +340,12 @@ class Sweep:
         model.validate()
         train.validate(model)
         return model, train, threads
+
+
+def check_precisions(text: str, flag: str) -> list[str]:
+    """The precisions a comma list names, each one known."""
+    names = list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    for name in names or [text]:
+        if name not in PRECISIONS:
+            raise FrameBenchError(f"unknown precision {name!r}; {flag} takes a comma list of: {', '.join(PRECISIONS)}")
+    return names

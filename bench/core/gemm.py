@@ -1,4 +1,5 @@
-"""The hardware limit, measured in the same run: float32 GEMM time at the model's own shapes, per
+"""The hardware limit, measured in the same run: GEMM time at the model's own shapes and in the
+run's precision (float32; TF32 products; bfloat16 or float16 operands for mixed precision), per
 library, in a fresh process per library with the run's thread count, on every node that runs jobs.
 
 An epoch's training FLOPs are exactly: forward 2·N·Σ in·out, the weight gradients the same again,
@@ -85,7 +86,7 @@ def probe_one(request: str, env: dict[str, str]) -> tuple[dict, str]:
 
 
 def probe(
-    libraries: tuple[str, ...], device: str, threads: int, tf32: bool, sizes: tuple[int, ...], batch: int, env: dict[str, str]
+    libraries: tuple[str, ...], device: str, threads: int, precision: str, sizes: tuple[int, ...], batch: int, env: dict[str, str]
 ) -> tuple[list[dict], list[str]]:
     """Time one step's GEMMs in each library (a process each) on this node: (gemm.csv rows without
     node/sweep/probe columns, one line per library that could not be measured)."""
@@ -93,7 +94,7 @@ def probe(
     shapes = sorted({(g.m, g.k, g.n) for g in gemms})
     rows, skipped = [], []
     for library in libraries:
-        request = json.dumps({"library": library, "device": device, "threads": threads, "tf32": tf32, "shapes": shapes})
+        request = json.dumps({"library": library, "device": device, "threads": threads, "precision": precision, "shapes": shapes})
         seconds, failure = probe_one(request, env)
         if failure:
             skipped.append(f"{library} on {device}: {failure}")
@@ -102,6 +103,7 @@ def probe(
             {
                 "library": library,
                 "device": device,
+                "precision": precision,
                 "threads": threads,
                 "kind": g.kind,
                 "layer": g.layer,
@@ -118,7 +120,7 @@ def probe(
 
 def with_efficiencies(runs: pd.DataFrame, gemm: pd.DataFrame) -> pd.DataFrame:
     """`runs` with FLOOR_COLUMNS derived from gemm.csv: each run against its own node's probes for its
-    device and sweep value. Derived when read, so the end-of-matrix probe counts for every row.
+    device, precision and sweep value (a bf16 run against bf16 GEMMs). Derived when read, so the end-of-matrix probe counts for every row.
 
     Each floor keeps, shape by shape, the faster of its probes. A floor whose step time differs
     between the probes by more than PROBE_DISAGREEMENT (judged on the whole step, as the floor uses
@@ -129,7 +131,7 @@ def with_efficiencies(runs: pd.DataFrame, gemm: pd.DataFrame) -> pd.DataFrame:
         runs[column] = "" if column == "floor_note" else float("nan")
     if runs.empty or gemm.empty:
         return runs
-    where = ["node", "device", "sweep_value"]
+    where = ["node", "device", "precision", "sweep_value"]
     shape = ["kind", "layer"]
     fastest_by_probe = gemm.groupby(where + ["probe"] + shape)["seconds"].min().groupby(where + ["probe"]).sum()
     own_by_probe = gemm.groupby(where + ["library", "probe"])["seconds"].sum()
@@ -196,8 +198,9 @@ def unreliable_warnings(runs: pd.DataFrame) -> list[str]:
     ]
 
 
-def timer(library: str, device: str):
-    """A function (m, k, n) -> seconds of one float32 (m x k) @ (k x n) in `library` on `device`."""
+def timer(library: str, device: str, dtype: str):
+    """A function (m, k, n) -> (call, sync) of one (m x k) @ (k x n) with `dtype` operands ("float32",
+    "bfloat16" or "float16", as the framework names it) in `library` on `device`."""
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -215,15 +218,15 @@ def timer(library: str, device: str):
         sync = torch.cuda.synchronize if device == "gpu" else (lambda: None)
 
         def run(m, k, n):
-            a, b = (torch.from_numpy(x).to(target) for x in operands(m, k, n))
-            out = torch.empty((m, n), device=target)
+            a, b = (torch.from_numpy(x).to(target, getattr(torch, dtype)) for x in operands(m, k, n))
+            out = torch.empty((m, n), device=target, dtype=a.dtype)
             return lambda: torch.mm(a, b, out=out), sync
     elif library == "tf":
         import tensorflow as tf
 
         def run(m, k, n):
             with tf.device("/GPU:0" if device == "gpu" else "/CPU:0"):
-                a, b = (tf.constant(x) for x in operands(m, k, n))
+                a, b = (tf.cast(tf.constant(x), dtype) for x in operands(m, k, n))
             last = [None]  # waiting for the last product waits for all: one stream, in order
 
             def call():
@@ -237,7 +240,7 @@ def timer(library: str, device: str):
         matmul = jax.jit(lambda a, b: a @ b)
 
         def run(m, k, n):
-            a, b = (jax.device_put(x, target) for x in operands(m, k, n))
+            a, b = (jax.device_put(x.astype(dtype), target) for x in operands(m, k, n))
             if device == "cpu":  # XLA:CPU may run queued independent products side by side: wait for each
                 return lambda: matmul(a, b).block_until_ready(), lambda: None
             last = [None]
@@ -250,9 +253,9 @@ def timer(library: str, device: str):
     return run
 
 
-def measure(library: str, device: str, shapes: list[tuple[int, int, int]]) -> dict[str, float]:
+def measure(library: str, device: str, dtype: str, shapes: list[tuple[int, int, int]]) -> dict[str, float]:
     """Fastest of ROUNDS rounds per shape, each round long enough for the clock to be exact."""
-    make = timer(library, device)
+    make = timer(library, device, dtype)
     seconds = {}
     for m, k, n in shapes:
         call, sync = make(m, k, n)
@@ -276,16 +279,23 @@ def measure(library: str, device: str, shapes: list[tuple[int, int, int]]) -> di
 
 
 def main() -> None:
-    """`python -m framebench.core.gemm` reads {library, device, threads, tf32, shapes} as JSON on stdin."""
+    """`python -m framebench.core.gemm` reads {library, device, threads, precision, shapes} as JSON on
+    stdin. A library whose backend lacks the precision is not probed (it has no such products to time)."""
     from framebench.core import registry
+    from framebench.core.config import PRECISIONS
 
     request = json.loads(sys.stdin.read())
     library = registry.load(registry.lookup(request["library"]))
-    ok, reason = library.available(request["device"])
+    precision, device = request["precision"], request["device"]
+    ok, reason = library.available(device)
     if not ok:
         sys.exit(reason)
-    library.configure(threads=request["threads"], tf32=request["tf32"])
-    print(json.dumps(measure(request["library"], request["device"], [tuple(s) for s in request["shapes"]])))
+    if reason := library.lacks_precision(precision, device):
+        sys.exit(reason)
+    library.configure(threads=request["threads"])
+    library.use_tf32(precision == "tf32")
+    dtype = "float32" if precision == "tf32" else PRECISIONS[precision]
+    print(json.dumps(measure(request["library"], device, dtype, [tuple(s) for s in request["shapes"]])))
 
 
 if __name__ == "__main__":

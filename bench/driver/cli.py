@@ -179,6 +179,9 @@ def command_list(_: argparse.Namespace) -> int:
         for preset, why in info["presets"].items():
             if why != "ok":
                 print(f"  {'':<22} preset {preset}: unsupported: {why}")
+        for device, precisions in info["precisions"].items():
+            supported = [p for p, why in precisions.items() if why == "ok"]
+            print(f"  {'':<22} precisions on {device}: {', '.join(supported)}")
     print("presets:")
     for preset in PRESETS.values():
         print(f"  {preset.name:<12} {preset.dataset:<14} {preset.source}")

@@ -62,7 +62,7 @@ def worker_env(job: Job) -> dict[str, str]:
 class ProbeRequest:
     device: str  # "cpu" or "gpu"
     threads: int  # CPU threads, as the jobs it stands for use
-    tf32: bool  # as the run
+    precision: str  # of the jobs it stands for: the GEMMs run in its compute dtype (framebench.core.config.PRECISIONS)
     sizes: tuple[int, ...]  # layer widths whose GEMMs to time
     batch: int  # batch size of those GEMMs
 
@@ -70,7 +70,13 @@ class ProbeRequest:
 def run_probe(request: ProbeRequest) -> tuple[list[dict], list[str]]:
     """Time the request's GEMMs in every library here, in the environment its jobs would have."""
     return probe(
-        LIBRARIES, request.device, request.threads, request.tf32, request.sizes, request.batch, device_env(request.device, request.threads)
+        LIBRARIES,
+        request.device,
+        request.threads,
+        request.precision,
+        request.sizes,
+        request.batch,
+        device_env(request.device, request.threads),
     )
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from framebench.core import registry
-from framebench.core.config import PRESETS, ModelConfig, Sweep, TrainConfig, config_from_dict, layer_sizes, resolve
+from framebench.core.config import PRESETS, ModelConfig, Sweep, TrainConfig, check_precisions, config_from_dict, layer_sizes, resolve
 from framebench.core.data import load_dataset
 from framebench.driver.executors import EXECUTORS, Executor, LocalExecutor
 from framebench.driver.node import ProbeRequest
@@ -65,7 +65,7 @@ from framebench.store.tables import BUSY_FRACTION, calibration_drifted
 
 DEVICE_CHOICES = ("cpu", "gpu", "auto", "all")
 # A results directory holds one experiment: appending with any of these different is refused.
-IDENTITY = ("preset", "dataset", "model", "train", "tf32", "threads", "sweep", "target_acc")
+IDENTITY = ("preset", "dataset", "model", "train", "threads", "sweep", "target_acc")
 STEP_ROW_BYTES = 80  # a steps.csv row, generously, for the free-space check before a matrix starts
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
@@ -90,7 +90,7 @@ class RunRequest:
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)  # CPU threads for every library (default: all cores)
     oversubscribe: bool = False  # allow --threads above this machine's cores
     target_acc: float | None = None  # test accuracy that times time-to-accuracy, in (0, 1] (default: the preset's)
-    tf32: bool = False  # allow TensorFloat-32 GPU matrix products in every backend
+    precision: str = "fp32"  # numeric precision(s), a comma list of fp32, tf32 (GPU), bf16, fp16 (mixed, with loss scaling)
     floors: bool = True  # time the model's GEMMs on every node, for floor_epoch_s and the efficiencies
     timeout: float = 3600.0  # seconds one job may take before it is killed
     sweep: str | None = None  # run the matrix once per value of one field: FIELD=V1,V2,... (hidden's values split by ;)
@@ -116,6 +116,9 @@ class RunRequest:
             raise FrameBenchError(
                 f"--run-id {self.run_id!r} must be a plain name (letters, digits, '.', '_', '-'), which stays inside --results-dir"
             )
+        check_precisions(self.precision, "--precision")
+        if self.sweep and Sweep.parse(self.sweep).field == "precision" and self.precision != "fp32":
+            raise FrameBenchError("--sweep precision=... sets each job's precision; drop --precision (or sweep another field)")
         if self.executor not in EXECUTORS:
             raise FrameBenchError(f"unknown executor {self.executor!r}; --executor takes one of: {', '.join(EXECUTORS)}")
 
@@ -192,10 +195,11 @@ def plan(matrices: list[Matrix], template: Job, sweep: Sweep, model: ModelConfig
             for value in sweep.values:
                 value_model, value_train, threads = sweep.apply(model, train, template.threads, value)
                 config = {"model": dataclasses.asdict(value_model), "train": dataclasses.asdict(value_train)}
+                swept_dimension = {sweep.field: value} if sweep.field in contract.dimension_names() else {}
                 for point in matrix.points():
                     job = dataclasses.replace(
                         template,
-                        point={**point, "sweep_value": value},
+                        point={**point, "sweep_value": value, **swept_dimension},
                         repeat=repeat,
                         config=config,
                         seed=matrix.seed if matrix.same_seed else matrix.seed + repeat,
@@ -217,7 +221,6 @@ def recorded_jobs(run_id: str, config: dict) -> list[Job]:
         config={},
         seed=0,
         threads=config["threads"],
-        tf32=config["tf32"],
         target_acc=config["target_acc"],
     )
     matrices = [Matrix(**m) for m in config["matrices"]]
@@ -278,6 +281,7 @@ def summarize(state: JobState, end: End) -> dict:
         "target_acc": job.target_acc,
         "time_to_target_s": time_to_target(epochs, job.target_acc),
         "gemm_library": entry.gemm_library,
+        "compute_dtype": end.compute_dtype,
         "implementation": entry.implementation(),
         "peak_rss_mb": end.peak_rss_mb or (epochs[-1].peak_rss_mb if epochs else None),
         "peak_gpu_mb": end.peak_gpu_mb,
@@ -418,14 +422,14 @@ def probe_floors(directory: Path, executor: Executor, probes: dict[ProbeRequest,
             print(f"GEMM probe ({when}): {node_name} {request.device}: {len(rows)} timings", file=sys.stderr, flush=True)
 
 
-def probe_requests(jobs: list[Job], input_size: int, num_classes: int, tf32: bool, has_gpu: bool) -> dict[ProbeRequest, list[str]]:
-    """The distinct GEMM probes the jobs need (one per device and shape set), each with its sweep values."""
+def probe_requests(jobs: list[Job], input_size: int, num_classes: int, has_gpu: bool) -> dict[ProbeRequest, list[str]]:
+    """The distinct GEMM probes the jobs need (one per device, precision and shape set), each with its sweep values."""
     requests: dict[ProbeRequest, list[str]] = {}
     for job in jobs:
         if job.device == "gpu" and not has_gpu:
             continue
         model, train = config_from_dict(job.config)
-        request = ProbeRequest(job.device, job.threads, tf32, layer_sizes(input_size, model, num_classes), train.batch_size)
+        request = ProbeRequest(job.device, job.threads, job.precision, layer_sizes(input_size, model, num_classes), train.batch_size)
         values = requests.setdefault(request, [])
         if job.sweep_value not in values:
             values.append(job.sweep_value)
@@ -484,7 +488,6 @@ def new_config(request: RunRequest, model_overrides: dict, train_overrides: dict
         "data_dir": request.data_dir,
         "model": dataclasses.asdict(model),
         "train": dataclasses.asdict(train),
-        "tf32": request.tf32,
         "threads": request.threads,
         "sweep": {"field": sweep.field, "values": list(sweep.values)},
         "target_acc": request.target_acc or PRESETS[request.preset].target_acc,
@@ -651,7 +654,7 @@ def run_in(directory: Path, request: RunRequest, config: dict, executor: Executo
     for table in TABLE_NAMES:  # every table exists (with its header) from the start, whatever happens next
         append_rows(directory, table, [])
     write_json(directory, "env.json", environment(config["threads"], executor.nodes(config["threads"]), earlier))
-    probes = probe_requests(jobs, data.input_size, data.num_classes, config["tf32"], executor.has_gpu()) if config["floors"] else {}
+    probes = probe_requests(jobs, data.input_size, data.num_classes, executor.has_gpu()) if config["floors"] else {}
     states: dict = {}
     interrupts = Interrupts()
     handlers = {name: signal.signal(name, interrupts.handle) for name in STOP_SIGNALS}

@@ -17,7 +17,7 @@ import time
 import traceback
 
 from framebench.core import registry
-from framebench.core.config import config_from_dict, samples_per_epoch
+from framebench.core.config import config_from_dict, precision_mismatch, samples_per_epoch
 from framebench.core.data import load_dataset
 from framebench.core.harness import DivergedError, initial_weights, peak_rss_mb, train_epochs
 from framebench.errors import FrameBenchError
@@ -82,23 +82,33 @@ def run_job(job: Job) -> None:
     if not ok:
         emit(End("unavailable", reason, cpu_s=cpu_seconds()))
         return
-    reason = cls.lacks(model, train)
+    reason = cls.lacks(model, train) or cls.lacks_precision(job.precision, job.device)
     if reason:
         emit(End("unsupported", reason, cpu_s=cpu_seconds()))
         return
-    classifier = None
+    classifier, compute_dtype = None, ""
     try:
-        cls.configure(threads=job.threads, tf32=job.tf32)
+        cls.configure(threads=job.threads)
         data = load_dataset(job.dataset, data_dir=job.data_dir, allow_download=False)
         start = time.perf_counter()
         classifier = cls(
-            model=model, train=train, input_size=data.input_size, num_classes=data.num_classes, device=job.device, seed=job.seed
+            model=model,
+            train=train,
+            input_size=data.input_size,
+            num_classes=data.num_classes,
+            device=job.device,
+            seed=job.seed,
+            precision=job.precision,
         )
         classifier.set_weights(initial_weights(classifier.sizes, model, job.seed))
         classifier.prepare(data.x_train, data.y_train)
         classifier.sync()
         emit(Setup(time.perf_counter() - start, classifier.framework_version(), samples_per_epoch(train, len(data.y_train))))
         for result in train_epochs(classifier, data, model, train, job.seed):
+            if not compute_dtype:  # verified once, after the first epoch: a precision that did not take effect measures nothing
+                compute_dtype = classifier.compute_dtype()
+                if mismatch := precision_mismatch(job.precision, compute_dtype):
+                    raise FrameBenchError(mismatch)
             emit(Epoch(**{**dataclasses.asdict(result), "step_losses": result.step_losses.tolist()}, peak_rss_mb=peak_rss_mb()))
         status, error = "ok", ""
     except DivergedError as exc:
@@ -107,12 +117,12 @@ def run_job(job: Job) -> None:
         traceback.print_exc()
         status, error = "failed", f"{type(exc).__name__}: {exc}".splitlines()[0]
     gpu_mb = classifier.peak_gpu_memory_mb() if classifier is not None else None
-    emit(End(status, error, peak_rss_mb=peak_rss_mb(), peak_gpu_mb=gpu_mb, cpu_s=cpu_seconds()))
+    emit(End(status, error, peak_rss_mb=peak_rss_mb(), peak_gpu_mb=gpu_mb, cpu_s=cpu_seconds(), compute_dtype=compute_dtype))
 
 
 def describe(backend: str, variant: str) -> dict:
     """What `framebench list` shows for one entry, gathered in that entry's own process."""
-    from framebench.core.config import PRESETS
+    from framebench.core.config import PRECISIONS, PRESETS
 
     entry = registry.lookup(backend, variant)
     try:
@@ -125,6 +135,11 @@ def describe(backend: str, variant: str) -> dict:
         },
         "adam_form": cls.adam_form,
         "presets": {name: cls.lacks(preset.model, preset.train) or "ok" for name, preset in PRESETS.items()},
+        "precisions": {
+            device: {p: cls.lacks_precision(p, device) or "ok" for p in PRECISIONS}
+            for device in registry.DEVICES
+            if device in entry.devices
+        },
     }
 
 

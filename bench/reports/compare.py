@@ -325,8 +325,6 @@ def differences(base: dict, new: dict) -> tuple[list[str], list[str], list[str]]
     base_prints, new_prints = set(fingerprints(base["env"]).values()), set(fingerprints(new["env"]).values())
     if base_prints != new_prints:
         machine.append(f"nodes: {sorted(base_prints - new_prints)} in BASE only, {sorted(new_prints - base_prints)} in NEW only")
-    if base["config"].get("tf32") != new["config"].get("tf32"):
-        machine.append(f"TF32: {base['config'].get('tf32')} -> {new['config'].get('tf32')}")
     notes = []
     versions = (
         base["runs"][["backend", "framework_version"]]
@@ -374,11 +372,10 @@ def run_compare(
     if base["runs"].empty:
         raise FrameBenchError(f"{base_dir} holds no runs; there is nothing to compare against")
     config_diff, machine_diff, notes = differences(base, new)
-    tf32_diff = any(line.startswith("TF32") for line in machine_diff)
     options = Options(
         tolerances,
         compare_accuracy=not config_diff or allow_config_diff,
-        compare_time=not accuracy_only and (not tf32_diff or allow_env_diff),
+        compare_time=not accuracy_only,
         any_machine=allow_env_diff,
     )
     table = compare_groups(

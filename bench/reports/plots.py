@@ -15,6 +15,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from framebench.core import registry  # noqa: E402
 from framebench.store.results import replace_file, swept_field  # noqa: E402
+from framebench.store.tables import precision_series  # noqa: E402
 
 PALETTE = plt.get_cmap("tab10").colors
 LINESTYLES = ["-", "--", ":", "-."]
@@ -123,16 +124,17 @@ def plot_epoch_times(summary: pd.DataFrame, path: Path) -> bool:
 
 
 def plot_speedup(summary: pd.DataFrame, path: Path) -> bool:
-    """GPU-over-CPU speed-up per backend/variant; drawn only when both devices have results."""
-    times = summary.pivot_table(index=["backend", "variant"], columns="device", values="median_epoch_s")
+    """GPU-over-CPU speed-up per backend/variant (and precision); drawn only when both devices have results."""
+    times = summary.pivot_table(index=["backend", "variant", "precision"], columns="device", values="median_epoch_s")
     if not {"cpu", "gpu"} <= set(times.columns):
         return False
     speedup = (times["cpu"] / times["gpu"]).dropna()
     if speedup.empty:
         return False
     fig, axes = plt.subplots(figsize=(max(6, 1.1 * len(speedup) + 2), 4.8))
-    labels = [f"{b}\n{v}" for b, v in speedup.index]
-    axes.bar(labels, speedup.values, color=[colour(b) for b, _ in speedup.index])
+    several = summary["precision"].nunique() > 1
+    labels = [f"{b}\n{v}" + (f"\n{p}" if several else "") for b, v, p in speedup.index]
+    axes.bar(labels, speedup.values, color=[colour(b) for b, _, _ in speedup.index])
     axes.axhline(1.0, color="black", linewidth=0.8)
     for x, value in enumerate(speedup.values):
         axes.annotate(f"{value:.2f}x", (x, value), ha="center", va="bottom", fontsize=8, xytext=(0, 3), textcoords="offset points")
@@ -188,13 +190,16 @@ def draw_all(directory: Path, tables: dict, summary: pd.DataFrame) -> list[str]:
     would be one tangle."""
     if swept_field(tables["config"]):
         return []
+    tables = {name: precision_series(tables[name], "") for name in ("runs", "epochs", "steps")}
+    series = precision_series(summary, "")
+    ok_runs = tables["runs"][tables["runs"]["status"] == "ok"]
     variants = list(dict.fromkeys([*tables["runs"]["variant"], *tables["epochs"]["variant"]]))
     written = []
     if not tables["epochs"].empty:
         plot_losses(tables["steps"], tables["epochs"], variants, directory / "loss.png")
         plot_accuracy(tables["epochs"], variants, directory / "accuracy.png")
         written += ["loss.png", "accuracy.png"]
-    if plot_epoch_times(summary, directory / "epoch_time.png"):
+    if not ok_runs.empty and plot_epoch_times(series, directory / "epoch_time.png"):
         written.append("epoch_time.png")
     if plot_speedup(summary, directory / "speedup.png"):
         written.append("speedup.png")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from framebench.core.gemm import unreliable_warnings
 from framebench.errors import FrameBenchError
+from framebench.reports import precision
 from framebench.reports.plots import draw_all
 from framebench.reports.scaling import report_section
 from framebench.store.results import load_results, node_environments, replace_file, seeds_text, swept_field
@@ -49,7 +50,7 @@ def matrix_line(config: dict) -> str:
     swept = f"; sweep over {field}: {', '.join(config['sweep']['values'])}" if field else ""
     return escape_markdown(
         f"Preset {config.get('preset')} on {config.get('dataset')}, {repeats} repeat(s), seeds {seeds}{swept}; "
-        f"{config.get('threads')} threads; TF32 {'allowed' if config.get('tf32') else 'off'}; "
+        f"{config.get('threads')} threads; "
         f"time-to-accuracy target {config.get('target_acc')}."
     )
 
@@ -79,6 +80,7 @@ def write_report(directory: str | Path) -> Path:
             for line in unreliable_warnings(tables["runs"]) + busy_warnings(tables["runs"]) + calibration_warnings(tables["runs"])
         ],
         "",
+        *precision.report_section(tables["runs"]),
         *(report_section(directory, tables) if swept_field(config) else []),
         *(["## Figures", "", *[f"![{FIGURE_CAPTIONS[name]}]({name})\n" for name in figures]] if figures else []),
         "## Configuration",

@@ -19,7 +19,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import NullLocator  # noqa: E402
 
 from framebench.reports.plots import save_figure, style  # noqa: E402
-from framebench.store.tables import latest_attempts, to_markdown  # noqa: E402
+from framebench.store.tables import latest_attempts, precision_series, to_markdown  # noqa: E402
 
 SERIES = ["backend", "variant", "device"]
 POINT = SERIES + ["sweep_value"]
@@ -247,7 +247,7 @@ def report_section(directory: Path, tables: dict) -> list[str]:
     """report.md lines of a sweep: scaling.png, the throughput per value, the crossover table, where
     each backend reaches half its best efficiency and, on a threads sweep, the parallel speed-up."""
     field, order = tables["config"]["sweep"]["field"], list(tables["config"]["sweep"]["values"])
-    table = throughput(tables["runs"], order)
+    table = throughput(precision_series(tables["runs"], field), order)
     lines = [f"## Scaling over {field}", ""]
     if table.empty:
         return lines + ["No run finished ok, so there are no curves.", ""]

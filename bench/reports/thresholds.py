@@ -1,6 +1,6 @@
 """Accuracy thresholds: `framebench thresholds` derives them from measured runs, `framebench check`
 holds a results directory to them. A threshold is the lowest final test accuracy measured for its
-(preset, dataset, backend, epochs, sweep value) across the runs given, minus a stated margin; it is
+(preset, dataset, backend, precision, epochs, sweep value) across the runs given, minus a stated margin; it is
 regenerated from new measurements, never edited down to make a check pass.
 
 `check` passes only what it verified: a run that did not finish ok fails whatever the thresholds say,
@@ -97,7 +97,7 @@ def check(directory: str, thresholds_path: Path, *, allow_missing: bool) -> tupl
     for run in runs.itertuples():
         sweep = f", {run.sweep_field}={run.sweep_value}" if run.sweep_field else ""
         where = (
-            f"{run.backend}/{run.variant} on {run.device} ({run.preset}, {run.dataset}, {run.epochs} epochs{sweep}, "
+            f"{run.backend}/{run.variant} on {run.device} ({run.preset}, {run.dataset}, {run.precision}, {run.epochs} epochs{sweep}, "
             f"repeat {run.repeat + 1})"
         )
         if run.status != "ok":
@@ -141,7 +141,7 @@ def measured_by(directories: list[str]) -> list[str]:
 def thresholds_text(table: pd.DataFrame, command: str, measured: list[str]) -> str:
     """The thresholds file: the table, headed by how it was made (this command and the commands that measured its runs)."""
     header = [
-        "# Minimum final test accuracy per (preset, dataset, backend, epochs, sweep value): the lowest measured over",
+        "# Minimum final test accuracy per (preset, dataset, backend, precision, epochs, sweep value): the lowest measured over",
         "# measured_runs runs, minus margin. Runs measured by:",
         *(f"#   {line}" for line in measured),
         f"# Derived by: {command}",

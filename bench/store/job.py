@@ -33,6 +33,7 @@ DIMENSIONS: tuple[Dimension, ...] = (
     Dimension("variant", "variants", "default", shapes_accuracy=False),  # a variant must reach its default's accuracy
     Dimension("device", "device", "cpu", shapes_accuracy=False),
     Dimension("sweep_value", "", "", shapes_accuracy=True),  # this job's value of the swept field, as written on the command line
+    Dimension("precision", "precision", "fp32", shapes_accuracy=True),  # numeric precision of the training (innermost: interleaved)
 )
 
 
@@ -93,6 +94,7 @@ RUN_FIELDS = [  # runs.csv after the key: one row per job and attempt
     "target_acc",
     "time_to_target_s",
     "gemm_library",
+    "compute_dtype",
     "implementation",
     "peak_rss_mb",
     "peak_gpu_mb",
@@ -108,9 +110,34 @@ RUN_FIELDS = [  # runs.csv after the key: one row per job and attempt
 ]
 EPOCH_FIELDS = ["epoch", "epoch_s", "train_loss", "test_loss", "test_acc", "eval_s"]
 STEP_FIELDS = ["epoch", "step", "loss"]
-GEMM_COLUMNS = ["node", "library", "device", "threads", "sweep_value", "probe", "kind", "layer", "m", "k", "n", "seconds", "gflops"]
+GEMM_COLUMNS = [
+    "node",
+    "library",
+    "device",
+    "precision",
+    "threads",
+    "sweep_value",
+    "probe",
+    "kind",
+    "layer",
+    "m",
+    "k",
+    "n",
+    "seconds",
+    "gflops",
+]
 TABLE_NAMES = ("runs", "epochs", "steps", "gemm")
-OTHER_TEXT_COLUMNS = {"sweep_field", "error", "node", "host", "framework_version", "gemm_library", "implementation", "status"}
+OTHER_TEXT_COLUMNS = {
+    "sweep_field",
+    "error",
+    "node",
+    "host",
+    "framework_version",
+    "gemm_library",
+    "compute_dtype",
+    "implementation",
+    "status",
+}
 
 
 def columns(table: str) -> list[str]:
@@ -139,7 +166,6 @@ class Job:
     config: dict  # {"model": ..., "train": ...} as dataclasses.asdict gives them, the sweep value applied
     seed: int  # seed of weights and batch order
     threads: int  # CPU threads for every library in the process
-    tf32: bool  # whether GPU float32 matrix products may use TensorFloat-32
     target_acc: float  # test accuracy for the time-to-accuracy column
     point: dict[str, str] = field(default_factory=dict)  # {dimension name: this job's value}, every dimension present
     sweep_field: str = ""  # the field a sweep varies ("" without a sweep)
@@ -225,6 +251,7 @@ class End:
     peak_rss_mb: float | None = None  # the worker's peak resident memory
     peak_gpu_mb: float | None = None  # peak GPU memory by the framework's count
     cpu_s: float | None = None  # CPU seconds of the worker, to tell its load from other processes'
+    compute_dtype: str = ""  # the dtype the backend's matrix products ran in, inspected after the first epoch ("" if none ran)
     # Filled in by the node and the executor, never by the worker:
     log: str = ""  # the tail of the worker's log
     loadavg_1m: float | None = None  # load average when the job started

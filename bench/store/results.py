@@ -210,7 +210,6 @@ CONFIG_SHAPE = {  # config.json's fields and what each holds (a field missing is
     "data_source": str,
     "model": dict,
     "train": dict,
-    "tf32": bool,
     "threads": int,
     "sweep": {"field": str, "values": STRINGS},
     "target_acc": NUMBER,

@@ -131,6 +131,15 @@ def summary(runs: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()[keys + SUMMARY_COLUMNS]
 
 
+def precision_series(table: pd.DataFrame, swept: str) -> pd.DataFrame:
+    """Figures and sweep tables draw one series per (backend, variant, device). Where a table holds
+    several precisions and the sweep does not vary precision itself, each precision is a series of
+    its own: its name joins the device's ("cpu bf16")."""
+    if table.empty or swept == "precision" or table["precision"].nunique() < 2:
+        return table
+    return table.assign(device=table["device"] + " " + table["precision"])
+
+
 def format_table(table: pd.DataFrame) -> str:
     if table.empty:
         return "(no runs)"
