@@ -48,6 +48,8 @@ def add_fields(group, cls, choices: dict, note: str = "") -> None:
         text = comments[field.name] + (f" (one of: {', '.join(choices[field.name])})" if field.name in choices else "") + note
         if field.type == "bool":
             group.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif field.type == "tuple[str, ...]":  # a repeatable flag
+            group.add_argument(flag, dest=field.name, action="append", default=None, metavar="NAME=REQ[;REQ...]", help=text)
         elif field.name == "hidden":
             group.add_argument(flag, dest=field.name, type=int_tuple, default=None, metavar="W1,W2,...", help=text)
         else:
@@ -75,7 +77,9 @@ def build_parser() -> Parser:
     plot.add_argument("directory", help="a results directory `framebench run` printed")
     comparison = commands.add_parser("compare", help="accuracy and time regressions of NEW against BASE (exit 1 on one)")
     comparison.add_argument("base", help="the results directory to compare against")
-    comparison.add_argument("new", help="the results directory under test")
+    comparison.add_argument("new", nargs="?", help="the results directory under test (omitted with --base-env/--new-env)")
+    comparison.add_argument("--base-env", default=None, help="compare two environments of BASE's own run: this one as the base")
+    comparison.add_argument("--new-env", default=None, help="... and this one as the new (both, with no NEW directory)")
     comparison.add_argument(
         "--acc-tol", type=float, default=0.005, help="accepted accuracy drop, absolute, finite and >= 0 (default 0.005)"
     )
@@ -92,6 +96,8 @@ def build_parser() -> Parser:
     checking.add_argument("directory", help="a results directory `framebench run` printed")
     checking.add_argument("--thresholds", type=Path, default=None, help="thresholds file (default: the one framebench ships)")
     checking.add_argument("--allow-missing", action="store_true", help="runs without a threshold are noted instead of failing")
+    environments = commands.add_parser("envs", help="list the framework environments --env built (in the user cache), or prune them")
+    environments.add_argument("--prune", action="store_true", help="remove every one (they rebuild from uv's cache when next needed)")
     perf = commands.add_parser("perf", help="the speed study: backends x variants on several presets, with floors and a report")
     perf.add_argument(
         "--presets",
@@ -130,6 +136,7 @@ def command_run(args: argparse.Namespace) -> int:
                 f"--resume takes the matrix and configuration from its config.json; drop "
                 f"{', '.join('--' + name.replace('_', '-') for name in extra)}"
             )
+    flags["env"] = tuple(flags.get("env", ()))
     return run(RunRequest(**flags), given(args, ModelConfig), given(args, TrainConfig))
 
 
@@ -179,8 +186,21 @@ def command_plot(args: argparse.Namespace) -> int:
 
 
 def command_compare(args: argparse.Namespace) -> int:
-    from framebench.reports.compare import Tolerances, run_compare
+    from framebench.reports.compare import Tolerances, run_compare, run_compare_envs
 
+    if args.base_env or args.new_env:
+        if not (args.base_env and args.new_env) or args.new:
+            raise FrameBenchError("--base-env and --new-env go together, with one results directory: compare DIR --base-env A --new-env B")
+        return run_compare_envs(
+            args.base,
+            args.base_env,
+            args.new_env,
+            Tolerances(acc_tol=args.acc_tol, time_tol=args.time_tol),
+            accuracy_only=args.accuracy_only,
+            markdown=args.markdown,
+        )
+    if not args.new:
+        raise FrameBenchError("compare takes BASE and NEW results directories (or one directory with --base-env and --new-env)")
     return run_compare(
         args.base,
         args.new,
@@ -202,6 +222,12 @@ def command_thresholds(args: argparse.Namespace) -> int:
     from framebench.reports.thresholds import DEFAULT_FILE, run_derive
 
     return run_derive(args.directories, margin=args.margin, output=args.output or DEFAULT_FILE)
+
+
+def command_envs(args: argparse.Namespace) -> int:
+    from framebench.driver.envs import run_envs
+
+    return run_envs(prune=args.prune)
 
 
 def command_perf(args: argparse.Namespace) -> int:
@@ -233,6 +259,7 @@ HANDLERS = {
     "compare": command_compare,
     "check": command_check,
     "thresholds": command_thresholds,
+    "envs": command_envs,
     "perf": command_perf,
     "readme": command_readme,
 }

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from framebench.core import registry
 from framebench.core.gemm import LIBRARIES, probe
+from framebench.driver.envs import CURRENT, EnvironmentUnavailable, ensure
 from framebench.driver.worker import EVENT_PREFIX, PARENT_PID_VARIABLE
 from framebench.store.job import End, Job, MalformedEvent, from_wire
 
@@ -97,13 +98,26 @@ def read_lines(stream, lines: queue.Queue) -> None:
     lines.put(None)
 
 
+def worker_command(job: Job) -> list[str]:
+    """The worker's command line, with the python of the job's environment (built or reused here, so a
+    node of a cluster gets it too; the driver builds them before the matrix starts)."""
+    if job.env == CURRENT:
+        return [sys.executable, "-m", "framebench.driver.worker"]
+    return [str(ensure(job.env, job.env_requirements).python), "-m", "framebench.driver.worker"]
+
+
 def execute(job: Job, timeout_s: float) -> Iterator:
     """Run `job` in a fresh worker process and yield its events; the last one is always `end`, carrying
     the outcome, the log's tail and how much CPU other processes used while the job ran."""
+    try:
+        command = worker_command(job)  # before the clock starts: building an environment is never timed
+    except EnvironmentUnavailable as exc:
+        yield End("unavailable", str(exc), host=socket.gethostname())
+        return
     log = tempfile.TemporaryFile("w+", errors="replace")
     load_before, busy_before, started, started_at = os.getloadavg()[0], busy_cpu_seconds(), time.perf_counter(), time.time()
     process = subprocess.Popen(
-        [sys.executable, "-m", "framebench.driver.worker"],
+        command,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=log,

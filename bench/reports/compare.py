@@ -182,6 +182,40 @@ def differences(base: dict, new: dict) -> tuple[list[str], list[str], list[str]]
     return config, machine, notes
 
 
+def run_compare_envs(
+    directory: str, base_env: str, new_env: str, tolerances: Tolerances, *, accuracy_only: bool, markdown: str | None
+) -> int:
+    """`compare DIR --base-env A --new-env B`: the gate between two environments of one run (same machine,
+    same configuration, interleaved), their rows keyed alike by renaming both environments to one."""
+    tolerances.validate()
+    tables = load_results(directory)
+    runs = prepared(tables["runs"], tables["env"])
+    groups = {}
+    for flag, name in (("--base-env", base_env), ("--new-env", new_env)):
+        group = runs[runs["env"] == name]
+        if group.empty:
+            known = ", ".join(sorted(set(runs["env"]))) or "none"
+            raise FrameBenchError(f"{flag} {name}: {directory} has no runs in that environment (it has: {known})")
+        groups[name] = group.assign(env=f"{base_env}->{new_env}")
+    table = verdicts(groups[base_env], groups[new_env], tolerances, compare_accuracy=True, compare_time=not accuracy_only)
+    versions = [
+        f"note: {backend}: {' '.join(sorted(set(groups[base_env]['framework_version'][groups[base_env]['backend'] == backend])))} -> "
+        f"{' '.join(sorted(set(groups[new_env]['framework_version'][groups[new_env]['backend'] == backend])))}"
+        for backend in sorted(set(groups[base_env]["backend"]) & set(groups[new_env]["backend"]))
+    ]
+    return finish_comparison(
+        table,
+        versions,
+        f"BASE environment {base_env} of `{directory}`",
+        f"NEW environment {new_env}",
+        tolerances,
+        markdown,
+        compare_accuracy=True,
+        compare_time=not accuracy_only,
+        accuracy_only=accuracy_only,
+    )
+
+
 def run_compare(
     base_dir: str,
     new_dir: str,
@@ -214,6 +248,33 @@ def run_compare(
             "timings are compared only between nodes of the same machine fingerprint; pass --allow-env-diff to compare "
             "them anyway, or --accuracy-only"
         )
+    return finish_comparison(
+        table,
+        lines,
+        f"BASE `{base_dir}`",
+        f"NEW `{new_dir}`",
+        tolerances,
+        markdown,
+        compare_accuracy=compare_accuracy,
+        compare_time=compare_time,
+        accuracy_only=accuracy_only,
+    )
+
+
+def finish_comparison(
+    table: pd.DataFrame,
+    lines: list[str],
+    base_label: str,
+    new_label: str,
+    tolerances: Tolerances,
+    markdown: str | None,
+    *,
+    compare_accuracy: bool,
+    compare_time: bool,
+    accuracy_only: bool,
+) -> int:
+    """Print the verdicts (and write them as Markdown); 1 on a regression, else 2 if something could not
+    be verified, else 0."""
     for line in lines:
         print(line)
     print(format_table(table))
@@ -221,7 +282,7 @@ def run_compare(
         header = [
             "## framebench compare",
             "",
-            f"BASE `{base_dir}`, NEW `{new_dir}`; accuracy tolerance {tolerances.acc_tol:g}, "
+            f"{base_label}, {new_label}; accuracy tolerance {tolerances.acc_tol:g}, "
             f"time tolerance {tolerances.time_tol:.0%} (and beyond the spread across repeats)",
             "",
         ]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from framebench.errors import FrameBenchError
 
-FORMAT_VERSION = 2  # of a results directory's tables and config.json; bumped when either changes shape
+FORMAT_VERSION = 3  # of a results directory's tables and config.json; bumped when either changes shape
 OK = "ok"
 NOT_RUN = ("unavailable", "unsupported")  # the job never trained: declined, not failed
 STATUSES = (OK, "failed", "diverged", "timeout", "interrupted", "lost", *NOT_RUN)
@@ -33,6 +33,7 @@ DIMENSIONS: tuple[Dimension, ...] = (
     Dimension("variant", "variants", "default", shapes_accuracy=False),  # a variant must reach its default's accuracy
     Dimension("device", "device", "cpu", shapes_accuracy=False),
     Dimension("sweep_value", "", "", shapes_accuracy=True),  # this job's value of the swept field, as written on the command line
+    Dimension("env", "env", "current", shapes_accuracy=True),  # the framework environment (--env NAME); innermost, so they alternate
 )
 
 
@@ -142,6 +143,7 @@ class Job:
     sweep_field: str = ""  # the field a sweep varies ("" without a sweep)
     repeat: int = 0  # 0-based repeat number
     attempt: int = 1  # 1 for the first try of this job in this directory, then 2, 3, ... (retries, resumes)
+    env_requirements: list[str] = field(default_factory=list)  # the overrides of its environment (none: the current interpreter)
 
     def __getattr__(self, name: str) -> str:
         """A dimension's value reads as an attribute (`job.backend`), like the fixed fields."""
