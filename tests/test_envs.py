@@ -6,6 +6,7 @@ build they take seconds; no timing is asserted anywhere."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -14,10 +15,12 @@ import pytest
 
 from framebench.driver import envs
 from framebench.driver.cli import build_parser
+from framebench.driver.executors import LocalExecutor
+from framebench.driver.runner import RunRequest, matrix_of, merged_envs, new_config, recorded_jobs
 from framebench.errors import FrameBenchError
 from framebench.reports import environments
 from framebench.reports.compare import Tolerances, run_compare_envs
-from framebench.store.job import columns, key_columns
+from framebench.store.job import Job, columns, key_columns
 from framebench.store.results import load_results
 from tests.conftest import framebench, printed_directory
 
@@ -53,6 +56,29 @@ def test_env_is_a_repeatable_flag_and_a_column_of_every_job_table():
     assert args.env == [f"old={OLD}", f"new={NEW}"]
     assert "env" in key_columns()
     assert all("env" in columns(table) for table in ("runs", "epochs", "steps"))
+
+
+def test_environments_alternate_within_a_repeat_and_jobs_carry_their_overrides(tmp_path):
+    request = RunRequest(backends="numpy,jax", env=(f"old={OLD}", f"new={NEW}"), repeats=2, threads=1)
+    config = new_config(request, {}, {"epochs": 1})
+    config["matrices"] = [json.loads(json.dumps(dataclasses.asdict(matrix_of(request, LocalExecutor()))))]
+    jobs = recorded_jobs("r", config)
+    assert [(j.repeat, j.backend, j.env) for j in jobs[:4]] == [
+        (0, "numpy", "old"),
+        (0, "numpy", "new"),
+        (0, "jax", "old"),
+        (0, "jax", "new"),
+    ]
+    assert {j.env: j.env_requirements for j in jobs} == {"old": [OLD], "new": [NEW]}
+    assert Job.from_wire(json.loads(json.dumps(jobs[1].to_wire()))).env_requirements == [NEW]
+    plain = RunRequest(backends="numpy", threads=1)
+    assert matrix_of(plain, LocalExecutor()).axes["env"] == ["current"]
+
+
+def test_extending_a_directory_adds_environments_but_never_redefines_one(tmp_path):
+    assert merged_envs(tmp_path, {"old": [OLD]}, {"new": [NEW]}) == {"old": [OLD], "new": [NEW]}
+    with pytest.raises(FrameBenchError, match="ran environment old as numpy==2.3.5; give numpy==2.4.6 another name"):
+        merged_envs(tmp_path, {"old": [OLD]}, {"old": [NEW]})
 
 
 def test_the_address_changes_with_the_overrides_and_the_lock_leaves_out_what_they_override():

@@ -67,7 +67,7 @@ def parse_specs(texts: list[str] | tuple[str, ...] | None) -> dict[str, list[str
     for text in texts or ():
         name, equals, rest = text.partition("=")
         name = name.strip()
-        if not equals or not NAME_PATTERN.fullmatch(name) or name == CURRENT:
+        if not equals or rest.startswith("=") or not NAME_PATTERN.fullmatch(name) or name == CURRENT:
             raise FrameBenchError(
                 f"--env {text!r}: expected NAME=REQ[;REQ...] with NAME a plain name (letters, digits, '.', '_', '-') other "
                 f"than {CURRENT!r}, e.g. --env old='numpy==2.3.5'"
@@ -79,7 +79,8 @@ def parse_specs(texts: list[str] | tuple[str, ...] | None) -> dict[str, list[str
             try:
                 Requirement(requirement)
             except InvalidRequirement as exc:
-                raise FrameBenchError(f"--env {name}: {requirement!r} is not a requirement ({exc})") from None
+                reason = str(exc).splitlines()[0]
+                raise FrameBenchError(f"--env {name}: {requirement!r} is not a requirement ({reason})") from None
         specs[name] = requirements
     return specs
 
