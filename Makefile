@@ -37,7 +37,7 @@ bench-perf:  ## the speed study (every backend x variant on tutorial000, tutoria
 bench-scaling:  ## throughput and efficiency against batch size, every backend: results/scaling (rerun: finishes or redraws it; delete its tables for a fresh one)
 	$(BIN)/framebench run --preset scaling --backends all --variants default --sweep batch_size=16,64,256,1024,4096 --repeats 2 --results-dir results --run-id scaling
 
-VERSIONS := $(BIN)/framebench run --preset ci --epochs 3 --repeats 2 --no-floors --results-dir results --run-id versions --env base=
+VERSIONS := $(BIN)/framebench run --preset ci --sampling with_replacement --steps-per-epoch 60 --epochs 3 --repeats 2 --no-floors --results-dir results --run-id versions --env base=
 
 bench-versions:  ## one backend under two framework minors, interleaved: NumPy, JAX, TensorFlow (each against the lock) into results/versions
 	rm -rf results/versions

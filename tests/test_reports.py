@@ -44,6 +44,7 @@ def run_row(backend: str, repeat: int, epoch_s: float, acc: float, **changes) ->
         backend=backend,
         variant="default",
         device="cpu",
+        env="current",
         dataset="digits",
         preset="mlp",
         repeat=repeat,
@@ -163,7 +164,7 @@ def test_compare_identical_runs_finds_no_regression(tmp_path):
     markdown = tmp_path / "compare.md"
     result = compare(base, base, "--markdown", str(markdown))
     assert result.returncode == 0, result.stdout
-    assert "no regression" in result.stdout and "| numpy | default | cpu | digits | mlp |" in markdown.read_text()
+    assert "no regression" in result.stdout and "| numpy | default | cpu | current | digits | mlp |" in markdown.read_text()
 
 
 def test_compare_flags_an_accuracy_drop_beyond_the_tolerance_only(tmp_path):
@@ -261,6 +262,7 @@ def thresholds_file(path, rows: list[tuple[str, float]]) -> str:
                 "epochs": 3,
                 "sweep_field": "",
                 "sweep_value": "",
+                "env": "current",
                 "min_test_acc": t,
                 "measured_min": t,
                 "measured_runs": 3,

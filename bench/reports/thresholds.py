@@ -83,7 +83,8 @@ def load_thresholds(path: Path) -> pd.DataFrame:
             "with `framebench thresholds`"
         )
     table["min_test_acc"], table["epochs"] = threshold, epochs.astype(int)
-    table[["sweep_field", "sweep_value"]] = table[["sweep_field", "sweep_value"]].fillna("")
+    text_keys = [c for c in accuracy_key_columns() if c in text_columns()]
+    table[text_keys] = table[text_keys].fillna("")
     return table
 
 
