@@ -210,3 +210,4 @@ def test_a_spec_that_cannot_install_is_one_line_and_unavailable_rows(tmp_path, e
     assert len(lines) == 1 and "cannot be built" in lines[0] and "numpy" in lines[0]
     runs = load_results(printed_directory(result))["runs"].set_index("env")
     assert runs.loc["bad", "status"] == "unavailable" and runs.loc["new", "status"] == "ok"
+    assert "not run: numpy/default on cpu, env=bad: unavailable: environment bad (numpy==0.0.1) cannot be built" in result.stdout

@@ -183,7 +183,10 @@ def ensure(name: str, requirements: list[str] | tuple[str, ...]) -> Environment:
         return Environment(name, tuple(requirements), path, reused=True)
     staging = path.with_name(f"{path.name}.building-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
-    staging.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        staging.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EnvironmentUnavailable(f"environment {name} cannot be built: {staging.parent}: {exc.strerror or exc}") from None
     python = staging / "bin" / "python"
     steps = [
         ("venv", "--quiet", "--python", sys.executable, str(staging)),
