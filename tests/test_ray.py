@@ -295,7 +295,7 @@ def test_environments_run_on_every_node_and_a_node_that_cannot_build_one_decline
     assert result.returncode == 0, result.stderr
     runs = load_results(tmp_path / "envs")["runs"]
     ok, declined = runs[runs["status"] == "ok"], runs[runs["status"] != "ok"]
-    assert len(runs) == 6 and list(runs["env"].iloc[:2]) == ["old", "new"] and len(ok) >= 1
+    assert sorted(runs["env"]) == ["new"] * 3 + ["old"] * 3 and len(ok) >= 1  # rows come in as nodes finish
     assert dict(zip(ok["env"], ok["framework_version"], strict=True)).items() <= {"old": "2.3.5", "new": "2.4.6"}.items()
     assert (declined["status"] == "unavailable").all() and declined["error"].str.contains("cannot be built: /proc/framebench-envs").all()
     assert set(declined["node"]) <= {node_name(broken)}
