@@ -200,6 +200,9 @@ def test_two_numpy_versions_interleaved_tagged_and_reused(tmp_path, envs_dir):
     assert "reusing environment old (" in again.stderr and "building environment" not in again.stderr
     listing = framebench("envs", env=envs_dir)
     assert listing.returncode == 0 and "old" in listing.stdout and "numpy==2.4.6" in listing.stdout
+    pruned = framebench("envs", "--prune", env=envs_dir)
+    assert pruned.returncode == 0 and "removed 2 environment(s)" in pruned.stdout
+    assert "no environments in" in framebench("envs", env=envs_dir).stdout
 
 
 @pytest.mark.slow
