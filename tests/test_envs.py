@@ -195,6 +195,8 @@ def test_two_numpy_versions_interleaved_tagged_and_reused(tmp_path, envs_dir):
     assert "numpy==2.3.5" in recorded["old"]["packages"] and "numpy==2.4.6" in recorded["new"]["packages"]
     report = (tmp_path / "v" / "report.md").read_text()
     assert "## Framework environments" in report
+    resumed = framebench("run", "--resume", str(tmp_path / "v"), env=envs_dir)  # the recorded environments' jobs are all done
+    assert resumed.returncode == 0 and "2 job(s) already ok" in resumed.stderr and "0 to run" in resumed.stderr
     again = digits_run(tmp_path, envs_dir, f"old={OLD}", f"new={NEW}", run_id="again")
     assert again.returncode == 0, again.stderr
     assert "reusing environment old (" in again.stderr and "building environment" not in again.stderr
