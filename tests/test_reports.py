@@ -300,12 +300,22 @@ def test_check_fails_a_run_that_did_not_finish_ok_whatever_the_thresholds(tmp_pa
     assert result.returncode == 1 and f"run {status} (boom)" in result.stdout
 
 
-@pytest.mark.parametrize("row", ["jax,3,,,", "jax,3,,,nan", "jax,3,,,1.5", "jax,3,,,abc", "jax,five,,,0.9", "jax,2.5,,,0.9"])
+@pytest.mark.parametrize(
+    "row",
+    [
+        "jax,3,,,current,",
+        "jax,3,,,current,nan",
+        "jax,3,,,current,1.5",
+        "jax,3,,,current,abc",
+        "jax,five,,,current,0.9",
+        "jax,2.5,,,current,0.9",
+    ],
+)
 def test_an_empty_or_nonsense_threshold_is_an_error_when_read(tmp_path, row):
     directory = results(tmp_path / "r", baseline_runs())
     path = tmp_path / "t.csv"
     thresholds_file(path, [("numpy", 0.9), ("jax", 0.9)])
-    path.write_text(path.read_text().replace("jax,3,,,0.9", row))
+    path.write_text(path.read_text().replace("jax,3,,,current,0.9", row))
     result = framebench("check", str(directory), "--thresholds", str(path))
     assert result.returncode == 2 and "a threshold must be a number in [0, 1] and epochs a positive integer" in result.stderr
 
@@ -381,7 +391,7 @@ def test_run_writes_figures_and_a_report_that_plot_redraws(measured):
     assert framebench("plot", str(measured)).returncode == 0
     assert (measured / "loss.png").exists()
     report = (measured / "report.md").read_text()
-    assert "| numpy | default | cpu | 2 |" in report and "![Steady-state epoch time per backend](epoch_time.png)" in report
+    assert "| numpy | default | cpu | current | 2 |" in report and "![Steady-state epoch time per backend](epoch_time.png)" in report
     assert "speedup.png" not in report  # no GPU rows, no GPU-vs-CPU figure
     tables = load_results(measured)
     assert set(tables["gemm"]["probe"]) == {"start", "end"} and tables["runs"]["floor_epoch_s"].notna().all()
