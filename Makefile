@@ -5,7 +5,7 @@ GPU_PINS := "tensorflow[and-cuda]==2.21.0" "jax[cuda12]==0.10.2" "torch==2.13.0"
 	"numpy==2.4.6" "pandas==3.1.1" "matplotlib==3.11.2" "scikit-learn==1.9.1" "threadpoolctl==3.8.0" \
 	"pytest==9.2.0" "pytest-benchmark==5.3.1" "pytest-timeout==2.4.0" "ruff==0.17.6"
 
-.PHONY: install install-gpu lock-gpu bench bench-gpu bench-steps bench-perf bench-scaling bench-history bench-gate bench-precision lint test test-fast readme clean
+.PHONY: install install-gpu lock-gpu bench bench-gpu bench-steps bench-perf bench-scaling bench-history bench-gate bench-precision bench-versions lint test test-fast readme clean
 
 install:  ## .venv with the pinned CPU versions (requirements.lock, torch's CPU build) + framebench, editable
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,14 @@ bench-precision:  ## fp32 against bf16 on every backend, one thread, at the mlp 
 	$(PRECISION_RUN) --preset mlp --run-id mlp
 	$(PRECISION_RUN) --preset scaling --batch-size 1024 --run-id scaling-1024
 	$(BIN)/python -m framebench.reports.precision results/precision results/precision/mlp results/precision/scaling-1024
+
+VERSIONS := $(BIN)/framebench run --preset ci --sampling with_replacement --steps-per-epoch 60 --epochs 3 --repeats 2 --no-floors --results-dir results --run-id versions --env base=
+
+bench-versions:  ## one backend under two framework minors, interleaved: NumPy, JAX, TensorFlow (each against the lock) into results/versions
+	rm -rf results/versions
+	$(VERSIONS) --backends numpy --env numpy-2.3="numpy==2.3.5"
+	$(VERSIONS) --backends jax,keras-jax --env jax-0.9="jax==0.9.2;jaxlib==0.9.2"
+	$(VERSIONS) --backends tf,keras --env tf-2.20="tensorflow-cpu==2.20.0"
 
 BENCH_STEPS := $(BIN)/python -m pytest benchmarks -q --benchmark-only --benchmark-autosave --benchmark-columns=min,median,max,rounds
 

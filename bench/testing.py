@@ -38,6 +38,7 @@ from framebench.core.classifier import Classifier
 from framebench.core.config import PRESETS, ModelConfig, TrainConfig, precision_mismatch
 from framebench.core.data import Dataset, load_dataset
 from framebench.core.harness import epoch_order, initial_weights
+from framebench.core.metrics import TRAJECTORY_RTOL
 from framebench.errors import FrameBenchError
 
 # float32 GEMMs summed in different orders (BLAS blocking, oneDNN, Eigen) differ by ~1e-7 relative
@@ -49,14 +50,6 @@ WEIGHTS_RTOL = 2e-5
 # pixels) whose float32 noise is comparable to epsilon gets a noisy step: measured up to 0.6% of lr
 # after 3 steps. Any formula error (bias correction, epsilon, betas) is off by O(lr) on most entries.
 ADAM_UPDATE_TOL_IN_LR = 2e-2
-# Over 200 steps each float32 backend drifts from the float64 oracle in two ways that are not
-# errors: a ReLU whose input is within rounding of 0 flips (measured: SGD stays <= 3.4e-7 relative
-# for 175 steps on every backend, then one such flip in NumPy float32 gives 2.5e-4), and Adam divides
-# near-zero gradient entries by sqrt(v) + 1e-7, turning their float32 noise into O(lr) steps
-# (measured: <= 4.3e-5 through step 25, 2.1e-3 through 50, 5.7e-2 by step 200, TensorFlow worst).
-# The bounds are (last step, relative tolerance) pairs: tight early, where a wrong formula, order or
-# hyperparameter shows at once (>1e-2 by step 2), and looser late, where only the drift grows.
-TRAJECTORY_RTOL = {"sgd": [(150, 1e-5), (200, 1e-3)], "adam": [(25, 1e-4), (50, 5e-3), (200, 1e-1)]}
 PRESET_STEPS_RTOL = 1e-4  # 20 steps of each preset's own configuration
 # Reduced precision (tf32, bf16, fp16) against the same float64 oracle, by the rule PyTorch's
 # compiler benchmarks apply to low-precision runs (torch._dynamo.utils.same with an fp64 reference):

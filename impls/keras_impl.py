@@ -16,6 +16,7 @@ output on a sample.
 from __future__ import annotations
 
 import functools
+import importlib
 
 import keras
 import numpy as np
@@ -151,7 +152,9 @@ class KerasClassifier(Classifier):
         return cls.native().gpu_peak_mb()
 
     def framework_version(self) -> str:
-        return f"keras {keras.__version__} on {keras.backend.backend()}"
+        """Keras's version and its backend's: a run comparing framework versions needs both."""
+        backend = keras.backend.backend()
+        return f"keras {keras.__version__} on {backend} {importlib.import_module(backend).__version__}"
 
     def make_optimizer(self) -> keras.optimizers.Optimizer:
         t = self.train

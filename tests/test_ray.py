@@ -283,3 +283,21 @@ def test_without_ray_the_ray_executor_is_one_line_saying_how_to_install_it(tmp_p
     hidden = cli_env(PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]))
     result = framebench_run(tmp_path, "--executor", "ray", "--no-floors", env=hidden)
     assert result.returncode == 2 and result.stderr == "error: --executor ray needs Ray: pip install 'framebench[ray]'\n"
+
+
+@pytest.mark.slow
+def test_environments_run_on_every_node_and_a_node_that_cannot_build_one_declines_its_jobs(cluster, tmp_path):
+    """The driver builds the environments before the matrix; each node reuses them (same machine, same
+    user cache) as its jobs arrive, except a third node whose environments folder cannot be written:
+    its jobs there are `unavailable` with the reason, the others run."""
+    broken = add_node(cluster, FRAMEBENCH_ENVS_DIR="/proc/framebench-envs")
+    matrix = ["--backends", "numpy", "--epochs", "1", "--repeats", "3", "--no-floors", "--env", "old=numpy==2.3.5", "--env", "new="]
+    result = framebench_run(tmp_path, *matrix, "--executor", "ray", "--address", cluster.address, "--run-id", "envs")
+    cluster.remove_node(broken)
+    assert result.returncode == 0, result.stderr
+    runs = load_results(tmp_path / "envs")["runs"]
+    ok, declined = runs[runs["status"] == "ok"], runs[runs["status"] != "ok"]
+    assert sorted(runs["env"]) == ["new"] * 3 + ["old"] * 3 and len(ok) >= 1  # rows come in as nodes finish
+    assert dict(zip(ok["env"], ok["framework_version"], strict=True)).items() <= {"old": "2.3.5", "new": "2.4.6"}.items()
+    assert (declined["status"] == "unavailable").all() and declined["error"].str.contains("cannot be built: /proc/framebench-envs").all()
+    assert set(declined["node"]) <= {node_name(broken)}

@@ -48,6 +48,7 @@ def run_row(backend: str, repeat: int, epoch_s: float, acc: float, **changes) ->
         variant="default",
         device="cpu",
         precision="fp32",
+        env="current",
         dataset="digits",
         preset="mlp",
         repeat=repeat,
@@ -168,7 +169,7 @@ def test_compare_identical_runs_finds_no_regression(tmp_path):
     markdown = tmp_path / "compare.md"
     result = compare(base, base, "--markdown", str(markdown))
     assert result.returncode == 0, result.stdout
-    assert "no regression" in result.stdout and "| numpy | default | cpu | fp32 | digits | mlp |" in markdown.read_text()
+    assert "no regression" in result.stdout and "| numpy | default | cpu | current | fp32 | digits | mlp |" in markdown.read_text()
 
 
 def test_compare_flags_an_accuracy_drop_beyond_the_tolerance_only(tmp_path):
@@ -289,6 +290,7 @@ def thresholds_file(path, rows: list[tuple[str, float]]) -> str:
                 "epochs": 3,
                 "sweep_field": "",
                 "sweep_value": "",
+                "env": "current",
                 "min_test_acc": t,
                 "measured_min": t,
                 "measured_runs": 3,
@@ -326,7 +328,17 @@ def test_check_fails_a_run_that_did_not_finish_ok_whatever_the_thresholds(tmp_pa
     assert result.returncode == 1 and f"run {status} (boom)" in result.stdout
 
 
-@pytest.mark.parametrize("row", ["jax,3,,,", "jax,3,,,nan", "jax,3,,,1.5", "jax,3,,,abc", "jax,five,,,0.9", "jax,2.5,,,0.9"])
+@pytest.mark.parametrize(
+    "row",
+    [
+        "jax,3,,,current,",
+        "jax,3,,,current,nan",
+        "jax,3,,,current,1.5",
+        "jax,3,,,current,abc",
+        "jax,five,,,current,0.9",
+        "jax,2.5,,,current,0.9",
+    ],
+)
 def test_an_empty_or_nonsense_threshold_is_an_error_when_read(tmp_path, row):
     directory = results(tmp_path / "r", baseline_runs())
     path = tmp_path / "t.csv"
@@ -476,7 +488,7 @@ def test_run_writes_figures_and_a_report_that_plot_redraws(measured):
     assert cli("plot", str(measured)).returncode == 0
     assert (measured / "loss.png").exists()
     report = (measured / "report.md").read_text()
-    assert "| numpy | default | cpu | fp32 | 2 |" in report and "![Steady-state epoch time per backend](epoch_time.png)" in report
+    assert "| numpy | default | cpu | current | fp32 | 2 |" in report and "![Steady-state epoch time per backend](epoch_time.png)" in report
     assert "speedup.png" not in report  # no GPU rows, no GPU-vs-CPU figure
     tables = load_results(measured)
     assert set(tables["gemm"]["probe"]) == {"start", "end"} and tables["runs"]["floor_epoch_s"].notna().all()

@@ -46,6 +46,7 @@ def run_row(
         "backend": backend,
         "variant": "default",
         "device": "cpu",
+        "env": "current",
         "precision": "fp32",
         "sweep_field": field,
         "sweep_value": value,

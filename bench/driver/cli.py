@@ -50,6 +50,8 @@ def add_fields(group, cls, choices: dict, note: str = "", skip: tuple[str, ...] 
         text = comments[field.name] + (f" (one of: {', '.join(choices[field.name])})" if field.name in choices else "") + note
         if field.type == "bool":
             group.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif field.type == "tuple[str, ...]":  # a repeatable flag
+            group.add_argument(flag, dest=field.name, action="append", default=None, metavar="NAME=REQ[;REQ...]", help=text)
         elif field.name == "hidden":
             group.add_argument(flag, dest=field.name, type=int_tuple, default=None, metavar="W1,W2,...", help=text)
         else:
@@ -77,7 +79,9 @@ def build_parser() -> Parser:
     plot.add_argument("directory", help="a results directory `framebench run` printed")
     comparison = commands.add_parser("compare", help="accuracy and time regressions of NEW against BASE (exit 1 on one)")
     comparison.add_argument("base", help="the results directory to compare against")
-    comparison.add_argument("new", help="the results directory under test")
+    comparison.add_argument("new", nargs="?", help="the results directory under test (omitted with --base-env/--new-env)")
+    comparison.add_argument("--base-env", default=None, help="compare two environments of BASE's own run: this one as the base")
+    comparison.add_argument("--new-env", default=None, help="... and this one as the new (both, with no NEW directory)")
     comparison.add_argument(
         "--acc-tol", type=float, default=0.005, help="accepted accuracy drop, absolute, finite and >= 0 (default 0.005)"
     )
@@ -95,6 +99,8 @@ def build_parser() -> Parser:
     checking.add_argument("directory", help="a results directory `framebench run` printed")
     checking.add_argument("--thresholds", type=Path, default=None, help="thresholds file (default: the one framebench ships)")
     checking.add_argument("--allow-missing", action="store_true", help="runs without a threshold are noted instead of failing")
+    environments = commands.add_parser("envs", help="list the framework environments --env built (in the user cache), or prune them")
+    environments.add_argument("--prune", action="store_true", help="remove every one (they rebuild from uv's cache when next needed)")
     perf = commands.add_parser(
         "perf",
         help="the speed study: backends x variants on several presets, with floors and a report",
@@ -142,17 +148,18 @@ def command_run(args: argparse.Namespace) -> int:
                 f"--resume takes the matrix and configuration from its config.json; drop "
                 f"{', '.join('--' + name.replace('_', '-') for name in extra)}"
             )
+    flags["env"] = tuple(flags.get("env", ()))
     return run(RunRequest(**flags), given(args, ModelConfig), given(args, TrainConfig))
 
 
 def describe(entry: registry.Entry) -> dict:
     """Ask a fresh process (with the entry's environment) what the entry supports here; its answer
     comes on the worker's event channel, whatever the backend prints."""
-    from framebench.driver.node import start_worker
+    from framebench.driver.node import start_worker, worker_process
 
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **entry.env}
     with tempfile.TemporaryFile() as log:
-        process, channel = start_worker(["--describe", entry.backend, entry.variant], env, log)
+        process, channel = start_worker(worker_process(sys.executable, "--describe", entry.backend, entry.variant), env, log)
         process.stdin.close()
         with channel:
             answer = channel.read()
@@ -197,8 +204,22 @@ def command_plot(args: argparse.Namespace) -> int:
 
 
 def command_compare(args: argparse.Namespace) -> int:
-    from framebench.reports.compare import Tolerances, run_compare
+    from framebench.reports.compare import Tolerances, run_compare, run_compare_envs
 
+    if args.base_env or args.new_env:
+        if not (args.base_env and args.new_env) or args.new:
+            raise FrameBenchError("--base-env and --new-env go together, with one results directory: compare DIR --base-env A --new-env B")
+        return run_compare_envs(
+            args.base,
+            args.base_env,
+            args.new_env,
+            Tolerances(acc_tol=args.acc_tol, time_tol=args.time_tol),
+            accuracy_only=args.accuracy_only,
+            markdown=args.markdown,
+            json_file=args.json_file,
+        )
+    if not args.new:
+        raise FrameBenchError("compare takes BASE and NEW results directories (or one directory with --base-env and --new-env)")
     return run_compare(
         args.base,
         args.new,
@@ -221,6 +242,12 @@ def command_thresholds(args: argparse.Namespace) -> int:
     from framebench.reports.thresholds import run_derive
 
     return run_derive(args.directories, margin=args.margin, output=args.output)
+
+
+def command_envs(args: argparse.Namespace) -> int:
+    from framebench.driver.envs import run_envs
+
+    return run_envs(prune=args.prune)
 
 
 def command_perf(args: argparse.Namespace) -> int:
@@ -254,6 +281,7 @@ HANDLERS = {
     "compare": command_compare,
     "check": command_check,
     "thresholds": command_thresholds,
+    "envs": command_envs,
     "perf": command_perf,
     "history": command_history,
     "publish": command_publish,

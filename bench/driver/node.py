@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from framebench.core import registry
 from framebench.core.gemm import LIBRARIES, probe
 from framebench.driver.calibration import calibrate, cpu_counters, steal_fraction
+from framebench.driver.envs import CURRENT, EnvironmentUnavailable, ensure
 from framebench.driver.worker import CHANNEL_VARIABLE, JOB_TOKEN_VARIABLE, PARENT_PID_VARIABLE
 from framebench.store.job import End, Job, MalformedEvent, from_wire
 
@@ -105,13 +106,18 @@ def kill_live_workers() -> None:
         kill_group(pid)
 
 
-def start_worker(args: list[str], env: dict[str, str], log) -> tuple[subprocess.Popen, object]:
-    """`python -m framebench.driver.worker ARGS` in a session of its own, stdout and stderr into `log`,
-    and the read end of its event channel (binary): a pipe only the harness in the worker writes."""
+def worker_process(python: str, *args: str) -> list[str]:
+    """The command line of a worker process run by `python` (this interpreter or an environment's)."""
+    return [python, "-m", "framebench.driver.worker", *args]
+
+
+def start_worker(command: list[str], env: dict[str, str], log) -> tuple[subprocess.Popen, object]:
+    """The worker `command` in a session of its own, stdout and stderr into `log`, and the read end of
+    its event channel (binary): a pipe only the harness in the worker writes."""
     read_fd, write_fd = os.pipe()
     try:
         process = subprocess.Popen(
-            [sys.executable, "-m", "framebench.driver.worker", *args],
+            command,
             stdin=subprocess.PIPE,
             stdout=log,
             stderr=log,
@@ -168,14 +174,25 @@ def kill_strays(token: str) -> None:
                 pass
 
 
+def worker_command(job: Job) -> list[str]:
+    """The worker's command line, with the python of the job's environment (built or reused here, so a
+    node of a cluster gets it too; the driver builds them before the matrix starts)."""
+    return worker_process(sys.executable if job.env == CURRENT else str(ensure(job.env, job.env_requirements).python))
+
+
 def execute(job: Job, timeout_s: float) -> Iterator:
     """Run `job` in a fresh worker process and yield its events; the last one is always `end`, carrying
     the outcome, the log's tail and how much CPU other processes used while the job ran."""
+    try:
+        command = worker_command(job)  # before the clock starts: building an environment is never timed
+    except EnvironmentUnavailable as exc:
+        yield End("unavailable", str(exc), host=socket.gethostname())
+        return
     log = tempfile.TemporaryFile()
     token = uuid.uuid4().hex
     calib_before, counters_before = calibrate(job.threads), cpu_counters()
     load_before, busy_before, started, started_at = os.getloadavg()[0], busy_cpu_seconds(), time.perf_counter(), time.time()
-    process, channel = start_worker([], {**worker_env(job), JOB_TOKEN_VARIABLE: token}, log)
+    process, channel = start_worker(command, {**worker_env(job), JOB_TOKEN_VARIABLE: token}, log)
     LIVE_GROUPS.add(process.pid)
     end = None
     lines: queue.Queue = queue.Queue()

@@ -28,6 +28,7 @@ from pathlib import Path
 from framebench.core import registry
 from framebench.core.config import PRESETS, ModelConfig, Sweep, TrainConfig, check_precisions, config_from_dict, layer_sizes, resolve
 from framebench.core.data import load_dataset
+from framebench.driver import envs
 from framebench.driver.executors import EXECUTORS, Executor, LocalExecutor
 from framebench.driver.node import ProbeRequest
 from framebench.errors import FrameBenchError
@@ -98,6 +99,7 @@ class RunRequest:
     address: str | None = None  # Ray cluster address, e.g. 10.0.0.1:6379 (default: start a Ray instance here)
     schedule_timeout: float = 300.0  # ray: seconds a job may wait for a node able to run it before it is unavailable
     large_plan: bool = False  # run a matrix of more than 100000 jobs anyway (repeats x sweep values x backends x variants x devices)
+    env: tuple[str, ...] = ()  # NAME=REQ[;REQ...]: run the matrix in an environment of the lock with these overrides (repeatable)
 
     def validate(self) -> None:
         """Everything checkable before a worker starts, each mistake naming its flag."""
@@ -224,7 +226,8 @@ def recorded_jobs(run_id: str, config: dict) -> list[Job]:
         target_acc=config["target_acc"],
     )
     matrices = [Matrix(**m) for m in config["matrices"]]
-    return plan(matrices, template, Sweep(config["sweep"]["field"], tuple(config["sweep"]["values"])), model, train)
+    jobs = plan(matrices, template, Sweep(config["sweep"]["field"], tuple(config["sweep"]["values"])), model, train)
+    return [dataclasses.replace(job, env_requirements=config["envs"].get(job.env, [])) for job in jobs]
 
 
 def unregistered(matrices: list[dict]) -> list[str]:
@@ -371,13 +374,17 @@ class Interrupts:
             raise Stopped(self.pending)
 
 
-def run_jobs(directory: Path, jobs: list[Job], executor: Executor, timeout_s: float, states: dict, interrupts: Interrupts) -> list[dict]:
+def run_jobs(
+    directory: Path, jobs: list[Job], executor: Executor, timeout_s: float, states: dict, interrupts: Interrupts, broken: dict[str, str]
+) -> list[dict]:
     """Run the jobs, writing rows as events arrive; `states` holds the jobs in flight whose row is not written yet
-    (for an interrupt)."""
+    (for an interrupt); the jobs of an environment in `broken` ({name: why}) are declined."""
     rows, runnable = [], []
     for job in jobs:
         entry = registry.lookup(job.backend, job.variant)
-        if job.device in entry.devices:
+        if job.env in broken:
+            rows.append(finish_job(directory, JobState(job), End("unavailable", broken[job.env])))
+        elif job.device in entry.devices:
             runnable.append(job)
         else:  # declined without starting a process
             rows.append(finish_job(directory, JobState(job), End("unavailable", f"{entry.name} runs on {', '.join(entry.devices)} only")))
@@ -459,6 +466,18 @@ def check_same_experiment(directory: Path, config: dict) -> None:
         )
 
 
+def merged_envs(directory: Path, old: dict[str, list[str]], new: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The environments of a directory extended by a new matrix: new names are added; a name already
+    recorded must mean the same requirements (its rows would otherwise mix two environments)."""
+    for name in old.keys() & new.keys():
+        if old[name] != new[name]:
+            raise FrameBenchError(
+                f"{directory} ran environment {name} as {'; '.join(old[name]) or 'the lock'}; give "
+                f"{'; '.join(new[name]) or 'the lock'} another name, or pass a new --run-id"
+            )
+    return {**old, **new}
+
+
 def check_same_seeds(directory: Path, matrices: list[dict], seed: int, same_seed: bool) -> None:
     """Every matrix of a directory seeds its repeats alike: its backends then start from the same
     weights, and a job already run is never taken as done for other seeds."""
@@ -491,6 +510,7 @@ def new_config(request: RunRequest, model_overrides: dict, train_overrides: dict
         "threads": request.threads,
         "sweep": {"field": sweep.field, "values": list(sweep.values)},
         "target_acc": request.target_acc or PRESETS[request.preset].target_acc,
+        "envs": envs.parse_specs(request.env),
         "floors": request.floors,
         "matrices": [],
     }
@@ -504,7 +524,12 @@ def matrix_of(request: RunRequest, executor: Executor) -> Matrix:
             f"no registered (backend, variant) pair in --backends {request.backends} --variants {request.variants}; "
             "`framebench list` shows them"
         )
-    axes = {"backend": list(backends), "variant": list(variants), "device": list(resolve_devices(request.device, executor))}
+    axes = {
+        "backend": list(backends),
+        "variant": list(variants),
+        "device": list(resolve_devices(request.device, executor)),
+        "env": list(envs.parse_specs(request.env)) or [envs.CURRENT],
+    }
     for dimension in contract.DIMENSIONS:
         if dimension.request_field and dimension.name not in axes:
             axes[dimension.name] = list(dict.fromkeys(v.strip() for v in str(getattr(request, dimension.request_field)).split(",")))
@@ -539,7 +564,7 @@ def resumed_config(directory: Path, request: RunRequest) -> dict:
         raise FrameBenchError(f"--resume {directory}: not a results directory (no config.json)")
     config = read_config(directory)
     read_env(directory)  # a damaged env.json is refused now, not after the first rows
-    if config.get("format_version") != FORMAT_VERSION or not {"matrices", "sweep", *IDENTITY} <= set(config):
+    if config.get("format_version") != FORMAT_VERSION or not {"matrices", "sweep", "envs", *IDENTITY} <= set(config):
         raise FrameBenchError(
             f"--resume {directory}: its config.json was written by another framebench version; rerun the matrix into a new --run-id"
         )
@@ -581,7 +606,12 @@ def run_locked(directory: Path, request: RunRequest, config: dict) -> int:
     with DirectoryLock(directory):
         if not request.resume and (directory / "config.json").exists():
             check_same_experiment(directory, config)
-            config = {**config, "matrices": read_config(directory).get("matrices", [])}
+            recorded = read_config(directory)
+            config = {
+                **config,
+                "matrices": recorded.get("matrices", []),
+                "envs": merged_envs(directory, recorded.get("envs", {}), config["envs"]),
+            }
             check_same_seeds(directory, config["matrices"], request.seed, request.same_seed)
         executor = make_executor(request.executor, request.address, request.schedule_timeout)
         try:
@@ -653,7 +683,9 @@ def run_in(directory: Path, request: RunRequest, config: dict, executor: Executo
     write_json(directory, "config.json", config)
     for table in TABLE_NAMES:  # every table exists (with its header) from the start, whatever happens next
         append_rows(directory, table, [])
-    write_json(directory, "env.json", environment(config["threads"], executor.nodes(config["threads"]), earlier))
+    built, broken = prepare_environments(config["envs"], jobs)
+    record = environment(config["threads"], executor.nodes(config["threads"]), earlier)
+    write_json(directory, "env.json", {**record, "environments": environment_records(built, earlier)})
     probes = probe_requests(jobs, data.input_size, data.num_classes, executor.has_gpu()) if config["floors"] else {}
     states: dict = {}
     interrupts = Interrupts()
@@ -661,7 +693,7 @@ def run_in(directory: Path, request: RunRequest, config: dict, executor: Executo
     try:
         try:
             probe_floors(directory, executor, probes, "start")
-            rows = run_jobs(directory, jobs, executor, request.timeout, states, interrupts)
+            rows = run_jobs(directory, jobs, executor, request.timeout, states, interrupts, broken)
             probe_floors(directory, executor, probes, "end")
         except Stopped as stop:
             executor.stop()
@@ -686,6 +718,38 @@ def run_in(directory: Path, request: RunRequest, config: dict, executor: Executo
     if not jobs or statuses <= {OK, *NOT_RUN}:
         return 0 if "ok" in statuses or not jobs else 1
     return 1
+
+
+def prepare_environments(specs: dict[str, list[str]], jobs: list[Job]) -> tuple[list[envs.Environment], dict[str, str]]:
+    """Build (or reuse) every environment the jobs need, before anything is timed: (the environments
+    built, {name: why} of those that cannot be). A node of a cluster builds its own as its jobs arrive."""
+    built, broken = [], {}
+    for name in dict.fromkeys(job.env for job in jobs if job.env != envs.CURRENT):
+        requirements = specs[name]
+        if not envs.is_built(requirements):
+            print(f"building environment {name} ({'; '.join(requirements) or 'the lock'}) with uv", file=sys.stderr, flush=True)
+        try:
+            built_env = envs.ensure(name, requirements)
+        except envs.EnvironmentUnavailable as exc:
+            print(f"{exc}; its jobs are unavailable", file=sys.stderr, flush=True)
+            broken[name] = str(exc)
+            continue
+        if built_env.reused:
+            print(f"reusing environment {name} ({built_env.path})", file=sys.stderr, flush=True)
+        built.append(built_env)
+    return built, broken
+
+
+def environment_records(built: list[envs.Environment], earlier: dict | None) -> dict[str, dict]:
+    """env.json's `environments`: each one's overrides, folder and full package list (earlier ones kept)."""
+    records = dict((earlier or {}).get("environments", {}))
+    for built_env in built:
+        records[built_env.name] = {
+            "requirements": list(built_env.requirements),
+            "path": str(built_env.path),
+            "packages": built_env.packages(),
+        }
+    return records
 
 
 def report(directory: Path) -> None:

@@ -355,6 +355,34 @@ def exit_status(table: pd.DataFrame, fully_compared: bool) -> tuple[int, str]:
     return 0, "no regression"
 
 
+def run_compare_envs(
+    directory: str, base_env: str, new_env: str, tolerances: Tolerances, *, accuracy_only: bool, markdown: str | None, json_file=None
+) -> int:
+    """`compare DIR --base-env A --new-env B`: the gate between two environments of one run (same machine,
+    same configuration, interleaved), each group's rows keyed alike by giving both environments one name."""
+    tolerances.validate()
+    tables = load_results(directory)
+    groups = []
+    for flag, name, label in (("--base-env", base_env, "BASE"), ("--new-env", new_env, "NEW")):
+        runs = tables["runs"][tables["runs"]["env"] == name]
+        if runs.empty:
+            known = ", ".join(sorted(set(tables["runs"]["env"]))) or "none"
+            raise FrameBenchError(f"{flag} {name}: {directory} has no runs in that environment (it has: {known})")
+        epochs = tables["epochs"][tables["epochs"]["env"] == name]
+        both = f"{base_env}->{new_env}"
+        groups.append(Group(runs.assign(env=both), epochs.assign(env=both), tables["env"], label))
+    options = Options(tolerances, compare_accuracy=True, compare_time=not accuracy_only)
+    table = compare_groups(*groups, options)
+    base_runs, new_runs = groups[0].runs, groups[1].runs
+    versions = [
+        f"note: {backend}: {' '.join(sorted(set(base_runs['framework_version'][base_runs['backend'] == backend])))} -> "
+        f"{' '.join(sorted(set(new_runs['framework_version'][new_runs['backend'] == backend])))}"
+        for backend in sorted(set(base_runs["backend"]) & set(new_runs["backend"]))
+    ]
+    sides = {"base": f"environment {base_env} of {directory}", "new": f"environment {new_env}"}
+    return finish_comparison(table, versions, sides, options, accuracy_only, markdown, json_file)
+
+
 def run_compare(
     base_dir: str,
     new_dir: str,
@@ -390,12 +418,21 @@ def run_compare(
             "timings are compared only between nodes of the same machine fingerprint; pass --allow-env-diff to compare "
             "them anyway, or --accuracy-only"
         )
-    status, conclusion = exit_status(table, options.compare_accuracy and (options.compare_time or accuracy_only))
-    if status == 2 and (unknown := [label for label, tables in (("BASE", base), ("NEW", new)) if not tables["env"]]):
-        conclusion += (
-            f"; {' and '.join(unknown)} has no env.json, so its machine is unknown and no timing can be matched: "
+    if options.compare_time and (unknown := [label for label, tables in (("BASE", base), ("NEW", new)) if not tables["env"]]):
+        lines.append(
+            f"{' and '.join(unknown)} has no env.json, so its machine is unknown and no timing can be matched: "
             "pass --accuracy-only or --allow-env-diff"
         )
+    sides = {"base": base_dir, "new": new_dir}
+    return finish_comparison(table, lines, sides, options, accuracy_only, markdown, json_file)
+
+
+def finish_comparison(
+    table: pd.DataFrame, lines: list[str], sides: dict[str, str], options: Options, accuracy_only: bool, markdown: str | None, json_file
+) -> int:
+    """Print the decided table (and write it as Markdown and JSON where asked); the exit status of `exit_status`."""
+    tolerances = options.tolerances
+    status, conclusion = exit_status(table, options.compare_accuracy and (options.compare_time or accuracy_only))
     shown = table[series_columns() + TABLE_COLUMNS]
     for line in lines:
         print(line)
@@ -406,11 +443,11 @@ def run_compare(
         f"and its ratio beyond {1 + tolerances.time_tol:g}; no change: the interval inside the tolerance band"
     )
     if markdown:
-        header = ["## framebench compare", "", f"BASE {escape_markdown(base_dir)}, NEW {escape_markdown(new_dir)}; {rule}", ""]
+        header = ["## framebench compare", "", f"BASE {escape_markdown(sides['base'])}, NEW {escape_markdown(sides['new'])}; {rule}", ""]
         notes = [f"- {escape_markdown(line)}" for line in lines]
         write_output(markdown, "--markdown", "\n".join(header + notes + [""]) + to_markdown(shown) + f"\n{conclusion}\n")
     if json_file:
-        document = {"base": base_dir, "new": new_dir, "rule": rule, "notes": lines, "exit_status": status, "conclusion": conclusion}
+        document = {**sides, "rule": rule, "notes": lines, "exit_status": status, "conclusion": conclusion}
         document["keys"] = json.loads(table.to_json(orient="records"))
         write_output(json_file, "--json", json.dumps(document, indent=2) + "\n")
     return status

@@ -14,6 +14,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from framebench.core import registry  # noqa: E402
+from framebench.reports import environments  # noqa: E402
 from framebench.store.results import replace_file, swept_field  # noqa: E402
 from framebench.store.tables import precision_series  # noqa: E402
 
@@ -184,12 +185,43 @@ def plot_perf(table: pd.DataFrame, path: Path) -> bool:
     return True
 
 
+def plot_environments(table: pd.DataFrame, path: Path) -> None:
+    """Each backend's epoch time in each environment (environments.side_by_side), its ratio to the first
+    environment's written beside the bar; the first environment's bars plain, the others hatched."""
+    table = table.dropna(subset=["epoch_s"]).iloc[::-1]
+    labels = [f"{b}/{v} ({d}) in {e}" for b, v, d, e in zip(table["backend"], table["variant"], table["device"], table["env"], strict=True)]
+    first = table["env"] == table.groupby(["backend", "variant", "device"])["env"].transform("last")  # reversed: last is first
+    fig, axes = plt.subplots(figsize=(9, 0.45 * len(table) + 1.6))
+    bars = axes.barh(labels, table["epoch_s"], color=[colour(b) for b in table["backend"]])
+    for bar, is_first, ratio in zip(bars, first, table["time_ratio"], strict=True):
+        bar.set_hatch("" if is_first else "//")
+        if not is_first and pd.notna(ratio):
+            middle = (bar.get_width(), bar.get_y() + bar.get_height() / 2)
+            axes.annotate(f"x{ratio:.2f}", middle, xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
+    axes.set(
+        title="Steady-state epoch time per environment\n(median over repeats; xN: ratio to the first environment)",
+        xlabel="seconds per epoch",
+        xlim=(0, HEADROOM * table["epoch_s"].max()),
+    )
+    axes.tick_params(axis="y", labelsize=8)
+    axes.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def draw_all(directory: Path, tables: dict, summary: pd.DataFrame) -> list[str]:
     """Draw every figure that the data supports; returns the file names written. A sweep's runs are
-    drawn against the swept value instead (framebench.reports.scaling): per-run curves of every value at once
-    would be one tangle."""
+    drawn against the swept value instead (framebench.reports.scaling), and a run's environments side
+    by side (one curve per backend would mix them): per-run curves of every value at once would be one tangle."""
     if swept_field(tables["config"]):
         return []
+    if tables["runs"]["env"].nunique() > 1:
+        side = environments.side_by_side(tables)
+        if side["epoch_s"].isna().all():
+            return []
+        plot_environments(side, directory / "environments.png")
+        return ["environments.png"]
     tables = {name: precision_series(tables[name], "") for name in ("runs", "epochs", "steps")}
     series = precision_series(summary, "")
     ok_runs = tables["runs"][tables["runs"]["status"] == "ok"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from framebench.core.gemm import unreliable_warnings
 from framebench.errors import FrameBenchError
-from framebench.reports import precision
+from framebench.reports import environments, precision
 from framebench.reports.plots import draw_all
 from framebench.reports.scaling import report_section
 from framebench.store.results import load_results, node_environments, replace_file, seeds_text, swept_field
@@ -18,6 +18,7 @@ FIGURE_CAPTIONS = {
     "accuracy.png": "Test accuracy per epoch and against training time",
     "epoch_time.png": "Steady-state epoch time per backend",
     "speedup.png": "GPU speed-up over CPU",
+    "environments.png": "Steady-state epoch time per framework environment",
 }
 
 
@@ -82,6 +83,7 @@ def write_report(directory: str | Path) -> Path:
         "",
         *precision.report_section(tables["runs"]),
         *(report_section(directory, tables) if swept_field(config) else []),
+        *environments.report_section(tables),
         *(["## Figures", "", *[f"![{FIGURE_CAPTIONS[name]}]({name})\n" for name in figures]] if figures else []),
         "## Configuration",
         "",

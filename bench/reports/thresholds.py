@@ -83,7 +83,8 @@ def load_thresholds(path: Path) -> pd.DataFrame:
             "with `framebench thresholds`"
         )
     table["min_test_acc"], table["epochs"] = threshold, epochs.astype(int)
-    table[["sweep_field", "sweep_value"]] = table[["sweep_field", "sweep_value"]].fillna("")
+    text_keys = [c for c in accuracy_key_columns() if c in text_columns()]
+    table[text_keys] = table[text_keys].fillna("")
     return table
 
 
@@ -141,8 +142,8 @@ def measured_by(directories: list[str]) -> list[str]:
 def thresholds_text(table: pd.DataFrame, command: str, measured: list[str]) -> str:
     """The thresholds file: the table, headed by how it was made (this command and the commands that measured its runs)."""
     header = [
-        "# Minimum final test accuracy per (preset, dataset, backend, precision, epochs, sweep value): the lowest measured over",
-        "# measured_runs runs, minus margin. Runs measured by:",
+        f"# Minimum final test accuracy per ({', '.join(accuracy_key_columns())}): the lowest measured over measured_runs runs,",
+        "# minus margin. Runs measured by:",
         *(f"#   {line}" for line in measured),
         f"# Derived by: {command}",
     ]

@@ -33,6 +33,7 @@ DIMENSIONS: tuple[Dimension, ...] = (
     Dimension("variant", "variants", "default", shapes_accuracy=False),  # a variant must reach its default's accuracy
     Dimension("device", "device", "cpu", shapes_accuracy=False),
     Dimension("sweep_value", "", "", shapes_accuracy=True),  # this job's value of the swept field, as written on the command line
+    Dimension("env", "env", "current", shapes_accuracy=True),  # the framework environment (--env NAME): environments alternate job by job
     Dimension("precision", "precision", "fp32", shapes_accuracy=True),  # numeric precision of the training (innermost: interleaved)
 )
 
@@ -171,6 +172,7 @@ class Job:
     sweep_field: str = ""  # the field a sweep varies ("" without a sweep)
     repeat: int = 0  # 0-based repeat number
     attempt: int = 1  # 1 for the first try of this job in this directory, then 2, 3, ... (retries, resumes)
+    env_requirements: list[str] = field(default_factory=list)  # the overrides of its environment (none: the current interpreter)
 
     def __getattr__(self, name: str) -> str:
         """A dimension's value reads as an attribute (`job.backend`), like the fixed fields."""

@@ -215,6 +215,7 @@ CONFIG_SHAPE = {  # config.json's fields and what each holds (a field missing is
     "target_acc": NUMBER,
     "floors": bool,
     "matrices": [{"axes": dict, "repeats": int, "seed": int, "same_seed": bool}],
+    "envs": {"*": STRINGS},
 }
 NODE_SHAPE = {  # one node's environment in env.json
     "python": str,
@@ -234,6 +235,7 @@ ENV_SHAPE = {  # env.json's fields this framebench reads and what each holds (ot
     "started_utc": str,
     "nodes": {"*": NODE_SHAPE},
     "earlier": [dict],
+    "environments": {"*": dict},
 }
 
 

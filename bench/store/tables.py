@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from framebench.store import job
 from framebench.store.job import NOT_RUN, key_columns, point_names
 
 BUSY_FRACTION = 0.15  # other processes used more than this share of the CPUs during a job: its time is suspect
@@ -60,11 +61,21 @@ def group_columns(runs: pd.DataFrame) -> list[str]:
     return point_names() + (["sweep_field", "sweep_value"] if runs["sweep_field"].astype(bool).any() else [])
 
 
+def point_label(row) -> str:
+    """E.g. "numpy/default on cpu, env=old": the row's point, dimensions at their default left out (as a job's label)."""
+    extra = "".join(
+        f", {d.name}={getattr(row, d.name)}"
+        for d in job.DIMENSIONS
+        if d.name not in job.LABEL_NAMED and getattr(row, d.name, d.default) not in (d.default, "")
+    )
+    return f"{row.backend}/{row.variant} on {row.device}{extra}"
+
+
 def not_run(runs: pd.DataFrame) -> list[str]:
     """One line per (backend, variant, device) that did not run here, with the reason."""
     skipped = latest_attempts(runs)
     skipped = skipped[skipped["status"].isin(NOT_RUN)].drop_duplicates(point_names() + ["status", "error"])
-    return [f"{r.backend}/{r.variant} on {r.device}: {r.status}: {r.error}" for r in skipped.itertuples()]
+    return [f"{point_label(r)}: {r.status}: {r.error}" for r in skipped.itertuples()]
 
 
 def busy_warnings(runs: pd.DataFrame) -> list[str]:
@@ -72,7 +83,7 @@ def busy_warnings(runs: pd.DataFrame) -> list[str]:
     busy = latest_attempts(runs)
     busy = busy[busy["other_cpu_frac"] > BUSY_FRACTION]
     return [
-        f"{r.backend}/{r.variant} on {r.device}, repeat {r.repeat + 1} ({r.node}): machine busy, other processes used "
+        f"{point_label(r)}, repeat {r.repeat + 1} ({r.node}): machine busy, other processes used "
         f"{r.other_cpu_frac:.0%} of the CPUs; its times are suspect"
         for r in busy.itertuples()
     ]
