@@ -16,7 +16,7 @@ from framebench.errors import FrameBenchError
 from framebench.reports.compare import ONE_REPEAT, Group, Options, Tolerances, compare_groups
 from framebench.reports.stats import Interval, ratio_of_medians, repeats_to_settle
 from framebench.slowdown import slowdown_share
-from framebench.store.job import columns
+from framebench.store.job import DIMENSIONS, columns
 from framebench.store.tables import calibration_warnings
 
 NODE = {"machine": "box", "cpu": "Some CPU", "cores": 2, "kernel_settings": {}, "gpus": []}
@@ -46,7 +46,7 @@ def group(
         level = seconds * (levels[repeat] if levels else math.exp(rng.normal(0, between)))
         times = level * np.exp(rng.normal(0, within, EPOCHS))
         times[0] *= 3  # a slow first epoch, which must not count
-        keys = {"run_id": label, "backend": "numpy", "variant": "default", "device": "cpu", "dataset": "digits", "preset": "mlp"}
+        keys = {d.name: d.default for d in DIMENSIONS} | {"run_id": label, "backend": "numpy", "dataset": "digits", "preset": "mlp"}
         keys |= {"sweep_field": "", "sweep_value": "", "repeat": repeat, "seed": repeat, "attempt": 1}
         row = dict.fromkeys(columns("runs"), np.nan) | keys
         row |= {"node": "box", "host": "box", "status": "ok", "error": "", "threads": 2, "implementation": "abc"}

@@ -33,9 +33,9 @@ def imported_packages(path: Path) -> set[str]:
     """The framebench sub-packages a module imports, at any depth of its code (lazy imports too)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in getattr(node, "names", [])]
         if not isinstance(node, ast.Import | ast.ImportFrom):
             continue
+        names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [alias.name for alias in node.names]
         for name in names:
             parts = name.split(".")
             if parts[0] == "framebench" and len(parts) > 1 and parts[1] != "errors":

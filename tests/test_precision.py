@@ -85,6 +85,7 @@ def run_row(precision: str, epoch_s: float, acc: float) -> dict:
         "backend": "torch",
         "variant": "default",
         "device": "cpu",
+        "env": "current",
         "precision": precision,
         "sweep_field": "",
         "sweep_value": "",

@@ -343,7 +343,7 @@ def test_an_empty_or_nonsense_threshold_is_an_error_when_read(tmp_path, row):
     directory = results(tmp_path / "r", baseline_runs())
     path = tmp_path / "t.csv"
     thresholds_file(path, [("numpy", 0.9), ("jax", 0.9)])
-    path.write_text(path.read_text().replace("jax,3,,,0.9", row))
+    path.write_text(path.read_text().replace("jax,3,,,current,0.9", row))
     result = cli("check", str(directory), "--thresholds", str(path))
     assert result.returncode == 2 and "a threshold must be a number in [0, 1] and epochs a positive integer" in result.stderr
 
