@@ -48,6 +48,9 @@ def gpu_devices() -> list:
 
 
 class JaxClassifier(Classifier):
+    precisions = {"fp32": ("cpu", "gpu"), "bf16": ("cpu", "gpu"), "tf32": ("gpu",)}
+    precision_gaps = {"fp16": "fp16 needs dynamic loss scaling, which this hand-written JAX step does not implement; use bf16"}
+
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.jax_device = gpu_devices()[0] if self.device == "gpu" else jax.devices("cpu")[0]
@@ -78,12 +81,6 @@ class JaxClassifier(Classifier):
     @classmethod
     def tf32_enabled(cls) -> bool:
         return jax.config.jax_default_matmul_precision == "tensorfloat32"
-
-    @classmethod
-    def lacks_precision(cls, precision: str, device: str) -> str | None:
-        if precision == "fp16":
-            return "fp16 needs dynamic loss scaling, which this hand-written JAX step does not implement; use bf16"
-        return None if precision in ("fp32", "bf16") or device == "gpu" else super().lacks_precision(precision, device)
 
     def compute_dtype(self) -> str:
         """The output dtype of the first `dot_general` in the traced training loss."""

@@ -88,6 +88,8 @@ class KerasClassifier(Classifier):
     batches (`batched_dataset`)."""
 
     adam_form = "keras"
+    precisions = {"fp32": ("cpu", "gpu"), "bf16": ("cpu", "gpu"), "tf32": ("gpu",), "fp16": ("gpu",)}
+    precision_gaps = {"fp16": "fp16 (with loss scaling) is run on the GPU only; bf16 is the CPU's 16-bit training format"}
     STEPS_PER_EXECUTION = 64  # steps per compiled call; the step-loss metric still records each step
     # jit_compile per Keras backend. XLA fuses a step's small ops on TensorFlow (where Keras's own
     # "auto" means no XLA on a CPU; `KerasAuto` keeps that) and Keras uses it on JAX anyway. On
@@ -134,12 +136,6 @@ class KerasClassifier(Classifier):
     @classmethod
     def tf32_enabled(cls) -> bool:
         return cls.native().tf32_enabled()
-
-    @classmethod
-    def lacks_precision(cls, precision: str, device: str) -> str | None:
-        if precision == "fp16" and device == "cpu":
-            return "fp16 (with loss scaling) is run on the GPU only; bf16 is the CPU's 16-bit training format"
-        return None if precision in ("fp32", "bf16") or device == "gpu" else super().lacks_precision(precision, device)
 
     def compute_dtype(self) -> str:
         with keras.device(self.keras_device):

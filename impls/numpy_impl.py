@@ -88,6 +88,11 @@ class NumpyClassifier(Classifier):
     # float64 in the oracle (framebench.testing) and the finite-difference tests, where float32
     # rounding would swamp the comparison.
     dtype = np.float32
+    precision_gaps = dict.fromkeys(
+        ("bf16", "fp16"),
+        "NumPy has no 16-bit GEMM: np.matmul promotes ml_dtypes' bfloat16 operands to a float32 product, and multiplies "
+        "float16 without BLAS, so a NumPy 16-bit run would time conversions, not 16-bit products",
+    )
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -97,15 +102,6 @@ class NumpyClassifier(Classifier):
 
     def framework_version(self) -> str:
         return np.__version__
-
-    @classmethod
-    def lacks_precision(cls, precision: str, device: str) -> str | None:
-        if precision in ("bf16", "fp16"):
-            return (
-                f"NumPy has no {precision} GEMM: np.matmul promotes ml_dtypes' bfloat16 operands to a float32 product, and "
-                "multiplies float16 without BLAS, so a NumPy 16-bit run would time conversions, not 16-bit products"
-            )
-        return super().lacks_precision(precision, device)
 
     def compute_dtype(self) -> str:
         """The dtype of the first layer's product on one training sample."""

@@ -46,6 +46,10 @@ def tf_gpu_devices() -> list:
 
 
 class TFClassifier(Classifier):
+    precisions = {"fp32": ("cpu", "gpu"), "bf16": ("cpu", "gpu"), "tf32": ("gpu",)}
+    precision_gaps = {
+        "fp16": "fp16 needs dynamic loss scaling, which this low-level TensorFlow step does not implement; use bf16 (or keras)"
+    }
     jit_compile: ClassVar[bool] = True  # whether each step inside the epoch function is XLA-compiled
 
     def __init__(self, **kwargs) -> None:
@@ -89,12 +93,6 @@ class TFClassifier(Classifier):
     @classmethod
     def tf32_enabled(cls) -> bool:
         return tf.config.experimental.tensor_float_32_execution_enabled()
-
-    @classmethod
-    def lacks_precision(cls, precision: str, device: str) -> str | None:
-        if precision == "fp16":
-            return "fp16 needs dynamic loss scaling, which this low-level TensorFlow step does not implement; use bf16 (or keras)"
-        return None if precision in ("fp32", "bf16") or device == "gpu" else super().lacks_precision(precision, device)
 
     def compute_dtype(self) -> str:
         if self.matmul_dtype is None or self.matmul_dtype == tf.float32:

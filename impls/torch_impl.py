@@ -60,6 +60,8 @@ class MLP(nn.Module):
 
 
 class TorchClassifier(Classifier):
+    precisions = {"fp32": ("cpu", "gpu"), "bf16": ("cpu", "gpu"), "tf32": ("gpu",), "fp16": ("gpu",)}
+    precision_gaps = {"fp16": "fp16 (with loss scaling) is run on the GPU only; bf16 is the CPU's 16-bit training format"}
     compile_mode: ClassVar[str | None] = None  # torch.compile's mode for the module; None runs it eagerly
     # torch.optim's fused kernels (one call updates every parameter) rather than a loop over the
     # tensors, which matters where the optimiser is a large share of a step (small batches;
@@ -95,12 +97,6 @@ class TorchClassifier(Classifier):
     @classmethod
     def tf32_enabled(cls) -> bool:
         return torch.backends.cuda.matmul.allow_tf32
-
-    @classmethod
-    def lacks_precision(cls, precision: str, device: str) -> str | None:
-        if precision == "fp16" and device == "cpu":
-            return "fp16 (with loss scaling) is run on the GPU only; bf16 is the CPU's 16-bit training format"
-        return None if precision in ("fp32", "bf16") or device == "gpu" else super().lacks_precision(precision, device)
 
     def compute_dtype(self) -> str:
         if self.output_dtype is None or self.output_dtype == torch.float32:

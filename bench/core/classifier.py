@@ -36,6 +36,10 @@ class Classifier(ABC):
     # (1 - 0.999 is then off by 1.3e-5 relative at step 1). `framebench.core.optim` computes either
     # form's coefficients for backends that write Adam by hand; the NumPy oracle follows either.
     adam_form: ClassVar[str] = "torch"
+    # The precisions this class trains at, each with the devices it trains at it on.
+    precisions: ClassVar[dict[str, tuple[str, ...]]] = {"fp32": ("cpu", "gpu")}
+    # Why a precision missing above is missing, where that needs saying (it becomes the unsupported row's reason).
+    precision_gaps: ClassVar[dict[str, str]] = {}
     # Whether two runs with the same seed give bit-identical losses on the CPU.
     deterministic_on_cpu: ClassVar[bool] = True
     # What a plugin (FRAMEBENCH_PLUGINS) needs, read from its class when its entry is first looked up
@@ -97,13 +101,14 @@ class Classifier(ABC):
 
     @classmethod
     def lacks_precision(cls, precision: str, device: str) -> str | None:
-        """None if this class can train at `precision` on `device`, else the reason it cannot (the
-        job is `unsupported` with it; `framebench.testing` generates no check that needs it)."""
-        if precision == "fp32":
+        """None if this class can train at `precision` on `device` (`precisions` says), else the reason
+        it cannot (the job is `unsupported` with it; `framebench.testing` generates no check that needs it)."""
+        if device in cls.precisions.get(precision, ()):
             return None
         if precision == "tf32" and device == "cpu":
             return "tf32 is a GPU tensor-core format; CPUs have no TF32 products"
-        return f"{cls.__name__} trains in fp32 only"
+        where = ", ".join(f"{p} on {'/'.join(devices)}" for p, devices in cls.precisions.items())
+        return cls.precision_gaps.get(precision) or f"{cls.__name__} trains at {where} only"
 
     def compute_dtype(self) -> str:
         """The dtype the matrix products of the latest training step ran in, as `PRECISIONS` names
