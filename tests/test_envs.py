@@ -139,11 +139,11 @@ def synthetic_run(tmp_path, new_losses: list[float], new_time: float, new_acc: f
 def test_side_by_side_gives_ratio_difference_and_first_divergent_step(tmp_path):
     directory = synthetic_run(tmp_path, new_losses=[1.0, 0.9, 0.7], new_time=1.5, new_acc=0.93)
     table = environments.side_by_side(load_results(directory)).set_index("env")
-    assert table.loc["new", "time_ratio"] == pytest.approx(1.5)
+    assert table.loc["new", "time_ratio"].startswith("×1.500 [")  # the gate's interval beside the ratio
     assert table.loc["new", "d_acc"] == pytest.approx(-0.02)
     assert table.loc["new", "framework_version"] == "2.4.6"
     assert table.loc["new", "diverges_at"].startswith("epoch 1 step 3 ")  # 0.1/0.8 beyond step 3's 1e-4
-    assert table.loc["old", "time_ratio"] == pytest.approx(1.0)
+    assert table.loc["old", "time_ratio"] == "×1.000 [1.000, 1.000]"
     section = "\n".join(environments.report_section(load_results(directory)))
     assert "`old`: `numpy==2.3.5`" in section and "| numpy | default | cpu | new | 2.4.6 |" in section
 

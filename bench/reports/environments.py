@@ -1,5 +1,5 @@
 """report.md's side-by-side of a run's framework environments (--env): per backend, each environment's
-epoch time with its ratio to the first environment's, its accuracy with the difference, and the first
+epoch time with its ratio to the first environment's (with the gate's 95% interval), its accuracy with the difference, and the first
 training step whose loss differs from the first environment's beyond the conformance tolerance.
 
 The environments of one run train from the same weights on the same batches, so any step-loss
@@ -11,6 +11,8 @@ from __future__ import annotations
 import pandas as pd
 
 from framebench.core.metrics import TRAJECTORY_RTOL
+from framebench.reports.compare import steady_epochs
+from framebench.reports.stats import ratio_of_medians
 from framebench.store.job import OK, point_names
 from framebench.store.tables import latest_attempts, to_markdown
 
@@ -29,9 +31,11 @@ COLUMNS = [
 ]
 
 
-def time_ratio(base: pd.Series, new: pd.Series) -> float:
-    """New's epoch time over base's: the ratio of the medians over repeats."""
-    return new.median() / base.median()
+def time_ratio(base: pd.DataFrame, new: pd.DataFrame, epochs: pd.DataFrame) -> str:
+    """New's steady-state epoch time over base's with the gate's 95% interval (framebench.reports.stats:
+    repeats, then epochs within each, resampled), e.g. "×1.24 [1.19, 1.30]"."""
+    effect = ratio_of_medians(steady_epochs(base, epochs), steady_epochs(new, epochs))
+    return f"×{effect.estimate:.3f} [{effect.low:.3f}, {effect.high:.3f}]"
 
 
 def tolerance(step: int, optimizer: str) -> float:
@@ -80,7 +84,7 @@ def side_by_side(tables: dict) -> pd.DataFrame:
                     "framework_version": ", ".join(sorted(set(group[group["env"] == env]["framework_version"]) - {""})) or "-",
                     "runs_ok": len(mine),
                     "epoch_s": mine["median_epoch_s"].median(),
-                    "time_ratio": time_ratio(base["median_epoch_s"], mine["median_epoch_s"]) if len(base) and len(mine) else None,
+                    "time_ratio": time_ratio(base, mine, tables["epochs"]) if len(base) and len(mine) else None,
                     "test_acc": mine["final_test_acc"].median(),
                     "d_acc": mine["final_test_acc"].median() - base["final_test_acc"].median() if len(base) and len(mine) else None,
                     "diverges_at": "-"
@@ -104,8 +108,8 @@ def report_section(tables: dict) -> list[str]:
         "## Framework environments",
         "",
         "Each backend in each environment, side by side: the steady-state epoch time (median over repeats) and its ratio "
-        "to the first environment's, the test accuracy and its difference, and the first training step (repeat 1) whose "
-        "loss differs from the first environment's beyond the conformance suite's tolerance (same weights, same batches: "
+        "to the first environment's (with a 95% interval: repeats, then epochs, resampled), the test accuracy and its "
+        "difference, and the first training step (repeat 1) whose loss differs from the first environment's beyond the conformance suite's tolerance (same weights, same batches: "
         "a difference there is the framework's arithmetic).",
         "",
         *[f"- `{name}`: {'; '.join(f'`{r}`' for r in requirements) or 'the lock as it is'}" for name, requirements in specs.items()],
