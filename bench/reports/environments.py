@@ -109,8 +109,8 @@ def report_section(tables: dict) -> list[str]:
         "",
         "Each backend in each environment, side by side: the steady-state epoch time (median over repeats) and its ratio "
         "to the first environment's (with a 95% interval: repeats, then epochs, resampled), the test accuracy and its "
-        "difference, and the first training step (repeat 1) whose loss differs from the first environment's beyond the conformance suite's tolerance (same weights, same batches: "
-        "a difference there is the framework's arithmetic).",
+        "difference, and the first training step (repeat 1) whose loss differs from the first environment's beyond the "
+        "conformance suite's tolerance (same weights, same batches: a difference there is the framework's arithmetic).",
         "",
         *[f"- `{name}`: {'; '.join(f'`{r}`' for r in requirements) or 'the lock as it is'}" for name, requirements in specs.items()],
         "",
