@@ -7,6 +7,7 @@ build they take seconds; no timing is asserted anywhere."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 
@@ -20,8 +21,10 @@ from framebench.driver.runner import RunRequest, matrix_of, merged_envs, new_con
 from framebench.errors import FrameBenchError
 from framebench.reports import environments
 from framebench.reports.compare import Tolerances, run_compare_envs
+from framebench.reports.plots import draw_all
 from framebench.store.job import Job, columns, key_columns
 from framebench.store.results import load_results
+from framebench.store.tables import summary
 from tests.conftest import framebench, printed_directory
 
 OLD, NEW = "numpy==2.3.5", "numpy==2.4.6"  # two NumPy minors the registry serves for Python 3.11
@@ -90,43 +93,46 @@ def test_the_address_changes_with_the_overrides_and_the_lock_leaves_out_what_the
     assert any(line.startswith("pandas==") for line in base)
 
 
-def synthetic_run(tmp_path, new_losses: list[float], new_time: float, new_acc: float):
-    """A results directory with numpy in environments old and new (2 repeats), as the driver writes it."""
+def synthetic_run(tmp_path, new_losses: list[float], new_time: float, new_acc: float, precisions: dict[str, float] | None = None):
+    """A results directory with numpy in environments old and new (2 repeats), as the driver writes it;
+    at each of `precisions` ({precision: its time factor}; fp32 alone by default)."""
     directory = tmp_path / "run"
     directory.mkdir()
     runs, steps = [], []
-    for repeat in range(2):
-        for env, losses, seconds, acc, version in (
-            ("old", [1.0, 0.9, 0.8], 1.0, 0.95, "2.3.5"),
-            ("new", new_losses, new_time, new_acc, "2.4.6"),
-        ):
-            key = {
-                "run_id": "run",
-                "backend": "numpy",
-                "variant": "default",
-                "device": "cpu",
-                "env": env,
-                "sweep_value": "",
-                "repeat": repeat,
+    for repeat, (precision, factor), (env, losses, seconds, acc, version) in itertools.product(
+        range(2),
+        (precisions or {"fp32": 1.0}).items(),
+        (("old", [1.0, 0.9, 0.8], 1.0, 0.95, "2.3.5"), ("new", new_losses, new_time, new_acc, "2.4.6")),
+    ):
+        seconds *= factor
+        key = {
+            "run_id": "run",
+            "backend": "numpy",
+            "variant": "default",
+            "device": "cpu",
+            "env": env,
+            "precision": precision,
+            "sweep_value": "",
+            "repeat": repeat,
+        }
+        runs.append(
+            {
+                **key,
+                "dataset": "digits",
+                "preset": "ci",
+                "sweep_field": "",
+                "seed": repeat,
+                "attempt": 1,
+                "node": "n",
+                "status": "ok",
+                "median_epoch_s": seconds * (1 + repeat / 100),
+                "final_test_acc": acc,
+                "framework_version": version,
+                "threads": 1,
+                "implementation": "abc",
             }
-            runs.append(
-                {
-                    **key,
-                    "dataset": "digits",
-                    "preset": "ci",
-                    "sweep_field": "",
-                    "seed": repeat,
-                    "attempt": 1,
-                    "node": "n",
-                    "status": "ok",
-                    "median_epoch_s": seconds * (1 + repeat / 100),
-                    "final_test_acc": acc,
-                    "framework_version": version,
-                    "threads": 1,
-                    "implementation": "abc",
-                }
-            )
-            steps += [{**key, "attempt": 1, "epoch": 1, "step": s, "loss": loss} for s, loss in enumerate(losses, start=1)]
+        )
+        steps += [{**key, "attempt": 1, "epoch": 1, "step": s, "loss": loss} for s, loss in enumerate(losses, start=1)]
     for table, rows in (("runs", runs), ("steps", steps)):
         pd.DataFrame(rows).reindex(columns=columns(table)).to_csv(directory / f"{table}.csv", index=False)
     pd.DataFrame(columns=columns("epochs")).to_csv(directory / "epochs.csv", index=False)
@@ -139,13 +145,23 @@ def synthetic_run(tmp_path, new_losses: list[float], new_time: float, new_acc: f
 def test_side_by_side_gives_ratio_difference_and_first_divergent_step(tmp_path):
     directory = synthetic_run(tmp_path, new_losses=[1.0, 0.9, 0.7], new_time=1.5, new_acc=0.93)
     table = environments.side_by_side(load_results(directory)).set_index("env")
-    assert table.loc["new", "time_ratio"].startswith("×1.500 [")  # the gate's interval beside the ratio
+    assert table.loc["new", "time_ratio"] == pytest.approx(1.5) and table.loc["new", "time_95"].startswith("[")
     assert table.loc["new", "d_acc"] == pytest.approx(-0.02)
     assert table.loc["new", "framework_version"] == "2.4.6"
     assert table.loc["new", "diverges_at"].startswith("epoch 1 step 3 ")  # 0.1/0.8 beyond step 3's 1e-4
-    assert table.loc["old", "time_ratio"].startswith("×1.000 [")
+    assert table.loc["old", "time_ratio"] == pytest.approx(1.0)
     section = "\n".join(environments.report_section(load_results(directory)))
-    assert "`old`: `numpy==2.3.5`" in section and "| numpy | default | cpu | new | 2.4.6 |" in section
+    assert "`old`: `numpy==2.3.5`" in section and "| numpy | default | cpu | fp32 |  | new | 2.4.6 |" in section
+
+
+def test_environments_are_compared_at_each_precision_not_pooled_and_drawn(tmp_path):
+    directory = synthetic_run(tmp_path, new_losses=[1.0, 0.9, 0.8], new_time=1.5, new_acc=0.95, precisions={"fp32": 1.0, "bf16": 4.0})
+    tables = load_results(directory)
+    table = environments.side_by_side(tables).set_index(["precision", "env"])
+    assert len(table) == 4
+    assert table.loc[("bf16", "new"), "time_ratio"] == pytest.approx(1.5) and table.loc[("bf16", "old"), "epoch_s"] == pytest.approx(4.02)
+    assert table.loc[("bf16", "new"), "diverges_at"] == "none"
+    assert draw_all(directory, tables, summary(tables["runs"])) == ["environments.png"]
 
 
 def test_steps_within_the_tolerance_do_not_diverge(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from framebench.core import registry
 from framebench.core.config import Sweep, precision_mismatch, resolve
 from framebench.core.gemm import with_efficiencies
-from framebench.driver.runner import JobState, Matrix, RunRequest, plan, summarize
+from framebench.driver.runner import JobState, Matrix, RunRequest, new_config, plan, summarize
 from framebench.errors import FrameBenchError
 from framebench.reports.precision import precision_table, verdict
 from framebench.store.job import End, Job, Setup, accuracy_key_columns, columns
@@ -152,3 +152,10 @@ def test_conformance_items_carry_their_precision_and_none_is_generated_for_a_dec
 )
 def test_the_study_says_whether_faster_gemms_made_a_faster_epoch(speedup, gemm_speedup, says):
     assert says in verdict(speedup, gemm_speedup)
+
+
+def test_a_precision_sweep_is_planned_once_per_precision_and_a_repeated_one_refused():
+    config = new_config(RunRequest(backends="torch", sweep="precision=fp32,bf16"), {}, {})
+    assert config["sweep"] == {"field": "precision", "values": ["fp32", "bf16"]}
+    with pytest.raises(FrameBenchError, match="needs distinct values"):
+        new_config(RunRequest(backends="torch", sweep="precision=fp32,fp32"), {}, {})

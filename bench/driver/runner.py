@@ -497,7 +497,8 @@ def new_config(request: RunRequest, model_overrides: dict, train_overrides: dict
     points = [sweep.apply(model, train, request.threads, value) for value in sweep.values]  # each value valid before anything runs
     for _, _, threads in points:
         check_threads(threads, request.oversubscribe, "--sweep threads=")
-    if len(set(points)) != len(points):
+    precisions = sweep.values if sweep.field == "precision" else [""] * len(points)  # a precision sweep leaves the configuration alone
+    if len(set(zip(points, precisions, strict=True))) != len(points):
         raise FrameBenchError(f"--sweep {request.sweep} gives the same configuration twice (e.g. 64 and 064); name each value once")
     return {
         "format_version": FORMAT_VERSION,

@@ -12,30 +12,22 @@ import pandas as pd
 
 from framebench.core.metrics import TRAJECTORY_RTOL
 from framebench.reports.compare import steady_epochs
-from framebench.reports.stats import ratio_of_medians
+from framebench.reports.stats import Interval, ratio_of_medians
 from framebench.store.job import OK, point_names
 from framebench.store.tables import latest_attempts, to_markdown
 
-COLUMNS = [
-    "backend",
-    "variant",
-    "device",
-    "env",
-    "framework_version",
-    "runs_ok",
-    "epoch_s",
-    "time_ratio",
-    "test_acc",
-    "d_acc",
-    "diverges_at",
-]
+COLUMNS = ["env", "framework_version", "runs_ok", "epoch_s", "time_ratio", "time_95", "test_acc", "d_acc", "diverges_at"]
 
 
-def time_ratio(base: pd.DataFrame, new: pd.DataFrame, epochs: pd.DataFrame) -> str:
+def compared_point() -> list[str]:
+    """What one environment is compared with another at: every dimension but the environment."""
+    return [name for name in [*point_names(), "sweep_value"] if name != "env"]
+
+
+def time_ratio(base: pd.DataFrame, new: pd.DataFrame, epochs: pd.DataFrame) -> Interval:
     """New's steady-state epoch time over base's with the gate's 95% interval (framebench.reports.stats:
-    repeats, then epochs within each, resampled), e.g. "×1.24 [1.19, 1.30]"."""
-    effect = ratio_of_medians(steady_epochs(base, epochs), steady_epochs(new, epochs))
-    return f"×{effect.estimate:.3f} [{effect.low:.3f}, {effect.high:.3f}]"
+    repeats, then epochs within each, resampled)."""
+    return ratio_of_medians(steady_epochs(base, epochs), steady_epochs(new, epochs))
 
 
 def tolerance(step: int, optimizer: str) -> float:
@@ -62,41 +54,42 @@ def first_divergence(base: pd.DataFrame, new: pd.DataFrame, optimizer: str) -> s
 
 
 def side_by_side(tables: dict) -> pd.DataFrame:
-    """One row per (backend, variant, device, environment), the environments in the run's order."""
+    """One row per point of the matrix (backend, variant, device, precision, sweep value, ...) and
+    environment, the environments in the run's order, each compared with the first one at that point."""
     runs = latest_attempts(tables["runs"])
     ok = runs[runs["status"] == OK]
-    steps = tables["steps"].merge(ok[["backend", "variant", "device", "env", "repeat", "attempt"]], how="inner")
+    point = compared_point()
+    steps = tables["steps"].merge(ok[[*point, "env", "repeat", "attempt"]], how="inner")
     order = list(dict.fromkeys(runs["env"]))
     optimizer = tables["config"].get("train", {}).get("optimizer", "adam")
     rows = []
-    for (backend, variant, device), group in runs.groupby(["backend", "variant", "device"], sort=False):
-        base_env = order[0]
-        base = ok[(ok["backend"] == backend) & (ok["variant"] == variant) & (ok["device"] == device) & (ok["env"] == base_env)]
-        in_point = (steps["backend"] == backend) & (steps["variant"] == variant) & (steps["device"] == device)
+    for key, group in runs.groupby(point, sort=False):
+        ok_here, steps_here = (rows[(rows[point] == list(key)).all(axis=1)] for rows in (ok, steps))
+        base = ok_here[ok_here["env"] == order[0]]
         for env in [e for e in order if e in set(group["env"])]:
-            mine = ok[(ok["backend"] == backend) & (ok["variant"] == variant) & (ok["device"] == device) & (ok["env"] == env)]
+            mine = ok_here[ok_here["env"] == env]
+            effect = time_ratio(base, mine, tables["epochs"]) if len(base) and len(mine) else None
             rows.append(
                 {
-                    "backend": backend,
-                    "variant": variant,
-                    "device": device,
+                    **dict(zip(point, key, strict=True)),
                     "env": env,
                     "framework_version": ", ".join(sorted(set(group[group["env"] == env]["framework_version"]) - {""})) or "-",
                     "runs_ok": len(mine),
                     "epoch_s": mine["median_epoch_s"].median(),
-                    "time_ratio": time_ratio(base, mine, tables["epochs"]) if len(base) and len(mine) else None,
+                    "time_ratio": effect.estimate if effect else None,
+                    "time_95": f"[{effect.low:.3f}, {effect.high:.3f}]" if effect else "-",
                     "test_acc": mine["final_test_acc"].median(),
-                    "d_acc": mine["final_test_acc"].median() - base["final_test_acc"].median() if len(base) and len(mine) else None,
+                    "d_acc": mine["final_test_acc"].median() - base["final_test_acc"].median() if effect else None,
                     "diverges_at": "-"
-                    if env == base_env
+                    if env == order[0]
                     else first_divergence(
-                        steps[in_point & (steps["env"] == base_env)][["repeat", "epoch", "step", "loss"]],
-                        steps[in_point & (steps["env"] == env)][["repeat", "epoch", "step", "loss"]],
+                        steps_here[steps_here["env"] == order[0]][["repeat", "epoch", "step", "loss"]],
+                        steps_here[steps_here["env"] == env][["repeat", "epoch", "step", "loss"]],
                         optimizer,
                     ),
                 }
             )
-    return pd.DataFrame(rows, columns=COLUMNS)
+    return pd.DataFrame(rows, columns=[*point, *COLUMNS])
 
 
 def report_section(tables: dict) -> list[str]:

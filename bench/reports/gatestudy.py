@@ -32,6 +32,7 @@ from scipy.stats import binomtest
 
 from framebench.errors import FrameBenchError
 from framebench.reports.compare import Group, Options, Tolerances, compare_groups, held_back
+from framebench.reports.plots import save_figure
 from framebench.store.results import load_results
 from framebench.store.tables import BUSY_FRACTION, latest_attempts, to_markdown
 
@@ -289,7 +290,7 @@ def write_figure(table: pd.DataFrame, settings: Settings, path: Path) -> None:
     axis.set_title("The regression gate on A/A and injected-slowdown pairs")
     axis.legend(fontsize=8, loc="upper left")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    save_figure(figure, path)
     plt.close(figure)
 
 

@@ -189,8 +189,13 @@ def plot_environments(table: pd.DataFrame, path: Path) -> None:
     """Each backend's epoch time in each environment (environments.side_by_side), its ratio to the first
     environment's written beside the bar; the first environment's bars plain, the others hatched."""
     table = table.dropna(subset=["epoch_s"]).iloc[::-1]
-    labels = [f"{b}/{v} ({d}) in {e}" for b, v, d, e in zip(table["backend"], table["variant"], table["device"], table["env"], strict=True)]
-    first = table["env"] == table.groupby(["backend", "variant", "device"])["env"].transform("last")  # reversed: last is first
+    point = environments.compared_point()
+    varying = [c for c in point if c not in SERIES and table[c].nunique() > 1]  # shown only where they tell rows apart
+    labels = [
+        f"{row.backend}/{row.variant} ({', '.join([row.device, *(str(getattr(row, c)) for c in varying)])}) in {row.env}"
+        for row in table.itertuples()
+    ]
+    first = table["env"] == table.groupby(point)["env"].transform("last")  # reversed: last is first
     fig, axes = plt.subplots(figsize=(9, 0.45 * len(table) + 1.6))
     bars = axes.barh(labels, table["epoch_s"], color=[colour(b) for b in table["backend"]])
     for bar, is_first, ratio in zip(bars, first, table["time_ratio"], strict=True):
@@ -206,7 +211,7 @@ def plot_environments(table: pd.DataFrame, path: Path) -> None:
     axes.tick_params(axis="y", labelsize=8)
     axes.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from framebench.reports.plots import save_figure
 from framebench.store.tables import not_run, summary, to_markdown
 
 BASELINE = "fp32"
@@ -131,7 +132,7 @@ def plot_study(tables: dict[str, pd.DataFrame], path: Path) -> bool:
         axes.grid(axis="y", alpha=0.3)
         axes.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
     return True
 
