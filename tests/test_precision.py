@@ -136,7 +136,10 @@ def test_unsupported_and_ineffective_precisions_are_rows_with_the_reason(tmp_pat
     declined = framebench(*common, str(tmp_path / "b"), env=plugin)
     assert declined.returncode == 0, declined.stderr[-2000:]
     runs = read_table(Path(printed_directory(declined)), "runs").set_index("precision")
-    assert runs.loc["bf16", "status"] == "unsupported" and runs.loc["bf16", "error"] == "FakeClassifier trains in fp32 only"
+    assert runs.loc["bf16", "status"] == "unsupported" and runs.loc["bf16", "error"] == "FakeClassifier trains at fp32 on cpu/gpu only"
+    resumed = framebench("run", "--resume", printed_directory(declined), env=plugin)  # nothing left to run: the ok one stays ok
+    assert resumed.returncode == 0 and "1 job(s) already ok" in resumed.stderr and "0 to run" in resumed.stderr, resumed.stderr[-2000:]
+    assert len(read_table(Path(printed_directory(declined)), "runs")) == 2  # an unsupported job is not tried again
 
 
 def test_conformance_items_carry_their_precision_and_none_is_generated_for_a_declined_one():

@@ -18,6 +18,7 @@ import pytest
 
 from framebench.core.gemm import MAX_CREDIBLE_EFFICIENCY, PROBE_DISAGREEMENT, step_gemms
 from framebench.errors import FrameBenchError
+from framebench.reports.compare import version_notes
 from framebench.store.job import columns
 from framebench.store.results import append_rows, load_results, write_json
 from framebench.store.tables import BUSY_FRACTION, busy_warnings
@@ -319,6 +320,16 @@ def test_check_passes_only_runs_it_verified(tmp_path):
     )
 
 
+def test_check_notes_an_unsupported_run_and_thresholds_leave_it_out(tmp_path):
+    runs = baseline_runs()
+    runs[2] = {**runs[2], "status": "unsupported", "error": "no bf16 here", "final_test_acc": None}
+    directory = results(tmp_path / "r", runs)
+    result = cli("check", str(directory), "--thresholds", thresholds_file(tmp_path / "t.csv", [("numpy", 0.0), ("jax", 0.0)]))
+    assert result.returncode == 0 and "unsupported (no bf16 here)" in result.stdout
+    derived = cli("thresholds", str(directory))
+    assert derived.returncode == 0 and "mlp,digits,3,,numpy,,current,fp32,0.94,0.95,2," in derived.stdout
+
+
 @pytest.mark.parametrize("status", ["failed", "diverged", "timeout", "interrupted", "unavailable"])
 def test_check_fails_a_run_that_did_not_finish_ok_whatever_the_thresholds(tmp_path, status):
     runs = baseline_runs()
@@ -512,3 +523,11 @@ def test_the_perf_table_keeps_every_preset_of_a_backend(tmp_path):
         ["tutorial000", "numpy"],
         ["tutorial000", "jax"],
     ]
+
+
+def test_version_notes_pair_rows_at_the_same_point_and_leave_out_rows_without_a_version():
+    base = pd.DataFrame([run_row("numpy", 0, 1.0, 0.9, framework_version="2.3"), run_row("numpy", 0, 1.0, 0.9, precision="bf16")])
+    new = pd.DataFrame([run_row("numpy", 0, 1.0, 0.9, framework_version="2.4"), run_row("jax", 0, 1.0, 0.9, framework_version="0.9")])
+    base.loc[1, "framework_version"] = ""
+    assert version_notes(base, new) == ["numpy: 2.3 -> 2.4"]
+    assert version_notes(new, new) == []

@@ -66,7 +66,8 @@ from framebench.store.tables import BUSY_FRACTION, calibration_drifted
 
 DEVICE_CHOICES = ("cpu", "gpu", "auto", "all")
 # A results directory holds one experiment: appending with any of these different is refused.
-IDENTITY = ("preset", "dataset", "model", "train", "threads", "sweep", "target_acc")
+IDENTITY = ("preset", "dataset", "model", "train", "threads", "sweep", "target_acc", "floors")
+SETTLED = (OK, "unsupported")  # a job whose latest attempt ended so is not run again: unsupported depends on the configuration alone
 STEP_ROW_BYTES = 80  # a steps.csv row, generously, for the free-space check before a matrix starts
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
@@ -665,13 +666,11 @@ def run_in(directory: Path, request: RunRequest, config: dict, executor: Executo
     jobs = [
         dataclasses.replace(job, attempt=previous.get(job.key(), ("", 0))[1] + 1)
         for job in planned
-        if previous.get(job.key(), ("",))[0] != "ok"
+        if previous.get(job.key(), ("",))[0] not in SETTLED
     ]
+    already_ok = sum(1 for status, _ in previous.values() if status == OK)
     if previous:
-        print(
-            f"{sum(1 for status, _ in previous.values() if status == 'ok')} job(s) already ok in {directory}; {len(jobs)} to run",
-            file=sys.stderr,
-        )
+        print(f"{already_ok} job(s) already ok in {directory}; {len(jobs)} to run", file=sys.stderr)
     steps = sum(
         math.ceil(
             (j.config["train"]["steps_per_epoch"] * j.config["train"]["batch_size"] or len(data.y_train)) / j.config["train"]["batch_size"]
@@ -717,7 +716,7 @@ def run_in(directory: Path, request: RunRequest, config: dict, executor: Executo
             signal.signal(name, handler)
     statuses = {row["status"] for row in rows}
     if not jobs or statuses <= {OK, *NOT_RUN}:
-        return 0 if "ok" in statuses or not jobs else 1
+        return 0 if OK in statuses or already_ok or not jobs else 1
     return 1
 
 

@@ -36,7 +36,7 @@ import pandas as pd
 
 from framebench.errors import FrameBenchError
 from framebench.reports.stats import Interval, difference_of_medians, ratio_of_medians, repeats_to_settle
-from framebench.store.job import NOT_RUN, key_columns, series_columns
+from framebench.store.job import NOT_RUN, key_columns, point_names, series_columns
 from framebench.store.results import load_results, node_environments
 from framebench.store.tables import BUSY_FRACTION, escape_markdown, format_table, latest_attempts, to_markdown
 
@@ -88,7 +88,7 @@ class Group:
 class Options:
     tolerances: Tolerances  # --acc-tol and --time-tol
     compare_accuracy: bool  # whether the training configurations allow comparing accuracy
-    compare_time: bool  # whether timings are compared at all (not with --accuracy-only, nor across TF32 settings)
+    compare_time: bool  # whether timings are compared at all (not with --accuracy-only)
     any_machine: bool = False  # --allow-env-diff: timings compared whatever the nodes' fingerprints
 
 
@@ -325,15 +325,17 @@ def differences(base: dict, new: dict) -> tuple[list[str], list[str], list[str]]
     base_prints, new_prints = set(fingerprints(base["env"]).values()), set(fingerprints(new["env"]).values())
     if base_prints != new_prints:
         machine.append(f"nodes: {sorted(base_prints - new_prints)} in BASE only, {sorted(new_prints - base_prints)} in NEW only")
-    notes = []
-    versions = (
-        base["runs"][["backend", "framework_version"]]
-        .merge(new["runs"][["backend", "framework_version"]], on="backend", suffixes=("_base", "_new"))
-        .drop_duplicates()
-    )
-    for row in versions[versions["framework_version_base"] != versions["framework_version_new"]].itertuples():
-        notes.append(f"{row.backend}: {row.framework_version_base} -> {row.framework_version_new}")
-    return config, machine, notes
+    return config, machine, version_notes(base["runs"], new["runs"])
+
+
+def version_notes(base: pd.DataFrame, new: pd.DataFrame) -> list[str]:
+    """One line per backend whose framework version differs between the two sides, at the same point of
+    the matrix (rows that never reached the framework, with no version, left out)."""
+    point = [c for c in point_names() if c != "variant"]
+    sides = [rows.loc[rows["framework_version"] != "", [*point, "framework_version"]].drop_duplicates() for rows in (base, new)]
+    versions = sides[0].merge(sides[1], on=point, suffixes=("_base", "_new"))
+    changed = versions[versions["framework_version_base"] != versions["framework_version_new"]]
+    return list(dict.fromkeys(f"{r.backend}: {r.framework_version_base} -> {r.framework_version_new}" for r in changed.itertuples()))
 
 
 def exit_status(table: pd.DataFrame, fully_compared: bool) -> tuple[int, str]:
@@ -363,6 +365,8 @@ def run_compare_envs(
     tolerances.validate()
     tables = load_results(directory)
     groups = []
+    if base_env == new_env:
+        raise FrameBenchError(f"--base-env and --new-env both name {base_env}: name two environments of {directory}")
     for flag, name, label in (("--base-env", base_env, "BASE"), ("--new-env", new_env, "NEW")):
         runs = tables["runs"][tables["runs"]["env"] == name]
         if runs.empty:
@@ -373,12 +377,7 @@ def run_compare_envs(
         groups.append(Group(runs.assign(env=both), epochs.assign(env=both), tables["env"], label))
     options = Options(tolerances, compare_accuracy=True, compare_time=not accuracy_only)
     table = compare_groups(*groups, options)
-    base_runs, new_runs = groups[0].runs, groups[1].runs
-    versions = [
-        f"note: {backend}: {' '.join(sorted(set(base_runs['framework_version'][base_runs['backend'] == backend])))} -> "
-        f"{' '.join(sorted(set(new_runs['framework_version'][new_runs['backend'] == backend])))}"
-        for backend in sorted(set(base_runs["backend"]) & set(new_runs["backend"]))
-    ]
+    versions = [f"note: {line}" for line in version_notes(groups[0].runs, groups[1].runs)]
     sides = {"base": f"environment {base_env} of {directory}", "new": f"environment {new_env}"}
     return finish_comparison(table, versions, sides, options, accuracy_only, markdown, json_file)
 

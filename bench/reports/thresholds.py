@@ -37,6 +37,7 @@ def derive(directories: list[str], margin: float) -> pd.DataFrame:
     runs = pd.concat([runs_with_epochs(d) for d in directories])
     if runs.empty:
         raise FrameBenchError(f"no runs in {', '.join(directories)}; thresholds come from measured runs")
+    runs = runs[runs["status"] != "unsupported"]  # declined by its configuration alone: it has no accuracy to keep
     bad = runs[(runs["status"] != "ok") | runs["final_test_acc"].isna()]
     if not bad.empty:
         raise FrameBenchError(
@@ -101,7 +102,9 @@ def check(directory: str, thresholds_path: Path, *, allow_missing: bool) -> tupl
             f"{run.backend}/{run.variant} on {run.device} ({run.preset}, {run.dataset}, {run.precision}, {run.epochs} epochs{sweep}, "
             f"repeat {run.repeat + 1})"
         )
-        if run.status != "ok":
+        if run.status == "unsupported":  # the configuration alone declines it: nothing to verify, ever
+            notes.append(f"{where}: unsupported ({run.error})")
+        elif run.status != "ok":
             failures.append(f"{where}: run {run.status}" + (f" ({run.error})" if run.error else "") + "; its accuracy is not verified")
         elif pd.isna(run.final_test_acc):
             failures.append(f"{where}: ok but without a test accuracy")
