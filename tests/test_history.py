@@ -18,7 +18,7 @@ import pytest
 
 from framebench.driver.cli import main
 from framebench.history.changes import ACCURACY, TIME, detect
-from framebench.history.commands import all_changes
+from framebench.history.commands import all_changes, label
 from framebench.history.series import export_parquet, load_history
 from framebench.store.job import columns
 from framebench.store.results import append_rows, write_json
@@ -349,3 +349,18 @@ def test_the_site_renders_in_chromium_and_its_change_links_reach_the_runs(tmp_pa
     chromium.open(link[0])
     assert chromium.evaluate("document.getElementById(location.hash.slice(1)).cells[0].textContent") == "r04"
     assert chromium.evaluate("document.getElementById(location.hash.slice(1)).cells[2].textContent") == "c04abcdef0"
+
+
+def test_a_label_names_every_dimension_off_its_default_so_series_of_two_precisions_read_apart():
+    run = {
+        "backend": "torch",
+        "variant": "default",
+        "device": "cpu",
+        "preset": "mlp",
+        "dataset": "mnist",
+        "sweep_field": "",
+        "sweep_value": "",
+    }
+    fp32, bf16 = pd.Series({**run, "env": "current", "precision": "fp32"}), pd.Series({**run, "env": "new", "precision": "bf16"})
+    assert label(fp32) == "torch/default cpu mlp mnist"
+    assert label(bf16) == "torch/default cpu mlp mnist env=new precision=bf16"

@@ -8,7 +8,10 @@ import pandas as pd
 
 from framebench.history.changes import METRICS, Change, Metric, detect
 from framebench.history.series import History, export_parquet, load_history, series_key
+from framebench.store.job import DIMENSIONS
 from framebench.store.tables import format_table
+
+SPELLED_OUT = ("backend", "variant", "device", "sweep_value")  # the dimensions a label names in its own words
 
 
 @dataclass(frozen=True)
@@ -37,9 +40,13 @@ def short_commit(commit: str) -> str:
 
 
 def label(run: pd.Series) -> str:
-    """backend/variant device preset [dataset] [sweep], as a reader names a benchmark."""
+    """backend/variant device preset dataset [sweep] [every other dimension not at its default], as a
+    reader names a benchmark (`numpy/default cpu mlp mnist precision=bf16`)."""
     sweep = f" {run['sweep_field']}={run['sweep_value']}" if run["sweep_field"] else ""
-    return clean(f"{run['backend']}/{run['variant']} {run['device']} {run['preset']} {run['dataset']}{sweep}")
+    others = "".join(
+        f" {d.name}={run[d.name]}" for d in DIMENSIONS if d.name not in SPELLED_OUT and run.get(d.name, "") not in ("", d.default)
+    )
+    return clean(f"{run['backend']}/{run['variant']} {run['device']} {run['preset']} {run['dataset']}{sweep}{others}")
 
 
 def value(number: float, metric: Metric) -> str:

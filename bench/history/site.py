@@ -22,6 +22,7 @@ from framebench.errors import FrameBenchError
 from framebench.history.changes import ACCURACY, TIME, Metric
 from framebench.history.commands import Found, clean, effect_text, label, short_commit, value
 from framebench.history.series import History
+from framebench.store.job import key_columns, series_columns
 
 MARKER = ".framebench-site"  # marks a folder this module wrote, so --out never replaces anything else
 LATEST_LOSS_RUNS = 3  # loss curves overlaid on a key's page: its latest runs
@@ -116,13 +117,8 @@ def loss_figure(history: History, runs: pd.DataFrame) -> go.Figure:
     latest = runs.sort_values("run_time").drop_duplicates("directory", keep="last").tail(LATEST_LOSS_RUNS)
     for run in latest.itertuples():
         epochs = history.epochs
-        mine = epochs[
-            (epochs["directory"] == run.directory)
-            & (epochs["backend"] == key["backend"])
-            & (epochs["variant"] == key["variant"])
-            & (epochs["device"] == key["device"])
-            & (epochs["sweep_value"] == key["sweep_value"])
-        ]
+        point = [c for c in key_columns() if c != "repeat"]
+        mine = epochs[(epochs["directory"] == run.directory) & (epochs[point] == key[point].tolist()).all(axis=1)]
         curves = mine.groupby("epoch")[["train_loss", "test_loss"]].median()
         if curves.empty:
             continue
@@ -219,8 +215,9 @@ def frameworks_page(history: History) -> str:
     """At each configuration's latest run, every backend side by side; the newest directory's failures listed."""
     latest = history.runs.groupby("series", sort=False).tail(1)
     body = ""
-    group = ["device", "dataset", "preset", "sweep_field", "sweep_value", "config", "machine"]
+    group = [c for c in series_columns() if c not in ("backend", "variant")] + ["config", "machine"]
     for number, (key, rows) in enumerate(latest.groupby(group, sort=False)):
+        where = dict(zip(group, key, strict=True))
         names = [esc(f"{r.backend}/{r.variant}") for r in rows.itertuples()]
         figure = go.Figure(
             [
@@ -229,7 +226,9 @@ def frameworks_page(history: History) -> str:
             ]
         )
         figure.update_layout(barmode="group", yaxis={"title": "epoch s"}, yaxis2={"title": "accuracy", "overlaying": "y", "side": "right"})
-        title = " ".join(clean(part) for part in key[:5] if part) + f" (machine {key[6]}, config {key[5]})"
+        title = (
+            " ".join(clean(where[name]) for name in group[:-2] if where[name]) + f" (machine {where['machine']}, config {where['config']})"
+        )
         body += f"<h2>{esc(title)}</h2>" + chart(figure, f"frameworks-{number}")
     if not history.rows.empty:
         newest = history.rows[history.rows["directory"] == history.rows.sort_values("run_time")["directory"].iloc[-1]]
