@@ -206,29 +206,16 @@ def command_plot(args: argparse.Namespace) -> int:
 def command_compare(args: argparse.Namespace) -> int:
     from framebench.reports.compare import Tolerances, run_compare, run_compare_envs
 
+    tolerances = Tolerances(acc_tol=args.acc_tol, time_tol=args.time_tol)
+    outputs = {"accuracy_only": args.accuracy_only, "markdown": args.markdown, "json_file": args.json_file}
     if args.base_env or args.new_env:
         if not (args.base_env and args.new_env) or args.new:
             raise FrameBenchError("--base-env and --new-env go together, with one results directory: compare DIR --base-env A --new-env B")
-        return run_compare_envs(
-            args.base,
-            args.base_env,
-            args.new_env,
-            Tolerances(acc_tol=args.acc_tol, time_tol=args.time_tol),
-            accuracy_only=args.accuracy_only,
-            markdown=args.markdown,
-            json_file=args.json_file,
-        )
+        return run_compare_envs(args.base, args.base_env, args.new_env, tolerances, **outputs)
     if not args.new:
         raise FrameBenchError("compare takes BASE and NEW results directories (or one directory with --base-env and --new-env)")
     return run_compare(
-        args.base,
-        args.new,
-        Tolerances(acc_tol=args.acc_tol, time_tol=args.time_tol),
-        allow_env_diff=args.allow_env_diff,
-        allow_config_diff=args.allow_config_diff,
-        accuracy_only=args.accuracy_only,
-        markdown=args.markdown,
-        json_file=args.json_file,
+        args.base, args.new, tolerances, allow_env_diff=args.allow_env_diff, allow_config_diff=args.allow_config_diff, **outputs
     )
 
 
