@@ -5,6 +5,7 @@ state looks like a regression unless the machine's own speed is recorded with it
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
@@ -36,18 +37,30 @@ def calibrate(threads: int) -> float:
     return statistics.median(trials)
 
 
-def cpu_counters() -> tuple[int, int] | None:
-    """(steal ticks, all ticks) of the whole machine since boot (None where /proc/stat is absent)."""
+IDLE, IOWAIT, STEAL = 3, 4, 7  # positions in cpu_ticks()
+
+
+def cpu_ticks() -> tuple[int, ...] | None:
+    """The whole machine's CPU time since boot by kind (user, nice, system, idle, iowait, irq, softirq,
+    steal), in clock ticks, from /proc/stat (None where it is absent): one reading gives both the
+    busy time and the steal."""
     try:
         with open("/proc/stat") as handle:
-            ticks = [int(v) for v in handle.readline().split()[1:9]]
+            return tuple(int(v) for v in handle.readline().split()[1:9])
     except (OSError, ValueError):
         return None
-    return ticks[7], sum(ticks)
 
 
-def steal_fraction(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
-    """Share of the machine's CPU time the hypervisor gave to other guests between two counters."""
-    if before is None or after is None or after[1] <= before[1]:
+def busy_seconds(before: tuple[int, ...] | None, after: tuple[int, ...] | None) -> float | None:
+    """CPU seconds every process of the machine used between two readings (idle and iowait left out)."""
+    if before is None or after is None:
         return None
-    return (after[0] - before[0]) / (after[1] - before[1])
+    busy = [a - b for kind, (a, b) in enumerate(zip(after, before, strict=True)) if kind not in (IDLE, IOWAIT)]
+    return sum(busy) / os.sysconf("SC_CLK_TCK")
+
+
+def steal_fraction(before: tuple[int, ...] | None, after: tuple[int, ...] | None) -> float | None:
+    """Share of the machine's CPU time the hypervisor gave to other guests between two readings."""
+    if before is None or after is None or sum(after) <= sum(before):
+        return None
+    return (after[STEAL] - before[STEAL]) / (sum(after) - sum(before))

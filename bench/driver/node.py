@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from framebench.core import registry
 from framebench.core.gemm import LIBRARIES, probe
-from framebench.driver.calibration import calibrate, cpu_counters, steal_fraction
+from framebench.driver.calibration import busy_seconds, calibrate, cpu_ticks, steal_fraction
 from framebench.driver.envs import CURRENT, EnvironmentUnavailable, ensure
 from framebench.driver.worker import CHANNEL_VARIABLE, JOB_TOKEN_VARIABLE, PARENT_PID_VARIABLE
 from framebench.store.job import End, Job, MalformedEvent, from_wire
@@ -79,17 +79,6 @@ def run_probe(request: ProbeRequest) -> tuple[list[dict], list[str]]:
         request.batch,
         device_env(request.device, request.threads),
     )
-
-
-def busy_cpu_seconds() -> float | None:
-    """CPU seconds every process on this machine has used since boot (None where /proc/stat is absent)."""
-    try:
-        with open("/proc/stat") as handle:
-            fields = [int(v) for v in handle.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def kill_group(pid: int) -> None:
@@ -190,8 +179,8 @@ def execute(job: Job, timeout_s: float) -> Iterator:
         return
     log = tempfile.TemporaryFile()
     token = uuid.uuid4().hex
-    calib_before, counters_before = calibrate(job.threads), cpu_counters()
-    load_before, busy_before, started, started_at = os.getloadavg()[0], busy_cpu_seconds(), time.perf_counter(), time.time()
+    calib_before = calibrate(job.threads)
+    load_before, ticks_before, started, started_at = os.getloadavg()[0], cpu_ticks(), time.perf_counter(), time.time()
     process, channel = start_worker(command, {**worker_env(job), JOB_TOKEN_VARIABLE: token}, log)
     LIVE_GROUPS.add(process.pid)
     end = None
@@ -231,8 +220,12 @@ def execute(job: Job, timeout_s: float) -> Iterator:
         kill_strays(token)
     returncode = process.returncode
     wall = time.perf_counter() - started
-    busy_after = busy_cpu_seconds()
-    machine = machine_speed(job, calib_before, counters_before)
+    ticks_after = cpu_ticks()
+    machine = {
+        "calib_before_s": calib_before,
+        "calib_after_s": calibrate(job.threads),
+        "steal_frac": steal_fraction(ticks_before, ticks_after),
+    }
     log.seek(0, os.SEEK_END)
     log.seek(max(log.tell() - LOG_TAIL_BYTES, 0))
     text = log.read().decode("utf-8", errors="replace")
@@ -240,8 +233,8 @@ def execute(job: Job, timeout_s: float) -> Iterator:
     if end is None:
         end = End("failed", crash_message(returncode, text))
     other = None
-    if busy_before is not None and busy_after is not None and end.cpu_s is not None:
-        other = max(busy_after - busy_before - end.cpu_s, 0.0) / (wall * (os.cpu_count() or 1))
+    if (busy := busy_seconds(ticks_before, ticks_after)) is not None and end.cpu_s is not None:
+        other = max(busy - end.cpu_s, 0.0) / (wall * (os.cpu_count() or 1))
     yield dataclasses.replace(
         end,
         log=text,
@@ -252,17 +245,6 @@ def execute(job: Job, timeout_s: float) -> Iterator:
         ended_at=time.time(),
         **machine,
     )
-
-
-def machine_speed(job: Job, calib_before: float, counters_before: tuple[int, int] | None) -> dict:
-    """The End fields that say how fast the machine itself was around the job: the calibration before
-    and after it (framebench.driver.calibration) and the steal fraction while it ran."""
-    counters_after = cpu_counters()
-    return {
-        "calib_before_s": calib_before,
-        "calib_after_s": calibrate(job.threads),
-        "steal_frac": steal_fraction(counters_before, counters_after),
-    }
 
 
 def crash_message(returncode: int, log: str) -> str:
