@@ -10,6 +10,9 @@ products (`dot_general`) from the step's traced program (its jaxpr)."""
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +22,7 @@ from framebench.core import optim
 from framebench.core.classifier import Classifier
 from framebench.core.harness import steps_in
 from framebench.core.losses import Ops, loss_function
+from framebench.core.opprofile import Event, OpTime, op_times
 
 COMPUTE_DTYPES = {"bf16": jnp.bfloat16}  # mixed precisions -> the dtype of the products and activations
 ACTIVATIONS = {"relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh}
@@ -38,6 +42,26 @@ OPS = Ops(
     mean=jnp.mean,
     logits_cross_entropy=lambda z, y: -jnp.mean(pick(jax.nn.log_softmax(z), y)),
 )
+
+
+CALLER_THREAD = "python"  # the profiler's name for the thread that called `run`: it dispatches and waits
+
+
+def jax_profile(run: Callable[[], object]) -> list[OpTime]:
+    """`run` under jax.profiler (its XSpace trace, read with jax.profiler.ProfileData): the self time of
+    every XLA thunk (a fusion, a dot, a copy) and runtime frame on the host's threads other than the caller's."""
+    with tempfile.TemporaryDirectory() as logdir:
+        with jax.profiler.trace(logdir):
+            run()
+        profile = jax.profiler.ProfileData.from_file(str(next(Path(logdir).rglob("*.xplane.pb"))))
+    threads = [
+        [Event(e.name, int(e.start_ns), int(e.duration_ns)) for e in line.events]
+        for plane in profile.planes
+        if plane.name == "/host:CPU"
+        for line in plane.lines
+        if line.name != CALLER_THREAD
+    ]
+    return op_times(threads, 1e-9)
 
 
 def gpu_devices() -> list:
@@ -186,3 +210,7 @@ class JaxClassifier(Classifier):
 
     def sync(self) -> None:
         jax.block_until_ready(self.params)
+
+    @classmethod
+    def profile_ops(cls, run: Callable[[], object]) -> list[OpTime]:
+        return jax_profile(run)

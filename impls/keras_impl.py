@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -25,6 +26,7 @@ from keras import ops
 from framebench.core import registry
 from framebench.core.classifier import Classifier
 from framebench.core.losses import Ops, loss_function
+from framebench.core.opprofile import OpTime
 
 OPS = Ops(
     softmax=lambda z: ops.softmax(z, axis=-1),
@@ -146,6 +148,11 @@ class KerasClassifier(Classifier):
     @classmethod
     def gpu_peak_mb(cls) -> float | None:
         return cls.native().gpu_peak_mb()
+
+    @classmethod
+    def profile_ops(cls, run: Callable[[], object]) -> list[OpTime]:
+        """The profiler of the framework Keras runs on: Keras's own work shows as that framework's ops."""
+        return cls.native().profile_ops(run)
 
     def framework_version(self) -> str:
         """Keras's version and its backend's: a run comparing framework versions needs both."""

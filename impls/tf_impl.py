@@ -17,6 +17,10 @@ is the dtype of the first matmul's result in the traced (or eagerly run) forward
 
 from __future__ import annotations
 
+import re
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -26,6 +30,7 @@ from framebench.core import optim
 from framebench.core.classifier import Classifier
 from framebench.core.harness import steps_in
 from framebench.core.losses import Ops, loss_function
+from framebench.core.opprofile import Event, OpTime, is_cast, op_times
 
 COMPUTE_DTYPES = {"bf16": tf.bfloat16}  # mixed precisions -> the dtype of the products and activations
 ACTIVATIONS = {"relu": tf.nn.relu, "sigmoid": tf.sigmoid, "tanh": tf.tanh}
@@ -41,8 +46,50 @@ OPS = Ops(
 )
 
 
+# The scopes of a graph kernel's name that say where it runs rather than what it is: AutoGraph's loops
+# and conditionals, function-call wrappers.
+CALL_SCOPES = re.compile(r"(?:^|(?<=/))(?:(?:while|cond)(?:/(?:body|then|else)/_\d+)?|StatefulPartitionedCall(?:_\d+)?)/")
+CALLER_THREAD = "python"  # the profiler's name for the thread that called `run`: it waits for the work, mostly
+
+
 def tf_gpu_devices() -> list:
     return tf.config.list_physical_devices("GPU")
+
+
+def tf_op_name(event_name: str) -> str:
+    """A kernel as "node:Type" without CALL_SCOPES; an XLA thunk as XLA names it."""
+    return CALL_SCOPES.sub("", event_name)
+
+
+def tf_is_cast(name: str) -> bool:
+    """A graph kernel is a cast by its type (after the colon); an XLA thunk by its name."""
+    return name.rpartition(":")[2] == "Cast" if ":" in name else is_cast(name)
+
+
+def tf_profile(run: Callable[[], object]) -> list[OpTime]:
+    """`run` under TensorFlow's profiler (tf.profiler.experimental, its XSpace trace): the self time of
+    every kernel, XLA thunk and executor frame on the host's threads other than the caller's."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        try:
+            run()
+        finally:
+            tf.profiler.experimental.stop()
+        space = xplane_pb2.XSpace()
+        space.ParseFromString(next(Path(logdir).rglob("*.xplane.pb")).read_bytes())
+    threads = [
+        [
+            Event(tf_op_name(plane.event_metadata[e.metadata_id].name), line.timestamp_ns * 1000 + e.offset_ps, e.duration_ps)
+            for e in line.events
+        ]
+        for plane in space.planes
+        if plane.name == "/host:CPU"
+        for line in plane.lines
+        if line.name != CALLER_THREAD
+    ]
+    return op_times(threads, 1e-12, tf_is_cast)
 
 
 class TFClassifier(Classifier):
@@ -102,6 +149,10 @@ class TFClassifier(Classifier):
     @classmethod
     def gpu_peak_mb(cls) -> float | None:
         return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
+
+    @classmethod
+    def profile_ops(cls, run: Callable[[], object]) -> list[OpTime]:
+        return tf_profile(run)
 
     def framework_version(self) -> str:
         return tf.__version__

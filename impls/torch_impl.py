@@ -17,6 +17,7 @@ Linear's product, is what `compute_dtype` reports.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import ClassVar
 
 import numpy as np
@@ -27,6 +28,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from framebench.core.classifier import Classifier
 from framebench.core.losses import Ops, loss_function
+from framebench.core.opprofile import Event, OpTime, op_times
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}  # precision -> autocast's dtype
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
@@ -40,6 +42,31 @@ OPS = Ops(
     mean=torch.mean,
     logits_cross_entropy=F.cross_entropy,  # its mean reduction is fused; a separate mean costs a kernel per step
 )
+
+
+CAST_OP = "aten::_to_copy"  # the op a dtype conversion (autocast's, .float()) runs as
+
+
+def ancestors(event) -> list[str]:
+    """The names of the profiler events `event` ran inside, innermost first."""
+    names, parent = [], event.cpu_parent
+    while parent is not None:
+        names.append(parent.name)
+        parent = parent.cpu_parent
+    return names
+
+
+def torch_profile(run: Callable[[], object]) -> list[OpTime]:
+    """`run` under torch.profiler (CPU activity): the self time of every aten op, per thread. The ops a
+    conversion runs inside it (allocating, copying) are charged to the conversion, so it counts whole."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        run()
+    threads: dict[int, list[Event]] = {}
+    for e in profiler.events():
+        if CAST_OP in ancestors(e):
+            continue
+        threads.setdefault(e.thread, []).append(Event(e.name, int(e.time_range.start * 1000), int(e.time_range.elapsed_us() * 1000)))
+    return op_times(threads.values(), 1e-9)
 
 
 class MLP(nn.Module):
@@ -172,6 +199,10 @@ class TorchClassifier(Classifier):
     def sync(self) -> None:
         if self.torch_device.type == "cuda":
             torch.cuda.synchronize()
+
+    @classmethod
+    def profile_ops(cls, run: Callable[[], object]) -> list[OpTime]:
+        return torch_profile(run)
 
 
 class TorchCompile(TorchClassifier):

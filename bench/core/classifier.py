@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import ClassVar
 
 import numpy as np
 
 from framebench.core.config import PRECISIONS, ModelConfig, TrainConfig, layer_sizes
+from framebench.core.opprofile import OpTime
+from framebench.errors import FrameBenchError
 
 
 class Classifier(ABC):
@@ -164,3 +167,14 @@ class Classifier(ABC):
     def framework_version(self) -> str:
         """The framework's version string, recorded with every result."""
         return ""
+
+    @classmethod
+    def profile_ops(cls, run: Callable[[], object]) -> list[OpTime]:
+        """Call `run` under the framework's own profiler and return each op's self time and calls
+        (`framebench.core.opprofile`), largest first. Backends whose framework has a profiler override
+        this; the rest say here that they have none."""
+        raise FrameBenchError(f"{cls.__name__} has no per-op profiler (Classifier.profile_ops)")
+
+    def profile_epoch(self, order: np.ndarray, batch_size: int) -> list[OpTime]:
+        """One `train_epoch` (and its `sync`) under `profile_ops`: where an epoch's time goes, op by op."""
+        return self.profile_ops(lambda: (self.train_epoch(order, batch_size), self.sync()))
