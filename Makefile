@@ -52,11 +52,17 @@ bench-gate:  ## the regression gate measured: false alarms (A/A, quiet and busy)
 	$(BIN)/python -m framebench.reports.gatestudy --rounds 40 --budget-min 20 --directory results/gate
 
 PRECISION_RUN := $(BIN)/framebench run --backends all --variants default --precision fp32,bf16 --epochs 2 --threads 1 --results-dir results/precision
+PRECISION_PROFILE := $(BIN)/python -m framebench.driver.opprofile --backends tf,keras,jax,keras-jax,torch --precision fp32,bf16 --threads 1
 
-bench-precision:  ## fp32 against bf16 on every backend, one thread, at the mlp preset and at batch 1024: results/precision/report.md (rerun: finishes or redraws)
+bench-precision:  ## fp32 against bf16 on every backend, one thread, at batch 128 (mlp), 1024 and 4096, each with its op profile: results/precision/report.md (rerun: finishes or redraws)
 	$(PRECISION_RUN) --preset mlp --run-id mlp
-	$(PRECISION_RUN) --preset scaling --batch-size 1024 --run-id scaling-1024
-	$(BIN)/python -m framebench.reports.precision results/precision results/precision/mlp results/precision/scaling-1024
+	test -s results/precision/mlp/ops.json || $(PRECISION_PROFILE) --preset mlp --output results/precision/mlp/ops.json
+	for batch in 1024 4096; do \
+		$(PRECISION_RUN) --preset scaling --batch-size $$batch --run-id scaling-$$batch || exit 1; \
+		test -s results/precision/scaling-$$batch/ops.json || \
+			$(PRECISION_PROFILE) --preset scaling --batch-size $$batch --output results/precision/scaling-$$batch/ops.json || exit 1; \
+	done
+	$(BIN)/python -m framebench.reports.precision results/precision results/precision/mlp results/precision/scaling-1024 results/precision/scaling-4096
 
 VERSIONS := $(BIN)/framebench run --preset ci --sampling with_replacement --steps-per-epoch 60 --epochs 3 --repeats 2 --no-floors --results-dir results --run-id versions --env base=
 

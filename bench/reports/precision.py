@@ -107,7 +107,7 @@ def verdict(speedup: float, gemm_speedup: float) -> str:
         return "its 16-bit GEMMs are not faster here, so no epoch speed-up is owed"
     if speedup > 1:
         return "faster GEMMs, faster epoch"
-    return "faster GEMMs but no faster epoch: the work outside the products (casts, 16-bit elementwise ops) grew more than they saved"
+    return "faster GEMMs but no faster epoch: the work outside the products grew more than they saved (the op profile says which)"
 
 
 def plot_study(tables: dict[str, pd.DataFrame], path: Path) -> bool:
@@ -145,8 +145,35 @@ def machine_load(runs: pd.DataFrame) -> str:
     )
 
 
+PROFILE_FILE = "ops.json"  # in a study's results directory: `python -m framebench.driver.opprofile`'s profiles of its configuration
+
+
+def profile_section(directory: Path) -> list[str]:
+    """The op profile of a study's configuration (framebench.reports.opprofile), or why there is none."""
+    from framebench.reports.opprofile import read_profiles, report_lines
+
+    path = directory / PROFILE_FILE
+    if not path.exists():
+        return [
+            f"No op profile: `{PROFILE_FILE}` is missing (`make bench-precision` writes it with `python -m framebench.driver.opprofile`).",
+            "",
+        ]
+    return [
+        f"Where the time goes (`{PROFILE_FILE}`): one epoch per backend and precision under its framework's own profiler, after "
+        "one untimed epoch, in a process of its own with the study's threads. `epoch_s` is that epoch with the profiler on; "
+        "`ops_s` the time its ops account for (self times: a kernel, XLA thunk or aten op, not the frames around it; the "
+        "rest is the calling thread's Python and waiting); `ops_speedup` fp32's `ops_s` over this one's; `casts_per_step` "
+        "the dtype conversions a step runs (TensorFlow's Cast, an XLA convert or a fusion XLA named after one, torch's "
+        "_to_copy) and `cast_share` their share of `ops_s`. Then each profile's top ops by self time.",
+        "",
+        *report_lines(read_profiles(path)),
+        "",
+    ]
+
+
 def write_study(folder: Path, directories: list[Path]) -> Path:
-    """results/precision/report.md and precision.png over the study's results directories (`make bench-precision`)."""
+    """results/precision/report.md and precision.png over the study's results directories (`make bench-precision`),
+    each with its op profile."""
     from framebench.reports.report import environment_section, write_markdown
     from framebench.store.results import load_results
 
@@ -163,7 +190,8 @@ def write_study(folder: Path, directories: list[Path]) -> Path:
         "machine (its load is stated per configuration) a difference of a few percent is within the noise.",
         "",
     ]
-    for study, t in loaded.items():
+    for directory in directories:
+        study, t = directory.name, loaded[directory.name]
         lines += [
             f"## {study}",
             "",
@@ -173,6 +201,7 @@ def write_study(folder: Path, directories: list[Path]) -> Path:
             *findings(tables[study], study),
             *[f"- not run: {line}" for line in not_run(t["runs"])],
             "",
+            *profile_section(directory),
         ]
     lines += ["![Speed-up over fp32: the epoch and its own GEMMs](precision.png)", ""] if figure else []
     lines += environment_section(next(iter(loaded.values()))["env"])
