@@ -10,9 +10,18 @@ kernels run one by one; `TFGraph` keeps the same epoch function on plain TensorF
 `TFTutorial`: tutorial 000's loop: eager GradientTape steps on batches sliced from host NumPy arrays.
 
 Mixed precision is written out with casts, as the low-level API has no policy: the forward pass
-casts the fp32 variables and the batch to bf16 (products, biases, activations), the logits back to
-fp32 for the loss; the tape's gradients reach the fp32 variables through the casts. `compute_dtype`
+casts the fp32 variables (once per step) and the batch to bf16 (products, biases, activations), the
+logits back to fp32 for the loss; the tape's gradients reach the fp32 variables through the casts,
+and the optimiser's state stays fp32. On the CPU a bf16 step is not XLA-compiled: XLA:CPU converts
+bf16 products to fp32 and multiplies in fp32 (slower than fp32 itself, with the converts on top;
+the precision study's profile shows them), while TensorFlow's own kernels multiply bf16 with
+oneDNN, whose graph rewrite also fuses each product with its bias and activation. `compute_dtype`
 is the dtype of the first matmul's result in the traced (or eagerly run) forward pass.
+
+The optimiser is TensorFlow's fused training kernel for each parameter (ResourceApplyAdam,
+-Momentum, -GradientDescent: one kernel where the written-out update is a dozen), fed the step's
+coefficients from framebench.core.optim (Adam's bias corrections folded into its step size and
+epsilon, so the kernel's own corrections are switched off with beta powers of 0).
 """
 
 from __future__ import annotations
@@ -113,7 +122,12 @@ class TFClassifier(Classifier):
             self.run_epoch,
             input_signature=[tf.TensorSpec([None], tf.int64), tf.TensorSpec([], tf.int64), tf.TensorSpec([None, 2], tf.float32)],
         )
-        self.epoch_step = tf.function(self.train_step, jit_compile=True) if self.jit_compile else self.train_step
+        self.epoch_step = tf.function(self.train_step, jit_compile=True) if self.compiles_steps() else self.train_step
+
+    def compiles_steps(self) -> bool:
+        """Whether the epoch function's steps are XLA-compiled: as the class says, but never a bf16
+        step on the CPU, whose products XLA runs in fp32 (the module's docstring)."""
+        return self.jit_compile and not (self.device == "cpu" and self.precision in COMPUTE_DTYPES)
 
     def param_shapes(self) -> list[tuple[int, ...]]:
         shapes = []
@@ -196,19 +210,32 @@ class TFClassifier(Classifier):
         return h * tf.cast(draws < keep, h.dtype) / keep
 
     def apply_gradients(self, grads: list[tf.Tensor], adam: tf.Tensor) -> None:
-        """One step of the configured optimiser; `adam` is this step's (step_size, eps') from framebench.core.optim."""
+        """One step of the configured optimiser, a fused kernel per parameter; `adam` is this step's
+        (step_size, eps') from framebench.core.optim: with beta powers of 0 the kernel's step size
+        lr * sqrt(1 - beta2^t) / (1 - beta1^t) is the step size given."""
         t = self.train
         self.step_count.assign_add(1)
         for p, g, m, v in zip(self.params, grads, *self.slots, strict=True):
             if t.optimizer == "sgd":
-                p.assign_sub(t.lr * g)
+                tf.raw_ops.ResourceApplyGradientDescent(var=p.handle, alpha=tf.constant(t.lr, tf.float32), delta=g)
             elif t.optimizer == "momentum":
-                m.assign(t.momentum * m + g)
-                p.assign_sub(t.lr * m)
+                lr, momentum = tf.constant(t.lr, tf.float32), tf.constant(t.momentum, tf.float32)
+                tf.raw_ops.ResourceApplyMomentum(var=p.handle, accum=m.handle, lr=lr, grad=g, momentum=momentum)
             else:
-                m.assign_add((g - m) * (1 - t.beta1))
-                v.assign_add((tf.square(g) - v) * (1 - t.beta2))
-                p.assign_sub(adam[0] * m / (tf.sqrt(v) + adam[1]))
+                zero = tf.constant(0.0, tf.float32)
+                beta1, beta2 = tf.constant(t.beta1, tf.float32), tf.constant(t.beta2, tf.float32)
+                tf.raw_ops.ResourceApplyAdam(
+                    var=p.handle,
+                    m=m.handle,
+                    v=v.handle,
+                    beta1_power=zero,
+                    beta2_power=zero,
+                    lr=adam[0],
+                    beta1=beta1,
+                    beta2=beta2,
+                    epsilon=adam[1],
+                    grad=g,
+                )
 
     def adam_schedule(self, steps: int) -> tf.Tensor:
         """The next `steps` steps' Adam coefficients, as one (steps, 2) float32 tensor."""
