@@ -183,7 +183,13 @@ class KerasClassifier(Classifier):
         return [self.step_losses]
 
     def jit_compile(self) -> bool | str:
-        return self.JIT_COMPILE[keras.backend.backend()]
+        """JIT_COMPILE's choice, but no XLA for bf16 on a TensorFlow CPU: XLA:CPU converts bf16
+        products to fp32 and multiplies in fp32, while TensorFlow's own kernels multiply bf16 with
+        oneDNN (framebench.impls.tf_impl, the precision study's profile)."""
+        backend = keras.backend.backend()
+        if backend == "tensorflow" and self.device == "cpu" and self.precision == "bf16":
+            return False
+        return self.JIT_COMPILE[backend]
 
     def steps_per_execution(self) -> int:
         return 1 if keras.backend.backend() == "torch" else self.STEPS_PER_EXECUTION

@@ -94,7 +94,10 @@ BUILTIN = [
         "tf",
         TF,
         "tf",
-        default=("TFClassifier", "tf.Variable + GradientTape; one tf.function per epoch, each step XLA-compiled"),
+        default=(
+            "TFClassifier",
+            "tf.Variable + GradientTape; one tf.function per epoch, each step XLA-compiled (bf16 on a CPU: oneDNN kernels)",
+        ),
         graph=("TFGraph", "the same epoch function on plain TensorFlow kernels, no XLA"),
         tutorial=("TFTutorial", "tutorial 000's loop: eager GradientTape steps on batches sliced on the host"),
     ),
@@ -103,7 +106,10 @@ BUILTIN = [
         KERAS,
         "tf",
         {"KERAS_BACKEND": "tensorflow"},
-        default=("KerasClassifier", "Keras 3 Sequential + compile/fit on TensorFlow, XLA, fed whole batches"),
+        default=(
+            "KerasClassifier",
+            "Keras 3 Sequential + compile/fit on TensorFlow, XLA (bf16 on a CPU: oneDNN kernels), fed whole batches",
+        ),
         auto=("KerasAuto", "the same with Keras's own choice, jit_compile='auto' (no XLA on a TensorFlow CPU)"),
         tutorial=KERAS_TUTORIAL,
     ),
