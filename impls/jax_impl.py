@@ -2,13 +2,19 @@
 SGD/momentum/Adam written against the NumPy oracle's formulas (no optax), and a whole epoch's full
 batches compiled into one jax.lax.scan; only a short last batch takes a separate compiled step.
 
-Mixed precision is written out, as JAX has no autocast: the step casts the fp32 parameters and the
-batch to bf16 for the products and activations and the logits back to fp32 for the loss, so the
-gradients, the parameters and the optimiser state stay fp32. `compute_dtype` reads the dtype of the
-products (`dot_general`) from the step's traced program (its jaxpr)."""
+Mixed precision is written out, as JAX has no autocast: the batch and each fp32 weight are cast to
+bf16 once per step for the products, which accumulate into and return fp32 (`preferred_element_type`,
+`mixed_product`); the fp32 bias is added to that and the sum cast to bf16 for the activation, and the
+logits stay fp32 for the loss, so the gradients, the parameters and the optimiser state stay fp32. A
+product written as bf16 @ bf16 -> bf16 instead runs slower than fp32 on XLA's CPU backend: XLA
+converts its operands to f32 and multiplies in f32 (the precision study's profile shows the converts
+and the f32 dots), whereas bf16 operands with an f32 result run in bf16 (YNNPACK's kernels).
+`compute_dtype` reads the dtype of the products' operands (`dot_general`) from the step's traced
+program (its jaxpr)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from collections.abc import Callable
@@ -64,6 +70,53 @@ def jax_profile(run: Callable[[], object]) -> list[OpTime]:
     return op_times(threads, 1e-9)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def mixed_product(h: jnp.ndarray, w: jnp.ndarray, row_major: bool) -> jnp.ndarray:
+    """h @ w with h in the 16-bit compute dtype and w an fp32 weight: w cast to h's dtype once, the
+    product accumulated and returned in fp32. Its derivative multiplies in the 16-bit type too, and
+    gives w its gradient in fp32 straight from the product, never rounded to 16 bits. `row_major`:
+    the derivative's transposed operands are made row-major arrays (`row_major_transpose`), as
+    XLA:CPU needs; a GPU's products take them transposed in place."""
+    return jax.lax.dot(h, w.astype(h.dtype), preferred_element_type=jnp.float32)
+
+
+def mixed_product_forward(h: jnp.ndarray, w: jnp.ndarray, row_major: bool) -> tuple[jnp.ndarray, tuple]:
+    w16 = w.astype(h.dtype)
+    return jax.lax.dot(h, w16, preferred_element_type=jnp.float32), (h, w16)
+
+
+def mixed_product_backward(row_major: bool, saved: tuple, g: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    h, w16 = saved
+    g16 = g.astype(h.dtype)
+    transpose = row_major_transpose if row_major else jnp.transpose
+    dh = jax.lax.dot(g16, transpose(w16), preferred_element_type=jnp.float32).astype(h.dtype)
+    dw = jax.lax.dot(transpose(h), g16, preferred_element_type=jnp.float32)
+    return dh, dw
+
+
+def row_major_transpose(a: jnp.ndarray) -> jnp.ndarray:
+    """a.T as a new row-major array. XLA:CPU multiplies 16-bit operands only where both are row-major
+    and the left one is contracted over its last axis (its YNNPACK dot); any other product it converts
+    to fp32 first. A plain a.T reaches the product as a column-major view, so the transpose is taken
+    as a gather (whose result is row-major), behind a barrier that keeps XLA from folding it back."""
+    return jax.lax.optimization_barrier(jnp.take(a.T, jnp.arange(a.shape[0]), axis=1))
+
+
+mixed_product.defvjp(mixed_product_forward, mixed_product_backward)
+
+
+def equations(jaxpr) -> list:
+    """Every equation of a jaxpr and of the programs nested in its equations (custom derivatives, jits)."""
+    found = []
+    for eqn in jaxpr.eqns:
+        found.append(eqn)
+        for value in eqn.params.values():
+            inner = getattr(value, "jaxpr", value)
+            if hasattr(inner, "eqns"):
+                found += equations(inner)
+    return found
+
+
 def gpu_devices() -> list:
     try:
         return jax.devices("gpu")
@@ -107,10 +160,14 @@ class JaxClassifier(Classifier):
         return jax.config.jax_default_matmul_precision == "tensorfloat32"
 
     def compute_dtype(self) -> str:
-        """The output dtype of the first `dot_general` in the traced training loss."""
+        """The operand dtype of the first `dot_general` in the traced training loss (in a custom
+        derivative's program too)."""
         x, y = self.x_train[:1], self.y_train[:1]
-        jaxpr = jax.make_jaxpr(self.loss)(self.params, x, y, None)
-        dots = [eqn.outvars[0].aval.dtype for eqn in jaxpr.jaxpr.eqns if eqn.primitive.name == "dot_general"]
+        dots = [
+            eqn.invars[0].aval.dtype
+            for eqn in equations(jax.make_jaxpr(self.loss)(self.params, x, y, None).jaxpr)
+            if eqn.primitive.name == "dot_general"
+        ]
         if dots[0] == jnp.float32:
             return super().compute_dtype()
         return jnp.dtype(dots[0]).name
@@ -136,18 +193,19 @@ class JaxClassifier(Classifier):
         self.y_train = jax.device_put(y_train.astype(np.int32), self.jax_device)
 
     def forward(self, params: list, x: jnp.ndarray, *, key) -> jnp.ndarray:
-        """Pre-activation output; inverted dropout from `key` when one is given (training)."""
+        """Pre-activation output (fp32); inverted dropout from `key` when one is given (training)."""
         layers = len(params) // 2
         dtype = COMPUTE_DTYPES.get(self.precision, jnp.float32)
         h = x.astype(dtype)
         for layer in range(layers):
-            h = h @ params[2 * layer].astype(dtype) + params[2 * layer + 1].astype(dtype)
+            product = h @ params[2 * layer] if dtype == jnp.float32 else mixed_product(h, params[2 * layer], self.device == "cpu")
+            h = product + params[2 * layer + 1]
             if layer < layers - 1:
-                h = ACTIVATIONS[self.model.hidden_activation](h)
+                h = ACTIVATIONS[self.model.hidden_activation](h.astype(dtype))
                 if key is not None and self.model.dropout > 0:
                     keep = 1.0 - self.model.dropout
                     h = h * jax.random.bernoulli(jax.random.fold_in(key, layer), keep, h.shape).astype(dtype) / keep
-        return h.astype(jnp.float32)
+        return h
 
     def loss(self, params: list, x: jnp.ndarray, y: jnp.ndarray, key) -> jnp.ndarray:
         return self.loss_fn(self.forward(params, x, key=key), y)

@@ -237,7 +237,9 @@ def timer(library: str, device: str, dtype: str):
         import jax
 
         target = jax.devices("gpu" if device == "gpu" else "cpu")[0]
-        matmul = jax.jit(lambda a, b: a @ b)
+        # The product as framebench.impls.jax_impl runs it: 16-bit operands accumulate into an fp32
+        # result (XLA:CPU runs a 16-bit result in fp32, converting the operands first).
+        matmul = jax.jit(lambda a, b: jax.lax.dot(a, b, preferred_element_type=np.float32))
 
         def run(m, k, n):
             a, b = (jax.device_put(x.astype(dtype), target) for x in operands(m, k, n))
