@@ -18,10 +18,9 @@ the precision study's profile shows them), while TensorFlow's own kernels multip
 oneDNN, whose graph rewrite also fuses each product with its bias and activation. `compute_dtype`
 is the dtype of the first matmul's result in the traced (or eagerly run) forward pass.
 
-The optimiser is TensorFlow's fused training kernel for each parameter (ResourceApplyAdam,
--Momentum, -GradientDescent: one kernel where the written-out update is a dozen), fed the step's
-coefficients from framebench.core.optim (Adam's bias corrections folded into its step size and
-epsilon, so the kernel's own corrections are switched off with beta powers of 0).
+The optimiser is written out, not TensorFlow's fused ResourceApplyAdam: that kernel computes 1 - β2
+in float32 (1 - 0.999 is then off by 1.3e-5), which takes the scaling preset's losses outside the
+conformance suite's tolerance of the float64 oracle.
 """
 
 from __future__ import annotations
@@ -210,32 +209,19 @@ class TFClassifier(Classifier):
         return h * tf.cast(draws < keep, h.dtype) / keep
 
     def apply_gradients(self, grads: list[tf.Tensor], adam: tf.Tensor) -> None:
-        """One step of the configured optimiser, a fused kernel per parameter; `adam` is this step's
-        (step_size, eps') from framebench.core.optim: with beta powers of 0 the kernel's step size
-        lr * sqrt(1 - beta2^t) / (1 - beta1^t) is the step size given."""
+        """One step of the configured optimiser; `adam` is this step's (step_size, eps') from framebench.core.optim."""
         t = self.train
         self.step_count.assign_add(1)
         for p, g, m, v in zip(self.params, grads, *self.slots, strict=True):
             if t.optimizer == "sgd":
-                tf.raw_ops.ResourceApplyGradientDescent(var=p.handle, alpha=tf.constant(t.lr, tf.float32), delta=g)
+                p.assign_sub(t.lr * g)
             elif t.optimizer == "momentum":
-                lr, momentum = tf.constant(t.lr, tf.float32), tf.constant(t.momentum, tf.float32)
-                tf.raw_ops.ResourceApplyMomentum(var=p.handle, accum=m.handle, lr=lr, grad=g, momentum=momentum)
+                m.assign(t.momentum * m + g)
+                p.assign_sub(t.lr * m)
             else:
-                zero = tf.constant(0.0, tf.float32)
-                beta1, beta2 = tf.constant(t.beta1, tf.float32), tf.constant(t.beta2, tf.float32)
-                tf.raw_ops.ResourceApplyAdam(
-                    var=p.handle,
-                    m=m.handle,
-                    v=v.handle,
-                    beta1_power=zero,
-                    beta2_power=zero,
-                    lr=adam[0],
-                    beta1=beta1,
-                    beta2=beta2,
-                    epsilon=adam[1],
-                    grad=g,
-                )
+                m.assign_add((g - m) * (1 - t.beta1))
+                v.assign_add((tf.square(g) - v) * (1 - t.beta2))
+                p.assign_sub(adam[0] * m / (tf.sqrt(v) + adam[1]))
 
     def adam_schedule(self, steps: int) -> tf.Tensor:
         """The next `steps` steps' Adam coefficients, as one (steps, 2) float32 tensor."""

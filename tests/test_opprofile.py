@@ -38,6 +38,11 @@ def test_op_times_add_threads_up_by_name_largest_first_and_mark_casts():
     assert op_times(threads, 1e-9, cast=lambda name: name == "MatMul")[0].cast
 
 
+def test_a_frame_that_only_waits_for_other_threads_is_left_out():
+    waiting = [Event("ThunkExecutor::Execute (wait for completion)", 0, 100), Event("dot.9", 10, 20)]
+    assert [(r.op, r.seconds) for r in op_times([waiting], 1.0)] == [("dot.9", 20.0)]
+
+
 @pytest.mark.parametrize(
     "name, cast",
     [

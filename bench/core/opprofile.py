@@ -17,6 +17,11 @@ from dataclasses import dataclass
 CAST = re.compile(r"(^|[^a-z])(cast|convert)([^a-z]|$)|^aten::_to_copy$", re.IGNORECASE)
 
 
+# A frame in which a thread only waits for work other threads do (XLA's runtime waiting for its
+# thunks): its time is theirs, counted where they run, so it is left out.
+WAITING = re.compile(r"\bwait(ing)? for\b", re.IGNORECASE)
+
+
 @dataclass(frozen=True)
 class OpTime:
     op: str  # the op as the framework's profiler names it (a kernel, an XLA thunk or fusion, an aten op)
@@ -60,11 +65,11 @@ def is_cast(name: str) -> bool:
 
 
 def op_times(threads: Iterable[Iterable[Event]], seconds_per_unit: float, cast: Callable[[str], bool] = is_cast) -> list[OpTime]:
-    """OpTime rows over the threads that ran the work (their self times summed by name), largest first;
-    `cast` tells a conversion by its name in the framework's vocabulary."""
+    """OpTime rows over the threads that ran the work (their self times summed by name, WAITING frames
+    left out), largest first; `cast` tells a conversion by its name in the framework's vocabulary."""
     merged: dict[str, list[float]] = {}
     for events in threads:
-        for name, (duration, calls) in self_times(events).items():
+        for name, (duration, calls) in self_times(e for e in events if not WAITING.search(e.name)).items():
             entry = merged.setdefault(name, [0.0, 0])
             entry[0] += duration * seconds_per_unit
             entry[1] += calls
