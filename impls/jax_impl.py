@@ -8,7 +8,7 @@ bf16 once per step for the products, which accumulate into and return fp32 (`pre
 logits stay fp32 for the loss, so the gradients, the parameters and the optimiser state stay fp32. A
 product written as bf16 @ bf16 -> bf16 instead runs slower than fp32 on XLA's CPU backend: XLA
 converts its operands to f32 and multiplies in f32 (the precision study's profile shows the converts
-and the f32 dots), whereas bf16 operands with an f32 result run in bf16 (YNNPACK's kernels).
+and the slower dots), whereas bf16 operands with an f32 result run in bf16 (YNNPACK's kernels).
 `compute_dtype` reads the dtype of the products' operands (`dot_general`) from the step's traced
 program (its jaxpr)."""
 

@@ -150,11 +150,17 @@ def test_conformance_items_carry_their_precision_and_none_is_generated_for_a_dec
 
 
 @pytest.mark.parametrize(
-    "speedup, gemm_speedup, says",
-    [(1.3, 1.4, "faster GEMMs, faster epoch"), (0.9, 1.8, "but no faster epoch"), (0.9, 0.8, "not faster here")],
+    "speedup, gemm_speedup, share, says",
+    [
+        (1.3, 1.4, float("nan"), "faster GEMMs, faster epoch"),
+        (1.3, 1.4, 0.9, "faster GEMMs, faster epoch"),
+        (1.1, 1.8, 0.35, "under 70% of their saving reached it"),
+        (0.9, 1.8, -0.2, "but no faster epoch"),
+        (0.9, 0.8, float("nan"), "not faster here"),
+    ],
 )
-def test_the_study_says_whether_faster_gemms_made_a_faster_epoch(speedup, gemm_speedup, says):
-    assert says in verdict(speedup, gemm_speedup)
+def test_the_study_says_whether_faster_gemms_made_a_faster_epoch(speedup, gemm_speedup, share, says):
+    assert says in verdict(speedup, gemm_speedup, share)
 
 
 def test_a_precision_sweep_is_planned_once_per_precision_and_a_repeated_one_refused():
