@@ -15,19 +15,22 @@ MLP = PRESETS["mlp"]
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # what jax.monitoring reports per XLA compile
 
 
-def built(backend: str, n_train: int, data):
+def built(backend: str, n_train: int, data, precision: str = "fp32"):
     cls = registry.load(registry.lookup(backend))
-    classifier = cls(model=MLP.model, train=MLP.train, input_size=data.input_size, num_classes=10, device="cpu", seed=0)
+    classifier = cls(
+        model=MLP.model, train=MLP.train, input_size=data.input_size, num_classes=10, device="cpu", seed=0, precision=precision
+    )
     classifier.set_weights(initial_weights(classifier.sizes, MLP.model, 0))
     classifier.prepare(data.x_train[:n_train], data.y_train[:n_train])
     return classifier
 
 
 @pytest.mark.slow
-def test_tf_epoch_function_is_traced_once(mnist):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])  # XLA-compiled steps, and oneDNN's kernels
+def test_tf_epoch_function_is_traced_once(mnist, precision):
     """No retracing per batch, per short last batch, per epoch or per batch size."""
     pytest.importorskip("tensorflow", reason="TensorFlow is not installed")
-    classifier = built("tf", 3000, mnist)
+    classifier = built("tf", 3000, mnist, precision)
     for epoch in range(3):
         order = epoch_order(MLP.train, 3000, seed=0, epoch=epoch)[: 3000 - 37 * epoch]  # last batch of varying size
         losses = classifier.train_epoch(order, MLP.train.batch_size)
@@ -37,7 +40,8 @@ def test_tf_epoch_function_is_traced_once(mnist):
 
 
 @pytest.mark.slow
-def test_jax_compiles_in_the_first_epoch_only():
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])  # bf16: the mixed products' custom derivative
+def test_jax_compiles_in_the_first_epoch_only(precision):
     """XLA compiles again when an argument's placement changes between calls (an uncommitted array
     in the first call), which once put a whole compile into every JAX run's second epoch."""
     jax = pytest.importorskip("jax", reason="JAX is not installed")
@@ -46,7 +50,7 @@ def test_jax_compiles_in_the_first_epoch_only():
         lambda event, duration, **_: compiles.append(event) if event == BACKEND_COMPILE_EVENT else None
     )
     digits = load_dataset("digits")
-    classifier = built("jax", len(digits.y_train), digits)
+    classifier = built("jax", len(digits.y_train), digits, precision)
     counts = []
     for epoch in range(3):
         classifier.train_epoch(epoch_order(MLP.train, len(digits.y_train), seed=0, epoch=epoch), MLP.train.batch_size)
