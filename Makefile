@@ -33,38 +33,22 @@ bench-gpu:  ## a GPU machine's one prepared run (< 10 min): every default backen
 		--timeout 120 --results-dir results --run-id gpu
 
 bench-perf:  ## the speed study (every backend x variant on tutorial000, tutorial003, mlp) into results/perf/report.md
-	$(BIN)/framebench perf --presets tutorial000,tutorial003,mlp --repeats 2 --epochs 3 --results-dir results/perf
+	$(BIN)/framebench study perf
 
 bench-scaling:  ## throughput and efficiency against batch size, every backend: results/scaling (rerun: finishes or redraws it; delete its tables for a fresh one)
-	$(BIN)/framebench run --preset scaling --backends all --variants default --sweep batch_size=16,64,256,1024,4096 --repeats 2 --results-dir results --run-id scaling
-
-HISTORY_RUN := $(BIN)/framebench run --backends numpy,torch --preset tutorial000 --epochs 2 --repeats 2 --no-floors --results-dir results/history/runs
+	$(BIN)/framebench study scaling
 
 bench-history:  ## a small real history (8 runs; from h05 on one thread instead of two: the step), published to results/history/site + screenshot
-	rm -rf results/history/runs
-	for run in h01 h02 h03 h04; do $(HISTORY_RUN) --threads 2 --run-id $$run || exit 1; done
-	for run in h05 h06 h07 h08; do $(HISTORY_RUN) --threads 1 --run-id $$run || exit 1; done
-	$(BIN)/framebench publish results/history/runs --out results/history/site
-	chromium --headless --no-sandbox --hide-scrollbars --window-size=1280,460 --virtual-time-budget=10000 \
-		--screenshot=results/history/screenshot.png results/history/site/index.html
+	$(BIN)/framebench study history
 
 bench-gate:  ## the regression gate measured: false alarms (A/A, quiet and busy) and power (+3..20%) into results/gate/report.md
-	$(BIN)/python -m framebench.reports.gatestudy --rounds 40 --budget-min 20 --directory results/gate
+	$(BIN)/framebench study gate --rounds 40 --budget-min 20
 
-PRECISION_RUN := $(BIN)/framebench run --backends all --variants default --precision fp32,bf16 --epochs 2 --threads 1 --results-dir results/precision
-
-bench-precision:  ## fp32 against bf16 on every backend, one thread, at the mlp preset and at batch 1024: results/precision/report.md (rerun: finishes or redraws)
-	$(PRECISION_RUN) --preset mlp --run-id mlp
-	$(PRECISION_RUN) --preset scaling --batch-size 1024 --run-id scaling-1024
-	$(BIN)/python -m framebench.reports.precision results/precision results/precision/mlp results/precision/scaling-1024
-
-VERSIONS := $(BIN)/framebench run --preset ci --sampling with_replacement --steps-per-epoch 60 --epochs 3 --repeats 2 --no-floors --results-dir results --run-id versions --env base=
+bench-precision:  ## fp32 against bf16 on every backend, one thread, at several batch sizes: results/precision/report.md (rerun: finishes or redraws)
+	$(BIN)/framebench study precision
 
 bench-versions:  ## one backend under two framework minors, interleaved: NumPy, JAX, TensorFlow (each against the lock) into results/versions
-	rm -rf results/versions
-	$(VERSIONS) --backends numpy --env numpy-2.3="numpy==2.3.5"
-	$(VERSIONS) --backends jax,keras-jax --env jax-0.9="jax==0.9.2;jaxlib==0.9.2"
-	$(VERSIONS) --backends tf,keras --env tf-2.20="tensorflow-cpu==2.20.0"
+	$(BIN)/framebench study versions
 
 BENCH_STEPS := $(BIN)/python -m pytest benchmarks -q --benchmark-only --benchmark-autosave --benchmark-columns=min,median,max,rounds
 

@@ -14,8 +14,8 @@ import os
 import pandas as pd
 import pytest
 
+from framebench.cli import build_parser
 from framebench.driver import envs
-from framebench.driver.cli import build_parser
 from framebench.driver.executors import LocalExecutor
 from framebench.driver.runner import RunRequest, matrix_of, merged_envs, new_config, recorded_jobs
 from framebench.errors import FrameBenchError

@@ -327,7 +327,7 @@ def test_init_schemes_have_their_documented_ranges(init, check):
 
 def test_importing_the_harness_imports_no_framework():
     code = (
-        "import sys, framebench.driver.cli, framebench.driver.runner, framebench.core.harness, framebench.core.registry, "
+        "import sys, framebench.cli, framebench.driver.runner, framebench.core.harness, framebench.core.registry, "
         "framebench.reports.report; "
         "print(sorted({'tensorflow', 'torch', 'jax', 'keras', 'ray'} & set(sys.modules)))"
     )

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from framebench.driver.cli import main
+from framebench.cli import main
 from framebench.history.changes import ACCURACY, TIME, detect
 from framebench.history.commands import all_changes, label
 from framebench.history.series import export_parquet, load_history

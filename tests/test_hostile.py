@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from framebench.cli import main
 from framebench.core import gemm, registry
 from framebench.core.harness import divergence
 from framebench.driver import runner
-from framebench.driver.cli import main
 from framebench.driver.node import decode_event
 from framebench.driver.runner import RunRequest
 from framebench.store import results

@@ -408,20 +408,20 @@ def test_perf_returns_the_worst_status_of_its_runs(tmp_path):
     """One preset whose only job fails: perf must say so in its exit status, and still write its report."""
     env = {**os.environ, "FRAMEBENCH_PLUGINS": "fake=tests.fake_backend:FakeClassifier", "FAKE_MODE": "raise"}
     result = framebench(
-        "perf", "--presets", "ci", "--backends", "fake", "--epochs", "2", "--repeats", "1", "--results-dir", str(tmp_path), env=env
+        "study", "perf", "--presets", "ci", "--backends", "fake", "--epochs", "2", "--repeats", "1", "--results-dir", str(tmp_path), env=env
     )
     assert result.returncode == 1, result.stderr
     assert "| ci | fake |" not in (tmp_path / "report.md").read_text()  # a failed run is no row of the speed table
 
 
 def test_perf_takes_the_run_flags_and_runs_one_request_per_preset(tmp_path, monkeypatch):
-    from framebench.driver import perf
+    from framebench.studies import perf
 
     requests = []
-    monkeypatch.setattr(perf, "run", lambda request, model, train: requests.append((request, train)) or 0)
+    monkeypatch.setattr(perf, "run_matrix", lambda request, model, train: requests.append((request, train)) or 0)
     monkeypatch.setattr(perf, "write_perf_report", lambda folder, directories: folder / "report.md")
     flags = ["--timeout", "60", "--executor", "local", "--seed", "7", "--same-seed", "--no-floors", "--schedule-timeout", "9"]
-    result = cli("perf", "--presets", "mlp", "--backends", "numpy,torch", "--epochs", "2", "--results-dir", str(tmp_path), *flags)
+    result = cli("study", "perf", "--presets", "mlp", "--backends", "numpy,torch", "--epochs", "2", "--results-dir", str(tmp_path), *flags)
     assert result.returncode == 0, result.stderr
     assert [(r.preset, r.backends, r.run_id) for r, _ in requests] == [
         ("mlp", "numpy,torch", "mlp"),
@@ -442,12 +442,12 @@ def test_perf_takes_the_run_flags_and_runs_one_request_per_preset(tmp_path, monk
 
 @pytest.mark.parametrize("flag", ["--dataset", "--run-id", "--resume", "--sweep"])
 def test_perf_refuses_the_run_flags_it_sets_per_preset(flag):
-    result = cli("perf", flag, "x")
+    result = cli("study", "perf", flag, "x")
     assert result.returncode == 2 and f"unrecognized arguments: {flag} x" in result.stderr
 
 
 def test_the_perf_matrix_adds_each_tutorial_preset_for_its_own_backend():
-    from framebench.driver.perf import perf_matrix
+    from framebench.studies.perf import perf_matrix
 
     assert perf_matrix("mlp,tutorial000", "numpy,tf") == [("mlp", "numpy,tf"), ("tutorial000", "numpy,tf"), ("tutorial002", "numpy")]
     assert perf_matrix("tutorial003", "jax") == [("tutorial003", "jax")]  # keras's tutorial preset only with keras

@@ -8,13 +8,9 @@ precision (framebench.core.gemm), so a bf16 epoch is measured against bf16 GEMMs
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pandas as pd
 
-from framebench.reports.plots import save_figure
-from framebench.store.tables import not_run, summary, to_markdown
+from framebench.store.tables import summary, to_markdown
 
 BASELINE = "fp32"
 COLUMNS = [
@@ -86,104 +82,3 @@ def report_section(runs: pd.DataFrame) -> list[str]:
         "",
         to_markdown(table),
     ]
-
-
-def findings(table: pd.DataFrame, study: str) -> list[str]:
-    """One generated sentence per row: the epoch's speed-up, the GEMMs', and where the difference went."""
-    lines = []
-    for row in table.itertuples():
-        share = "" if pd.isna(row.share_of_gemm_saving) else f"; {row.share_of_gemm_saving:.0%} of the GEMM time saved reached the epoch"
-        lines.append(
-            f"- {study}, {row.backend}/{row.variant} {row.precision}: epoch {row.speedup:.2f}x fp32's, its own GEMMs "
-            f"{row.gemm_speedup:.2f}x{share}; the rest of the epoch changed by {row.other_change_s:+.3f} s; "
-            f"accuracy {row.acc_diff:+.4f}; {verdict(row.speedup, row.gemm_speedup)}"
-        )
-    return lines
-
-
-def verdict(speedup: float, gemm_speedup: float) -> str:
-    """Whether faster 16-bit GEMMs made a faster epoch (the study's goal), and if not, what is left."""
-    if not gemm_speedup > 1:
-        return "its 16-bit GEMMs are not faster here, so no epoch speed-up is owed"
-    if speedup > 1:
-        return "faster GEMMs, faster epoch"
-    return "faster GEMMs but no faster epoch: the work outside the products (casts, 16-bit elementwise ops) grew more than they saved"
-
-
-def plot_study(tables: dict[str, pd.DataFrame], path: Path) -> bool:
-    """Per study, per backend: the epoch's speed-up over fp32 beside its own GEMMs'."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tables = {study: table for study, table in tables.items() if not table.empty}
-    if not tables:
-        return False
-    fig, panels = plt.subplots(1, len(tables), figsize=(6.5 * len(tables), 4.8), squeeze=False)
-    for axes, (study, table) in zip(panels[0], tables.items(), strict=True):
-        labels = [f"{r.backend}\n{r.variant}\n{r.precision}" for r in table.itertuples()]
-        x = range(len(labels))
-        axes.bar([i - 0.2 for i in x], table["speedup"], width=0.4, label="epoch")
-        axes.bar([i + 0.2 for i in x], table["gemm_speedup"], width=0.4, label="own GEMM floor")
-        axes.axhline(1.0, color="black", linewidth=0.8)
-        axes.set_xticks(list(x), labels, fontsize=8)
-        axes.set(title=f"{study}: speed-up over fp32", ylabel="fp32 time / time (x)")
-        axes.grid(axis="y", alpha=0.3)
-        axes.legend(fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
-    return True
-
-
-def machine_load(runs: pd.DataFrame) -> str:
-    """How busy the machine was while the study ran, from the runs' own records."""
-    return (
-        f"load average at job start {runs['loadavg_1m'].min():.1f}-{runs['loadavg_1m'].max():.1f}; other processes used "
-        f"{runs['other_cpu_frac'].median():.0%} of the CPUs (median over jobs, {runs['other_cpu_frac'].max():.0%} at most)"
-    )
-
-
-def write_study(folder: Path, directories: list[Path]) -> Path:
-    """results/precision/report.md and precision.png over the study's results directories (`make bench-precision`)."""
-    from framebench.reports.report import environment_section, write_markdown
-    from framebench.store.results import load_results
-
-    loaded = {d.name: load_results(d) for d in directories}
-    tables = {study: precision_table(t["runs"]) for study, t in loaded.items()}
-    figure = plot_study(tables, folder / "precision.png")
-    lines = [
-        "# framebench precision study",
-        "",
-        "Every backend at fp32 and at bf16 (mixed precision: bf16 products and activations, fp32 weights, optimiser state "
-        "and loss), one results directory per configuration: " + ", ".join(f"`{name}/`" for name in loaded) + ". Each "
-        "run's GEMM floor is its own library's products at its precision; a backend that cannot train a precision is a "
-        "`not run` line with the reason. The verdicts compare medians of the runs made; with one repeat on a shared "
-        "machine (its load is stated per configuration) a difference of a few percent is within the noise.",
-        "",
-    ]
-    for study, t in loaded.items():
-        lines += [
-            f"## {study}",
-            "",
-            f"`{t['env'].get('command')}`; {machine_load(t['runs'])}.",
-            "",
-            to_markdown(tables[study]),
-            *findings(tables[study], study),
-            *[f"- not run: {line}" for line in not_run(t["runs"])],
-            "",
-        ]
-    lines += ["![Speed-up over fp32: the epoch and its own GEMMs](precision.png)", ""] if figure else []
-    lines += environment_section(next(iter(loaded.values()))["env"])
-    return write_markdown(folder / "report.md", lines, "pass a writable folder")
-
-
-def main() -> None:
-    """`python -m framebench.reports.precision FOLDER DIR...`: the study report over its results directories."""
-    folder, *directories = sys.argv[1:]
-    print(write_study(Path(folder), [Path(d) for d in directories]))
-
-
-if __name__ == "__main__":
-    main()

@@ -2,7 +2,7 @@
 each epoch's own time. It is the ground truth the regression gate is measured against (`make
 bench-gate`) and that tests can use: BASE and NEW run the same code, NEW with the share set.
 
-Register it with FRAMEBENCH_PLUGINS="slowdown=framebench.slowdown:SlowdownClassifier" and set the
+Register it with FRAMEBENCH_PLUGINS="slowdown=framebench.studies.slowdown:SlowdownClassifier" and set the
 share in FRAMEBENCH_SLOWDOWN (0.10 = 10% more time per epoch; unset or 0 = none). The extra work is
 real arithmetic, not a sleep, so it slows down with the machine as the training itself does.
 """

@@ -1,4 +1,5 @@
-"""`framebench` / `python -m framebench`: run the matrix, list what exists, report, compare, check, history, publish.
+"""`framebench` / `python -m framebench`: run the matrix, list what exists, report, compare, check, history, publish,
+and the studies. The edge of the package: it dispatches to every layer and no layer imports it.
 
 Every flag's help comes from the comment on its dataclass field (RunRequest, ModelConfig, TrainConfig),
 so it is written once. User mistakes end in one line naming the fix, never a traceback.
@@ -7,59 +8,21 @@ so it is written once. User mistakes end in one line naming the fix, never a tra
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
 import tempfile
 from pathlib import Path
 
+from framebench import studies
 from framebench.core import registry
-from framebench.core.config import CHOICES, PRESETS, ModelConfig, TrainConfig, field_comments
+from framebench.core.config import CHOICES, PRESETS, ModelConfig, TrainConfig
 from framebench.core.data import DATASETS
-from framebench.driver.executors import EXECUTORS
-from framebench.driver.runner import DEVICE_CHOICES, RunRequest
+from framebench.driver.arguments import RUN_CHOICES, Parser, add_fields, given
+from framebench.driver.runner import RunRequest
 from framebench.errors import FrameBenchError
 
-RUN_CHOICES = {"preset": list(PRESETS), "dataset": DATASETS, "executor": EXECUTORS, "device": DEVICE_CHOICES}
 RESUMABLE = {"resume", "timeout", "executor", "address", "schedule_timeout", "data_dir"}  # flags that may go with --resume
-PER_PRESET = ("preset", "dataset", "run_id", "resume", "sweep", "target_acc")  # run flags `perf` sets per preset, not flags of its own
-TYPES = {"int": int, "float": float, "int | None": int, "float | None": float}
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse, with its errors as one line naming the fix (exit status 2) instead of usage text."""
-
-    def error(self, message: str):
-        raise FrameBenchError(f"{message}; see `{self.prog} --help`")
-
-
-def int_tuple(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def add_fields(group, cls, choices: dict, note: str = "", skip: tuple[str, ...] = ()) -> None:
-    """One flag per dataclass field (but those in `skip`), default None (= the dataclass's or preset's
-    value), help from its comment."""
-    comments = field_comments(cls)
-    for field in (f for f in dataclasses.fields(cls) if f.name not in skip):
-        flag = "--" + field.name.replace("_", "-")
-        text = comments[field.name] + (f" (one of: {', '.join(choices[field.name])})" if field.name in choices else "") + note
-        if field.type == "bool":
-            group.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None, help=text)
-        elif field.type == "tuple[str, ...]":  # a repeatable flag
-            group.add_argument(flag, dest=field.name, action="append", default=None, metavar="NAME=REQ[;REQ...]", help=text)
-        elif field.name == "hidden":
-            group.add_argument(flag, dest=field.name, type=int_tuple, default=None, metavar="W1,W2,...", help=text)
-        else:
-            group.add_argument(flag, dest=field.name, type=TYPES.get(field.type, str), default=None, help=text)
-
-
-def given(args: argparse.Namespace, cls) -> dict:
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
 
 
 def build_parser() -> Parser:
@@ -101,20 +64,11 @@ def build_parser() -> Parser:
     checking.add_argument("--allow-missing", action="store_true", help="runs without a threshold are noted instead of failing")
     environments = commands.add_parser("envs", help="list the framework environments --env built (in the user cache), or prune them")
     environments.add_argument("--prune", action="store_true", help="remove every one (they rebuild from uv's cache when next needed)")
-    perf = commands.add_parser(
-        "perf",
-        help="the speed study: backends x variants on several presets, with floors and a report",
-        description="One results directory per preset under --results-dir (default results/perf), every backend and "
-        "variant (default all, 2 repeats), then report.md over all of them; the run flags are `framebench run`'s.",
-    )
-    perf.add_argument(
-        "--presets",
-        default="tutorial000,tutorial003,mlp",
-        help="comma-separated presets; each tutorial's own preset is added for its backend",
-    )
-    perf.add_argument("--epochs", type=int, default=3, help="epochs per job (the first is excluded from the steady state)")
-    add_fields(perf.add_argument_group("the runs"), RunRequest, RUN_CHOICES, skip=PER_PRESET)
-    perf.set_defaults(backends="all", variants="all", repeats=2, results_dir="results/perf")
+    study = commands.add_parser("study", help="run one of the studies whose reports are committed under results/ (make bench-NAME)")
+    names = study.add_subparsers(dest="study", required=True, parser_class=Parser)
+    for name in studies.NAMES:
+        module = studies.load(name)
+        module.add_arguments(names.add_parser(name, help=module.HELP, description=module.__doc__.split("\n\n")[0]))
     deriving = commands.add_parser("thresholds", help="derive accuracy thresholds from measured results directories")
     deriving.add_argument("directories", nargs="+", help="results directories whose runs all finished ok")
     deriving.add_argument("--margin", type=float, default=0.01, help="subtracted from the lowest measured accuracy, finite and >= 0")
@@ -237,10 +191,8 @@ def command_envs(args: argparse.Namespace) -> int:
     return run_envs(prune=args.prune)
 
 
-def command_perf(args: argparse.Namespace) -> int:
-    from framebench.driver.perf import run_perf
-
-    return run_perf(args.presets, RunRequest(**given(args, RunRequest)), epochs=args.epochs)
+def command_study(args: argparse.Namespace) -> int:
+    return studies.load(args.study).run(args)
 
 
 def command_history(args: argparse.Namespace) -> int:
@@ -269,7 +221,7 @@ HANDLERS = {
     "check": command_check,
     "thresholds": command_thresholds,
     "envs": command_envs,
-    "perf": command_perf,
+    "study": command_study,
     "history": command_history,
     "publish": command_publish,
     "readme": command_readme,
