@@ -15,6 +15,7 @@ import pytest
 from framebench.errors import FrameBenchError
 from framebench.reports.compare import ONE_REPEAT, Group, Options, Tolerances, compare_groups
 from framebench.reports.stats import Interval, ratio_of_medians, repeats_to_settle
+from framebench.reports.verdicts import Kind, Verdict, exit_status, worst
 from framebench.store.job import DIMENSIONS, columns
 from framebench.store.tables import calibration_warnings
 from framebench.studies.slowdown import slowdown_share
@@ -65,7 +66,7 @@ def decided(base: Group, new: Group, options: Options = OPTIONS) -> pd.Series:
 
 def test_a_slowdown_beyond_the_tolerance_is_a_regression_whose_interval_holds_it():
     row = decided(group("BASE", 1.0), group("NEW", 1.3, seed=1))
-    assert row["verdict"] == "REGRESSION: time"
+    assert row["verdict"] == Verdict(Kind.REGRESSION, "time")
     assert 1.1 < row["time_low"] < 1.3 < row["time_high"] < 1.4
     assert row["time"] == f"×{row['time_ratio']:.3f} [{row['time_low']:.3f}, {row['time_high']:.3f}]"
 
@@ -73,25 +74,25 @@ def test_a_slowdown_beyond_the_tolerance_is_a_regression_whose_interval_holds_it
 def test_the_first_epoch_is_left_out():
     base, new = group("BASE", 1.0), group("NEW", 1.0, seed=1)
     new.epochs.loc[new.epochs["epoch"] == 1, "epoch_s"] *= 100  # a compile 100x slower changes nothing
-    assert decided(base, new)["verdict"] == "no change"
+    assert decided(base, new)["verdict"] == Verdict(Kind.NO_CHANGE)
 
 
 def test_an_effect_inside_the_tolerance_is_no_change():
     row = decided(group("BASE", 1.0), group("NEW", 1.03, seed=1))
-    assert row["verdict"] == "no change" and 1 / 1.1 <= row["time_low"] and row["time_high"] <= 1.1
+    assert row["verdict"] == Verdict(Kind.NO_CHANGE) and 1 / 1.1 <= row["time_low"] and row["time_high"] <= 1.1
 
 
 def test_a_speedup_beyond_the_tolerance_is_an_improvement():
-    assert decided(group("BASE", 1.0), group("NEW", 0.7, seed=1))["verdict"] == "improved"
+    assert decided(group("BASE", 1.0), group("NEW", 0.7, seed=1))["verdict"] == Verdict(Kind.IMPROVED)
 
 
 def test_an_interval_across_the_tolerance_is_inconclusive_and_says_how_many_repeats_would_settle_it():
     spread = (0.95, 1.0, 1.05)  # repeats 5% apart: a 2% slowdown's interval reaches past the 10% tolerance
     row = decided(group("BASE", 1.0, levels=spread), group("NEW", 1.02, levels=spread, seed=1))
-    assert row["verdict"] == "inconclusive: about 6 repeats a side would settle it"
+    assert row["verdict"] == Verdict(Kind.INCONCLUSIVE, "about 6 repeats a side would settle it")
     assert row["time_low"] < 1.1 < row["time_high"]
     settled = decided(group("BASE", 1.0, repeats=6, levels=spread * 2), group("NEW", 1.02, repeats=6, levels=spread * 2, seed=1))
-    assert settled["verdict"] == "no change"  # the advice holds: 6 repeats of the same spread settle it
+    assert settled["verdict"] == Verdict(Kind.NO_CHANGE)  # the advice holds: 6 repeats of the same spread settle it
 
 
 def test_the_interval_widens_with_the_spread_between_repeats_not_only_with_epochs():
@@ -103,44 +104,44 @@ def test_the_interval_widens_with_the_spread_between_repeats_not_only_with_epoch
 
 def test_one_repeat_is_named_and_never_called_a_regression():
     slower = decided(group("BASE", 1.0, repeats=1), group("NEW", 1.5, repeats=1, seed=1))
-    assert slower["verdict"] == "inconclusive" and slower["note"] == ONE_REPEAT
+    assert slower["verdict"] == Verdict(Kind.INCONCLUSIVE) and slower["note"] == ONE_REPEAT
     same = decided(group("BASE", 1.0, repeats=1), group("NEW", 1.0, repeats=3, seed=1))
-    assert same["verdict"] == "no change" and same["note"] == ONE_REPEAT
+    assert same["verdict"] == Verdict(Kind.NO_CHANGE) and same["note"] == ONE_REPEAT
 
 
 def test_a_busy_new_is_not_verified_whatever_its_time():
     row = decided(group("BASE", 1.0), group("NEW", 1.5, seed=1, busy=0.47))
-    assert row["verdict"] == "not verified (busy: NEW's jobs shared the CPU with other processes, 47%)"
+    assert row["verdict"] == Verdict(Kind.NOT_VERIFIED, note="busy: NEW's jobs shared the CPU with other processes, 47%")
     base_busy = decided(group("BASE", 1.0, busy=0.3), group("NEW", 1.0, seed=1))
-    assert base_busy["verdict"] == "not verified (busy: BASE's jobs shared the CPU with other processes, 30%)"
+    assert base_busy["verdict"] == Verdict(Kind.NOT_VERIFIED, note="busy: BASE's jobs shared the CPU with other processes, 30%")
 
 
 def test_accuracy_is_judged_even_when_the_machine_was_busy():
     row = decided(group("BASE", 1.0), group("NEW", 1.5, seed=1, busy=0.47, acc=0.93))
-    assert row["verdict"] == "REGRESSION: accuracy"
+    assert row["verdict"] == Verdict(Kind.REGRESSION, "accuracy")
 
 
 def test_a_machine_running_slower_during_new_is_not_verified():
     row = decided(group("BASE", 1.0), group("NEW", 1.8, seed=1, calibration=0.09))
-    assert row["verdict"] == "not verified: the machine ran ×1.80 slower during NEW"
+    assert row["verdict"] == Verdict(Kind.NOT_VERIFIED, "the machine ran ×1.80 slower during NEW")
     assert row["machine_ratio"] == pytest.approx(1.8)
 
 
 def test_a_small_calibration_difference_does_not_hold_back_a_large_effect():
-    assert decided(group("BASE", 1.0), group("NEW", 1.5, seed=1, calibration=0.052))["verdict"] == "REGRESSION: time"
+    assert decided(group("BASE", 1.0), group("NEW", 1.5, seed=1, calibration=0.052))["verdict"] == Verdict(Kind.REGRESSION, "time")
 
 
 def test_the_groups_labels_name_the_sides():
     row = decided(group("env-a", 1.0), group("env-b", 1.5, seed=1, busy=0.5))
-    assert row["verdict"] == "not verified (busy: env-b's jobs shared the CPU with other processes, 50%)"
+    assert row["verdict"] == Verdict(Kind.NOT_VERIFIED, note="busy: env-b's jobs shared the CPU with other processes, 50%")
 
 
 def test_accuracy_with_repeats_has_an_interval_and_one_repeat_falls_back_to_the_tolerance():
     row = decided(group("BASE", 1.0, acc=0.95), group("NEW", 1.0, seed=1, acc=0.94))
-    assert row["verdict"] == "REGRESSION: accuracy" and row["d_acc"] == pytest.approx(-0.01)
+    assert row["verdict"] == Verdict(Kind.REGRESSION, "accuracy") and row["d_acc"] == pytest.approx(-0.01)
     assert row["accuracy"] == "-0.0100 [-0.0100, -0.0100]"
     single = decided(group("BASE", 1.0, repeats=1, acc=0.95), group("NEW", 1.0, repeats=1, seed=1, acc=0.947))
-    assert single["accuracy"] == "-0.0030" and not single["verdict"].startswith("REGRESSION")
+    assert single["accuracy"] == "-0.0030" and single["verdict"].kind is not Kind.REGRESSION
 
 
 def test_the_interval_is_the_same_every_time():
@@ -176,3 +177,14 @@ def test_a_job_whose_machine_changed_speed_is_flagged():
     assert len(warnings) == 2
     assert "repeat 3 (box): the machine changed speed during it (calibration 0.05 s before, 0.09 s after)" in warnings[0]
     assert "repeat 6 (box): the machine ran ×2.00 the run's usual calibration time" in warnings[1]
+
+
+def test_a_verdict_is_a_value_whose_kind_decides_the_exit_status_and_whose_text_is_made_at_the_edge():
+    busy = Verdict(Kind.NOT_VERIFIED, note="busy: NEW's jobs shared the CPU with other processes, 47%")
+    slower = Verdict(Kind.REGRESSION, "time")
+    assert str(busy) == "not verified (busy: NEW's jobs shared the CPU with other processes, 47%)" and str(slower) == "REGRESSION: time"
+    assert worst([Verdict(Kind.NO_CHANGE), busy, slower]) is slower and worst([Verdict(Kind.IMPROVED), busy]) is busy
+    assert exit_status([Kind.NO_CHANGE, Kind.NEW]) == 0
+    assert exit_status([Kind.NO_CHANGE, Kind.INCONCLUSIVE]) == 2
+    assert exit_status([Kind.INCONCLUSIVE, Kind.REGRESSION, Kind.NOT_VERIFIED]) == 1
+    assert busy.to_json() == {"kind": "NOT_VERIFIED", "reason": "", "note": busy.note, "text": str(busy)}

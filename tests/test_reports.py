@@ -208,7 +208,8 @@ def test_compare_a_busy_new_is_not_verified_and_the_json_says_the_same(tmp_path)
     assert result.returncode == 2 and "not verified (busy: NEW's jobs shared the CPU with other processes, 47%)" in result.stdout
     document = json.loads(output.read_text())
     numpy_row = next(k for k in document["keys"] if k["backend"] == "numpy")
-    assert document["exit_status"] == 2 and numpy_row["verdict"].startswith("not verified (busy") and numpy_row["time_ratio"] == 3.0
+    assert document["exit_status"] == 2 and numpy_row["decision"]["kind"] == "NOT_VERIFIED" and numpy_row["time_ratio"] == 3.0
+    assert numpy_row["decision"]["note"] == "busy: NEW's jobs shared the CPU with other processes, 47%"
 
 
 @pytest.mark.parametrize("status", ["failed", "diverged", "timeout", "unavailable", "unsupported", "interrupted", "lost"])

@@ -36,13 +36,13 @@ import pandas as pd
 
 from framebench.errors import FrameBenchError
 from framebench.reports.stats import Interval, difference_of_medians, ratio_of_medians, repeats_to_settle
+from framebench.reports.verdicts import FAIL, PASS, UNDECIDED, Kind, Verdict, exit_status, worst
 from framebench.store.job import NOT_RUN, key_columns, point_names, series_columns
 from framebench.store.results import load_results, node_environments
 from framebench.store.tables import BUSY_FRACTION, escape_markdown, format_table, latest_attempts, to_markdown
 
 TRAINING = ("model", "train")  # config.json sections that decide what accuracy a run reaches
 ONE_REPEAT = "1 repeat: the spread between processes is unknown; use --repeats 3"
-VERIFIED = ("no change", "improved")  # verdicts that verified a key
 TABLE_COLUMNS = ["verdict", "time", "accuracy", "repeats", "note"]
 FIGURE_COLUMNS = [
     "epoch_s_base",
@@ -164,50 +164,50 @@ def decide(b: pd.DataFrame, n: pd.DataFrame, options: Options, labels: tuple[str
     """The verdict of one key and its figures."""
     base_ok, new_ok = b[b["usable"]], n[n["usable"]]
     figures = {"repeats_base": len(base_ok), "repeats_new": len(new_ok)}
-    status = presence(b, n, labels)
-    if status:
-        return render({**figures, "verdict": status})
+    if absent := presence(b, n, labels):
+        return render({**figures, "verdict": absent})
     if changed := code_change(base_ok, new_ok):
-        return render({**figures, "verdict": f"not comparable: {changed}"})
+        return render({**figures, "verdict": Verdict(Kind.NOT_COMPARABLE, changed)})
     accuracy = accuracy_effect(base_ok, new_ok, options.tolerances)
     figures.update(accuracy)
-    timing = time_effect(base_ok, new_ok, options, labels) if options.compare_time else {"time_verdict": "not compared"}
+    timing = time_effect(base_ok, new_ok, options, labels) if options.compare_time else {}
     figures.update(timing)
+    time = timing.get("time_verdict")
     regressed = [
         what
         for what, bad in (
             ("accuracy", accuracy["acc_regressed"] and options.compare_accuracy),
-            ("time", timing["time_verdict"] == "REGRESSION"),
+            ("time", time is not None and time.kind is Kind.REGRESSION),
         )
         if bad
     ]
     if regressed:
-        verdict = "REGRESSION: " + " and ".join(regressed)
-    elif not options.compare_time:
-        verdict = "no change (accuracy only)" if options.compare_accuracy else "not verified"
-    elif not options.compare_accuracy and timing["time_verdict"] in VERIFIED:
-        verdict = f"{timing['time_verdict']} (time only)"
+        verdict = Verdict(Kind.REGRESSION, " and ".join(regressed))
+    elif time is None:
+        verdict = Verdict(Kind.NO_CHANGE, note="accuracy only") if options.compare_accuracy else Verdict(Kind.NOT_VERIFIED)
+    elif not options.compare_accuracy and time.kind.verified:
+        verdict = Verdict(time.kind, note="time only")
     else:
-        verdict = timing["time_verdict"]
+        verdict = time
     return render({**figures, "verdict": verdict})
 
 
-def presence(b: pd.DataFrame, n: pd.DataFrame, labels: tuple[str, str]) -> str:
-    """The verdict of a key that did not run ok on both sides ("" when it did)."""
+def presence(b: pd.DataFrame, n: pd.DataFrame, labels: tuple[str, str]) -> Verdict | None:
+    """The verdict of a key that did not run ok on both sides (None when it did)."""
     base_label, new_label = labels
     declined = lambda rows: not rows.empty and rows["status"].isin(NOT_RUN).all()  # noqa: E731
     if n.empty:
-        return f"REGRESSION: missing in {new_label}" if not b.empty and not declined(b) else "not run in either"
+        return Verdict(Kind.REGRESSION, f"missing in {new_label}") if not b.empty and not declined(b) else Verdict(Kind.NOT_RUN)
     new_outcome = outcome(n)
     if new_outcome != "ok":
         if declined(n) and (b.empty or declined(b)):
-            return f"not run in either ({n['status'].iloc[0]})"
-        return f"REGRESSION: {new_label} {new_outcome}"
+            return Verdict(Kind.NOT_RUN, note=n["status"].iloc[0])
+        return Verdict(Kind.REGRESSION, f"{new_label} {new_outcome}")
     if b.empty:
-        return "new"
+        return Verdict(Kind.NEW)
     if not b["usable"].any():
-        return f"fixed ({base_label} {outcome(b)})"
-    return ""
+        return Verdict(Kind.FIXED, note=f"{base_label} {outcome(b)}")
+    return None
 
 
 def code_change(base_ok: pd.DataFrame, new_ok: pd.DataFrame) -> str:
@@ -239,15 +239,13 @@ def time_effect(base_ok: pd.DataFrame, new_ok: pd.DataFrame, options: Options, l
     """The time verdict on the nodes both sides share (the worst where they share several)."""
     shared = sorted(set(base_ok["fingerprint"]) & set(new_ok["fingerprint"]))
     if not shared:
-        return {"time_verdict": f"not verified: no node of {labels[1]} has the machine fingerprint of {labels[0]}'s"}
+        return {"time_verdict": Verdict(Kind.NOT_VERIFIED, f"no node of {labels[1]} has the machine fingerprint of {labels[0]}'s")}
     judged = [
         time_verdict(base_ok[base_ok["fingerprint"] == f], new_ok[new_ok["fingerprint"] == f], options.tolerances.time_tol, labels)
         for f in shared
     ]
-    return max(judged, key=lambda j: SEVERITY.index(j["time_verdict"].split(":")[0].split(" (")[0]))
-
-
-SEVERITY = ["no change", "improved", "inconclusive", "not verified", "REGRESSION"]  # the worst wins across nodes
+    most_severe = worst(j["time_verdict"] for j in judged)
+    return next(j for j in judged if j["time_verdict"] is most_severe)
 
 
 def time_verdict(base_ok: pd.DataFrame, new_ok: pd.DataFrame, tol: float, labels: tuple[str, str]) -> dict:
@@ -266,38 +264,36 @@ def time_verdict(base_ok: pd.DataFrame, new_ok: pd.DataFrame, tol: float, labels
         "busy_new": new_ok["other_cpu_frac"].max(),
         "one_repeat": repeats < 2,
     }
-    verdict = band_verdict(effect, tol, repeats)
-    held = held_back(figures, tol, labels)
-    return {**figures, "time_verdict": held or verdict}
+    return {**figures, "time_verdict": held_back(figures, tol, labels) or band_verdict(effect, tol, repeats)}
 
 
-def band_verdict(effect: Interval, tol: float, repeats: int) -> str:
+def band_verdict(effect: Interval, tol: float, repeats: int) -> Verdict:
     """The interval read against [1 / (1 + tol), 1 + tol] (see the module's docstring)."""
     upper, lower = 1 + tol, 1 / (1 + tol)
     if lower <= effect.low and effect.high <= upper:
-        return "no change"
+        return Verdict(Kind.NO_CHANGE)
     if repeats < 2:  # the interval knows only the epochs of one process: too narrow to claim an effect
-        return "inconclusive"
+        return Verdict(Kind.INCONCLUSIVE)
     if effect.low > 1 and effect.estimate > upper:
-        return "REGRESSION"
+        return Verdict(Kind.REGRESSION, "time")
     if effect.high < 1 and effect.estimate < lower:
-        return "improved"
+        return Verdict(Kind.IMPROVED)
     bound = upper if effect.estimate > 1 else lower
     needed = repeats_to_settle(effect, repeats, bound)
-    return "inconclusive: " + (f"about {needed} repeats a side would settle it" if needed else "the effect sits on the tolerance")
+    return Verdict(Kind.INCONCLUSIVE, f"about {needed} repeats a side would settle it" if needed else "the effect sits on the tolerance")
 
 
-def held_back(figures: dict, tol: float, labels: tuple[str, str]) -> str:
-    """'not verified (...)' when either side ran busy or the machine's speed differed by at least half
-    the effect (or half the tolerance, for an effect smaller than it); "" otherwise."""
+def held_back(figures: dict, tol: float, labels: tuple[str, str]) -> Verdict | None:
+    """Not verified when either side ran busy or the machine's speed differed by at least half the
+    effect (or half the tolerance, for an effect smaller than it); None otherwise."""
     for side, label in (("busy_new", labels[1]), ("busy_base", labels[0])):
         if figures[side] > BUSY_FRACTION:
-            return f"not verified (busy: {label}'s jobs shared the CPU with other processes, {figures[side]:.0%})"
+            return Verdict(Kind.NOT_VERIFIED, note=f"busy: {label}'s jobs shared the CPU with other processes, {figures[side]:.0%}")
     speed = figures["machine_ratio"]
     if not math.isnan(speed) and abs(math.log(speed)) >= max(abs(math.log(figures["time_ratio"])), math.log1p(tol)) / 2:
         direction = f"×{speed:.2f} slower" if speed > 1 else f"×{1 / speed:.2f} faster"
-        return f"not verified: the machine ran {direction} during {labels[1]}"
-    return ""
+        return Verdict(Kind.NOT_VERIFIED, f"the machine ran {direction} during {labels[1]}")
+    return None
 
 
 def render(decided: dict) -> dict:
@@ -338,23 +334,23 @@ def version_notes(base: pd.DataFrame, new: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(f"{r.backend}: {r.framework_version_base} -> {r.framework_version_new}" for r in changed.itertuples()))
 
 
-def exit_status(table: pd.DataFrame, fully_compared: bool) -> tuple[int, str]:
-    """1 on a regression, else 2 if anything was left unverified (or nothing verified), else 0; with the line saying so."""
-    verdicts = table["verdict"]
-    regressions = verdicts.str.startswith("REGRESSION").sum()
-    if regressions:
-        return 1, f"{regressions} regression(s)"
-    verified = verdicts.str.startswith(VERIFIED).any()
-    unsettled = verdicts.str.startswith(("inconclusive", "not verified", "not comparable")).sum()
-    if not verified and not unsettled:
-        return 2, "nothing was verified: no key ran ok in BASE and in NEW (a BASE whose runs all failed is no baseline): refused"
+def conclusion(verdicts: list[Verdict], fully_compared: bool) -> tuple[int, str]:
+    """The exit status of the verdicts (framebench.reports.verdicts.exit_status), refusing a comparison
+    that verified nothing or compared only part of what it was asked to; with the line saying so."""
+    kinds = [v.kind for v in verdicts]
+    status = exit_status(kinds)
+    if status == FAIL:
+        return FAIL, f"{kinds.count(Kind.REGRESSION)} regression(s)"
+    unsettled = sum(kind.exit_status == UNDECIDED for kind in kinds)
+    if not unsettled and not any(kind.verified for kind in kinds):
+        return UNDECIDED, "nothing was verified: no key ran ok in BASE and in NEW (a BASE whose runs all failed is no baseline): refused"
     if unsettled or not fully_compared:
         missing = "" if fully_compared else "; accuracy or timings not compared"
         return (
-            2,
+            UNDECIDED,
             f"no regression found, but not everything was verified ({unsettled} key(s) inconclusive or not verified{missing}): refused",
         )
-    return 0, "no regression"
+    return PASS, "no regression"
 
 
 def run_compare_envs(
@@ -431,12 +427,12 @@ def finish_comparison(
 ) -> int:
     """Print the decided table (and write it as Markdown and JSON where asked); the exit status of `exit_status`."""
     tolerances = options.tolerances
-    status, conclusion = exit_status(table, options.compare_accuracy and (options.compare_time or accuracy_only))
-    shown = table[series_columns() + TABLE_COLUMNS]
+    status, concluded = conclusion(list(table["verdict"]), options.compare_accuracy and (options.compare_time or accuracy_only))
+    shown = table[series_columns() + TABLE_COLUMNS].assign(verdict=table["verdict"].map(str))
     for line in lines:
         print(line)
     print(format_table(shown))
-    print(conclusion)
+    print(concluded)
     rule = (
         f"accuracy tolerance {tolerances.acc_tol:g}; time tolerance {tolerances.time_tol:.0%}: a regression's 95% interval lies above 1 "
         f"and its ratio beyond {1 + tolerances.time_tol:g}; no change: the interval inside the tolerance band"
@@ -444,10 +440,12 @@ def finish_comparison(
     if markdown:
         header = ["## framebench compare", "", f"BASE {escape_markdown(sides['base'])}, NEW {escape_markdown(sides['new'])}; {rule}", ""]
         notes = [f"- {escape_markdown(line)}" for line in lines]
-        write_output(markdown, "--markdown", "\n".join(header + notes + [""]) + to_markdown(shown) + f"\n{conclusion}\n")
+        write_output(markdown, "--markdown", "\n".join(header + notes + [""]) + to_markdown(shown) + f"\n{concluded}\n")
     if json_file:
-        document = {**sides, "rule": rule, "notes": lines, "exit_status": status, "conclusion": conclusion}
-        document["keys"] = json.loads(table.to_json(orient="records"))
+        document = {**sides, "rule": rule, "notes": lines, "exit_status": status, "conclusion": concluded}
+        document["keys"] = json.loads(table.assign(verdict=table["verdict"].map(str)).to_json(orient="records"))
+        for key, verdict in zip(document["keys"], table["verdict"], strict=True):
+            key["decision"] = verdict.to_json()
         write_output(json_file, "--json", json.dumps(document, indent=2) + "\n")
     return status
 

@@ -33,6 +33,7 @@ from scipy.stats import binomtest
 from framebench.errors import FrameBenchError
 from framebench.reports.compare import Group, Options, Tolerances, compare_groups, held_back
 from framebench.reports.plots import save_figure
+from framebench.reports.verdicts import Kind
 from framebench.store.results import load_results
 from framebench.store.tables import BUSY_FRACTION, latest_attempts, to_markdown
 
@@ -160,14 +161,16 @@ def outcomes(settings: Settings) -> pd.DataFrame:
                     "round": round_number,
                     "condition": condition.name,
                     "share": condition.share,
-                    "verdict": decided["verdict"],
+                    "verdict": str(decided["verdict"]),
+                    "kind": decided["verdict"].kind,
+                    "busy": decided["verdict"].note.startswith("busy"),
                     "time_ratio": decided["time_ratio"],
                     "time_low": decided["time_low"],
                     "time_high": decided["time_high"],
                     "machine_ratio": decided["machine_ratio"],
                     "busy_base": decided["busy_base"],
                     "busy_new": decided["busy_new"],
-                    "new_rule": decided["verdict"].startswith("REGRESSION"),
+                    "new_rule": decided["verdict"].kind is Kind.REGRESSION,
                     "interval_only": interval_only(decided, settings.time_tol),
                     "speed_guarded": speed_guarded(decided, settings.time_tol),
                     "old_rule": old_rule(base, new, settings.time_tol),
@@ -184,9 +187,9 @@ def rates(table: pd.DataFrame, settings: Settings) -> pd.DataFrame:
         {
             "pairs": grouped.size(),
             "new rule: REGRESSION": grouped["new_rule"].sum(),
-            "new: not verified": grouped["verdict"].apply(lambda v: v.str.startswith("not verified").sum()),
-            "new: inconclusive": grouped["verdict"].apply(lambda v: v.str.startswith("inconclusive").sum()),
-            "new: no change": grouped["verdict"].apply(lambda v: (v == "no change").sum()),
+            "new: not verified": grouped["kind"].apply(lambda k: (k == Kind.NOT_VERIFIED).sum()),
+            "new: inconclusive": grouped["kind"].apply(lambda k: (k == Kind.INCONCLUSIVE).sum()),
+            "new: no change": grouped["kind"].apply(lambda k: (k == Kind.NO_CHANGE).sum()),
             "interval alone: REGRESSION": grouped["interval_only"].sum(),
             "interval + speed guard: REGRESSION": grouped["speed_guarded"].sum(),
             "old rule: REGRESSION": grouped["old_rule"].sum(),
@@ -262,18 +265,18 @@ def write_figure(table: pd.DataFrame, settings: Settings, path: Path) -> None:
 
     names = [c.name for c in conditions(settings) if c.name in set(table["condition"])]
     colours = {
-        "REGRESSION": "tab:red",
-        "no change": "tab:green",
-        "inconclusive": "tab:orange",
-        "not verified": "tab:gray",
-        "improved": "tab:blue",
+        Kind.REGRESSION: "tab:red",
+        Kind.NO_CHANGE: "tab:green",
+        Kind.INCONCLUSIVE: "tab:orange",
+        Kind.NOT_VERIFIED: "tab:gray",
+        Kind.IMPROVED: "tab:blue",
     }
     figure, axis = plt.subplots(figsize=(9, 4.5))
     for position, name in enumerate(names):
         rows = table[table["condition"] == name].reset_index(drop=True)
         for offset, row in rows.iterrows():
             x = position + (offset - (len(rows) - 1) / 2) * 0.6 / max(len(rows), 1)
-            colour = next(c for prefix, c in colours.items() if row["verdict"].startswith(prefix))
+            colour = colours[row["kind"]]
             axis.errorbar(
                 x,
                 row["time_ratio"],
@@ -284,8 +287,8 @@ def write_figure(table: pd.DataFrame, settings: Settings, path: Path) -> None:
             )
     axis.axhline(1, color="black", lw=0.8)
     axis.axhline(1 + settings.time_tol, color="tab:red", lw=0.8, ls="--", label=f"1 + tolerance ({settings.time_tol:.0%})")
-    for prefix, colour in colours.items():
-        axis.plot([], [], "o", color=colour, label=prefix)
+    for kind, colour in colours.items():
+        axis.plot([], [], "o", color=colour, label=kind.value)
     axis.set_xticks(range(len(names)), names)
     axis.set_ylabel("NEW / BASE median epoch, 95% interval")
     axis.set_title("The regression gate on A/A and injected-slowdown pairs")
@@ -346,7 +349,7 @@ def write_report(settings: Settings) -> Path:
         f"- {covered} of {len(aa)} A/A intervals contain 1 (a 95% interval should, about 95% of the time): the interval "
         "holds the spread between the repeats of one run, not a change of the machine's state between two runs taken "
         "minutes apart; runs that interleave BASE and NEW job by job see the same state and close that gap.",
-        f"- {int(table['verdict'].str.startswith('not verified (busy').sum())} of {len(table)} pairs were held back as busy "
+        f"- {int(table['busy'].sum())} of {len(table)} pairs were held back as busy "
         f"(other processes used more than {BUSY_FRACTION:.0%} of the CPUs): on a machine this shared the gate refuses to judge "
         "time, as designed; the `interval alone` and `interval + speed guard` columns show what its statistics say without that guard.",
         f"- A false-alarm rate shown to be below 5% needs about 60 A/A pairs without one (rule of three); this study has "
@@ -354,7 +357,7 @@ def write_report(settings: Settings) -> Path:
         "",
         "## Every pair",
         "",
-        to_markdown(table.drop(columns=["share"])),
+        to_markdown(table.drop(columns=["share", "kind", "busy"])),
     ]
     path = settings.directory / "report.md"
     path.write_text("\n".join(lines))
