@@ -13,8 +13,9 @@ from framebench.driver.runner import JobState, Matrix, done_keys, plan, summariz
 from framebench.reports.compare import Group, Options, Tolerances, compare_groups
 from framebench.reports.verdicts import Kind, Verdict
 from framebench.store import job as contract
+from framebench.store.files import append_rows
 from framebench.store.job import Dimension, End, Epoch, Job, MalformedEvent, Setup, from_wire, to_wire
-from framebench.store.results import append_rows, read_table
+from framebench.store.reader import read_table
 
 TEMPLATE = Job(run_id="r", dataset="digits", data_dir=None, preset="mlp", config={}, seed=0, threads=1, target_acc=0.9)
 

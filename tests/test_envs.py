@@ -21,10 +21,11 @@ from framebench.driver.runner import RunRequest, matrix_of, merged_envs, new_con
 from framebench.errors import FrameBenchError
 from framebench.reports import environments
 from framebench.reports.compare import Tolerances, run_compare_envs
+from framebench.reports.floors import load_with_floors
 from framebench.reports.plots import draw_all
+from framebench.reports.summary import summary
 from framebench.store.job import Job, columns, key_columns
-from framebench.store.results import load_results
-from framebench.store.tables import summary
+from framebench.store.reader import load_results
 from tests.conftest import framebench, printed_directory
 
 OLD, NEW = "numpy==2.3.5", "numpy==2.4.6"  # two NumPy minors the registry serves for Python 3.11
@@ -156,7 +157,7 @@ def test_side_by_side_gives_ratio_difference_and_first_divergent_step(tmp_path):
 
 def test_environments_are_compared_at_each_precision_not_pooled_and_drawn(tmp_path):
     directory = synthetic_run(tmp_path, new_losses=[1.0, 0.9, 0.8], new_time=1.5, new_acc=0.95, precisions={"fp32": 1.0, "bf16": 4.0})
-    tables = load_results(directory)
+    tables = load_with_floors(directory)
     table = environments.side_by_side(tables).set_index(["precision", "env"])
     assert len(table) == 4
     assert table.loc[("bf16", "new"), "time_ratio"] == pytest.approx(1.5) and table.loc[("bf16", "old"), "epoch_s"] == pytest.approx(4.02)

@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 
 from framebench.driver.runner import STOP_SIGNALS, Interrupts, Stopped
-from framebench.store.results import append_rows, load_results, read_table
+from framebench.store.files import append_rows
+from framebench.store.reader import load_results, read_table
 from tests.conftest import REPO, cli, framebench
 
 PLUGIN = "fake=tests.fake_backend:FakeClassifier"

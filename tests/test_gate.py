@@ -15,9 +15,9 @@ import pytest
 from framebench.errors import FrameBenchError
 from framebench.reports.compare import ONE_REPEAT, Group, Options, Tolerances, compare_groups
 from framebench.reports.stats import Interval, ratio_of_medians, repeats_to_settle
+from framebench.reports.summary import calibration_warnings
 from framebench.reports.verdicts import Kind, Verdict, exit_status, worst
 from framebench.store.job import DIMENSIONS, columns
-from framebench.store.tables import calibration_warnings
 from framebench.studies.slowdown import slowdown_share
 
 NODE = {"machine": "box", "cpu": "Some CPU", "cores": 2, "kernel_settings": {}, "gpus": []}

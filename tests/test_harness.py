@@ -18,7 +18,7 @@ from framebench.core.harness import divergence, epoch_order, initial_weights
 from framebench.driver.runner import time_to_target
 from framebench.errors import FrameBenchError
 from framebench.store.job import Epoch, columns
-from framebench.store.results import load_results
+from framebench.store.reader import load_results
 from tests.conftest import REPO, cli, framebench, printed_directory
 
 TIME_COLUMNS = [

@@ -20,8 +20,8 @@ from framebench.cli import main
 from framebench.history.changes import ACCURACY, TIME, detect
 from framebench.history.commands import all_changes, label
 from framebench.history.series import export_parquet, load_history
+from framebench.store.files import append_rows, write_json
 from framebench.store.job import columns
-from framebench.store.results import append_rows, write_json
 
 NODE = {"machine": "ci-1", "cpu": "Test CPU", "cores": 2, "kernel_settings": {}, "gpus": [], "libraries": {}}
 TRAIN = {"optimizer": "sgd", "lr": 0.001, "batch_size": 128, "epochs": 2}

@@ -16,15 +16,17 @@ import pandas as pd
 import pytest
 
 from framebench.cli import main
-from framebench.core import gemm, registry
+from framebench.core import registry
 from framebench.core.harness import divergence
+from framebench.driver import probe as gemm
 from framebench.driver import runner
 from framebench.driver.node import decode_event
 from framebench.driver.runner import RunRequest
-from framebench.store import results
+from framebench.reports.markdown import escape_markdown, to_markdown
+from framebench.store import files as results
+from framebench.store.files import append_rows
 from framebench.store.job import MalformedEvent
-from framebench.store.results import append_rows, load_results, read_table
-from framebench.store.tables import escape_markdown, latest_attempts, to_markdown
+from framebench.store.reader import latest_attempts, load_results, read_table
 from tests.conftest import framebench
 from tests.test_faults import alive, env_for, run_args, run_fake, started, wait_for
 

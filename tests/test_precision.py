@@ -11,12 +11,12 @@ import pytest
 
 from framebench.core import registry
 from framebench.core.config import Sweep, precision_mismatch, resolve
-from framebench.core.gemm import with_efficiencies
 from framebench.driver.runner import JobState, Matrix, RunRequest, new_config, plan, summarize
 from framebench.errors import FrameBenchError
+from framebench.reports.floors import with_efficiencies
 from framebench.reports.precision import precision_table
 from framebench.store.job import End, Job, Setup, accuracy_key_columns, columns
-from framebench.store.results import read_table
+from framebench.store.reader import read_table
 from framebench.studies.precision import verdict
 from framebench.testing import cases
 from tests.conftest import framebench, printed_directory

@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from framebench.core.gemm import with_efficiencies
-from framebench.store.results import load_results
+from framebench.reports.floors import with_efficiencies
+from framebench.store.reader import load_results
 from tests.conftest import REPO
 
 pytestmark = [

@@ -16,12 +16,14 @@ import os
 import pandas as pd
 import pytest
 
-from framebench.core.gemm import MAX_CREDIBLE_EFFICIENCY, PROBE_DISAGREEMENT, step_gemms
+from framebench.core.flops import step_gemms
 from framebench.errors import FrameBenchError
 from framebench.reports.compare import version_notes
+from framebench.reports.floors import MAX_CREDIBLE_EFFICIENCY, PROBE_DISAGREEMENT, load_with_floors
+from framebench.reports.summary import BUSY_FRACTION, busy_warnings
+from framebench.store.files import append_rows, write_json
 from framebench.store.job import columns
-from framebench.store.results import append_rows, load_results, write_json
-from framebench.store.tables import BUSY_FRACTION, busy_warnings
+from framebench.store.reader import load_results
 from tests.conftest import cli, framebench
 
 SIZES, BATCH, SAMPLES = (64, 32, 10), 16, 1600  # a tiny network: 100 steps per epoch
@@ -112,7 +114,7 @@ def baseline_runs(numpy_s=(1.0, 1.01, 1.02), jax_s=(0.5, 0.505, 0.51), acc=0.95)
 def test_floors_and_efficiencies_are_derived_from_each_nodes_probes(tmp_path):
     """floor = fastest library's step time x steps per epoch; own floor = the backend's library's."""
     gemm = gemm_rows("numpy", 0.004) + gemm_rows("jax", 0.002) + gemm_rows("numpy", 0.0045, "end") + gemm_rows("jax", 0.0021, "end")
-    runs = load_results(results(tmp_path / "r", baseline_runs(), gemm))["runs"].set_index(["backend", "repeat"])
+    runs = load_with_floors(results(tmp_path / "r", baseline_runs(), gemm))["runs"].set_index(["backend", "repeat"])
     steps = SAMPLES / BATCH
     numpy_run = runs.loc[("numpy", 1)]
     assert numpy_run["floor_epoch_s"] == pytest.approx(0.002 * steps)  # the faster probe of the faster library
@@ -125,7 +127,7 @@ def test_floors_and_efficiencies_are_derived_from_each_nodes_probes(tmp_path):
 def test_disagreeing_probes_make_efficiencies_unreliable_not_wrong(tmp_path):
     slowed = PROBE_DISAGREEMENT * 1.1
     gemm = gemm_rows("numpy", 0.004) + gemm_rows("numpy", 0.004 * slowed, "end")
-    runs = load_results(results(tmp_path / "r", baseline_runs(), gemm))["runs"]
+    runs = load_with_floors(results(tmp_path / "r", baseline_runs(), gemm))["runs"]
     numpy_runs = runs[runs["backend"] == "numpy"]
     assert numpy_runs["efficiency"].isna().all() and numpy_runs["floor_epoch_s"].notna().all()
     assert numpy_runs["floor_note"].str.contains("disagree").all()
@@ -141,7 +143,7 @@ def test_a_disagreeing_own_floor_empties_only_the_overhead_efficiency(tmp_path):
         + gemm_rows("numpy", 0.004)
         + gemm_rows("numpy", 0.004 * PROBE_DISAGREEMENT * 1.2, "end")
     )
-    runs = load_results(results(tmp_path / "r", baseline_runs(), gemm))["runs"]
+    runs = load_with_floors(results(tmp_path / "r", baseline_runs(), gemm))["runs"]
     numpy_runs, jax_runs = runs[runs["backend"] == "numpy"], runs[runs["backend"] == "jax"]
     assert numpy_runs["efficiency"].notna().all() and numpy_runs["overhead_efficiency"].isna().all()
     assert numpy_runs["floor_note"].str.startswith("unreliable own floor").all()
@@ -152,12 +154,12 @@ def test_an_efficiency_above_the_credible_limit_is_left_empty(tmp_path):
     """A floor probe slowed by other work makes a run look faster than the hardware: say so, report nothing."""
     too_fast = 0.004 * SAMPLES / BATCH / (MAX_CREDIBLE_EFFICIENCY * 1.5)
     gemm = gemm_rows("numpy", 0.004) + gemm_rows("numpy", 0.004, "end")
-    runs = load_results(results(tmp_path / "r", [run_row("numpy", 0, too_fast, 0.9)], gemm))["runs"]
+    runs = load_with_floors(results(tmp_path / "r", [run_row("numpy", 0, too_fast, 0.9)], gemm))["runs"]
     assert math.isnan(runs["efficiency"][0]) and "above" in runs["floor_note"][0]
 
 
 def test_one_probe_is_noted(tmp_path):
-    runs = load_results(results(tmp_path / "r", baseline_runs(), gemm_rows("numpy", 0.004)))["runs"]
+    runs = load_with_floors(results(tmp_path / "r", baseline_runs(), gemm_rows("numpy", 0.004)))["runs"]
     assert (runs[runs["backend"] == "numpy"]["floor_note"] == "one GEMM probe (no end probe)").all()
 
 
@@ -513,10 +515,10 @@ def test_step_flops_follow_the_stated_formula():
 
 def test_the_perf_table_keeps_every_preset_of_a_backend(tmp_path):
     """Runs of the same backend and repeat in two presets' directories are two rows, not one."""
-    from framebench.store.tables import perf_table
+    from framebench.reports.summary import perf_table
 
-    first = load_results(results(tmp_path / "a", baseline_runs()))["runs"]
-    second = load_results(results(tmp_path / "b", [{**row, "run_id": "s", "preset": "tutorial000"} for row in baseline_runs()]))["runs"]
+    first = load_with_floors(results(tmp_path / "a", baseline_runs()))["runs"]
+    second = load_with_floors(results(tmp_path / "b", [{**row, "run_id": "s", "preset": "tutorial000"} for row in baseline_runs()]))["runs"]
     table = perf_table(pd.concat([first, second], ignore_index=True))
     assert table[["preset", "backend"]].values.tolist() == [
         ["mlp", "numpy"],

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from framebench.core.config import Sweep, TrainConfig, resolve
-from framebench.core.gemm import with_efficiencies
 from framebench.driver.runner import Matrix, plan
 from framebench.errors import FrameBenchError
+from framebench.reports.floors import with_efficiencies
 from framebench.reports.scaling import (
     crossover,
     half_efficiency,
@@ -20,9 +20,9 @@ from framebench.reports.scaling import (
     scaling_figure,
     throughput,
 )
+from framebench.reports.summary import summary
 from framebench.store.job import Job, columns
-from framebench.store.results import load_results
-from framebench.store.tables import summary
+from framebench.store.reader import load_results
 from tests.conftest import framebench
 
 BATCHES = ["16", "64", "256"]

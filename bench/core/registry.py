@@ -24,6 +24,12 @@ from framebench.errors import FrameBenchError
 
 DEVICES = ("cpu", "gpu")
 PLUGINS_VARIABLE = "FRAMEBENCH_PLUGINS"
+GEMM_LIBRARIES = {  # a library whose matrix products are timed (a GEMM floor) -> the backend whose class sets it up (threads, precision)
+    "numpy": "numpy",
+    "torch": "torch",
+    "tf": "tf",
+    "jax": "jax",
+}
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")  # a backend or variant name: it becomes part of file names
 
 
@@ -156,8 +162,6 @@ def plugin_entries(text: str) -> list[Entry]:
 def declared(entry: Entry) -> Entry:
     """A plugin's entry completed with what its class declares (Classifier.devices, .environment,
     .gemm_library), or carrying the reason it cannot be used."""
-    from framebench.core.gemm import LIBRARIES
-
     try:
         cls = load(dataclasses.replace(entry, declared_by_class=False))
     except FrameBenchError as exc:
@@ -165,7 +169,7 @@ def declared(entry: Entry) -> Entry:
     devices, env = tuple(cls.devices), dict(cls.environment)
     problems = [
         f"devices {devices} (not among {DEVICES})" if not devices or not set(devices) <= set(DEVICES) else "",
-        f"gemm_library {cls.gemm_library!r} (not one of {LIBRARIES})" if cls.gemm_library not in LIBRARIES else "",
+        f"gemm_library {cls.gemm_library!r} (not one of {tuple(GEMM_LIBRARIES)})" if cls.gemm_library not in GEMM_LIBRARIES else "",
         "an environment that is not a dict of strings" if not all(isinstance(v, str) for v in (*env, *env.values())) else "",
     ]
     wrong = "; ".join(filter(None, problems))

@@ -28,8 +28,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from framebench.core.checkout import source_checkout
 from framebench.errors import FrameBenchError
-from framebench.store.results import source_checkout
 
 CURRENT = "current"  # the environment of a job run by the driver's own interpreter
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")

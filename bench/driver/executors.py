@@ -11,9 +11,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
 from framebench.driver import node
-from framebench.driver.node import ProbeRequest
+from framebench.driver.machine import gpu_info, node_environment
+from framebench.driver.probe import ProbeRequest, run_probe
 from framebench.store.job import End, Job, Start, Submitted
-from framebench.store.results import gpu_info, node_environment
 
 EXECUTORS = ("local", "ray")
 
@@ -67,7 +67,7 @@ class LocalExecutor(Executor):
         return bool(gpu_info())
 
     def probe(self, request: ProbeRequest) -> Iterator[tuple[str, list[dict], list[str]]]:
-        rows, skipped = node.run_probe(request)
+        rows, skipped = run_probe(request)
         yield self.name, rows, skipped
 
     def run(self, jobs: list[Job], timeout_s: float) -> Iterator[tuple[Job, object]]:

@@ -22,10 +22,8 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from framebench.core import registry
-from framebench.core.gemm import LIBRARIES, probe
 from framebench.driver.calibration import busy_seconds, calibrate, cpu_ticks, steal_fraction
 from framebench.driver.envs import CURRENT, EnvironmentUnavailable, ensure
 from framebench.driver.worker import CHANNEL_VARIABLE, JOB_TOKEN_VARIABLE, PARENT_PID_VARIABLE
@@ -57,28 +55,6 @@ def device_env(device: str, threads: int) -> dict[str, str]:
 def worker_env(job: Job) -> dict[str, str]:
     """The job's device and threads, and its entry's environment."""
     return {**device_env(job.device, job.threads), **registry.lookup(job.backend, job.variant).env, PARENT_PID_VARIABLE: str(os.getpid())}
-
-
-@dataclass(frozen=True)
-class ProbeRequest:
-    device: str  # "cpu" or "gpu"
-    threads: int  # CPU threads, as the jobs it stands for use
-    precision: str  # of the jobs it stands for: the GEMMs run in its compute dtype (framebench.core.config.PRECISIONS)
-    sizes: tuple[int, ...]  # layer widths whose GEMMs to time
-    batch: int  # batch size of those GEMMs
-
-
-def run_probe(request: ProbeRequest) -> tuple[list[dict], list[str]]:
-    """Time the request's GEMMs in every library here, in the environment its jobs would have."""
-    return probe(
-        LIBRARIES,
-        request.device,
-        request.threads,
-        request.precision,
-        request.sizes,
-        request.batch,
-        device_env(request.device, request.threads),
-    )
 
 
 def kill_group(pid: int) -> None:

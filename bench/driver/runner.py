@@ -30,9 +30,23 @@ from framebench.core.config import PRESETS, ModelConfig, Sweep, TrainConfig, che
 from framebench.core.data import load_dataset
 from framebench.driver import envs
 from framebench.driver.executors import EXECUTORS, Executor, LocalExecutor
-from framebench.driver.node import ProbeRequest
+from framebench.driver.machine import environment
+from framebench.driver.probe import ProbeRequest
 from framebench.errors import FrameBenchError
+from framebench.reports.floors import load_with_floors
+from framebench.reports.summary import BUSY_FRACTION, calibration_drifted
 from framebench.store import job as contract
+from framebench.store.files import (
+    DirectoryLock,
+    append_rows,
+    check_free_space,
+    new_run_id,
+    prepare_directory,
+    remove_empty_directory,
+    replace_file,
+    write_failure,
+    write_json,
+)
 from framebench.store.job import (
     EPOCH_FIELDS,
     FORMAT_VERSION,
@@ -46,23 +60,7 @@ from framebench.store.job import (
     Start,
     key_columns,
 )
-from framebench.store.results import (
-    DirectoryLock,
-    append_rows,
-    check_free_space,
-    environment,
-    load_results,
-    new_run_id,
-    prepare_directory,
-    read_config,
-    read_env,
-    read_table,
-    remove_empty_directory,
-    replace_file,
-    write_failure,
-    write_json,
-)
-from framebench.store.tables import BUSY_FRACTION, calibration_drifted
+from framebench.store.reader import read_config, read_env, read_table
 
 DEVICE_CHOICES = ("cpu", "gpu", "auto", "all")
 # A results directory holds one experiment: appending with any of these different is refused.
@@ -754,12 +752,13 @@ def environment_records(built: list[envs.Environment], earlier: dict | None) -> 
 
 def report(directory: Path) -> None:
     """report.md and the figures from what the tables hold, the summary on stdout, the directory last."""
-    from framebench.core.gemm import unreliable_warnings
+    from framebench.reports.floors import unreliable_warnings
+    from framebench.reports.markdown import format_table
     from framebench.reports.report import write_report
-    from framebench.store.tables import format_table, not_run, summary
+    from framebench.reports.summary import not_run, summary
 
     write_report(directory)
-    runs = load_results(directory)["runs"]
+    runs = load_with_floors(directory)["runs"]
     print(format_table(summary(runs)))
     for line in not_run(runs):
         print(f"not run: {line}")

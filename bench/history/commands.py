@@ -8,8 +8,8 @@ import pandas as pd
 
 from framebench.history.changes import METRICS, Change, Metric, detect
 from framebench.history.series import History, export_parquet, load_history, series_key
+from framebench.reports.markdown import format_table
 from framebench.store.job import DIMENSIONS
-from framebench.store.tables import format_table
 
 SPELLED_OUT = ("backend", "variant", "device", "sweep_value")  # the dimensions a label names in its own words
 

@@ -20,7 +20,7 @@ import pandas as pd
 from framebench.errors import FrameBenchError
 from framebench.reports.compare import TRAINING, fingerprints
 from framebench.store.job import columns, key_columns, series_columns
-from framebench.store.results import read_json
+from framebench.store.reader import read_json
 
 
 def series_key() -> list[str]:

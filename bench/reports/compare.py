@@ -35,11 +35,12 @@ import numpy as np
 import pandas as pd
 
 from framebench.errors import FrameBenchError
+from framebench.reports.markdown import escape_markdown, format_table, to_markdown
 from framebench.reports.stats import Interval, difference_of_medians, ratio_of_medians, repeats_to_settle
+from framebench.reports.summary import BUSY_FRACTION
 from framebench.reports.verdicts import FAIL, PASS, UNDECIDED, Kind, Verdict, exit_status, worst
 from framebench.store.job import NOT_RUN, key_columns, point_names, series_columns
-from framebench.store.results import load_results, node_environments
-from framebench.store.tables import BUSY_FRACTION, escape_markdown, format_table, latest_attempts, to_markdown
+from framebench.store.reader import latest_attempts, load_results, node_environments
 
 TRAINING = ("model", "train")  # config.json sections that decide what accuracy a run reaches
 ONE_REPEAT = "1 repeat: the spread between processes is unknown; use --repeats 3"

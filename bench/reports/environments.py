@@ -12,9 +12,10 @@ import pandas as pd
 
 from framebench.core.metrics import TRAJECTORY_RTOL
 from framebench.reports.compare import steady_epochs
+from framebench.reports.markdown import to_markdown
 from framebench.reports.stats import Interval, ratio_of_medians
 from framebench.store.job import OK, point_names
-from framebench.store.tables import latest_attempts, to_markdown
+from framebench.store.reader import latest_attempts
 
 COLUMNS = ["env", "framework_version", "runs_ok", "epoch_s", "time_ratio", "time_95", "test_acc", "d_acc", "diverges_at"]
 

@@ -3,14 +3,15 @@ own GEMMs' speed-up reached the epoch, where the rest went, and what it cost in 
 
 Derived from the summary table (each job's latest attempt, ok runs, medians over repeats), so it is
 rewritten with every report. A run's GEMM floor is its own library's products at the run's
-precision (framebench.core.gemm), so a bf16 epoch is measured against bf16 GEMMs.
+precision (framebench.driver.probe, framebench.reports.floors), so a bf16 epoch is measured against bf16 GEMMs.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from framebench.store.tables import summary, to_markdown
+from framebench.reports.markdown import to_markdown
+from framebench.reports.summary import summary
 
 BASELINE = "fp32"
 COLUMNS = [

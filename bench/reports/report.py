@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from framebench.core.gemm import unreliable_warnings
-from framebench.errors import FrameBenchError
 from framebench.reports import environments, precision
+from framebench.reports.floors import load_with_floors, unreliable_warnings
+from framebench.reports.markdown import escape_markdown, to_markdown, write_markdown
 from framebench.reports.plots import draw_all
 from framebench.reports.scaling import report_section
-from framebench.store.results import load_results, node_environments, replace_file, seeds_text, swept_field
-from framebench.store.tables import busy_warnings, calibration_warnings, escape_markdown, not_run, summary, to_markdown
+from framebench.reports.summary import busy_warnings, calibration_warnings, not_run, summary
+from framebench.store.reader import node_environments, seeds_text, swept_field
 
 FIGURE_CAPTIONS = {
     "loss.png": "Training loss per step and test loss per epoch",
@@ -59,7 +59,7 @@ def matrix_line(config: dict) -> str:
 def write_report(directory: str | Path) -> Path:
     """Redraw the figures and rewrite report.md from the tables on disk (the tables stay as they are)."""
     directory = Path(directory)
-    tables = load_results(directory)
+    tables = load_with_floors(directory)
     table = summary(tables["runs"])
     figures = draw_all(directory, tables, table)
     config = tables["config"]
@@ -100,12 +100,3 @@ def write_report(directory: str | Path) -> Path:
 
 def environment_section(env: dict) -> list[str]:
     return ["## Environment", "", *environment_lines(env), ""]
-
-
-def write_markdown(path: Path, lines: list[str], fix: str) -> Path:
-    """Write a report; a folder that cannot take it is one line saying what to do."""
-    try:
-        replace_file(path, "\n".join(lines).encode())
-    except OSError as exc:
-        raise FrameBenchError(f"cannot write {path} ({exc.strerror or exc}); {fix}") from None
-    return path

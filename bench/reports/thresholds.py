@@ -15,9 +15,9 @@ from pathlib import Path
 import pandas as pd
 
 from framebench.errors import FrameBenchError
+from framebench.reports.markdown import format_table
 from framebench.store.job import accuracy_key_columns, text_columns
-from framebench.store.results import load_results, seeds_text, swept_field
-from framebench.store.tables import format_table, latest_attempts
+from framebench.store.reader import latest_attempts, load_results, seeds_text, swept_field
 
 DEFAULT_FILE = Path(__file__).resolve().parent / "thresholds.csv"
 

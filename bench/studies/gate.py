@@ -32,10 +32,11 @@ from scipy.stats import binomtest
 
 from framebench.errors import FrameBenchError
 from framebench.reports.compare import Group, Options, Tolerances, compare_groups, held_back
+from framebench.reports.markdown import to_markdown
 from framebench.reports.plots import save_figure
+from framebench.reports.summary import BUSY_FRACTION
 from framebench.reports.verdicts import Kind
-from framebench.store.results import load_results
-from framebench.store.tables import BUSY_FRACTION, latest_attempts, to_markdown
+from framebench.store.reader import latest_attempts, load_results
 
 HELP = "false alarms and power of the regression gate on A/A and injected-slowdown pairs: results/gate/report.md"
 PLUGIN = "slowdown=framebench.studies.slowdown:SlowdownClassifier"  # the study's backend, registered for every run

@@ -15,10 +15,11 @@ from framebench.core.config import PRESETS
 from framebench.driver.arguments import RUN_CHOICES, add_fields, given
 from framebench.driver.runner import RunRequest, split_names
 from framebench.driver.runner import run as run_matrix
+from framebench.reports.floors import load_with_floors
+from framebench.reports.markdown import to_markdown
 from framebench.reports.plots import plot_perf
 from framebench.reports.report import environment_section, write_markdown
-from framebench.store.results import load_results
-from framebench.store.tables import perf_table, to_markdown
+from framebench.reports.summary import perf_table
 
 HELP = "every backend x variant on several presets, with GEMM floors: results/perf/report.md"
 PER_PRESET = ("preset", "dataset", "run_id", "resume", "sweep", "target_acc")  # run flags the study sets per preset
@@ -64,7 +65,7 @@ def run_perf(presets: str, request: RunRequest, *, epochs: int) -> int:
 
 
 def write_perf_report(folder: Path, directories: list[Path]) -> Path:
-    tables = [load_results(d) for d in directories]
+    tables = [load_with_floors(d) for d in directories]
     table = perf_table(pd.concat([t["runs"] for t in tables], ignore_index=True))
     figure = ["![Epoch time per backend and variant, with the GEMM floor](perf.png)"] if plot_perf(table, folder / "perf.png") else []
     lines = [

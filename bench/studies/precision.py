@@ -13,11 +13,12 @@ import pandas as pd
 
 from framebench.driver.runner import RunRequest
 from framebench.driver.runner import run as run_matrix
+from framebench.reports.floors import load_with_floors
+from framebench.reports.markdown import to_markdown
 from framebench.reports.plots import save_figure
 from framebench.reports.precision import precision_table
 from framebench.reports.report import environment_section, write_markdown
-from framebench.store.results import load_results
-from framebench.store.tables import not_run, to_markdown
+from framebench.reports.summary import not_run
 
 HELP = "fp32 against bf16 on every backend, one thread, at several batch sizes: results/precision/report.md"
 CONFIGURATIONS = {  # results directory -> (preset, training overrides): the mlp preset's batch 128, and batch 1024 at a fixed step count
@@ -113,7 +114,7 @@ def machine_load(runs: pd.DataFrame) -> str:
 
 def write_study(folder: Path, directories: list[Path]) -> Path:
     """results/precision/report.md and precision.png over the study's results directories ."""
-    loaded = {d.name: load_results(d) for d in directories}
+    loaded = {d.name: load_with_floors(d) for d in directories}
     tables = {study: precision_table(t["runs"]) for study, t in loaded.items()}
     figure = plot_study(tables, folder / "precision.png")
     lines = [

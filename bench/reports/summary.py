@@ -1,4 +1,4 @@
-"""The summary table: one row per (backend, variant, device[, sweep value]), aggregated over repeats.
+"""The summary table: one row per point of the matrix (backend, variant, device, ...[, sweep value]), aggregated over repeats.
 
 Only each job's latest attempt counts (a retry or a resume supersedes it), and only `ok` runs give
 times and accuracies; every other outcome is shown with its count and reason, never as a figure.
@@ -9,7 +9,8 @@ from __future__ import annotations
 import pandas as pd
 
 from framebench.store import job
-from framebench.store.job import NOT_RUN, key_columns, point_names
+from framebench.store.job import NOT_RUN, point_names
+from framebench.store.reader import latest_attempts
 
 BUSY_FRACTION = 0.15  # other processes used more than this share of the CPUs during a job: its time is suspect
 CALIBRATION_DRIFT = (
@@ -47,13 +48,6 @@ SUMMARY_COLUMNS = [
     "not_ok",
     "reason",
 ]
-
-
-def latest_attempts(runs: pd.DataFrame) -> pd.DataFrame:
-    """Each job's last attempt, in the order the jobs were written."""
-    if runs.empty:
-        return runs
-    return runs.sort_values("attempt", kind="stable").drop_duplicates(["run_id", *key_columns()], keep="last").sort_index()
 
 
 def group_columns(runs: pd.DataFrame) -> list[str]:
@@ -149,34 +143,6 @@ def precision_series(table: pd.DataFrame, swept: str) -> pd.DataFrame:
     if table.empty or swept == "precision" or table["precision"].nunique() < 2:
         return table
     return table.assign(device=table["device"] + " " + table["precision"])
-
-
-def format_table(table: pd.DataFrame) -> str:
-    if table.empty:
-        return "(no runs)"
-    return table.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-")
-
-
-MARKDOWN_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "\\|", "`": "&#96;", "\n": " ", "\r": " "})
-
-
-def escape_markdown(text: str) -> str:
-    """Text from a results directory (an error message, a name) as inert Markdown: no raw HTML, no
-    code span, no extra table cell, one line."""
-    return str(text).translate(MARKDOWN_ESCAPES)
-
-
-def to_markdown(table: pd.DataFrame) -> str:
-    """GitHub-flavoured Markdown without the optional `tabulate` dependency; every cell escaped."""
-    if table.empty:
-        return "(no runs)\n"
-    cells = [
-        ["-" if pd.isna(v) else f"{v:.4g}" if isinstance(v, float) else escape_markdown(v) for v in row]
-        for row in table.itertuples(index=False)
-    ]
-    lines = ["| " + " | ".join(map(escape_markdown, table.columns)) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(row) + " |" for row in cells]
-    return "\n".join(lines) + "\n"
 
 
 def perf_table(runs: pd.DataFrame) -> pd.DataFrame:
