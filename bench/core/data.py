@@ -18,6 +18,7 @@ import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -148,7 +149,7 @@ def where_to_get(name: str) -> str:
     )
 
 
-def sources(name: str) -> list[str]:
+def mirror_urls(name: str) -> list[str]:
     """Base URLs serving `name`'s gzipped files, in the order tried: $FRAMEBENCH_DATA_MIRROR's, then the public ones."""
     mirror = os.environ.get(MIRROR_VARIABLE)
     if not mirror:
@@ -159,17 +160,18 @@ def sources(name: str) -> list[str]:
     return [f"{mirror.rstrip('/')}/{name}/", *MIRRORS[name]]
 
 
-def fetch(url: str, out) -> None:
+def fetch(url: str, out: BinaryIO) -> None:
     """Copy `url`'s whole body into the open file `out`, its progress (bytes/total) on stderr."""
     with urllib.request.urlopen(url, timeout=60) as response:
         total = int(response.headers.get("Content-Length") or 0)
+        size = f"{total / 1e6:.1f}" if total else "?"
         done = shown = 0
         while chunk := response.read(1 << 16):
             out.write(chunk)
             done += len(chunk)
             if done - shown >= PROGRESS_STEP or done == total:
                 shown = done
-                print(f"\rdownloading {url}: {done / 1e6:.1f}/{total / 1e6:.1f} MB", end="", file=sys.stderr, flush=True)
+                print(f"\rdownloading {url}: {done / 1e6:.1f}/{size} MB", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     if total and done != total:  # urllib returns a body cut short by a closed connection without a word
         raise FrameBenchError(f"{url}: cut short at {done} of {total} bytes")
@@ -181,7 +183,7 @@ def download(name: str, filename: str, target_dir: Path) -> Path:
     target_dir.mkdir(parents=True, exist_ok=True)
     target = target_dir / f"{filename}.gz"
     errors = []
-    for base in sources(name):
+    for base in mirror_urls(name):
         url = f"{base}{filename}.gz"
         fd, tmp = tempfile.mkstemp(dir=target_dir, prefix=f".{filename}.", suffix=".part")
         try:
@@ -192,7 +194,7 @@ def download(name: str, filename: str, target_dir: Path) -> Path:
             return target
         except FrameBenchError as exc:  # not the published file: never kept
             errors.append(str(exc))
-        except (OSError, EOFError, zlib.error, http.client.HTTPException) as exc:  # HTTPException: a body cut short
+        except (OSError, EOFError, zlib.error, http.client.HTTPException) as exc:  # HTTPException: e.g. a chunked body cut short
             errors.append(f"{url}: {exc}")
         finally:
             if os.path.exists(tmp):
@@ -222,10 +224,11 @@ def ensure_dataset(name: str, data_dir: str | None = None, *, allow_download: bo
     """Verify every file of `name` where the documented order finds it, downloading what is missing into the cache
     (if allowed; default: unless $FRAMEBENCH_NO_DOWNLOAD), so later runs and tests need no network; the line saying where it is."""
     dirs = search_dirs(name, data_dir)
+    allow_download = downloads_allowed() if allow_download is None else allow_download
     folders, fetched = set(), 0
     for images_name, labels_name, _ in SPLITS.values():
         for filename in (images_name, labels_name):
-            path, downloaded = locate(name, filename, dirs, downloads_allowed() if allow_download is None else allow_download)
+            path, downloaded = locate(name, filename, dirs, allow_download)
             if not downloaded:  # a download is verified before it is renamed into place
                 read_idx_file(path, key=f"{name}/{filename}", **idx_layout(filename))
             folders.add(str(path.parent.resolve()))

@@ -139,7 +139,7 @@ def build_parser() -> Parser:
         help="find and verify MNIST and Fashion-MNIST, downloading what is missing into the cache ($FRAMEBENCH_DATA_MIRROR first)",
     )
     fetching.add_argument("--data-dir", default=None, help="folder holding mnist/ and fashion-mnist/ (default: $FRAMEBENCH_DATA_DIR)")
-    fetching.add_argument("--check", action="store_true", help="only verify what is found; download nothing (exit 2 if a file is missing)")
+    fetching.add_argument("--check", action="store_true", help="only verify; download nothing (exit 2 if a file is missing or damaged)")
     return parser
 
 
