@@ -5,7 +5,7 @@ GPU_PINS := "tensorflow[and-cuda]==2.21.0" "jax[cuda12]==0.10.2" "torch==2.13.0"
 	"numpy==2.4.6" "pandas==3.1.1" "matplotlib==3.11.2" "scikit-learn==1.9.1" "threadpoolctl==3.8.0" \
 	"pytest==9.2.0" "pytest-benchmark==5.3.1" "pytest-timeout==2.4.0" "ruff==0.17.6"
 
-.PHONY: install install-gpu lock-gpu bench bench-gpu bench-steps bench-perf bench-scaling bench-history bench-gate bench-precision bench-versions lint test test-fast readme clean
+.PHONY: install install-gpu lock-gpu data bench bench-gpu bench-steps bench-perf bench-scaling bench-history bench-gate bench-precision bench-versions lint test test-fast readme clean
 
 install:  ## .venv with the pinned CPU versions (requirements.lock, torch's CPU build) + framebench, editable
 	$(PYTHON) -m venv $(VENV)
@@ -25,29 +25,32 @@ lock-gpu:  ## re-resolve requirements-gpu.lock against PyPI (the three CUDA stac
 	$(BIN)/python tools/locks.py gpu-resolution.json requirements-gpu.lock
 	rm gpu-resolution.json
 
-bench:  ## the default preset (mlp) on every registered backend, on the CPU
+data:  ## MNIST and Fashion-MNIST verified where found ($$FRAMEBENCH_DATA_DIR, the cache), else downloaded into the cache ($$FRAMEBENCH_DATA_MIRROR first)
+	$(BIN)/framebench data
+
+bench: data  ## the default preset (mlp) on every registered backend, on the CPU
 	$(BIN)/framebench run --backends all --device cpu --preset mlp
 
-bench-gpu:  ## a GPU machine's one prepared run (< 10 min): every default backend on the GPU at fp32, tf32, bf16 and fp16: results/gpu
+bench-gpu: data  ## a GPU machine's one prepared run (< 10 min): every default backend on the GPU at fp32, tf32, bf16 and fp16: results/gpu
 	$(BIN)/framebench run --backends all --variants default --device gpu --precision fp32,tf32,bf16,fp16 --preset mlp --epochs 3 \
 		--timeout 120 --results-dir results --run-id gpu
 
-bench-perf:  ## the speed study (every backend x variant on tutorial000, tutorial003, mlp) into results/perf/report.md
+bench-perf: data  ## the speed study (every backend x variant on tutorial000, tutorial003, mlp) into results/perf/report.md
 	$(BIN)/framebench study perf
 
-bench-scaling:  ## throughput and efficiency against batch size, every backend: results/scaling (rerun: finishes or redraws it; delete its tables for a fresh one)
+bench-scaling: data  ## throughput and efficiency against batch size, every backend: results/scaling (rerun: finishes or redraws it; delete its tables for a fresh one)
 	$(BIN)/framebench study scaling
 
-bench-history:  ## a small real history (8 runs; from h05 on one thread instead of two: the step), published to results/history/site + screenshot
+bench-history: data  ## a small real history (8 runs; from h05 on one thread instead of two: the step), published to results/history/site + screenshot
 	$(BIN)/framebench study history
 
 bench-gate:  ## the regression gate measured: false alarms (A/A, quiet and busy) and power (+3..20%) into results/gate/report.md
 	$(BIN)/framebench study gate --rounds 40 --budget-min 20
 
-bench-precision:  ## fp32 against bf16 on every backend, one thread, at several batch sizes: results/precision/report.md (rerun: finishes or redraws)
+bench-precision: data  ## fp32 against bf16 on every backend, one thread, at several batch sizes: results/precision/report.md (rerun: finishes or redraws)
 	$(BIN)/framebench study precision
 
-bench-versions:  ## one backend under two framework minors, interleaved: NumPy, JAX, TensorFlow (each against the lock) into results/versions
+bench-versions: data  ## one backend under two framework minors, interleaved: NumPy, JAX, TensorFlow (each against the lock) into results/versions
 	$(BIN)/framebench study versions
 
 BENCH_STEPS := $(BIN)/python -m pytest benchmarks -q --benchmark-only --benchmark-autosave --benchmark-columns=min,median,max,rounds
@@ -61,10 +64,10 @@ lint:  ## ruff: lint and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint  ## lint, then the whole test suite, what CI runs (needs MNIST and Fashion-MNIST: $$FRAMEBENCH_DATA_DIR, or the cache)
+test: lint data  ## lint, the datasets (make data), then the whole test suite: what CI runs
 	$(BIN)/python -m pytest -q
 
-test-fast: lint  ## lint, then every test not marked slow: the edit-test loop (a few minutes)
+test-fast: lint data  ## lint, the datasets (make data), then every test not marked slow: the edit-test loop (a few minutes)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 readme:  ## README.md's generated tables, the example results (from results/example) and the backends (from the registry)

@@ -88,6 +88,12 @@ def build_parser() -> Parser:
         "readme", help="rewrite README.md's generated tables: the example results (results/example) and the backends (the registry)"
     )
     readme.add_argument("--check", action="store_true", help="only say whether README.md is up to date (exit 1 if not)")
+    fetching = commands.add_parser(
+        "data",
+        help="find and verify MNIST and Fashion-MNIST, downloading what is missing into the cache ($FRAMEBENCH_DATA_MIRROR first)",
+    )
+    fetching.add_argument("--data-dir", default=None, help="folder holding mnist/ and fashion-mnist/ (default: $FRAMEBENCH_DATA_DIR)")
+    fetching.add_argument("--check", action="store_true", help="only verify; download nothing (exit 2 if a file is missing or damaged)")
     return parser
 
 
@@ -213,6 +219,14 @@ def command_readme(args: argparse.Namespace) -> int:
     return update_readme(check=args.check)
 
 
+def command_data(args: argparse.Namespace) -> int:
+    from framebench.core.data import DOWNLOADED, ensure_dataset
+
+    for name in DOWNLOADED:
+        print(ensure_dataset(name, args.data_dir, allow_download=False if args.check else None), flush=True)
+    return 0
+
+
 HANDLERS = {
     "run": command_run,
     "list": command_list,
@@ -225,6 +239,7 @@ HANDLERS = {
     "history": command_history,
     "publish": command_publish,
     "readme": command_readme,
+    "data": command_data,
 }
 
 
