@@ -20,6 +20,8 @@ from framebench.cli import main
 from framebench.history.changes import ACCURACY, TIME, detect
 from framebench.history.commands import all_changes, label
 from framebench.history.series import export_parquet, load_history
+from framebench.reports.floors import load_with_floors
+from framebench.reports.summary import summary
 from framebench.store.files import append_rows, write_json
 from framebench.store.job import columns
 
@@ -131,6 +133,24 @@ def test_series_are_per_run_medians_split_by_training_configuration(tmp_path):
     assert numpy["epoch_s"].iloc[0] == pytest.approx(1.005 * 1.005)  # median of 1.005 and 1.005 * 1.01
     assert (numpy["epoch_s_min"].iloc[0], numpy["epoch_s_max"].iloc[0]) == pytest.approx((1.005, 1.005 * 1.01))
     assert runs[runs["run_id"] == "retried"]["epoch_s"].tolist() == [3.0]  # the latest attempt only
+
+
+def test_the_history_and_the_reports_give_the_same_medians_for_the_same_directory(tmp_path):
+    """Both read through the store's one reader: one latest attempt per job, one definition of a group's medians."""
+    retry = {"backend": "torch", "repeat": 1, "seed": 1, "attempt": 2, "status": "ok", "median_epoch_s": 2.5, "final_test_acc": 0.91}
+    failed = {"backend": "numpy", "repeat": 2, "seed": 2, "attempt": 1, "status": "failed", "median_epoch_s": 9.0, "final_test_acc": 0.1}
+    directory = write_run(tmp_path, "r", {"numpy": [1.0, 1.2], "torch": [2.0, 2.2]}, started=1.8e9, commit="c", extra=[retry, failed])
+    reported = summary(load_with_floors(directory)["runs"]).set_index("backend")
+    history = load_history([str(directory)]).runs.set_index("backend")
+    assert reported.loc["torch", "runs_ok"] == 2 and reported.loc["torch", "max_epoch_s"] == 2.5  # the retry replaced repeat 1
+    for mine, theirs in {
+        "epoch_s": "median_epoch_s",
+        "epoch_s_min": "min_epoch_s",
+        "epoch_s_max": "max_epoch_s",
+        "acc": "test_acc",
+    }.items():
+        assert history[mine].to_dict() == reported[theirs].to_dict(), mine
+    assert history["repeats"].to_dict() == reported["runs_ok"].to_dict() == {"numpy": 2, "torch": 2}
 
 
 def test_history_finds_the_step_names_the_runs_around_it_and_exports_parquet(tmp_path, capsys):

@@ -10,24 +10,29 @@ import pandas as pd
 
 from framebench.store import job
 from framebench.store.job import NOT_RUN, point_names
-from framebench.store.reader import latest_attempts
+from framebench.store.reader import latest_attempts, medians_over_repeats, ok_results
 
 BUSY_FRACTION = 0.15  # other processes used more than this share of the CPUs during a job: its time is suspect
 CALIBRATION_DRIFT = (
     0.2  # a job's calibrations differ by more than this ratio (before vs after, or vs the run's usual): the machine changed speed
 )
-MEDIANS = {  # summary column -> runs.csv column whose median over ok repeats it shows
-    "median_epoch_s": "median_epoch_s",
+MEDIANS = {  # summary column -> runs.csv column whose median over ok repeats it shows, beside the store's medians_over_repeats
     "first_epoch_s": "first_epoch_s",
     "setup_s": "setup_s",
     "samples_per_s": "samples_per_s",
-    "test_acc": "final_test_acc",
     "test_loss": "final_test_loss",
     "time_to_target_s": "time_to_target_s",
     "floor_epoch_s": "floor_epoch_s",
     "efficiency": "efficiency",
     "own_floor_epoch_s": "own_floor_epoch_s",
     "overhead_efficiency": "overhead_efficiency",
+}
+OVER_REPEATS = {
+    "repeats": "runs_ok",
+    "epoch_s": "median_epoch_s",
+    "epoch_s_min": "min_epoch_s",
+    "epoch_s_max": "max_epoch_s",
+    "acc": "test_acc",
 }
 SUMMARY_COLUMNS = [
     "runs_ok",
@@ -116,11 +121,11 @@ def summary(runs: pd.DataFrame) -> pd.DataFrame:
     keys = group_columns(runs)
     if runs.empty:
         return pd.DataFrame(columns=keys + SUMMARY_COLUMNS)
-    ok = runs[runs["status"] == "ok"].groupby(keys, sort=False)
-    table = pd.DataFrame({"runs_ok": ok.size()})
+    results = ok_results(runs)
+    table = medians_over_repeats(results, keys).set_index(keys)[list(OVER_REPEATS)].rename(columns=OVER_REPEATS)
+    ok = results.groupby(keys, sort=False)
     for column, source in MEDIANS.items():
         table[column] = ok[source].median()
-    table["min_epoch_s"], table["max_epoch_s"] = ok["median_epoch_s"].min(), ok["median_epoch_s"].max()
     table["peak_rss_mb"] = ok["peak_rss_mb"].max()
     problems = (
         runs[runs["status"] != "ok"]

@@ -184,3 +184,27 @@ def latest_attempts(runs: pd.DataFrame) -> pd.DataFrame:
     if runs.empty:
         return runs
     return runs.sort_values("attempt", kind="stable").drop_duplicates(["run_id", *job.key_columns()], keep="last").sort_index()
+
+
+def ok_results(latest: pd.DataFrame) -> pd.DataFrame:
+    """Of jobs' latest attempts, those that are results: ended ok with an epoch time and an accuracy."""
+    return latest[(latest["status"] == job.OK) & latest["median_epoch_s"].notna() & latest["final_test_acc"].notna()]
+
+
+def medians_over_repeats(results: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Per group of `keys` of `results` (ok_results rows): how many repeats, and the median, fastest and
+    slowest steady-state epoch and the median, lowest and highest final accuracy over them: what every
+    report and the history show for a group of repeats."""
+    grouped = results.groupby(keys, sort=False, dropna=False)
+    epoch, acc = grouped["median_epoch_s"], grouped["final_test_acc"]
+    return pd.DataFrame(
+        {
+            "repeats": grouped.size(),
+            "epoch_s": epoch.median(),
+            "epoch_s_min": epoch.min(),
+            "epoch_s_max": epoch.max(),
+            "acc": acc.median(),
+            "acc_min": acc.min(),
+            "acc_max": acc.max(),
+        }
+    ).reset_index()
