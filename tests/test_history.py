@@ -17,9 +17,9 @@ import pandas as pd
 import pytest
 
 from framebench.cli import main
-from framebench.history.changes import ACCURACY, TIME, detect
-from framebench.history.commands import all_changes, label
+from framebench.history.changes import ACCURACY, TIME, all_changes, detect
 from framebench.history.series import export_parquet, load_history
+from framebench.history.text import label
 from framebench.reports.floors import load_with_floors
 from framebench.reports.summary import summary
 from framebench.store.files import append_rows, write_json

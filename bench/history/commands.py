@@ -2,72 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pandas as pd
 
-from framebench.history.changes import METRICS, Change, Metric, detect
+from framebench.history.changes import Found, all_changes
 from framebench.history.series import History, export_parquet, load_history, series_key
+from framebench.history.site import write_site
+from framebench.history.text import clean, effect_text, label, short_commit, value
 from framebench.reports.markdown import format_table
-from framebench.store.job import DIMENSIONS
-
-SPELLED_OUT = ("backend", "variant", "device", "sweep_value")  # the dimensions a label names in its own words
-
-
-@dataclass(frozen=True)
-class Found:
-    series: pd.DataFrame  # the series' runs, in order
-    change: Change  # what changed, at series.iloc[change.index]
-    latest: bool  # the last change of this metric in its series (what the series is like now)
-
-    @property
-    def first_after(self) -> pd.Series:
-        return self.series.iloc[self.change.index]
-
-    @property
-    def last_before(self) -> pd.Series:
-        return self.series.iloc[self.change.index - 1]
-
-
-def clean(text) -> str:
-    """Text from a results directory as one printable line (no line breaks or terminal escapes)."""
-    return " ".join("".join(ch if ch.isprintable() else " " for ch in str(text)).split())
-
-
-def short_commit(commit: str) -> str:
-    head, _, dirty = str(commit).partition("+")
-    return head[:10] + (f"+{dirty}" if dirty else "")
-
-
-def label(run: pd.Series) -> str:
-    """backend/variant device preset dataset [sweep] [every other dimension not at its default], as a
-    reader names a benchmark (`numpy/default cpu mlp mnist precision=bf16`)."""
-    sweep = f" {run['sweep_field']}={run['sweep_value']}" if run["sweep_field"] else ""
-    others = "".join(
-        f" {d.name}={run[d.name]}" for d in DIMENSIONS if d.name not in SPELLED_OUT and run.get(d.name, "") not in ("", d.default)
-    )
-    return clean(f"{run['backend']}/{run['variant']} {run['device']} {run['preset']} {run['dataset']}{sweep}{others}")
-
-
-def value(number: float, metric: Metric) -> str:
-    return f"{number:#.3g}{metric.unit}" if metric.log else f"{number:.4f}"
-
-
-def effect_text(change: Change) -> str:
-    if change.metric.log:
-        return f"×{change.effect:.2f} [{change.low:.2f}, {change.high:.2f}]"
-    return f"{change.effect:+.4f} [{change.low:+.4f}, {change.high:+.4f}]"
-
-
-def all_changes(runs: pd.DataFrame) -> list[Found]:
-    """Every change of every series, newest first."""
-    found = []
-    for _, series in runs.groupby("series", sort=False):
-        series = series.reset_index(drop=True)
-        for metric in METRICS:
-            changes = detect(series, metric)
-            found += [Found(series, change, i == len(changes) - 1) for i, change in enumerate(changes)]
-    return sorted(found, key=lambda f: f.first_after["run_time"], reverse=True)
 
 
 def change_line(found: Found) -> str:
@@ -108,8 +49,6 @@ def run_history(paths: list[str], parquet: str | None) -> int:
 
 def run_publish(paths: list[str], out: str, fail_on_regression: bool) -> int:
     """Print the changes, write the site; 1 when asked to fail and a series' latest change is a regression."""
-    from framebench.history.site import write_site
-
     history: History = load_history(paths)
     for line in history.skipped:
         print(line)

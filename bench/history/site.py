@@ -19,9 +19,9 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from framebench.errors import FrameBenchError
-from framebench.history.changes import ACCURACY, TIME, Metric
-from framebench.history.commands import Found, clean, effect_text, label, short_commit, value
+from framebench.history.changes import ACCURACY, TIME, Found, Metric
 from framebench.history.series import History
+from framebench.history.text import clean, effect_text, label, short_commit, value
 from framebench.store.job import key_columns, series_columns
 
 MARKER = ".framebench-site"  # marks a folder this module wrote, so --out never replaces anything else
