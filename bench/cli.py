@@ -19,7 +19,7 @@ from framebench.core import registry
 from framebench.core.config import CHOICES, PRESETS, ModelConfig, TrainConfig
 from framebench.core.data import DATASETS
 from framebench.driver.arguments import RUN_CHOICES, Parser, add_fields, given
-from framebench.driver.runner import RunRequest
+from framebench.driver.request import RunRequest
 from framebench.errors import FrameBenchError
 
 RESUMABLE = {"resume", "timeout", "executor", "address", "schedule_timeout", "data_dir"}  # flags that may go with --resume
@@ -98,7 +98,7 @@ def build_parser() -> Parser:
 
 
 def command_run(args: argparse.Namespace) -> int:
-    from framebench.driver.runner import run
+    from framebench.driver.session import run
 
     flags = given(args, RunRequest)
     if flags.get("resume"):

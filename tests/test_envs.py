@@ -17,7 +17,8 @@ import pytest
 from framebench.cli import build_parser
 from framebench.driver import envs
 from framebench.driver.executors import LocalExecutor
-from framebench.driver.runner import RunRequest, matrix_of, merged_envs, new_config, recorded_jobs
+from framebench.driver.plan import matrix_of, merged_envs, new_config, recorded_jobs
+from framebench.driver.request import RunRequest
 from framebench.errors import FrameBenchError
 from framebench.reports import environments
 from framebench.reports.compare import Tolerances, run_compare_envs

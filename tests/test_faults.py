@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from framebench.driver.runner import STOP_SIGNALS, Interrupts, Stopped
+from framebench.driver.recorder import STOP_SIGNALS, Interrupts, Stopped
 from framebench.store.files import append_rows
 from framebench.store.reader import load_results, read_table
 from tests.conftest import REPO, cli, framebench

@@ -15,7 +15,7 @@ import pytest
 from framebench.core import registry
 from framebench.core.config import ModelConfig, TrainConfig
 from framebench.core.harness import divergence, epoch_order, initial_weights
-from framebench.driver.runner import time_to_target
+from framebench.driver.recorder import time_to_target
 from framebench.errors import FrameBenchError
 from framebench.store.job import Epoch, columns
 from framebench.store.reader import load_results
@@ -327,7 +327,7 @@ def test_init_schemes_have_their_documented_ranges(init, check):
 
 def test_importing_the_harness_imports_no_framework():
     code = (
-        "import sys, framebench.cli, framebench.driver.runner, framebench.core.harness, framebench.core.registry, "
+        "import sys, framebench.cli, framebench.driver.session, framebench.core.harness, framebench.core.registry, "
         "framebench.reports.report; "
         "print(sorted({'tensorflow', 'torch', 'jax', 'keras', 'ray'} & set(sys.modules)))"
     )

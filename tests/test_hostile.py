@@ -17,11 +17,12 @@ import pytest
 
 from framebench.cli import main
 from framebench.core import registry
+from framebench.core.config import Sweep
 from framebench.core.harness import divergence
 from framebench.driver import probe as gemm
-from framebench.driver import runner
+from framebench.driver import session
 from framebench.driver.node import decode_event
-from framebench.driver.runner import RunRequest
+from framebench.driver.request import RunRequest, plan_size
 from framebench.reports.markdown import escape_markdown, to_markdown
 from framebench.store import files as results
 from framebench.store.files import append_rows
@@ -240,14 +241,14 @@ def test_a_run_refused_before_training_leaves_nothing_behind(tmp_path, monkeypat
     monkeypatch.setattr(results.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(1, 1, 0))
     request = RunRequest(backends="numpy", dataset="digits", floors=False, results_dir=str(tmp_path), run_id="r")
     with pytest.raises(results.FrameBenchError, match="MB free"):
-        runner.run(request, {}, {"epochs": 1})
+        session.run(request, {}, {"epochs": 1})
     assert list(tmp_path.iterdir()) == []
 
 
 def test_an_absurd_plan_is_refused_in_one_line_before_it_is_built(tmp_path, capsys):
     status, _, err = command(capsys, *run_args(tmp_path, "--repeats", "1000000000"))
     assert status == 2 and len(err.splitlines()) == 1 and "--large-plan" in err and list(tmp_path.iterdir()) == []
-    assert runner.plan_size(RunRequest(backends="numpy", device="all", repeats=3), runner.Sweep.parse("batch_size=32,64")) == 12
+    assert plan_size(RunRequest(backends="numpy", device="all", repeats=3), Sweep.parse("batch_size=32,64")) == 12
 
 
 def test_a_signal_while_the_final_report_is_written_says_how_to_make_it(tmp_path, monkeypatch, capsys):
@@ -256,7 +257,7 @@ def test_a_signal_while_the_final_report_is_written_says_how_to_make_it(tmp_path
 
     monkeypatch.setattr("framebench.reports.report.write_report", stopped_report)
     request = RunRequest(backends="numpy", dataset="digits", floors=False, results_dir=str(tmp_path), run_id="r", threads=1)
-    assert runner.run(request, {}, {"epochs": 1}) == 128 + signal.SIGTERM
+    assert session.run(request, {}, {"epochs": 1}) == 128 + signal.SIGTERM
     err = capsys.readouterr().err
     assert f"framebench plot {tmp_path / 'r'}" in err and load_results(tmp_path / "r")["runs"]["status"].tolist() == ["ok"]
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

@@ -55,7 +55,7 @@ def test_a_layer_imports_only_the_layers_below_it(package):
 
 def test_the_layer_check_sees_a_back_edge(tmp_path):
     module = tmp_path / "m.py"
-    module.write_text("def f():\n    from framebench.driver.runner import run\n")
+    module.write_text("def f():\n    from framebench.driver.session import run\n")
     assert imported_packages(module) == {"driver"}
 
 

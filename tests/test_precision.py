@@ -11,7 +11,9 @@ import pytest
 
 from framebench.core import registry
 from framebench.core.config import Sweep, precision_mismatch, resolve
-from framebench.driver.runner import JobState, Matrix, RunRequest, new_config, plan, summarize
+from framebench.driver.plan import Matrix, new_config, plan
+from framebench.driver.recorder import JobState, summarize
+from framebench.driver.request import RunRequest
 from framebench.errors import FrameBenchError
 from framebench.reports.floors import with_efficiencies
 from framebench.reports.precision import precision_table

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from framebench.core.config import Sweep, TrainConfig, resolve
-from framebench.driver.runner import Matrix, plan
+from framebench.driver.plan import Matrix, plan
 from framebench.errors import FrameBenchError
 from framebench.reports.floors import with_efficiencies
 from framebench.reports.scaling import (

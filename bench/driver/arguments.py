@@ -9,7 +9,7 @@ import dataclasses
 from framebench.core.config import PRESETS, field_comments
 from framebench.core.data import DATASETS
 from framebench.driver.executors import EXECUTORS
-from framebench.driver.runner import DEVICE_CHOICES
+from framebench.driver.request import DEVICE_CHOICES
 from framebench.errors import FrameBenchError
 
 RUN_CHOICES = {"preset": list(PRESETS), "dataset": DATASETS, "executor": EXECUTORS, "device": DEVICE_CHOICES}

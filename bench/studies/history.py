@@ -10,8 +10,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from framebench.driver.runner import RunRequest
-from framebench.driver.runner import run as run_matrix
+from framebench.driver.request import RunRequest
+from framebench.driver.session import run as run_matrix
 from framebench.errors import FrameBenchError
 from framebench.history.commands import run_publish
 

@@ -13,8 +13,8 @@ import pandas as pd
 from framebench.core import registry
 from framebench.core.config import PRESETS
 from framebench.driver.arguments import RUN_CHOICES, add_fields, given
-from framebench.driver.runner import RunRequest, split_names
-from framebench.driver.runner import run as run_matrix
+from framebench.driver.request import RunRequest, split_names
+from framebench.driver.session import run as run_matrix
 from framebench.reports.floors import load_with_floors
 from framebench.reports.markdown import to_markdown
 from framebench.reports.plots import plot_perf

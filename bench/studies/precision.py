@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from framebench.driver.runner import RunRequest
-from framebench.driver.runner import run as run_matrix
+from framebench.driver.request import RunRequest
+from framebench.driver.session import run as run_matrix
 from framebench.reports.floors import load_with_floors
 from framebench.reports.markdown import to_markdown
 from framebench.reports.plots import save_figure

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from framebench.driver.runner import RunRequest
-from framebench.driver.runner import run as run_matrix
+from framebench.driver.request import RunRequest
+from framebench.driver.session import run as run_matrix
 
 HELP = "throughput and efficiency against batch size, every backend: results/scaling/report.md"
 BATCH_SIZES = "16,64,256,1024,4096"

@@ -9,8 +9,8 @@ import argparse
 import shutil
 from pathlib import Path
 
-from framebench.driver.runner import RunRequest
-from framebench.driver.runner import run as run_matrix
+from framebench.driver.request import RunRequest
+from framebench.driver.session import run as run_matrix
 
 HELP = "one backend under two framework minors, interleaved: results/versions/report.md"
 PAIRS = (  # (backends, the environment timed against the lock's)
