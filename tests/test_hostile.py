@@ -151,20 +151,29 @@ def test_every_reader_takes_nan_cells(finished, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "name, change, field",
+    "name, section, change, field",
     [
-        ("config.json", {"from_the_future": 1}, "from_the_future"),
-        ("config.json", {"sweep": None}, "sweep"),
-        ("config.json", {"threads": "4"}, "threads"),
-        ("config.json", {"matrices": [{"seed": "0"}]}, "matrices[0].seed"),
-        ("env.json", {"nodes": None}, "nodes"),
-        ("env.json", {"nodes": {"box": None}}, "nodes.box"),
-        ("env.json", {"earlier": "x"}, "earlier"),
+        ("config.json", None, {"from_the_future": 1}, "from_the_future"),
+        ("config.json", None, {"sweep": None}, "sweep"),
+        ("config.json", None, {"threads": "4"}, "threads"),
+        ("config.json", None, {"matrices": [{"seed": "0"}]}, "matrices[0].seed"),
+        ("config.json", "model", {"from_the_future": 1}, "model.from_the_future"),  # as a newer framebench would write
+        ("config.json", "train", {"from_the_future": True}, "train.from_the_future"),
+        ("config.json", "train", {"epochs": "2"}, "train.epochs"),
+        ("config.json", "model", {"hidden": [512, "x"]}, "model.hidden[1]"),
+        ("env.json", None, {"nodes": None}, "nodes"),
+        ("env.json", None, {"nodes": {"box": None}}, "nodes.box"),
+        ("env.json", None, {"earlier": "x"}, "earlier"),
     ],
 )
-def test_metadata_of_the_wrong_shape_is_one_line_naming_the_field_in_every_command(finished, tmp_path, capsys, name, change, field):
+def test_metadata_of_the_wrong_shape_is_one_line_naming_the_field_in_every_command(
+    finished, tmp_path, capsys, name, section, change, field
+):
     path = finished / name
-    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    data = json.loads(path.read_text())
+    if section:
+        data[section] = {**data[section], **change}
+    path.write_text(json.dumps({**data, **(change if not section else {})}))
     for args in [*reader_commands(finished, tmp_path), ["run", "--resume", str(finished)]]:
         status, _, err = command(capsys, *args)
         assert status == 2 and len(err.splitlines()) == 1 and field in err, (args, err)

@@ -10,6 +10,7 @@ over a group's ok repeats (`medians_over_repeats`).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from framebench.core.config import ModelConfig, TrainConfig
 from framebench.errors import FrameBenchError
 from framebench.store import job
 
@@ -30,6 +32,14 @@ def read_json(path: Path) -> dict:
 
 NUMBER = (int, float)
 STRINGS = "list of strings"
+FIELD_SHAPES = {"int": int, "float": NUMBER, "str": str, "bool": bool, "tuple[int, ...]": [int]}  # a config dataclass field's JSON
+
+
+def fields_shape(cls) -> dict:
+    """The JSON shape of a configuration dataclass as config.json holds it (dataclasses.asdict)."""
+    return {f.name: FIELD_SHAPES[f.type] for f in dataclasses.fields(cls)}
+
+
 CONFIG_SHAPE = {  # config.json's fields and what each holds (a field missing is older framebench's, and allowed)
     "format_version": int,
     "framebench_version": str,
@@ -37,8 +47,8 @@ CONFIG_SHAPE = {  # config.json's fields and what each holds (a field missing is
     "dataset": str,
     "data_dir": (str, type(None)),
     "data_source": str,
-    "model": dict,
-    "train": dict,
+    "model": fields_shape(ModelConfig),
+    "train": fields_shape(TrainConfig),
     "threads": int,
     "sweep": {"field": str, "values": STRINGS},
     "target_acc": NUMBER,
@@ -68,19 +78,22 @@ ENV_SHAPE = {  # env.json's fields this framebench reads and what each holds (ot
 }
 
 
-def shape_error(value, shape, where: str) -> str | None:
+def shape_error(value, shape, where: str, closed: bool = False) -> str | None:
     """Where `value` departs from `shape` (a type, a tuple of types, STRINGS, a {field: shape} dict
     whose fields are optional and whose "*" is any other field's, or a one-item list: a list of that
-    shape), or None."""
+    shape), or None. `closed`: a field a {field: shape} without "*" does not name is an error (a newer
+    framebench's field, which this one would misread)."""
     if isinstance(shape, dict):
         if not isinstance(value, dict):
             return f"{where} holds {str(value)[:60]!r}, not an object"
+        if closed and "*" not in shape and (unknown := sorted(set(value) - set(shape))):
+            return f"{where}.{unknown[0]} is a field this framebench does not know"
         fields = ((k, v, shape.get(k, shape.get("*"))) for k, v in value.items())
-        return next((e for k, v, inner in fields if inner is not None and (e := shape_error(v, inner, f"{where}.{k}"))), None)
+        return next((e for k, v, inner in fields if inner is not None and (e := shape_error(v, inner, f"{where}.{k}", closed))), None)
     if isinstance(shape, list):
         if not isinstance(value, list):
             return f"{where} holds {str(value)[:60]!r}, not a list"
-        return next((e for i, v in enumerate(value) if (e := shape_error(v, shape[0], f"{where}[{i}]"))), None)
+        return next((e for i, v in enumerate(value) if (e := shape_error(v, shape[0], f"{where}[{i}]", closed))), None)
     if shape == STRINGS:
         return shape_error(value, [str], where)
     types = shape if isinstance(shape, tuple) else (shape,)
@@ -96,9 +109,7 @@ def read_metadata(path: Path, shape: dict, known_only: bool) -> dict:
     fix = "it is damaged or from another framebench version; rerun the matrix with this one"
     if not isinstance(data, dict):
         raise FrameBenchError(f"{path} holds {str(data)[:60]!r}, not an object; {fix}")
-    if known_only and (unknown := sorted(set(data) - set(shape))):
-        raise FrameBenchError(f"{path} has field {unknown[0]!r}, which this framebench does not know; {fix}")
-    if error := shape_error(data, shape, path.name):
+    if error := shape_error(data, shape, path.name, closed=known_only):
         raise FrameBenchError(f"{path}: {error}; {fix}")
     return data
 
