@@ -23,7 +23,6 @@ from framebench.reports.floors import MAX_CREDIBLE_EFFICIENCY, PROBE_DISAGREEMEN
 from framebench.reports.summary import BUSY_FRACTION, busy_warnings
 from framebench.store.files import append_rows, write_json
 from framebench.store.job import columns
-from framebench.store.reader import load_results
 from tests.conftest import cli, framebench
 
 SIZES, BATCH, SAMPLES = (64, 32, 10), 16, 1600  # a tiny network: 100 steps per epoch
@@ -504,7 +503,7 @@ def test_run_writes_figures_and_a_report_that_plot_redraws(measured):
     report = (measured / "report.md").read_text()
     assert "| numpy | default | cpu | current | fp32 | 2 |" in report and "![Steady-state epoch time per backend](epoch_time.png)" in report
     assert "speedup.png" not in report  # no GPU rows, no GPU-vs-CPU figure
-    tables = load_results(measured)
+    tables = load_with_floors(measured)
     assert set(tables["gemm"]["probe"]) == {"start", "end"} and tables["runs"]["floor_epoch_s"].notna().all()
 
 
