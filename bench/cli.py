@@ -10,19 +10,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import sys
 import tempfile
+import threading
+import uuid
 from pathlib import Path
 
 from framebench import studies
 from framebench.core import registry
-from framebench.core.config import CHOICES, PRESETS, ModelConfig, TrainConfig
+from framebench.core.config import CHOICES, PRESETS, ModelConfig, Sweep, TrainConfig
 from framebench.core.data import DATASETS
 from framebench.driver.arguments import RUN_CHOICES, Parser, add_fields, given
-from framebench.driver.request import RunRequest
+from framebench.driver.request import PRECISION_SWEPT, RunRequest
 from framebench.errors import FrameBenchError
 
-RESUMABLE = {"resume", "timeout", "executor", "address", "schedule_timeout", "data_dir"}  # flags that may go with --resume
+DESCRIBE_TIMEOUT_S = 120.0  # how long `framebench list` waits for one entry's answer
+ANSWER_CAP_BYTES = 1 << 20  # the longest answer it reads
+RESUMABLE = {"resume", "timeout", "executor", "address", "schedule_timeout", "data_dir", "trust_environments"}  # flags --resume takes
 
 
 def build_parser() -> Parser:
@@ -63,7 +68,9 @@ def build_parser() -> Parser:
     checking.add_argument("--thresholds", type=Path, default=None, help="thresholds file (default: the one framebench ships)")
     checking.add_argument("--allow-missing", action="store_true", help="runs without a threshold are noted instead of failing")
     environments = commands.add_parser("envs", help="list the framework environments --env built (in the user cache), or prune them")
-    environments.add_argument("--prune", action="store_true", help="remove every one (they rebuild from uv's cache when next needed)")
+    environments.add_argument(
+        "--prune", action="store_true", help="remove the ones framebench built (they rebuild from uv's cache when next needed)"
+    )
     study = commands.add_parser("study", help="run one of the studies whose reports are committed under results/ (make bench-NAME)")
     names = study.add_subparsers(dest="study", required=True, parser_class=Parser)
     for name in studies.NAMES:
@@ -108,28 +115,45 @@ def command_run(args: argparse.Namespace) -> int:
                 f"--resume takes the matrix and configuration from its config.json; drop "
                 f"{', '.join('--' + name.replace('_', '-') for name in extra)}"
             )
+    if "precision" in flags and Sweep.parse(flags.get("sweep")).field == "precision":
+        raise FrameBenchError(PRECISION_SWEPT)  # even --precision fp32, which RunRequest cannot tell from the default
     flags["env"] = tuple(flags.get("env", ()))
     return run(RunRequest(**flags), given(args, ModelConfig), given(args, TrainConfig))
 
 
 def describe(entry: registry.Entry) -> dict:
     """Ask a fresh process (with the entry's environment) what the entry supports here; its answer
-    comes on the worker's event channel, whatever the backend prints."""
-    from framebench.driver.node import start_worker, worker_process
+    comes on the worker's event channel, whatever the backend prints. A process that does not answer
+    within DESCRIBE_TIMEOUT_S (an import or an available() that hangs) is killed with all it started,
+    and it dies with this one."""
+    timeout_s = DESCRIBE_TIMEOUT_S
+    from framebench.driver.node import read_lines, start_worker, stop_job, worker_process
+    from framebench.driver.worker import JOB_TOKEN_VARIABLE, PARENT_PID_VARIABLE
 
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **entry.env}
+    token = uuid.uuid4().hex
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **entry.env, PARENT_PID_VARIABLE: str(os.getpid()), JOB_TOKEN_VARIABLE: token}
+    lines: queue.Queue = queue.Queue(1)
+    done = threading.Event()
     with tempfile.TemporaryFile() as log:
         process, channel = start_worker(worker_process(sys.executable, "--describe", entry.backend, entry.variant), env, log)
         process.stdin.close()
-        with channel:
-            answer = channel.read()
-        process.wait()
+        threading.Thread(target=read_lines, args=(channel, lines, ANSWER_CAP_BYTES, done), daemon=True).start()
+        try:
+            answer = lines.get(timeout=timeout_s)
+        except queue.Empty:
+            return {"error": f"no answer within {timeout_s:g} s (its import or available() hangs); killed"}
+        finally:
+            done.set()
+            stop_job(process, token)
         log.seek(0)
         printed = log.read().decode("utf-8", errors="replace")
     try:
-        return json.loads(answer.decode("utf-8"))
-    except ValueError:  # no answer: the process died first, its last line says why
-        return {"error": (printed.strip().splitlines() or ["no answer"])[-1]}
+        info = json.loads(answer.decode("utf-8")) if isinstance(answer, bytes) else None
+    except ValueError:
+        info = None
+    if isinstance(info, dict) and (set(info) == {"error"} or set(info) == {"devices", "adam_form", "presets", "precisions"}):
+        return info
+    return {"error": (printed.strip().splitlines() or ["no answer"])[-1]}  # it died first, or said something else: its last line says why
 
 
 def command_list(_: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ import json
 import os
 import shutil
 import signal
-import subprocess
+import time
 
 import numpy as np
 import pandas as pd
@@ -22,11 +22,12 @@ from framebench.core.harness import divergence
 from framebench.driver import probe as gemm
 from framebench.driver import session
 from framebench.driver.node import decode_event
+from framebench.driver.plan import new_config, recorded_jobs
 from framebench.driver.request import RunRequest, plan_size
 from framebench.reports.markdown import escape_markdown, to_markdown
 from framebench.store import files as results
 from framebench.store.files import append_rows
-from framebench.store.job import MalformedEvent
+from framebench.store.job import Job, MalformedEvent
 from framebench.store.reader import latest_attempts, load_results, read_table
 from tests.conftest import framebench
 from tests.test_faults import alive, env_for, run_args, run_fake, started, wait_for
@@ -237,13 +238,51 @@ def test_a_hostile_plugin_name_is_refused_where_it_is_parsed():
     assert entry.error == ""
 
 
-def test_a_gemm_probe_that_hangs_or_prints_nothing_is_one_skipped_line(monkeypatch):
+def probe_env(tmp_path, startup: str) -> dict:
+    """The process variables of a probe whose interpreter runs `startup` first (a sitecustomize), as a
+    framework's import would."""
+    (tmp_path / "sitecustomize.py").write_text(startup)
+    return {**os.environ, "PYTHONPATH": str(tmp_path)}
+
+
+def test_a_gemm_probe_that_hangs_or_prints_nothing_is_one_skipped_line(monkeypatch, tmp_path):
     monkeypatch.setattr(gemm, "PROBE_TIMEOUT_S", 0.001)
     rows, skipped = gemm.probe(("numpy",), "cpu", 1, False, (4, 3, 2), 2, dict(os.environ))
     assert rows == [] and len(skipped) == 1 and "no answer within" in skipped[0]
-    monkeypatch.setattr(gemm.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, stdout="", stderr=""))
-    rows, skipped = gemm.probe(("numpy",), "cpu", 1, False, (4, 3, 2), 2, dict(os.environ))
+    monkeypatch.setattr(gemm, "PROBE_TIMEOUT_S", 600.0)
+    rows, skipped = gemm.probe(("numpy",), "cpu", 1, False, (4, 3, 2), 2, probe_env(tmp_path, "import os\nos._exit(0)\n"))
     assert rows == [] and skipped == ["numpy on cpu: the probe printed no timings"]
+
+
+def test_a_probe_hanging_on_import_holds_the_run_no_longer_than_its_timeout(tmp_path):
+    """It held a --timeout 10 run 600 s per library, at the start and again at the end; a process it
+    started holding its output held it longer still."""
+    hang = "import os, time\nif os.fork() == 0:\n    time.sleep(600)\ntime.sleep(600)\n"
+    started = time.monotonic()
+    rows, skipped = gemm.probe(("numpy",), "cpu", 1, "fp32", (4, 3, 2), 2, probe_env(tmp_path, hang), timeout_s=2.0)
+    assert rows == [] and skipped == ["numpy on cpu: no answer within 2 s, killed"] and time.monotonic() - started < 30
+    jobs = recorded_jobs("r", {**new_config(RunRequest(threads=1), {}, {"epochs": 1}), "matrices": [
+        {"axes": {"backend": ["numpy"], "variant": ["default"], "device": ["cpu"]}, "repeats": 1, "seed": 0, "same_seed": False}
+    ]})  # fmt: skip
+    assert {request.timeout_s for request in session.probe_requests(jobs, 64, 10, False, 10.0)} == {10.0}
+
+
+def test_precision_given_beside_a_precision_sweep_is_refused_and_a_swept_dimension_named_once(tmp_path, capsys):
+    """--precision fp32 was dropped silently, and its jobs labelled "precision=bf16, precision=bf16"."""
+    status, _, err = command(capsys, *run_args(tmp_path, "--precision", "fp32", "--sweep", "precision=fp32,bf16"))
+    assert status == 2 and len(err.splitlines()) == 1 and "drop --precision" in err and list(tmp_path.iterdir()) == []
+    job = Job(run_id="r", dataset="digits", data_dir=None, preset="mlp", config={}, seed=0, threads=1, target_acc=0.9,
+              point={"backend": "numpy", "precision": "bf16", "sweep_value": "bf16"}, sweep_field="precision")  # fmt: skip
+    assert job.label == "numpy/default on cpu, precision=bf16, repeat 1"
+
+
+@pytest.mark.parametrize("flag", ["--timeout", "--schedule-timeout"])
+@pytest.mark.parametrize("value", ["1e300", "inf", "nan", "0", "-5"])
+def test_an_absurd_wait_is_refused_before_anything_is_written(tmp_path, capsys, flag, value):
+    """--timeout 1e300 once overflowed a clock after the tables existed."""
+    status, _, err = command(capsys, *run_args(tmp_path, "--backends", "numpy", flag, value))
+    assert status == 2 and len(err.splitlines()) == 1 and f"{flag} must be" in err and "(a week)" in err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_run_refused_before_training_leaves_nothing_behind(tmp_path, monkeypatch):

@@ -235,10 +235,19 @@ def load(entry: Entry):
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise FrameBenchError(f"{entry.name} cannot be imported ({exc}); run `make install`") from None
+        raise FrameBenchError(f"{entry.name} cannot be imported ({last_line(exc)}); run `make install`") from None
+    except (Exception, SystemExit) as exc:  # a plugin's module failing as it runs spoils only its own entries
+        raise FrameBenchError(f"{entry.name} cannot be imported: {module_name} raised {last_line(exc)}") from None
     if not hasattr(module, class_name):
         raise FrameBenchError(f"{entry.name}: module {module_name} has no class {class_name}")
     return getattr(module, class_name)
+
+
+def last_line(exc: BaseException) -> str:
+    """An exception as one line: its type and the last line of its message (where a traceback's or a
+    SyntaxError's detail ends)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[-1]}" if lines else type(exc).__name__
 
 
 def needs_own_process(entry: Entry) -> bool:

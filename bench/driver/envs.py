@@ -16,12 +16,14 @@ the override (with the index in UV_EXTRA_INDEX_URL) to time them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -34,6 +36,9 @@ from framebench.errors import FrameBenchError
 CURRENT = "current"  # the environment of a job run by the driver's own interpreter
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 MARKER = "framebench-env.json"  # written last: an environment without it is incomplete
+ADDRESS_PATTERN = re.compile(r"[0-9a-f]{16}")  # an environment's folder name (address())
+STAGING_PATTERN = re.compile(r"([0-9a-f]{16})\.building-([0-9]+)")  # the folder a build writes into: its address, the builder's pid
+VENV_FILE = "pyvenv.cfg"  # what every virtual environment holds
 LOCK_FILE = "requirements.lock"
 PIP_SOURCES = ("find-links", "extra-index-url")  # pip settings that say where this machine's wheels are
 
@@ -55,14 +60,46 @@ class Environment:
 
     def packages(self) -> list[str]:
         """Its full package list, as `uv pip freeze` gives it."""
-        return json.loads((self.path / MARKER).read_text())["packages"]
+        return read_marker(self.path)["packages"]
+
+
+MARKER_SHAPE = {"name": str, "requirements": list, "python": str, "built_at": (int, float), "packages": list}
+LATEST_BUILD_TIME = 4e9  # seconds since 1970 (the year 2096): a marker's built_at beyond it is not one ensure() wrote
+
+
+class DamagedEnvironment(EnvironmentUnavailable):
+    """A folder named like an environment that is not one ensure() finished: no virtual environment, or
+    its marker missing or of another shape."""
+
+
+def read_marker(path: Path) -> dict:
+    """The marker of the environment at `path`, checked for what ensure() leaves (a virtual environment,
+    a marker of MARKER_SHAPE); DamagedEnvironment naming the fix for anything else: it was not finished
+    by framebench, or was changed since."""
+    try:
+        marker = json.loads((path / MARKER).read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        why = f"{MARKER} cannot be read ({type(exc).__name__})"
+    else:
+        wrong = [key for key, kind in MARKER_SHAPE.items() if not isinstance(marker, dict) or not isinstance(marker.get(key), kind)]
+        if not wrong and not all(isinstance(item, str) for item in (*marker["requirements"], *marker["packages"])):
+            wrong = ["requirements or packages"]
+        if not wrong and not 0 <= marker["built_at"] <= LATEST_BUILD_TIME:
+            wrong = ["built_at"]
+        why = f"{MARKER} is not a framebench marker ({', '.join(wrong)} of the wrong shape)" if wrong else ""
+        if not why and not (path / VENV_FILE).is_file():
+            why = f"no {VENV_FILE}: not a virtual environment"
+        if not why:
+            return marker
+    raise DamagedEnvironment(
+        f"{path} is not a usable environment ({why}); if framebench built it, remove it (`rm -r {path}`) and it is rebuilt when needed"
+    )
 
 
 def parse_specs(texts: list[str] | tuple[str, ...] | None) -> dict[str, list[str]]:
     """{name: requirements} of the --env NAME=REQ[;REQ...] flags, each checked (a name once, a file-name-safe
-    name, every requirement a PEP 508 requirement)."""
-    from packaging.requirements import InvalidRequirement, Requirement
-
+    name, every requirement a PEP 508 requirement). The command line is the user's own: a requirement
+    naming a URL (the README's torch wheel) is built without --trust-environments."""
     specs: dict[str, list[str]] = {}
     for text in texts or ():
         name, equals, rest = text.partition("=")
@@ -74,15 +111,37 @@ def parse_specs(texts: list[str] | tuple[str, ...] | None) -> dict[str, list[str
             )
         if name in specs:
             raise FrameBenchError(f"--env {name} is given twice; name each environment once")
-        requirements = [part.strip() for part in rest.split(";") if part.strip()]
-        for requirement in requirements:
-            try:
-                Requirement(requirement)
-            except InvalidRequirement as exc:
-                reason = str(exc).splitlines()[0]
-                raise FrameBenchError(f"--env {name}: {requirement!r} is not a requirement ({reason})") from None
-        specs[name] = requirements
+        specs[name] = [part.strip() for part in rest.split(";") if part.strip()]
+        check_requirements(f"--env {name}", specs[name], trusted=True)
     return specs
+
+
+def check_requirements(where: str, requirements: list[str], trusted: bool) -> None:
+    """Every requirement a PEP 508 requirement (never a pip or uv option, nor a bare path: uv would take
+    those as its own arguments); one naming a URL (NAME @ URL, file:// paths included) only where
+    `trusted`: building it downloads and runs whatever is there. `where` names the source in the error."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    for requirement in requirements:
+        try:
+            url = Requirement(requirement).url
+        except InvalidRequirement as exc:
+            reason = str(exc).splitlines()[0]
+            raise FrameBenchError(f"{where}: {requirement!r} is not a requirement ({reason})") from None
+        if url and not trusted:
+            raise FrameBenchError(
+                f"{where}: {requirement!r} installs from {url[:120]!r}, which would be downloaded and run; "
+                "pass --trust-environments if you trust it"
+            )
+
+
+def check_recorded(specs: dict[str, list[str]], trusted: bool, source: str) -> None:
+    """The environments a results directory's config.json names (`source`), held to --env's checks: it
+    may come from anyone, so a URL requirement is built only with --trust-environments."""
+    for name, requirements in specs.items():
+        if not NAME_PATTERN.fullmatch(name) or name == CURRENT:
+            raise FrameBenchError(f"{source} names an environment {name[:60]!r}, which is not a plain name; it cannot be run")
+        check_requirements(f"{source}: environment {name}", requirements, trusted)
 
 
 def envs_dir() -> Path:
@@ -149,13 +208,25 @@ def pip_sources() -> list[str]:
 
 
 def uv(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    """Run the uv the lock pins (the binary its package ships)."""
+    """Run the uv the lock pins (the binary its package ships), in a session of its own so that
+    whatever stops the driver (a signal, an error) kills it and every process it started."""
     try:
         import uv as uv_package
     except ImportError:
         raise FrameBenchError("--env builds environments with uv: install it (`pip install uv`, pinned in requirements.lock)") from None
 
-    return subprocess.run([uv_package.find_uv_bin(), *args], input=stdin, capture_output=True, text=True)
+    command = [uv_package.find_uv_bin(), *args]
+    process = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        stdout, stderr = process.communicate(stdin)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def uv_reason(result: subprocess.CompletedProcess) -> str:
@@ -177,16 +248,32 @@ def is_built(requirements: list[str] | tuple[str, ...]) -> bool:
 
 def ensure(name: str, requirements: list[str] | tuple[str, ...]) -> Environment:
     """The environment `name`, built now if no complete one exists; EnvironmentUnavailable (one line
-    naming it and uv's reason) when it cannot be built."""
+    naming it and uv's reason) when it cannot be built. The build writes into a staging folder that is
+    removed however the build ends (a failure, an exception, a stop signal) and renamed into place only
+    once whole."""
     path = location(requirements)
-    if (path / MARKER).is_file():
+    if path.exists():
+        read_marker(path)  # a damaged one is reported with its fix, never used
         return Environment(name, tuple(requirements), path, reused=True)
     staging = path.with_name(f"{path.name}.building-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
+    remove_interrupted_builds(path)
     try:
         staging.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise EnvironmentUnavailable(f"environment {name} cannot be built: {staging.parent}: {exc.strerror or exc}") from None
+    try:
+        build(name, requirements, staging)
+        staging.rename(path)
+    except OSError:  # another process finished the same environment first: use that one
+        if not path.exists():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return Environment(name, tuple(requirements), path, reused=False)
+
+
+def build(name: str, requirements: list[str] | tuple[str, ...], staging: Path) -> None:
+    """Build the environment into `staging`, its marker last."""
     python = staging / "bin" / "python"
     steps = [
         ("venv", "--quiet", "--python", sys.executable, str(staging)),
@@ -196,7 +283,6 @@ def ensure(name: str, requirements: list[str] | tuple[str, ...]) -> Environment:
     for step in steps:
         result = uv(*step, stdin="\n".join(base_requirements(checkout(), requirements)))
         if result.returncode != 0:
-            shutil.rmtree(staging, ignore_errors=True)
             raise EnvironmentUnavailable(
                 f"environment {name} ({'; '.join(requirements) or 'the lock'}) cannot be built: {uv_reason(result)}"
             )
@@ -209,45 +295,86 @@ def ensure(name: str, requirements: list[str] | tuple[str, ...]) -> Environment:
         "packages": freeze,
     }
     (staging / MARKER).write_text(json.dumps(marker, indent=2))
+
+
+def process_alive(pid: int) -> bool:
     try:
-        staging.rename(path)
-    except OSError:  # another process finished the same environment first: use that one
-        shutil.rmtree(staging, ignore_errors=True)
-    return Environment(name, tuple(requirements), path, reused=False)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
+def interrupted_build(path: Path) -> bool:
+    """Whether `path` is the staging folder of a build whose process is gone (killed outright)."""
+    match = STAGING_PATTERN.fullmatch(path.name)
+    return bool(match) and not path.is_symlink() and (path / VENV_FILE).is_file() and not process_alive(int(match.group(2)))
+
+
+def remove_interrupted_builds(path: Path) -> None:
+    """Remove what builds of the environment at `path` killed outright left behind."""
+    for staging in path.parent.glob(f"{path.name}.building-*") if path.parent.is_dir() else ():
+        if interrupted_build(staging):
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def listed() -> list[dict]:
-    """Every environment under envs_dir(): its hash, name, overrides, size and build time; incomplete
-    builds as such."""
+    """Every entry under envs_dir(), each with its `kind`: "environment" (a finished build: its hash,
+    name, overrides, python and build time), "damaged" (named like one, without a valid marker: `why`
+    says how to fix it), "interrupted" (a build killed outright), "building" (a build in progress), or
+    "foreign" (not framebench's: never touched)."""
     base = envs_dir()
     entries = []
     for path in sorted(base.iterdir()) if base.is_dir() else []:
-        marker = path / MARKER
-        info = json.loads(marker.read_text()) if marker.is_file() else {}
-        entries.append(
-            {
-                "hash": path.name,
-                "name": info.get("name", "(incomplete)"),
-                "requirements": "; ".join(info.get("requirements", [])) or "-",
-                "python": info.get("python", "-"),
-                "built": time.strftime("%Y-%m-%d %H:%M", time.gmtime(info["built_at"])) if info else "-",
-                "path": str(path),
-            }
-        )
+        entry = {"path": str(path), "hash": path.name}
+        if path.is_symlink() or not path.is_dir():
+            entry["kind"] = "foreign"
+        elif ADDRESS_PATTERN.fullmatch(path.name):
+            try:
+                info = read_marker(path)
+            except DamagedEnvironment as exc:
+                entry.update(kind="damaged", why=str(exc))
+            else:
+                entry.update(
+                    kind="environment",
+                    name=info["name"],
+                    requirements="; ".join(info["requirements"]) or "-",
+                    python=info["python"],
+                    built=time.strftime("%Y-%m-%d %H:%M", time.gmtime(info["built_at"])),
+                )
+        elif STAGING_PATTERN.fullmatch(path.name):
+            entry["kind"] = "interrupted" if interrupted_build(path) else "building"
+        else:
+            entry["kind"] = "foreign"
+        entries.append(entry)
     return entries
 
 
 def run_envs(prune: bool) -> int:
-    """`framebench envs`: list the built environments, or remove them all (--prune); they rebuild from
-    uv's cache in seconds."""
+    """`framebench envs`: list the built environments, or remove them (--prune; they rebuild from uv's
+    cache in seconds) with what builds killed outright left. Only what framebench built is removed:
+    a damaged environment is named with its fix, anything else in the folder is left alone. Exit 1 when
+    --prune leaves a damaged environment behind."""
     entries = listed()
-    if not entries:
+    kinds = {kind: [e for e in entries if e["kind"] == kind] for kind in ("environment", "damaged", "interrupted", "building", "foreign")}
+    if not kinds["environment"] and not kinds["damaged"] and not kinds["interrupted"]:
         print(f"no environments in {envs_dir()}")
-        return 0
-    for entry in entries:
+    for entry in kinds["environment"]:
         print(f"{entry['hash']}  {entry['name']:<12} python {entry['python']:<8} built {entry['built']}  {entry['requirements']}")
-        if prune:
-            shutil.rmtree(entry["path"])
-    if prune:
-        print(f"removed {len(entries)} environment(s) from {envs_dir()}")
-    return 0
+    for entry in kinds["damaged"]:
+        print(f"warning: {entry['why']}", file=sys.stderr)
+    for entry in kinds["building"]:
+        print(f"{entry['hash']}  being built now")
+    if kinds["foreign"]:
+        names = ", ".join(e["hash"] for e in kinds["foreign"])
+        print(f"not framebench's, left alone: {names}", file=sys.stderr)
+    if not prune:
+        for entry in kinds["interrupted"]:
+            print(f"{entry['hash']}  an interrupted build (--prune removes it)")
+        return 0
+    for entry in kinds["environment"] + kinds["interrupted"]:
+        shutil.rmtree(entry["path"])
+    print(f"removed {len(kinds['environment'])} environment(s) and {len(kinds['interrupted'])} interrupted build(s) from {envs_dir()}")
+    return 1 if kinds["damaged"] else 0

@@ -4,13 +4,21 @@ table: events go back to the driver, which alone writes the results directory.
 
 Events come on a pipe of their own (the worker's "event channel"), never on stdout or stderr: both of
 those go to the job's log, whatever a backend or framework prints there, in whatever bytes. A message
-on the channel that is not an event of the job contract ends the job `failed`; nothing of the job
-(a process it started with setsid included) outlives it."""
+on the channel that is not an event of the job contract, or an event that cannot be true of the job
+(framebench.store.job.Sense), ends the job `failed`; nothing of the job (a process it started with
+setsid, or forked without exec, included) outlives it. Everything a worker says is bounded: a line's
+length (event_line_cap), the lines waiting to be recorded (QUEUE_LINES), and the job's time, however
+much it talks. A job ends when its worker closes the channel after its end, or when the worker exits
+(a process it forked, still holding the channel, is killed then rather than waited for).
+
+A second way to run workers (two at once, say) reuses the pieces: start_worker, read_lines into a
+bounded queue with event_line_cap, follow (or decode_event and a Sense per worker), stop_job."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import queue
 import signal
@@ -21,18 +29,23 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
 
 from framebench.core import registry
 from framebench.driver.calibration import busy_seconds, calibrate, cpu_ticks, steal_fraction
 from framebench.driver.envs import CURRENT, EnvironmentUnavailable, ensure
 from framebench.driver.worker import CHANNEL_VARIABLE, JOB_TOKEN_VARIABLE, PARENT_PID_VARIABLE
-from framebench.store.job import End, Job, MalformedEvent, from_wire
+from framebench.store.job import RULE_ORDER, End, Job, MalformedEvent, Sense, SenseViolation, from_wire, most_samples_per_epoch
 
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
 LOG_TAIL_BYTES = 64_000  # the end of a worker's stderr kept in logs/ (a traceback, framework warnings)
 LIVE_GROUPS: set[int] = set()  # process groups of running workers, killed at once if the driver is stopped
-EXIT_GRACE_S = 10.0  # how long a worker that closed its event channel has to exit before it is killed
+EXIT_GRACE_S = 10.0  # how long a worker that closed its event channel has to exit, or an exited one's last lines take, at most
+LINE_CAP_BYTES = 1 << 20  # the longest event line, beyond an epoch's step losses (event_line_cap)
+STEP_LOSS_BYTES = 32  # room per step loss in an epoch's line (a float's JSON, a separator)
+QUEUE_LINES = 64  # lines read but not yet recorded: a worker that talks faster than the driver records waits on its pipe
+POLL_S = 0.1  # how often a job waiting for its worker's next line looks whether the worker has exited
 
 
 def thread_env(threads: int) -> dict[str, str]:
@@ -98,12 +111,50 @@ def start_worker(command: list[str], env: dict[str, str], log) -> tuple[subproce
     return process, os.fdopen(read_fd, "rb")
 
 
-def read_lines(channel, lines: queue.Queue) -> None:
-    """Pass the channel's lines on until it ends (every process holding its write end is gone), then None."""
+@dataclass(frozen=True)
+class Overlong:
+    """A line longer than the channel's cap (its bytes are not kept): the job fails."""
+
+    cap: int  # the cap it broke, in bytes
+
+
+@dataclass(frozen=True)
+class Torn:
+    """The channel's last bytes, without their newline: the worker died while writing them."""
+
+    text: bytes  # what came
+
+
+def event_line_cap(job: Job) -> int:
+    """The longest line `job`'s worker may send: LINE_CAP_BYTES, plus room for the step losses of
+    the longest epoch the job's configuration can draw."""
+    train = job.config["train"]
+    return LINE_CAP_BYTES + STEP_LOSS_BYTES * math.ceil(most_samples_per_epoch(train) / train["batch_size"])
+
+
+def read_lines(channel, lines: queue.Queue, cap: int, done: threading.Event) -> None:
+    """Pass the channel's lines on, then None once it ends (every process holding its write end is
+    gone): a line over `cap` bytes as Overlong (the reading stops; no more than `cap` bytes are ever
+    held), a last line cut short as Torn. `lines` is bounded, so a worker that talks faster than the
+    driver records waits; once `done` is set (the job is over) nothing more is passed on."""
+
+    def put(item) -> bool:
+        while not done.is_set():
+            try:
+                lines.put(item, timeout=POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     with channel:
-        for line in channel:
-            lines.put(line)
-    lines.put(None)
+        while line := channel.readline(cap + 1):
+            if len(line) > cap:
+                put(Overlong(cap))
+                return
+            if not put(line if line.endswith(b"\n") else Torn(line)):
+                return
+    put(None)
 
 
 def decode_event(line: bytes):
@@ -145,6 +196,63 @@ def worker_command(job: Job) -> list[str]:
     return worker_process(sys.executable if job.env == CURRENT else str(ensure(job.env, job.env_requirements).python))
 
 
+def stop_job(process: subprocess.Popen, token: str) -> None:
+    """Kill the worker's process group, then every process carrying the job's token (those that left
+    the group): nothing of the job outlives it, and no process holds its event channel any more."""
+    kill_group(process.pid)
+    process.wait()
+    kill_strays(token)
+
+
+def follow(process: subprocess.Popen, token: str, lines: queue.Queue, sense: Sense, timeout_s: float) -> Generator:
+    """Yield the worker's events from `lines` (read_lines') as they come, each held to the job
+    contract and to `sense`; return how the job ended: the worker's `end` once its channel has ended
+    or the worker has exited (so a message after it, as the real outcome after a forged end, breaks
+    the contract), the node's verdict (timeout, a malformed or impossible event, an overlong line), or
+    None when the worker exited without an end (a crash: its exit status says how). The worker's exit
+    ends the job even while a process it forked still holds the channel: that process is killed."""
+    deadline = time.monotonic() + timeout_s
+    end, exited, settle = None, False, math.inf  # settle: when the lines a worker wrote before it exited are all in
+    while True:
+        now = time.monotonic()
+        if now >= settle:
+            return end
+        if now >= deadline and not exited:  # an end whose channel a stray keeps open still stands
+            return end or End("timeout", f"no result within --timeout {timeout_s:g} s; raise --timeout or use fewer epochs")
+        try:
+            item = lines.get(timeout=max(min(settle - now, deadline - now, POLL_S), 0))
+        except queue.Empty:
+            if not exited and process.poll() is not None:
+                exited, settle = True, now + EXIT_GRACE_S
+                stop_job(process, token)  # what it forked dies with it, so its channel ends
+            continue
+        if item is None:  # the channel ended: the worker exited, or closed it after its end
+            if end is None:
+                try:
+                    process.wait(timeout=max(min(settle, now + EXIT_GRACE_S) - now, 0))
+                except subprocess.TimeoutExpired:
+                    return End("failed", "the worker closed its event channel without reporting how the job ended; see its log")
+            return end
+        if isinstance(item, Overlong):
+            return End("failed", f"the worker sent an event line longer than {item.cap:,} bytes; see its log")
+        if end is not None:
+            return End("failed", f"the worker's events cannot be true of this job: {RULE_ORDER}: a message after end; see its log")
+        if isinstance(item, Torn):
+            settle = min(settle, now + EXIT_GRACE_S)  # it died writing: its exit status says how
+            continue
+        try:
+            event = decode_event(item)
+            sense.check(event)
+        except SenseViolation as exc:
+            return End("failed", f"the worker's events cannot be true of this job: {exc}; see its log")
+        except MalformedEvent as exc:
+            return End("failed", f"the worker sent a malformed event ({exc}); see its log")
+        if isinstance(event, End):
+            end = event
+        else:
+            yield event
+
+
 def execute(job: Job, timeout_s: float) -> Iterator:
     """Run `job` in a fresh worker process and yield its events; the last one is always `end`, carrying
     the outcome, the log's tail and how much CPU other processes used while the job ran."""
@@ -159,41 +267,19 @@ def execute(job: Job, timeout_s: float) -> Iterator:
     load_before, ticks_before, started, started_at = os.getloadavg()[0], cpu_ticks(), time.perf_counter(), time.time()
     process, channel = start_worker(command, {**worker_env(job), JOB_TOKEN_VARIABLE: token}, log)
     LIVE_GROUPS.add(process.pid)
-    end = None
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=read_lines, args=(channel, lines), daemon=True).start()
+    lines: queue.Queue = queue.Queue(QUEUE_LINES)
+    done = threading.Event()
+    threading.Thread(target=read_lines, args=(channel, lines, event_line_cap(job), done), daemon=True).start()
     try:
         try:
             process.stdin.write(json.dumps(job.to_wire()).encode())
             process.stdin.close()
         except BrokenPipeError:  # the worker died at once: its exit status and log say why
             pass
-        deadline = time.monotonic() + timeout_s
-        while end is None:
-            try:
-                line = lines.get(timeout=max(deadline - time.monotonic(), 0))
-            except queue.Empty:
-                end = End("timeout", f"no result within --timeout {timeout_s:g} s; raise --timeout or use fewer epochs")
-                break
-            if line is None:
-                try:
-                    process.wait(timeout=EXIT_GRACE_S)
-                except subprocess.TimeoutExpired:
-                    end = End("failed", "the worker closed its event channel without reporting how the job ended; see its log")
-                break
-            try:
-                event = decode_event(line)
-            except MalformedEvent as exc:
-                end = End("failed", f"the worker sent a malformed event ({exc}); see its log")
-                break
-            if isinstance(event, End):
-                end = event
-            else:
-                yield event
+        end = yield from follow(process, token, lines, Sense(job), timeout_s)
     finally:
-        kill_group(process.pid)  # the job is over, or the driver stopped it: nothing of it may outlive it
-        process.wait()
-        kill_strays(token)
+        done.set()
+        stop_job(process, token)  # the job is over, or the driver stopped it: nothing of it may outlive it
     returncode = process.returncode
     wall = time.perf_counter() - started
     ticks_after = cpu_ticks()
@@ -227,7 +313,16 @@ def crash_message(returncode: int, log: str) -> str:
     """Why a worker died without reporting: its signal (SIGKILL usually means out of memory) or exit
     status, and the last line it wrote."""
     if returncode < 0:
-        name = signal.Signals(-returncode).name
+        name = signal_name(-returncode)
         return f"worker died with {name}" + (" (killed, likely out of memory)" if name == "SIGKILL" else "") + "; see its log"
     lines = [line.strip() for line in log.splitlines() if line.strip()]
     return f"worker exited with status {returncode}: {lines[-1] if lines else 'no output'}; see its log"
+
+
+def signal_name(number: int) -> str:
+    """SIGKILL, SIGSEGV, ...; a signal Python has no name for (a real-time one) by its number."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        realtime = f"SIGRTMIN+{number - signal.SIGRTMIN}" if signal.SIGRTMIN <= number <= signal.SIGRTMAX else "unnamed"
+        return f"signal {number} ({realtime})"

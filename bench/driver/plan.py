@@ -167,6 +167,7 @@ def resumed_config(directory: Path, request: RunRequest) -> dict:
         raise FrameBenchError(
             f"--resume {directory}: its config.json was written by another framebench version; rerun the matrix into a new --run-id"
         )
+    envs.check_recorded(config["envs"], request.trust_environments, f"--resume {directory}")
     config["data_dir"] = request.data_dir or config.get("data_dir")
     unknown = sorted({b for m in config["matrices"] for b in m["axes"]["backend"]} - set(registry.backend_names()))
     if unknown:

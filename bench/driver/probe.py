@@ -10,6 +10,7 @@ precision, shapes} as JSON on stdin and prints {shape: seconds}."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import time
@@ -18,11 +19,11 @@ from dataclasses import dataclass
 from framebench.core import registry
 from framebench.core.config import PRECISIONS
 from framebench.core.flops import key, step_gemms
-from framebench.driver.node import device_env
+from framebench.driver.node import device_env, kill_group
 
 ROUNDS = 5  # timed rounds per shape; the fastest is kept (the floor is a best case)
 MIN_ROUND_S = 0.02  # each round repeats the GEMM until it lasts at least this long
-PROBE_TIMEOUT_S = 600.0  # one library's probe process is killed after this long (a framework may hang on import)
+PROBE_TIMEOUT_S = 600.0  # the longest one library's probe process runs (a framework may hang on import), less if --timeout is
 
 
 @dataclass(frozen=True)
@@ -32,26 +33,33 @@ class ProbeRequest:
     precision: str  # of the jobs it stands for: the GEMMs run in its compute dtype (framebench.core.config.PRECISIONS)
     sizes: tuple[int, ...]  # layer widths whose GEMMs to time
     batch: int  # batch size of those GEMMs
+    timeout_s: float  # the run's --timeout: one library's probe never holds the run longer than one job may
 
 
-def probe_one(request: str, env: dict[str, str]) -> tuple[dict, str]:
-    """One library's timings ({shape key: seconds}) from its own process, or why there are none."""
+def probe_one(request: str, env: dict[str, str], timeout_s: float) -> tuple[dict, str]:
+    """One library's timings ({shape key: seconds}) from its own process (killed with whatever it
+    started after `timeout_s`), or why there are none."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "framebench.driver.probe"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+        env=env,
+        start_new_session=True,
+    )
     try:
-        result = subprocess.run(
-            [sys.executable, "-m", "framebench.driver.probe"],
-            input=request,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            env=env,
-            timeout=PROBE_TIMEOUT_S,
-        )
+        stdout, stderr = process.communicate(request, timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        return {}, f"no answer within {PROBE_TIMEOUT_S:g} s, killed"
-    if result.returncode != 0:
-        return {}, (result.stderr.strip().splitlines() or ["no output"])[-1]
+        return {}, f"no answer within {timeout_s:g} s, killed"
+    finally:
+        kill_group(process.pid)
+        process.communicate()
+    if process.returncode != 0:
+        return {}, (stderr.strip().splitlines() or ["no output"])[-1]
     try:
-        seconds = json.loads(result.stdout.strip().splitlines()[-1])
+        seconds = json.loads(stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
         return {}, "the probe printed no timings"
     if not isinstance(seconds, dict):
@@ -60,16 +68,24 @@ def probe_one(request: str, env: dict[str, str]) -> tuple[dict, str]:
 
 
 def probe(
-    libraries: tuple[str, ...], device: str, threads: int, precision: str, sizes: tuple[int, ...], batch: int, env: dict[str, str]
+    libraries: tuple[str, ...],
+    device: str,
+    threads: int,
+    precision: str,
+    sizes: tuple[int, ...],
+    batch: int,
+    env: dict[str, str],
+    timeout_s: float = math.inf,
 ) -> tuple[list[dict], list[str]]:
-    """Time one step's GEMMs in each library (a process each) on this node: (gemm.csv rows without
-    node/sweep/probe columns, one line per library that could not be measured)."""
+    """Time one step's GEMMs in each library (a process each, given at most `timeout_s` and never more
+    than PROBE_TIMEOUT_S) on this node: (gemm.csv rows without node/sweep/probe columns, one line per
+    library that could not be measured)."""
     gemms = step_gemms(sizes, batch)
     shapes = sorted({(g.m, g.k, g.n) for g in gemms})
     rows, skipped = [], []
     for library in libraries:
         request = json.dumps({"library": library, "device": device, "threads": threads, "precision": precision, "shapes": shapes})
-        seconds, failure = probe_one(request, env)
+        seconds, failure = probe_one(request, env, min(timeout_s, PROBE_TIMEOUT_S))
         if failure:
             skipped.append(f"{library} on {device}: {failure}")
             continue
@@ -102,6 +118,7 @@ def run_probe(request: ProbeRequest) -> tuple[list[dict], list[str]]:
         request.sizes,
         request.batch,
         device_env(request.device, request.threads),
+        request.timeout_s,
     )
 
 

@@ -180,6 +180,8 @@ def run_jobs(
         entry = registry.lookup(job.backend, job.variant)
         if job.env in broken:
             rows.append(finish_job(directory, JobState(job), End("unavailable", broken[job.env])))
+        elif entry.error:  # a plugin that cannot be imported or declares nonsense: no process could run it
+            rows.append(finish_job(directory, JobState(job), End("unavailable", entry.error)))
         elif job.device in entry.devices:
             runnable.append(job)
         else:  # declined without starting a process

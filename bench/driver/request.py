@@ -4,7 +4,6 @@ refused by arithmetic before it is built."""
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import sys
@@ -19,6 +18,8 @@ DEVICE_CHOICES = ("cpu", "gpu", "auto", "all")
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 LARGE_PLAN_JOBS = 1_000  # a plan of more jobs is warned about
 MAX_PLAN_JOBS = 100_000  # a plan of more jobs is refused unless --large-plan
+PRECISION_SWEPT = "--sweep precision=... sets each job's precision; drop --precision (or sweep another field)"
+MAX_WAIT_S = 7 * 24 * 3600.0  # the longest --timeout or --schedule-timeout: a week (a longer wait is a typo, and overflows clocks)
 
 
 @dataclass(frozen=True)
@@ -47,13 +48,13 @@ class RunRequest:
     schedule_timeout: float = 300.0  # ray: seconds a job may wait for a node able to run it before it is unavailable
     large_plan: bool = False  # run a matrix of more than 100000 jobs anyway (repeats x sweep values x backends x variants x devices)
     env: tuple[str, ...] = ()  # NAME=REQ[;REQ...]: run the matrix in an environment of the lock with these overrides (repeatable)
+    trust_environments: bool = False  # build URL requirements (NAME @ URL) a results directory names (--resume, an existing --run-id)
 
     def validate(self) -> None:
         """Everything checkable before a worker starts, each mistake naming its flag."""
-        if not 0 < self.timeout < math.inf:
-            raise FrameBenchError(f"--timeout must be a finite number of seconds > 0, got {self.timeout}")
-        if not 0 < self.schedule_timeout < math.inf:
-            raise FrameBenchError(f"--schedule-timeout must be a finite number of seconds > 0, got {self.schedule_timeout}")
+        for flag, seconds in (("--timeout", self.timeout), ("--schedule-timeout", self.schedule_timeout)):
+            if not 0 < seconds <= MAX_WAIT_S:
+                raise FrameBenchError(f"{flag} must be a finite number of seconds > 0 and at most {MAX_WAIT_S:g} (a week), got {seconds:g}")
         if self.seed < 0:
             raise FrameBenchError(f"--seed must be >= 0, got {self.seed}")
         if self.repeats < 1:
@@ -67,7 +68,7 @@ class RunRequest:
             )
         check_precisions(self.precision, "--precision")
         if self.sweep and Sweep.parse(self.sweep).field == "precision" and self.precision != "fp32":
-            raise FrameBenchError("--sweep precision=... sets each job's precision; drop --precision (or sweep another field)")
+            raise FrameBenchError(PRECISION_SWEPT)
         if self.executor not in EXECUTORS:
             raise FrameBenchError(f"unknown executor {self.executor!r}; --executor takes one of: {', '.join(EXECUTORS)}")
 

@@ -98,6 +98,7 @@ def run_locked(directory: Path, request: RunRequest, config: dict) -> int:
         if not request.resume and (directory / "config.json").exists():
             check_same_experiment(directory, config)
             recorded = read_config(directory)
+            envs.check_recorded(recorded.get("envs", {}), request.trust_environments, f"{directory}/config.json")
             config = {
                 **config,
                 "matrices": recorded.get("matrices", []),
@@ -147,15 +148,18 @@ def run_in(directory: Path, request: RunRequest, config: dict, executor: Executo
     write_json(directory, "config.json", config)
     for table in TABLE_NAMES:  # every table exists (with its header) from the start, whatever happens next
         append_rows(directory, table, [])
-    built, broken = prepare_environments(config["envs"], jobs)
-    record = environment(config["threads"], executor.nodes(config["threads"]), earlier)
-    write_json(directory, "env.json", {**record, "environments": environment_records(built, earlier)})
-    probes = probe_requests(jobs, data.input_size, data.num_classes, executor.has_gpu()) if config["floors"] else {}
     states: dict = {}
     interrupts = Interrupts()
-    handlers = {name: signal.signal(name, interrupts.handle) for name in STOP_SIGNALS}
+    handlers = {name: signal.signal(name, interrupts.handle) for name in STOP_SIGNALS}  # from the first build on
     try:
         try:
+            built, broken = prepare_environments(config["envs"], jobs)
+            record = environment(config["threads"], executor.nodes(config["threads"]), earlier)
+            with interrupts:
+                write_json(directory, "env.json", {**record, "environments": environment_records(built, earlier)})
+            probes = {}
+            if config["floors"]:
+                probes = probe_requests(jobs, data.input_size, data.num_classes, executor.has_gpu(), request.timeout)
             probe_floors(directory, executor, probes, "start")
             rows = run_jobs(directory, jobs, executor, request.timeout, states, interrupts, broken)
             probe_floors(directory, executor, probes, "end")
@@ -230,14 +234,16 @@ def probe_floors(directory: Path, executor: Executor, probes: dict[ProbeRequest,
             print(f"GEMM probe ({when}): {node_name} {request.device}: {len(rows)} timings", file=sys.stderr, flush=True)
 
 
-def probe_requests(jobs: list[Job], input_size: int, num_classes: int, has_gpu: bool) -> dict[ProbeRequest, list[str]]:
-    """The distinct GEMM probes the jobs need (one per device, precision and shape set), each with its sweep values."""
+def probe_requests(jobs: list[Job], input_size: int, num_classes: int, has_gpu: bool, timeout_s: float) -> dict[ProbeRequest, list[str]]:
+    """The distinct GEMM probes the jobs need (one per device, precision and shape set), each with its sweep
+    values; a library's probe given no longer than a job (`timeout_s`, the run's --timeout)."""
     requests: dict[ProbeRequest, list[str]] = {}
     for job in jobs:
         if job.device == "gpu" and not has_gpu:
             continue
         model, train = config_from_dict(job.config)
-        request = ProbeRequest(job.device, job.threads, job.precision, layer_sizes(input_size, model, num_classes), train.batch_size)
+        sizes = layer_sizes(input_size, model, num_classes)
+        request = ProbeRequest(job.device, job.threads, job.precision, sizes, train.batch_size, timeout_s)
         values = requests.setdefault(request, [])
         if job.sweep_value not in values:
             values.append(job.sweep_value)

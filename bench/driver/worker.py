@@ -72,12 +72,12 @@ def cpu_seconds() -> float:
 def run_job(job: Job) -> None:
     """Run one job, emitting start, setup, epoch and end events; every outcome ends in exactly one `end`."""
     model, train = config_from_dict(job.config)
+    emit(Start())
     try:
         cls = registry.load(registry.lookup(job.backend, job.variant))
     except FrameBenchError as exc:
         emit(End("unavailable", str(exc), cpu_s=cpu_seconds()))
         return
-    emit(Start())
     ok, reason = cls.available(job.device)
     if not ok:
         emit(End("unavailable", reason, cpu_s=cpu_seconds()))
@@ -147,10 +147,11 @@ def main() -> None:
     global channel
     die_with_parent()
     channel = open_channel()
-    if sys.argv[1:2] == ["--describe"]:
-        send(describe(sys.argv[2], sys.argv[3]))
-        return
-    run_job(Job.from_wire(json.loads(sys.stdin.read())))
+    with channel:  # closed after the last message: the node takes the job as ended then, not once the interpreter is done
+        if sys.argv[1:2] == ["--describe"]:
+            send(describe(sys.argv[2], sys.argv[3]))
+            return
+        run_job(Job.from_wire(json.loads(sys.stdin.read())))
 
 
 if __name__ == "__main__":

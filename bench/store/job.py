@@ -10,8 +10,10 @@ reads DIMENSIONS when called, never at import, so the list is the single place a
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
+from framebench.core.config import PRECISIONS, precision_mismatch
 from framebench.errors import FrameBenchError
 
 FORMAT_VERSION = 3  # of a results directory's tables and config.json; bumped when either changes shape
@@ -193,9 +195,12 @@ class Job:
 
     @property
     def label(self) -> str:
-        """E.g. "torch/default on cpu, batch_size=64, repeat 2": every dimension whose value is not its default."""
+        """E.g. "torch/default on cpu, batch_size=64, repeat 2": every dimension whose value is not its default
+        (a swept one once, as the sweep's value)."""
         extra = [
-            f"{d.name}={getattr(self, d.name)}" for d in DIMENSIONS if d.name not in LABEL_NAMED and getattr(self, d.name) != d.default
+            f"{d.name}={getattr(self, d.name)}"
+            for d in DIMENSIONS
+            if d.name not in (*LABEL_NAMED, self.sweep_field) and getattr(self, d.name) != d.default
         ]
         sweep = [f"{self.sweep_field}={self.sweep_value}"] if self.sweep_field else []
         return (
@@ -214,7 +219,8 @@ class Job:
 
 # Events: what a worker says about its job, in this order: start, setup, one epoch per epoch, end.
 # `Submitted` is the executor's (the job is in flight from then on). Every event crosses a process
-# boundary as a dict (`to_wire`) and is checked against its dataclass when read (`from_wire`).
+# boundary as a dict (`to_wire`), is checked against its dataclass when read (`from_wire`) and, coming
+# from a worker, against the rules of sense at the end of this module (`Sense`).
 
 
 @dataclass(frozen=True)
@@ -222,9 +228,12 @@ class Submitted:
     """The executor took the job: from now on it is in flight."""
 
 
+DRIVER = {"owner": "driver"}  # metadata of a field the node or the executor fills in: a worker's event never sets it (Sense)
+
+
 @dataclass(frozen=True)
 class Start:
-    node: str = ""  # the node that runs it (the executor fills it in)
+    node: str = field(default="", metadata=DRIVER)  # the node that runs it (the executor fills it in)
 
 
 @dataclass(frozen=True)
@@ -255,26 +264,30 @@ class End:
     cpu_s: float | None = None  # CPU seconds of the worker, to tell its load from other processes'
     compute_dtype: str = ""  # the dtype the backend's matrix products ran in, inspected after the first epoch ("" if none ran)
     # Filled in by the node and the executor, never by the worker:
-    log: str = ""  # the tail of the worker's log
-    loadavg_1m: float | None = None  # load average when the job started
-    other_cpu_frac: float | None = None  # share of the CPUs other processes used while it ran
-    calib_before_s: float | None = None  # the machine's calibration just before the job (framebench.driver.calibration)
-    calib_after_s: float | None = None  # and just after it
-    steal_frac: float | None = None  # share of the host's CPU time the hypervisor stole while it ran
-    host: str = ""  # hostname of the machine that ran it
-    node: str = ""  # node name (host, plus the Ray node id where nodes share a host)
-    started_at: float | None = None  # wall clock at the start
-    ended_at: float | None = None  # wall clock at the end
-    retried: bool = False  # a lost attempt whose retry follows: superseded, not a result
+    log: str = field(default="", metadata=DRIVER)  # the tail of the worker's log
+    loadavg_1m: float | None = field(default=None, metadata=DRIVER)  # load average when the job started
+    other_cpu_frac: float | None = field(default=None, metadata=DRIVER)  # share of the CPUs other processes used while it ran
+    calib_before_s: float | None = field(default=None, metadata=DRIVER)  # the machine's calibration just before the job
+    calib_after_s: float | None = field(default=None, metadata=DRIVER)  # and just after it (framebench.driver.calibration)
+    steal_frac: float | None = field(default=None, metadata=DRIVER)  # share of the host's CPU time the hypervisor stole meanwhile
+    host: str = field(default="", metadata=DRIVER)  # hostname of the machine that ran it
+    node: str = field(default="", metadata=DRIVER)  # node name (host, plus the Ray node id where nodes share a host)
+    started_at: float | None = field(default=None, metadata=DRIVER)  # wall clock at the start
+    ended_at: float | None = field(default=None, metadata=DRIVER)  # wall clock at the end
+    retried: bool = field(default=False, metadata=DRIVER)  # a lost attempt whose retry follows: superseded, not a result
 
 
 EVENTS = {"submitted": Submitted, "start": Start, "setup": Setup, "epoch": Epoch, "end": End}
 NUMBERS = (int, float)
 
 
+def kind(event) -> str:
+    """The event's name on the wire ("start", "epoch", ...)."""
+    return next(name for name, cls in EVENTS.items() if isinstance(event, cls))
+
+
 def to_wire(event) -> dict:
-    kind = next(name for name, cls in EVENTS.items() if isinstance(event, cls))
-    return {"type": kind, **dataclasses.asdict(event)}
+    return {"type": kind(event), **dataclasses.asdict(event)}
 
 
 class MalformedEvent(FrameBenchError):
@@ -318,3 +331,123 @@ def conforms(value, declared: str) -> bool:
     if declared == "list[float]":
         return isinstance(value, list) and all(isinstance(v, NUMBERS) and not isinstance(v, bool) for v in value)
     return False
+
+
+# The sense of a worker's events: what no true job can say, each rule named by the failure it causes.
+# A worker's message is untrusted (a backend runs in its process and can reach its channel), so the
+# node holds every decoded event to these rules (Sense) before the driver records it; the first
+# broken rule fails the job, naming it. Fields with DRIVER metadata are the node's and the executor's.
+RULE_ORDER = "a worker says start, then setup once, then its epochs, then end, and nothing after end"
+RULE_EPOCHS = "epochs are numbered 1, 2, ... each once, up to the planned count"
+RULE_STEPS = "an epoch carries one loss per step (samples_per_epoch / batch_size) and train_loss is their mean"
+RULE_TIMES = "times and memory are finite numbers >= 0"
+RULE_ACCURACY = "accuracies are in [0, 1]"
+RULE_LOSSES = "losses are finite (a non-finite loss ends the job diverged before its epoch is sent)"
+RULE_SAMPLES = "samples_per_epoch is at least 1 and at most what the job's configuration draws"
+RULE_COMPLETE = "`ok` comes only after every planned epoch"
+RULE_NOT_RUN = "`unavailable` and `unsupported` come only before setup (the job never trained)"
+RULE_STATUSES = "a worker ends ok, failed, diverged, unavailable or unsupported (timeout, interrupted and lost are the driver's)"
+RULE_DRIVER_FIELDS = "a worker never sets what the driver fills in (node, host, log, load, calibration, start and end times, retried)"
+RULE_DTYPE = (
+    "compute_dtype is a dtype framebench names, stated only after setup (the worker inspects it after the first epoch), "
+    "and an ok job's is its precision's"
+)
+WORKER_STATUSES = (OK, "failed", "diverged", *NOT_RUN)
+DTYPES = ("", *PRECISIONS.values(), "float64")  # what compute_dtype may say ("": no epoch was trained; float64: a wider backend)
+MEAN_TOLERANCE = 1e-6  # relative: train_loss against the mean of the step losses it summarises
+LARGEST_TRAINING_SET = 60_000  # samples in the largest training split framebench loads (MNIST, Fashion-MNIST)
+
+
+class SenseViolation(MalformedEvent):
+    """An event that cannot be true of its job: the job fails with the rule it broke."""
+
+
+def finite(value) -> bool:
+    """Whether a decoded JSON number is finite (an integer too large for a float is not)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def most_samples_per_epoch(train: dict) -> int:
+    """The most training samples one epoch of a job with this TrainConfig (as a dict) visits."""
+    if train["sampling"] == "with_replacement":
+        return train["steps_per_epoch"] * train["batch_size"]
+    return LARGEST_TRAINING_SET
+
+
+class Sense:
+    """What a job's worker has said so far, each new event held to the rules above: `check` raises
+    SenseViolation naming the first one it breaks. One per worker; events in the order they came."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.train = job.config["train"]
+        self.started = False  # start came
+        self.setup: Setup | None = None  # setup, once it came
+        self.epochs = 0  # the number of the last epoch
+        self.ended = False  # end came
+
+    def check(self, event) -> None:
+        handlers = {Start: self.start, Setup: self.prepared, Epoch: self.epoch, End: self.end}
+        if type(event) not in handlers:
+            raise SenseViolation(f"{RULE_ORDER}: {kind(event)}, which only the executor says")
+        if self.ended:
+            raise SenseViolation(f"{RULE_ORDER}: {kind(event)} after end")
+        if not isinstance(event, Start) and not self.started:
+            raise SenseViolation(f"{RULE_ORDER}: {kind(event)} before start")
+        for spec in dataclasses.fields(event):
+            if spec.metadata.get("owner") == "driver" and getattr(event, spec.name) != spec.default:
+                raise SenseViolation(f"{RULE_DRIVER_FIELDS}: {kind(event)} sets {spec.name}")
+        handlers[type(event)](event)
+
+    def start(self, _: Start) -> None:
+        if self.started:
+            raise SenseViolation(f"{RULE_ORDER}: start twice")
+        self.started = True
+
+    def prepared(self, setup: Setup) -> None:
+        if self.setup is not None:
+            raise SenseViolation(f"{RULE_ORDER}: setup twice")
+        times(setup.setup_s)
+        if not 1 <= setup.samples_per_epoch <= most_samples_per_epoch(self.train):
+            raise SenseViolation(f"{RULE_SAMPLES}: samples_per_epoch {str(setup.samples_per_epoch)[:30]}")
+        self.setup = setup
+
+    def epoch(self, epoch: Epoch) -> None:
+        if self.setup is None:
+            raise SenseViolation(f"{RULE_ORDER}: an epoch before setup")
+        if epoch.epoch != self.epochs + 1 or epoch.epoch > self.train["epochs"]:
+            after = f"after epoch {self.epochs}" if self.epochs else "first"
+            raise SenseViolation(f"{RULE_EPOCHS}: epoch {str(epoch.epoch)[:30]} {after}, of {self.train['epochs']} planned")
+        times(epoch.epoch_s, epoch.eval_s, epoch.peak_rss_mb)
+        if not 0 <= epoch.test_acc <= 1:
+            raise SenseViolation(f"{RULE_ACCURACY}: test_acc {str(epoch.test_acc)[:30]}")
+        if not all(finite(loss) for loss in (*epoch.step_losses, epoch.train_loss, epoch.test_loss)):
+            raise SenseViolation(f"{RULE_LOSSES}: epoch {epoch.epoch}")
+        steps = math.ceil(self.setup.samples_per_epoch / self.train["batch_size"])
+        mean = math.fsum(epoch.step_losses) / len(epoch.step_losses) if epoch.step_losses else math.nan
+        if len(epoch.step_losses) != steps or not math.isclose(epoch.train_loss, mean, rel_tol=MEAN_TOLERANCE, abs_tol=MEAN_TOLERANCE):
+            raise SenseViolation(f"{RULE_STEPS}: epoch {epoch.epoch} has {len(epoch.step_losses)} step losses for {steps} steps")
+        self.epochs = epoch.epoch
+
+    def end(self, end: End) -> None:
+        self.ended = True
+        if end.status not in WORKER_STATUSES:
+            raise SenseViolation(f"{RULE_STATUSES}: end {end.status}")
+        times(*(value for value in (end.peak_rss_mb, end.peak_gpu_mb, end.cpu_s) if value is not None))
+        if end.status in NOT_RUN and self.setup is not None:
+            raise SenseViolation(f"{RULE_NOT_RUN}: end {end.status} after setup")
+        if end.status == OK and self.epochs != self.train["epochs"]:
+            raise SenseViolation(f"{RULE_COMPLETE}: end ok after {self.epochs} of {self.train['epochs']} epochs")
+        known = end.compute_dtype in DTYPES and (end.compute_dtype == "" or self.setup is not None)
+        if not known or (end.status == OK and precision_mismatch(self.job.precision, end.compute_dtype)):
+            raise SenseViolation(f"{RULE_DTYPE}: end {end.status} with compute_dtype {end.compute_dtype[:30]!r}")
+
+
+def times(*values) -> None:
+    """SenseViolation unless every value is a finite number >= 0."""
+    for value in values:
+        if not (finite(value) and value >= 0):
+            raise SenseViolation(f"{RULE_TIMES}: {str(value)[:30]}")
