@@ -28,7 +28,7 @@ from framebench.core import registry
 from framebench.core.gemm import LIBRARIES, probe
 from framebench.driver.calibration import busy_seconds, calibrate, cpu_ticks, steal_fraction
 from framebench.driver.envs import CURRENT, EnvironmentUnavailable, ensure
-from framebench.driver.worker import CHANNEL_VARIABLE, JOB_TOKEN_VARIABLE, PARENT_PID_VARIABLE
+from framebench.driver.worker import CHANNEL_VARIABLE, CONTROL_VARIABLE, JOB_TOKEN_VARIABLE, PARENT_PID_VARIABLE
 from framebench.store.job import End, Job, MalformedEvent, from_wire
 
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
@@ -100,18 +100,20 @@ def worker_process(python: str, *args: str) -> list[str]:
     return [python, "-m", "framebench.driver.worker", *args]
 
 
-def start_worker(command: list[str], env: dict[str, str], log) -> tuple[subprocess.Popen, object]:
+def start_worker(command: list[str], env: dict[str, str], log, control_fd: int | None = None) -> tuple[subprocess.Popen, object]:
     """The worker `command` in a session of its own, stdout and stderr into `log`, and the read end of
-    its event channel (binary): a pipe only the harness in the worker writes."""
+    its event channel (binary): a pipe only the harness in the worker writes. `control_fd`, where
+    given, is the read end of its control pipe (lockstep), passed on to it alone."""
     read_fd, write_fd = os.pipe()
+    control = {CONTROL_VARIABLE: str(control_fd)} if control_fd is not None else {}
     try:
         process = subprocess.Popen(
             command,
             stdin=subprocess.PIPE,
             stdout=log,
             stderr=log,
-            env={**env, CHANNEL_VARIABLE: str(write_fd)},
-            pass_fds=(write_fd,),
+            env={**env, CHANNEL_VARIABLE: str(write_fd), **control},
+            pass_fds=(write_fd,) if control_fd is None else (write_fd, control_fd),
             start_new_session=True,
         )
     except BaseException:
@@ -122,12 +124,13 @@ def start_worker(command: list[str], env: dict[str, str], log) -> tuple[subproce
     return process, os.fdopen(read_fd, "rb")
 
 
-def read_lines(channel, lines: queue.Queue) -> None:
-    """Pass the channel's lines on until it ends (every process holding its write end is gone), then None."""
+def read_lines(channel, lines: queue.Queue, tag=None) -> None:
+    """Pass the channel's lines on as (tag, line) until it ends (every process holding its write end
+    is gone), then (tag, None); the tag tells the workers of a lockstep pair apart on one queue."""
     with channel:
         for line in channel:
-            lines.put(line)
-    lines.put(None)
+            lines.put((tag, line))
+    lines.put((tag, None))
 
 
 def decode_event(line: bytes):
@@ -137,6 +140,99 @@ def decode_event(line: bytes):
         return from_wire(json.loads(line.decode("utf-8")))
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and json's errors are ValueErrors
         raise MalformedEvent(f"{type(exc).__name__}: {str(exc)[:120]}") from None
+
+
+@dataclass(frozen=True)
+class Span:
+    """The machine when a measurement window opened (a job's, or a lockstep pair's): how busy the
+    machine was over the window is told from these at its end."""
+
+    started: float  # perf_counter
+    load: float  # 1-minute load average
+    ticks: tuple[int, ...] | None  # the machine's CPU ticks by kind (calibration.cpu_ticks)
+
+    @classmethod
+    def now(cls) -> Span:
+        return cls(time.perf_counter(), os.getloadavg()[0], cpu_ticks())
+
+
+@dataclass
+class Worker:
+    """A job's worker process, started by `start_job`: what ending and measuring it needs."""
+
+    job: Job  # the job it runs
+    process: subprocess.Popen  # the worker, leader of a session of its own
+    log: object  # a temporary file holding its stdout and stderr
+    token: str  # marks every process of the job, for kill_strays
+    control: object | None  # the write end of its control pipe (lockstep), None otherwise
+    started_at: float  # wall clock when it started
+    span: Span  # the window its machine load is measured over
+
+
+def start_job(job: Job, command: list[str], lines: queue.Queue, span: Span, tag=None, lockstep: bool = False) -> Worker:
+    """Start `job`'s worker (`command`, from worker_command), its event channel's lines going to
+    `lines` tagged `tag`, the job written on its stdin; with `lockstep`, a control pipe on which it
+    waits for its turn before each epoch."""
+    log = tempfile.TemporaryFile()
+    token = uuid.uuid4().hex
+    control_read, control_write = os.pipe() if lockstep else (None, None)
+    env = {**worker_env(job), JOB_TOKEN_VARIABLE: token}
+    started_at = time.time()
+    try:
+        process, channel = start_worker(command, env, log, control_read)
+    except BaseException:
+        if control_write is not None:
+            os.close(control_write)
+        raise
+    finally:
+        if control_read is not None:
+            os.close(control_read)  # the worker holds the only read end
+    LIVE_GROUPS.add(process.pid)
+    threading.Thread(target=read_lines, args=(channel, lines, tag), daemon=True).start()
+    try:
+        process.stdin.write(json.dumps(job.to_wire()).encode())
+        process.stdin.close()
+    except BrokenPipeError:  # the worker died at once: its exit status and log say why
+        pass
+    control = os.fdopen(control_write, "wb", buffering=0) if control_write is not None else None
+    return Worker(job, process, log, token, control, started_at, span)
+
+
+def stop_worker(worker: Worker) -> None:
+    """End the worker: its process group, then every process carrying its token; its control pipe closed."""
+    kill_group(worker.process.pid)
+    worker.process.wait()
+    kill_strays(worker.token)
+    if worker.control is not None:
+        worker.control.close()
+
+
+def measured_end(worker: Worker, end: End | None, others_cpu_s: float = 0.0) -> End:
+    """The job's last event from its stopped worker: `end` as the worker sent it (a crash when None),
+    with the log's tail and the share of the CPUs that processes other than the worker (and those the
+    caller accounts for with `others_cpu_s`: a lockstep partner) used over its span."""
+    wall = time.perf_counter() - worker.span.started
+    ticks_after = cpu_ticks()
+    log = worker.log
+    log.seek(0, os.SEEK_END)
+    log.seek(max(log.tell() - LOG_TAIL_BYTES, 0))
+    text = log.read().decode("utf-8", errors="replace")
+    log.close()
+    if end is None:
+        end = End("failed", crash_message(worker.process.returncode, text))
+    other = None
+    if (busy := busy_seconds(worker.span.ticks, ticks_after)) is not None and end.cpu_s is not None:
+        other = max(busy - end.cpu_s - others_cpu_s, 0.0) / (wall * (os.cpu_count() or 1))
+    return dataclasses.replace(
+        end,
+        log=text,
+        loadavg_1m=worker.span.load,
+        other_cpu_frac=other,
+        steal_frac=steal_fraction(worker.span.ticks, ticks_after),
+        host=socket.gethostname(),
+        started_at=worker.started_at,
+        ended_at=time.time(),
+    )
 
 
 def process_environ(pid: str) -> bytes:
@@ -177,31 +273,21 @@ def execute(job: Job, timeout_s: float) -> Iterator:
     except EnvironmentUnavailable as exc:
         yield End("unavailable", str(exc), host=socket.gethostname())
         return
-    log = tempfile.TemporaryFile()
-    token = uuid.uuid4().hex
     calib_before = calibrate(job.threads)
-    load_before, ticks_before, started, started_at = os.getloadavg()[0], cpu_ticks(), time.perf_counter(), time.time()
-    process, channel = start_worker(command, {**worker_env(job), JOB_TOKEN_VARIABLE: token}, log)
-    LIVE_GROUPS.add(process.pid)
-    end = None
     lines: queue.Queue = queue.Queue()
-    threading.Thread(target=read_lines, args=(channel, lines), daemon=True).start()
+    worker = start_job(job, command, lines, Span.now())
+    end = None
     try:
-        try:
-            process.stdin.write(json.dumps(job.to_wire()).encode())
-            process.stdin.close()
-        except BrokenPipeError:  # the worker died at once: its exit status and log say why
-            pass
         deadline = time.monotonic() + timeout_s
         while end is None:
             try:
-                line = lines.get(timeout=max(deadline - time.monotonic(), 0))
+                _, line = lines.get(timeout=max(deadline - time.monotonic(), 0))
             except queue.Empty:
                 end = End("timeout", f"no result within --timeout {timeout_s:g} s; raise --timeout or use fewer epochs")
                 break
             if line is None:
                 try:
-                    process.wait(timeout=EXIT_GRACE_S)
+                    worker.process.wait(timeout=EXIT_GRACE_S)
                 except subprocess.TimeoutExpired:
                     end = End("failed", "the worker closed its event channel without reporting how the job ended; see its log")
                 break
@@ -215,36 +301,9 @@ def execute(job: Job, timeout_s: float) -> Iterator:
             else:
                 yield event
     finally:
-        kill_group(process.pid)  # the job is over, or the driver stopped it: nothing of it may outlive it
-        process.wait()
-        kill_strays(token)
-    returncode = process.returncode
-    wall = time.perf_counter() - started
-    ticks_after = cpu_ticks()
-    machine = {
-        "calib_before_s": calib_before,
-        "calib_after_s": calibrate(job.threads),
-        "steal_frac": steal_fraction(ticks_before, ticks_after),
-    }
-    log.seek(0, os.SEEK_END)
-    log.seek(max(log.tell() - LOG_TAIL_BYTES, 0))
-    text = log.read().decode("utf-8", errors="replace")
-    log.close()
-    if end is None:
-        end = End("failed", crash_message(returncode, text))
-    other = None
-    if (busy := busy_seconds(ticks_before, ticks_after)) is not None and end.cpu_s is not None:
-        other = max(busy - end.cpu_s, 0.0) / (wall * (os.cpu_count() or 1))
-    yield dataclasses.replace(
-        end,
-        log=text,
-        loadavg_1m=load_before,
-        other_cpu_frac=other,
-        host=socket.gethostname(),
-        started_at=started_at,
-        ended_at=time.time(),
-        **machine,
-    )
+        stop_worker(worker)  # the job is over, or the driver stopped it: nothing of it may outlive it
+    end = measured_end(worker, end)
+    yield dataclasses.replace(end, calib_before_s=calib_before, calib_after_s=calibrate(job.threads))
 
 
 def crash_message(returncode: int, log: str) -> str:

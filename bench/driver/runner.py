@@ -101,6 +101,7 @@ class RunRequest:
     schedule_timeout: float = 300.0  # ray: seconds a job may wait for a node able to run it before it is unavailable
     large_plan: bool = False  # run a matrix of more than 100000 jobs anyway (repeats x sweep values x backends x variants x devices)
     env: tuple[str, ...] = ()  # NAME=REQ[;REQ...]: run the matrix in an environment of the lock with these overrides (repeatable)
+    lockstep: bool = False  # run each two jobs that differ only in --env as a pair taking turns epoch by epoch (ABBA): paired timings
 
     def validate(self) -> None:
         """Everything checkable before a worker starts, each mistake naming its flag."""
@@ -131,15 +132,18 @@ def framebench_version() -> str:
     return importlib.metadata.version("framebench")
 
 
-def make_executor(name: str, address: str | None, schedule_timeout: float) -> Executor:
-    """The executor --executor names; Ray is imported only when it is the one."""
+def make_executor(name: str, address: str | None, schedule_timeout: float, lockstep: bool = False) -> Executor:
+    """The executor --executor names; Ray is imported only when it is the one. Ray runs whole jobs
+    wherever a slot is free, so a lockstep run there alternates whole jobs (compare then reads it unpaired)."""
     if name == "ray":
         from framebench.driver.ray_executor import RayExecutor
 
+        if lockstep:
+            print("lockstep: the ray executor runs whole jobs, so the environments alternate job by job, unpaired", file=sys.stderr)
         return RayExecutor(address, schedule_timeout)
     if address:
         raise FrameBenchError("--address needs --executor ray")
-    return LocalExecutor()
+    return LocalExecutor(lockstep)
 
 
 def check_threads(threads: int, oversubscribe: bool, flag: str) -> None:
@@ -286,7 +290,7 @@ def summarize(state: JobState, end: End) -> dict:
         "time_to_target_s": time_to_target(epochs, job.target_acc),
         "gemm_library": entry.gemm_library,
         "compute_dtype": end.compute_dtype,
-        "implementation": entry.implementation(),
+        "implementation": setup.implementation if setup and setup.implementation else entry.implementation(),
         "peak_rss_mb": end.peak_rss_mb or (epochs[-1].peak_rss_mb if epochs else None),
         "peak_gpu_mb": end.peak_gpu_mb,
         "framework_version": setup.framework_version if setup else "",
@@ -298,6 +302,7 @@ def summarize(state: JobState, end: End) -> dict:
         "steal_frac": end.steal_frac,
         "started_at": end.started_at,
         "ended_at": end.ended_at,
+        "lockstep": end.lockstep,
     }
 
 
@@ -514,6 +519,7 @@ def new_config(request: RunRequest, model_overrides: dict, train_overrides: dict
         "target_acc": request.target_acc or PRESETS[request.preset].target_acc,
         "envs": envs.parse_specs(request.env),
         "floors": request.floors,
+        "lockstep": request.lockstep,
         "matrices": [],
     }
 
@@ -615,7 +621,7 @@ def run_locked(directory: Path, request: RunRequest, config: dict) -> int:
                 "envs": merged_envs(directory, recorded.get("envs", {}), config["envs"]),
             }
             check_same_seeds(directory, config["matrices"], request.seed, request.same_seed)
-        executor = make_executor(request.executor, request.address, request.schedule_timeout)
+        executor = make_executor(request.executor, request.address, request.schedule_timeout, config.get("lockstep", False))
         try:
             return run_in(directory, request, config, executor, data)
         except BaseException:

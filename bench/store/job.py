@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 from framebench.errors import FrameBenchError
 
-FORMAT_VERSION = 3  # of a results directory's tables and config.json; bumped when either changes shape
+FORMAT_VERSION = 4  # of a results directory's tables and config.json; bumped when either changes shape
+PROTOCOL_VERSION = 1  # of the worker's wire: the Job it reads, the events it sends, its control pipe; bumped when any changes shape
 OK = "ok"
 NOT_RUN = ("unavailable", "unsupported")  # the job never trained: declined, not failed
 STATUSES = (OK, "failed", "diverged", "timeout", "interrupted", "lost", *NOT_RUN)
@@ -108,8 +109,10 @@ RUN_FIELDS = [  # runs.csv after the key: one row per job and attempt
     "steal_frac",
     "started_at",
     "ended_at",
+    "lockstep",
 ]
-EPOCH_FIELDS = ["epoch", "epoch_s", "train_loss", "test_loss", "test_acc", "eval_s"]
+EPOCH_FIELDS = ["epoch", "epoch_s", "train_loss", "test_loss", "test_acc", "eval_s", "slot"]
+ADDED_COLUMNS = {"runs": ["lockstep"], "epochs": ["slot"]}  # columns after FORMAT_VERSION 3's: an older table reads with them empty
 STEP_FIELDS = ["epoch", "step", "loss"]
 GEMM_COLUMNS = [
     "node",
@@ -138,6 +141,7 @@ OTHER_TEXT_COLUMNS = {
     "compute_dtype",
     "implementation",
     "status",
+    "lockstep",
 }
 
 
@@ -232,6 +236,7 @@ class Setup:
     setup_s: float  # building the model and preparing the data, untimed by the epochs
     framework_version: str  # the framework's version string
     samples_per_epoch: int  # training samples one epoch visits
+    implementation: str = ""  # the hash of the backend's code in the worker's own framebench (registry.Entry.implementation)
 
 
 @dataclass(frozen=True)
@@ -244,6 +249,7 @@ class Epoch:
     test_acc: float  # test accuracy after the epoch
     eval_s: float  # seconds the test-set prediction took
     peak_rss_mb: float  # peak resident memory of the worker so far
+    slot: int | None = None  # its place in its lockstep pair's sequence of epochs (0, 1, 2, ...; the node fills it in), None alone
 
 
 @dataclass(frozen=True)
@@ -266,6 +272,7 @@ class End:
     started_at: float | None = None  # wall clock at the start
     ended_at: float | None = None  # wall clock at the end
     retried: bool = False  # a lost attempt whose retry follows: superseded, not a result
+    lockstep: str = ""  # how it ran beside its lockstep partner (framebench.driver.lockstep): "paired", "alone from ...", ...
 
 
 EVENTS = {"submitted": Submitted, "start": Start, "setup": Setup, "epoch": Epoch, "end": End}
