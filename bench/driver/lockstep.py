@@ -35,9 +35,7 @@ from framebench.driver import node
 from framebench.driver.calibration import process_cpu_seconds
 from framebench.driver.envs import EnvironmentUnavailable
 from framebench.driver.worker import GO
-from framebench.store.job import OK, End, Epoch, Job, MalformedEvent, Setup, Submitted, key_columns
-
-PAIRED = "paired"  # the `lockstep` of a job that ran in lockstep with its partner until its own end
+from framebench.store.job import OK, PAIRED, End, Epoch, Job, MalformedEvent, Setup, Submitted, key_columns
 
 
 def partners(a: Job, b: Job) -> bool:
