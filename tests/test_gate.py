@@ -20,7 +20,8 @@ from framebench.reports.stats import Interval, paired_ratio, ratio_of_medians, r
 from framebench.reports.verdicts import Kind, Verdict, exit_status, worst
 from framebench.store.job import DIMENSIONS, columns
 from framebench.store.tables import calibration_warnings
-from framebench.studies.slowdown import slowdown_share
+from framebench.studies.slowdown import slower_source
+from tests.conftest import REPO
 
 NODE = {"machine": "box", "cpu": "Some CPU", "cores": 2, "kernel_settings": {}, "gpus": []}
 ENV = {"nodes": {"box": NODE}}
@@ -158,17 +159,15 @@ def test_repeats_to_settle_scales_the_interval_by_the_square_root_of_the_repeats
     assert repeats_to_settle(interval, 3, math.exp(0.199)) is None  # the estimate sits on the bound
 
 
-@pytest.mark.parametrize("text, share", [("", 0.0), ("0.1", 0.1), ("0", 0.0)])
-def test_the_slowdown_share_comes_from_the_environment(monkeypatch, text, share):
-    monkeypatch.setenv("FRAMEBENCH_SLOWDOWN", text)
-    assert slowdown_share() == share
-
-
-@pytest.mark.parametrize("text", ["ten", "-0.1", "nan"])
-def test_a_bad_slowdown_share_is_one_clear_error(monkeypatch, text):
-    monkeypatch.setenv("FRAMEBENCH_SLOWDOWN", text)
-    with pytest.raises(FrameBenchError, match="FRAMEBENCH_SLOWDOWN"):
-        slowdown_share()
+def test_a_slower_revision_adds_work_to_the_numpy_backend_and_changes_nothing_else():
+    source = (REPO / "impls" / "numpy_impl.py").read_text()
+    slower = slower_source(source, 0.05)
+    assert slower.startswith(source.rstrip("\n")) and "busy_work(0.05 * (time.perf_counter() - started))" in slower
+    namespace: dict = {}
+    exec(compile(slower, "numpy_impl.py", "exec"), namespace)  # the patched module is valid Python that rebinds train_epoch
+    assert namespace["NumpyClassifier"].train_epoch is namespace["_slower_train_epoch"]
+    with pytest.raises(FrameBenchError, match="not a share"):
+        slower_source(source, 0.0)
 
 
 def test_a_job_whose_machine_changed_speed_is_flagged():

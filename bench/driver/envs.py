@@ -305,10 +305,11 @@ def make_venv(staging: Path) -> None:
 
 
 def install(pins: list[str], overrides: list[str] | tuple[str, ...]):
-    """The step installing the lock's pins (on stdin) and the overrides."""
+    """The step installing the lock's pins (on stdin) and the overrides, compiled to bytecode: a worker's
+    imports then cost the same wherever Python may not write its caches (PYTHONDONTWRITEBYTECODE)."""
     return lambda staging: run_uv(
-        "pip", "install", "--python", str(staging / "bin" / "python"), "--index-strategy", "unsafe-best-match", *pip_sources(),
-        "-r", "-", *overrides, stdin="\n".join(pins),
+        "pip", "install", "--python", str(staging / "bin" / "python"), "--compile-bytecode", "--index-strategy", "unsafe-best-match",
+        *pip_sources(), "-r", "-", *overrides, stdin="\n".join(pins),
     )  # fmt: skip
 
 
@@ -341,7 +342,8 @@ def install_revision(source: RevisionSource):
                 revisions.extract(source.repository, source.commit, Path(folder))
             except FrameBenchError as exc:
                 raise BuildFailed(str(exc)) from None
-            run_uv("pip", "install", "--python", str(staging / "bin" / "python"), "--no-deps", "--no-build-isolation", folder)
+            python = str(staging / "bin" / "python")
+            run_uv("pip", "install", "--python", python, "--compile-bytecode", "--no-deps", "--no-build-isolation", folder)
 
     return step
 

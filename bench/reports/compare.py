@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from framebench.errors import FrameBenchError
-from framebench.reports.stats import Interval, difference_of_medians, paired_ratio, ratio_of_medians, repeats_to_settle
+from framebench.reports.stats import Interval, difference_of_medians, median_difference, paired_ratio, ratio_of_medians, repeats_to_settle
 from framebench.reports.verdicts import FAIL, PASS, UNDECIDED, Kind, Verdict, exit_status, worst
 from framebench.store.job import NOT_RUN, PAIRED, key_columns, point_names, series_columns
 from framebench.store.results import load_results, node_environments
@@ -208,7 +208,7 @@ def decide(b: pd.DataFrame, n: pd.DataFrame, options: Options, labels: tuple[str
         return render({**figures, "verdict": absent})
     if not options.judge_code_changes and (changed := code_change(base_ok, new_ok)):
         return render({**figures, "verdict": Verdict(Kind.NOT_COMPARABLE, changed)})
-    accuracy = accuracy_effect(base_ok, new_ok, options.tolerances)
+    accuracy = accuracy_effect(base_ok, new_ok, options.tolerances, options.paired)
     figures.update(accuracy)
     timing = time_effect(base_ok, new_ok, options, labels) if options.compare_time else {}
     figures.update(timing)
@@ -259,10 +259,16 @@ def code_change(base_ok: pd.DataFrame, new_ok: pd.DataFrame) -> str:
     return f"the {base_ok['backend'].iloc[0]} backend's code changed ({', '.join(sorted(before))} -> {', '.join(sorted(after))})"
 
 
-def accuracy_effect(base_ok: pd.DataFrame, new_ok: pd.DataFrame, tolerances: Tolerances) -> dict:
+def accuracy_effect(base_ok: pd.DataFrame, new_ok: pd.DataFrame, tolerances: Tolerances, paired: bool = False) -> dict:
     """Difference of the median final accuracies with an interval over repeats (>= 2 a side); a drop
-    beyond --acc-tol whose interval lies below 0 regresses. With one repeat: the tolerance rule alone."""
-    effect = difference_of_medians(base_ok["final_test_acc"].to_numpy(float), new_ok["final_test_acc"].to_numpy(float))
+    beyond --acc-tol whose interval lies below 0 regresses. With one repeat: the tolerance rule alone.
+    `paired` (two environments of one run, every repeat on both sides with the same seed): the median
+    of each repeat's difference instead, so equal arithmetic gives exactly 0 whatever the seeds' spread."""
+    base, new = (rows.set_index("repeat")[["seed", "final_test_acc"]] for rows in (base_ok, new_ok))
+    if paired and set(base.index) == set(new.index) and base["seed"].equals(new.loc[base.index, "seed"]):
+        effect = median_difference((new.loc[base.index, "final_test_acc"] - base["final_test_acc"]).to_numpy(float))
+    else:
+        effect = difference_of_medians(base_ok["final_test_acc"].to_numpy(float), new_ok["final_test_acc"].to_numpy(float))
     one_repeat = min(len(base_ok), len(new_ok)) < 2
     regressed = effect.estimate < -tolerances.acc_tol and (one_repeat or effect.high < 0)
     return {

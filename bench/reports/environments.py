@@ -60,7 +60,7 @@ def side_by_side(tables: dict) -> pd.DataFrame:
     ok = runs[runs["status"] == OK]
     point = compared_point()
     steps = tables["steps"].merge(ok[[*point, "env", "repeat", "attempt"]], how="inner")
-    order = list(dict.fromkeys(runs["env"]))
+    order = [env for env in dict.fromkeys([*tables["config"].get("envs", {}), *runs["env"]]) if env in set(runs["env"])]  # as planned
     optimizer = tables["config"].get("train", {}).get("optimizer", "adam")
     rows = []
     for key, group in runs.groupby(point, sort=False):

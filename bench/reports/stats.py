@@ -114,6 +114,16 @@ def difference_of_medians(base: np.ndarray, new: np.ndarray, seed: int = SEED) -
     return Interval(float(np.median(new) - np.median(base)), float(low), float(high))
 
 
+def median_difference(differences: np.ndarray, seed: int = SEED) -> Interval:
+    """The median of paired differences (one per repeat: NEW's minus BASE's from the same seed), the
+    repeats resampled for its interval."""
+    rng = np.random.default_rng(seed)
+    draws = np.median(differences[rng.integers(0, len(differences), size=(RESAMPLES, len(differences)))], axis=1)
+    tail = (1 - CONFIDENCE) / 2 * 100
+    low, high = np.percentile(draws, [tail, 100 - tail])
+    return Interval(float(np.median(differences)), float(low), float(high))
+
+
 def repeats_to_settle(interval: Interval, repeats: int, bound: float) -> int | None:
     """About how many repeats per side would shrink the interval (on the log scale, width ~ 1/sqrt(repeats))
     until it no longer contains `bound`; None when the estimate sits so near the bound that no
