@@ -19,6 +19,7 @@ from framebench.core import registry
 from framebench.core.config import CHOICES, PRESETS, ModelConfig, TrainConfig
 from framebench.core.data import DATASETS
 from framebench.driver.arguments import RUN_CHOICES, Parser, add_fields, given
+from framebench.driver.gate import GATE_TIME_TOL
 from framebench.driver.runner import RunRequest
 from framebench.errors import FrameBenchError
 
@@ -46,7 +47,7 @@ def build_parser() -> Parser:
     comparison.add_argument("new", nargs="?", help="the results directory under test (omitted with --base-env/--new-env)")
     comparison.add_argument("--base-env", default=None, help="compare two environments of BASE's own run: this one as the base")
     comparison.add_argument("--new-env", default=None, help="... and this one as the new (both, with no NEW directory)")
-    add_decision_flags(comparison)
+    add_decision_flags(comparison, time_tol=0.10)
     comparison.add_argument(
         "--allow-env-diff", action="store_true", help="compare timings across different machines, kernel settings or threads"
     )
@@ -62,7 +63,7 @@ def build_parser() -> Parser:
         "--base", default=None, help="the revision compared against: a branch, tag or SHA git knows here, or a checkout's folder"
     )
     gating.add_argument("--new", default=None, help="the revision under test, the same way (default: the working tree, changes included)")
-    add_decision_flags(gating)
+    add_decision_flags(gating, time_tol=GATE_TIME_TOL)
     add_fields(gating.add_argument_group("the run (default --repeats 3)"), RunRequest, RUN_CHOICES, skip=GATE_SETS)
     add_fields(gating.add_argument_group("the model (default: the preset's)"), ModelConfig, CHOICES)
     add_fields(gating.add_argument_group("the training (default: the preset's)"), TrainConfig, CHOICES)
@@ -99,10 +100,12 @@ def build_parser() -> Parser:
     return parser
 
 
-def add_decision_flags(parser: argparse.ArgumentParser) -> None:
+def add_decision_flags(parser: argparse.ArgumentParser, time_tol: float) -> None:
     """compare's and gate's: the tolerances, and the files the verdicts are also written to."""
     parser.add_argument("--acc-tol", type=float, default=0.005, help="accepted accuracy drop, absolute, finite and >= 0 (default 0.005)")
-    parser.add_argument("--time-tol", type=float, default=0.10, help="accepted epoch-time growth, relative, finite and >= 0 (default 0.10)")
+    parser.add_argument(
+        "--time-tol", type=float, default=time_tol, help=f"accepted epoch-time growth, relative, finite and >= 0 (default {time_tol:g})"
+    )
     parser.add_argument("--markdown", default=None, help="also write the comparison as Markdown to this file")
     parser.add_argument("--json", default=None, dest="json_file", help="also write the comparison as JSON to this file")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import os
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from framebench.core import registry
 from framebench.driver import lockstep, node
 from framebench.driver.executors import LocalExecutor
+from framebench.driver.runner import make_executor
 from framebench.driver.worker import GO, turn_taker
 from framebench.errors import FrameBenchError
 from framebench.store.job import DIMENSIONS, End, Epoch, Job, Setup, Submitted
@@ -155,3 +157,13 @@ def test_the_worker_waits_for_go_before_each_epoch_and_refuses_anything_else():
         node_end.close()
         with pytest.raises(SystemExit, match="closed the control pipe before epoch 3"):
             wait(3)
+
+
+def test_lockstep_on_ray_says_it_alternates_whole_jobs(monkeypatch, capsys):
+    """Ray runs whole jobs wherever a slot is free: a lockstep request there is said to fall back."""
+    stand_in = types.ModuleType("framebench.driver.ray_executor")
+    stand_in.RayExecutor = lambda address, schedule_timeout: ("ray", address)
+    monkeypatch.setitem(sys.modules, "framebench.driver.ray_executor", stand_in)
+    assert make_executor("ray", None, 300.0, lockstep=True) == ("ray", None)
+    assert "the ray executor runs whole jobs, so the environments alternate job by job, unpaired" in capsys.readouterr().err
+    assert make_executor("local", None, 300.0, lockstep=True).lockstep

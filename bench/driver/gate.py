@@ -30,6 +30,7 @@ from framebench.store.tables import point_label
 
 SIDES = {"base": "BASE", "new": "NEW"}  # environment name -> how the gate names the side
 GATE_REPEATS = 3  # --repeats unless given: one repeat cannot call a regression (compare.ONE_REPEAT)
+GATE_TIME_TOL = 0.03  # --time-tol unless given: below the +5% a gate is meant to catch (compare's default is 0.10)
 PROTOCOL_TIMEOUT_S = 120.0  # asking a side's worker its protocol version (an import of framebench)
 
 

@@ -120,7 +120,8 @@ def working_tree(repository: Path, ref: str) -> Revision:
         raise FrameBenchError(f"cannot take the working tree of {repository} ({(added.stderr or '').strip()[:200]})")
     if tree == head_tree:
         return Revision(ref, repository, head, head, tree)
-    snapshot = output(repository, "commit-tree", tree, "-p", head, "-m", "framebench gate: the working tree", env=SNAPSHOT_IDENTITY)
+    message = f"framebench gate: the working tree of {repository} with its changes on HEAD {head}"  # what the SHA stands for
+    snapshot = output(repository, "commit-tree", tree, "-p", head, "-m", message, env=SNAPSHOT_IDENTITY)
     if not snapshot:
         raise FrameBenchError(f"cannot record the working tree of {repository} as a commit (git commit-tree failed)")
     return Revision(ref, repository, snapshot, head, tree)

@@ -440,10 +440,20 @@ def run_compare_envs(
     measured (`framebench gate` runs two revisions so). `sides` describes BASE and NEW (default: the
     environments' names), `notes` come first among the printed lines."""
     tolerances.validate()
-    tables = load_results(directory)
-    groups = []
     if base_env == new_env:
         raise FrameBenchError(f"--base-env and --new-env both name {base_env}: name two environments of {directory}")
+    groups = environment_groups(load_results(directory), base_env, new_env, directory)
+    options = Options(tolerances, compare_accuracy=True, compare_time=not accuracy_only, paired=True, judge_code_changes=True)
+    table = compare_groups(*groups, options)
+    versions = [f"note: {line}" for line in version_notes(groups[0].runs, groups[1].runs)]
+    sides = sides or {"base": f"environment {base_env} of {directory}", "new": f"environment {new_env}"}
+    return finish_comparison(table, [*notes, *versions], sides, options, accuracy_only, markdown, json_file)
+
+
+def environment_groups(tables: dict, base_env: str, new_env: str, directory: str | Path) -> list[Group]:
+    """BASE and NEW as the two environments of one results directory's tables, their rows keyed alike
+    (both environments renamed BASE->NEW) so that compare_groups matches them key by key."""
+    groups = []
     for flag, name, label in (("--base-env", base_env, "BASE"), ("--new-env", new_env, "NEW")):
         runs = tables["runs"][tables["runs"]["env"] == name]
         if runs.empty:
@@ -452,11 +462,7 @@ def run_compare_envs(
         epochs = tables["epochs"][tables["epochs"]["env"] == name]
         both = f"{base_env}->{new_env}"
         groups.append(Group(runs.assign(env=both), epochs.assign(env=both), tables["env"], label))
-    options = Options(tolerances, compare_accuracy=True, compare_time=not accuracy_only, paired=True, judge_code_changes=True)
-    table = compare_groups(*groups, options)
-    versions = [f"note: {line}" for line in version_notes(groups[0].runs, groups[1].runs)]
-    sides = sides or {"base": f"environment {base_env} of {directory}", "new": f"environment {new_env}"}
-    return finish_comparison(table, [*notes, *versions], sides, options, accuracy_only, markdown, json_file)
+    return groups
 
 
 def run_compare(
