@@ -132,16 +132,17 @@ def test_resume_refuses_a_directory_that_is_not_a_gate_s(tmp_path):
     "answer, said", [("", "no worker protocol version (its framebench predates `framebench gate`)"), ("99", "protocol 99")]
 )
 def test_a_side_whose_worker_speaks_another_protocol_is_refused(tiny_repo, monkeypatch, tmp_path, answer, said):
-    python = tmp_path / "python"
+    python = tmp_path / "bin" / "python"  # an environment built before protocols were recorded: its worker is asked
+    python.parent.mkdir()
     python.write_text(f"#!/bin/sh\necho {answer}\n" + ("exit 1\n" if not answer else ""))
     python.chmod(0o755)
+    (tmp_path / envs.MARKER).write_text(json.dumps({"packages": []}))
     built = envs.Environment("base", (), tmp_path, reused=True)
     monkeypatch.setattr(envs, "is_built", lambda requirements: True)
     monkeypatch.setattr(envs, "ensure", lambda name, requirements: built)
-    monkeypatch.setattr(envs.Environment, "python", property(lambda self: python))
     with pytest.raises(FrameBenchError, match=re.escape(f"cannot be gated: its framebench's worker speaks {said}")):
         gate.prepare_side("base", revisions.resolve("main", tiny_repo))
-    assert gate.protocol(Path(sys.executable)) == str(PROTOCOL_VERSION)
+    assert envs.worker_protocol(Path(sys.executable)) == str(PROTOCOL_VERSION)
 
 
 # Real gates on a copy of this project (slow: environments built with uv, real workers).

@@ -46,6 +46,7 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 MARKER = "framebench-env.json"  # written last: an environment without it is incomplete
 LOCK_FILE = "requirements.lock"
 PIP_SOURCES = ("find-links", "extra-index-url")  # pip settings that say where this machine's wheels are
+PROTOCOL_TIMEOUT_S = 120.0  # asking an environment's worker its protocol version (an import of framebench)
 
 
 class EnvironmentUnavailable(FrameBenchError):
@@ -66,6 +67,12 @@ class Environment:
     def packages(self) -> list[str]:
         """Its full package list, as `uv pip freeze` gives it."""
         return json.loads((self.path / MARKER).read_text())["packages"]
+
+    def protocol(self) -> str:
+        """The worker protocol its framebench speaks ("" for one that predates protocols), recorded when
+        it was built (asked now of an environment built before that was recorded)."""
+        recorded = json.loads((self.path / MARKER).read_text())
+        return recorded["protocol"] if "protocol" in recorded else worker_protocol(self.python)
 
 
 def parse_specs(texts: list[str] | tuple[str, ...] | None) -> dict[str, list[str]]:
@@ -265,15 +272,16 @@ def ensure(name: str, requirements: list[str] | tuple[str, ...]) -> Environment:
             record["revision"] = {"repository": str(source.repository), "commit": source.commit, "tree": source.tree}
             steps = [make_venv, see_layer(layer), install_revision(source)]
             revision = [r for r in requirements if r not in others]  # framebench @ git+file://REPOSITORY@SHA
-            build(path, record, steps, lambda _python: json.loads((layer / MARKER).read_text())["packages"] + revision)
+            build(path, record, steps, lambda _python: json.loads((layer / MARKER).read_text())["packages"] + revision, worker_protocol)
     except BuildFailed as exc:
         raise EnvironmentUnavailable(f"{what} cannot be built: {exc}") from None
     return Environment(name, tuple(requirements), path, reused=False)
 
 
-def build(path: Path, record: dict, steps: list, packages) -> None:
+def build(path: Path, record: dict, steps: list, packages, protocol=None) -> None:
     """Build an environment in a staging folder beside `path` by `steps` (each given the staging
-    folder), then record it (`record`, its `packages(python)`) and move it into place whole."""
+    folder), then record it (`record`, its `packages(python)`, the `protocol(python)` its worker
+    speaks where asked) and move it into place whole."""
     staging = path.with_name(f"{path.name}.building-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
@@ -283,7 +291,9 @@ def build(path: Path, record: dict, steps: list, packages) -> None:
     try:
         for step in steps:
             step(staging)
-        marker = {**record, "python": platform.python_version(), "built_at": time.time(), "packages": packages(staging / "bin" / "python")}
+        python = staging / "bin" / "python"
+        marker = {**record, "python": platform.python_version(), "built_at": time.time(), "packages": packages(python)}
+        marker |= {"protocol": protocol(python)} if protocol else {}
         (staging / MARKER).write_text(json.dumps(marker, indent=2))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -346,6 +356,18 @@ def install_revision(source: RevisionSource):
             run_uv("pip", "install", "--python", python, "--compile-bytecode", "--no-deps", "--no-build-isolation", folder)
 
     return step
+
+
+def worker_protocol(python: Path) -> str:
+    """The worker protocol version the framebench of `python` speaks (`python -m framebench.driver.worker
+    --protocol`), "" if it says none (a framebench from before protocols)."""
+    try:
+        answer = subprocess.run(
+            [str(python), "-m", "framebench.driver.worker", "--protocol"], capture_output=True, text=True, timeout=PROTOCOL_TIMEOUT_S
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return answer.stdout.strip() if answer.returncode == 0 else ""
 
 
 def freeze(python: Path) -> list[str]:

@@ -15,7 +15,6 @@ step losses side by side (same seeds: equal losses mean equal arithmetic). Exit 
 from __future__ import annotations
 
 import dataclasses
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,6 @@ from framebench.store.tables import point_label
 SIDES = {"base": "BASE", "new": "NEW"}  # environment name -> how the gate names the side
 GATE_REPEATS = 3  # --repeats unless given: one repeat cannot call a regression (compare.ONE_REPEAT)
 GATE_TIME_TOL = 0.03  # --time-tol unless given: below the +5% a gate is meant to catch (compare's default is 0.10)
-PROTOCOL_TIMEOUT_S = 120.0  # asking a side's worker its protocol version (an import of framebench)
 
 
 @dataclass(frozen=True)
@@ -99,24 +97,13 @@ def prepare_side(name: str, revision: revisions.Revision) -> None:
         environment = envs.ensure(name, requirements)
     except envs.EnvironmentUnavailable as exc:
         raise FrameBenchError(f"{label} cannot be gated: {exc}") from None
-    spoken = protocol(environment.python)
+    spoken = environment.protocol()
     if spoken != str(PROTOCOL_VERSION):
         said = f"protocol {spoken}" if spoken else "no worker protocol version (its framebench predates `framebench gate`)"
         raise FrameBenchError(
             f"{label} cannot be gated: its framebench's worker speaks {said}, this framebench's speaks protocol {PROTOCOL_VERSION}; "
             "gate revisions whose framebench speaks the same protocol"
         )
-
-
-def protocol(python: Path) -> str:
-    """The worker protocol version the environment's framebench speaks ("" if it says none)."""
-    try:
-        answer = subprocess.run(
-            [str(python), "-m", "framebench.driver.worker", "--protocol"], capture_output=True, text=True, timeout=PROTOCOL_TIMEOUT_S
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return answer.stdout.strip() if answer.returncode == 0 else ""
 
 
 def finish(directory: Path, request: runner.RunRequest, model: dict, train: dict, outputs: Outputs, described: dict | None = None) -> int:

@@ -372,7 +372,8 @@ def write_figure(table: pd.DataFrame, settings: Settings, path: Path) -> None:
 def machine_load(settings: Settings) -> dict:
     """How busy the machine was over every job of the study, and its span."""
     folders = [p.parent for p in (settings.directory / RUNS_FOLDER).glob("*/*/runs.csv")]
-    jobs = latest_attempts(pd.concat([load_results(folder)["runs"] for folder in folders]))
+    runs = [load_results(folder)["runs"].assign(run_id=f"{folder.parent.name}/{folder.name}") for folder in folders]  # one id per run
+    jobs = latest_attempts(pd.concat(runs))
     spread = lambda values: ", ".join(f"{k} {values.quantile(q):.1%}" for k, q in (("p50", 0.5), ("p90", 0.9), ("max", 1.0)))  # noqa: E731
     return {
         "jobs": len(jobs),
