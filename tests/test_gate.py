@@ -20,6 +20,7 @@ from framebench.reports.stats import Interval, paired_ratio, ratio_of_medians, r
 from framebench.reports.verdicts import Kind, Verdict, exit_status, worst
 from framebench.store.job import DIMENSIONS, columns
 from framebench.store.tables import calibration_warnings
+from framebench.studies import gate as study
 from framebench.studies.slowdown import slower_source
 from tests.conftest import REPO
 
@@ -294,3 +295,28 @@ def test_the_hodges_lehmann_estimate_cancels_a_drift_that_alternates_with_the_or
     assert abs(walsh_median(values) - effect) < 0.2 * (np.mean(values) - effect)
     interval = paired_ratio([values, values + 0.01])
     assert interval.low <= 1.05 <= interval.high and interval == paired_ratio([values, values + 0.01])
+
+
+def verdicts(condition: str, rule: str, kinds: list[Kind], wall_s: float = 30.0) -> list[dict]:
+    return [{"condition": condition, "rule": rule, "kind": kind, "regression": kind is Kind.REGRESSION, "wall_s": wall_s} for kind in kinds]
+
+
+def test_the_study_reads_each_goal_against_its_exact_bound_and_says_the_distance():
+    rows = verdicts("A/A quiet", "gate", [Kind.NO_CHANGE] * 59 + [Kind.INCONCLUSIVE])
+    rows += verdicts("A/A busy", "gate", [Kind.NO_CHANGE] * 20)
+    rows += verdicts("+5%", "gate", [Kind.REGRESSION] * 17 + [Kind.INCONCLUSIVE] * 3)
+    rows += verdicts("A/A quiet", "separate", [Kind.NOT_VERIFIED] * 60, wall_s=40.0)
+    lines = study.goals(pd.DataFrame(rows))
+    assert lines[0] == "- A/A quiet, REGRESSION <= 5% (one-sided 95% upper bound): 0/60 (0%; 95% CI 0%-6%): met"
+    assert lines[1].endswith("not met: the bound is 13.9%; 20 verdicts are too few to bound it at 5% (59 clean ones would)")
+    assert lines[2] == "- A/A quiet, not verified + inconclusive <= 10%: 1/60 (2%; 95% CI 0%-9%): met"
+    assert lines[3] == "- power at +5% >= 90%: 17/20 (85%; 95% CI 62%-97%): not met by 5%"
+    assert lines[4].endswith("gate 30 s, separate 40 s (medians): met")
+
+
+def test_a_study_directory_measures_one_revision_one_way(tmp_path):
+    settings = study.Settings(3, 3, None, "tutorial000", "digits", "4096", 1, (0.05,), 2, 0.03, 60.0, tmp_path, None, study.RULES)
+    study.check_same_study(settings, "abc")
+    study.check_same_study(dataclasses.replace(settings, rounds=60, time_tol=0.05), "abc")  # more rounds, another reading: the same study
+    with pytest.raises(FrameBenchError, match="holds a study with another base, repeats; pass another --directory"):
+        study.check_same_study(dataclasses.replace(settings, repeats=5), "def")
