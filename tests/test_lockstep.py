@@ -5,6 +5,7 @@ every test here takes well under a second of waiting; and the worker's side of t
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import sys
 import types
@@ -18,7 +19,8 @@ from framebench.driver.executors import LocalExecutor
 from framebench.driver.runner import make_executor
 from framebench.driver.worker import GO, turn_taker
 from framebench.errors import FrameBenchError
-from framebench.store.job import DIMENSIONS, End, Epoch, Job, Setup, Submitted
+from framebench.store.job import ADDED_COLUMNS, DIMENSIONS, End, Epoch, Job, Setup, Submitted, columns
+from framebench.store.results import read_table
 
 FAKE_WORKER = Path(__file__).with_name("fake_worker.py")
 EPOCHS = 4
@@ -167,3 +169,14 @@ def test_lockstep_on_ray_says_it_alternates_whole_jobs(monkeypatch, capsys):
     assert make_executor("ray", None, 300.0, lockstep=True) == ("ray", None)
     assert "the ray executor runs whole jobs, so the environments alternate job by job, unpaired" in capsys.readouterr().err
     assert make_executor("local", None, 300.0, lockstep=True).lockstep
+
+
+def test_tables_from_before_lockstep_read_with_empty_slot_and_lockstep_columns(tmp_path):
+    for table in ("runs", "epochs"):
+        header = [c for c in columns(table) if c not in ADDED_COLUMNS[table]]
+        (tmp_path / f"{table}.csv").write_text(
+            ",".join(header) + "\n" + ",".join("1" if c in ("repeat", "epoch") else "" for c in header) + "\n"
+        )
+    runs, epochs = read_table(tmp_path, "runs"), read_table(tmp_path, "epochs")
+    assert list(runs.columns) == columns("runs") and runs["lockstep"].tolist() == [""]
+    assert list(epochs.columns) == columns("epochs") and math.isnan(epochs["slot"].iloc[0])

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from framebench.errors import FrameBenchError
 
 FORMAT_VERSION = 4  # of a results directory's tables and config.json; bumped when either changes shape
-PROTOCOL_VERSION = 1  # of the worker's wire: the Job it reads, the events it sends, its control pipe; bumped when any changes shape
+PROTOCOL_VERSION = 1  # of the worker's wire: the Job it reads (its config too), the events it sends, its control pipe; bumped with any
 OK = "ok"
 PAIRED = "paired"  # the `lockstep` of a job that ran in lockstep with its partner until its own end
 NOT_RUN = ("unavailable", "unsupported")  # the job never trained: declined, not failed
