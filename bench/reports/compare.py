@@ -43,7 +43,7 @@ import pandas as pd
 from framebench.errors import FrameBenchError
 from framebench.reports.stats import Interval, difference_of_medians, median_difference, paired_ratio, ratio_of_medians, repeats_to_settle
 from framebench.reports.verdicts import FAIL, PASS, UNDECIDED, Kind, Verdict, exit_status, worst
-from framebench.store.job import NOT_RUN, PAIRED, key_columns, point_names, series_columns
+from framebench.store.job import NOT_RUN, PAIRED, columns, key_columns, point_names, series_columns
 from framebench.store.results import load_results, node_environments
 from framebench.store.tables import BUSY_FRACTION, escape_markdown, format_table, latest_attempts, to_markdown
 
@@ -139,7 +139,7 @@ def job_epochs(runs: pd.DataFrame, epochs: pd.DataFrame) -> list[pd.DataFrame]:
     """Per run, its attempt's epochs.csv rows in epoch order (none where the table holds none of it)."""
     join = ["run_id", *key_columns(), "attempt"]
     grouped = dict(iter(epochs.groupby(join, sort=False))) if not epochs.empty else {}
-    empty = epochs.iloc[:0]
+    empty = pd.DataFrame(columns=columns("epochs"))
     return [grouped.get(tuple(key), empty).sort_values("epoch") for key in runs[join].itertuples(index=False)]
 
 
