@@ -44,8 +44,8 @@ bench-scaling: data  ## throughput and efficiency against batch size, every back
 bench-history: data  ## a small real history (8 runs; from h05 on one thread instead of two: the step), published to results/history/site + screenshot
 	$(BIN)/framebench study history
 
-bench-gate:  ## the regression gate measured: false alarms (A/A, quiet and busy) and power (+3..20%) into results/gate/report.md
-	$(BIN)/framebench study gate --rounds 40 --budget-min 20
+bench-gate:  ## the gate measured, lockstep beside separate runs: false alarms (A/A quiet, busy, intermittent) and power (+2..20%): results/gate/report.md (hours; rerun resumes)
+	$(BIN)/framebench study gate --rounds 60 --budget-min 900
 
 bench-precision: data  ## fp32 against bf16 on every backend, one thread, at several batch sizes: results/precision/report.md (rerun: finishes or redraws)
 	$(BIN)/framebench study precision

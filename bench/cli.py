@@ -22,12 +22,14 @@ from framebench.core import registry
 from framebench.core.config import CHOICES, PRESETS, ModelConfig, Sweep, TrainConfig
 from framebench.core.data import DATASETS
 from framebench.driver.arguments import RUN_CHOICES, Parser, add_fields, given
+from framebench.driver.gate import GATE_TIME_TOL
 from framebench.driver.request import PRECISION_SWEPT, RunRequest
 from framebench.errors import FrameBenchError
 
 DESCRIBE_TIMEOUT_S = 120.0  # how long `framebench list` waits for one entry's answer
 ANSWER_CAP_BYTES = 1 << 20  # the longest answer it reads
 RESUMABLE = {"resume", "timeout", "executor", "address", "schedule_timeout", "data_dir", "trust_environments"}  # flags --resume takes
+GATE_SETS = ("env", "lockstep", "executor", "address", "schedule_timeout")  # run's flags a gate sets itself (lockstep runs here)
 
 
 def build_parser() -> Parser:
@@ -50,19 +52,26 @@ def build_parser() -> Parser:
     comparison.add_argument("new", nargs="?", help="the results directory under test (omitted with --base-env/--new-env)")
     comparison.add_argument("--base-env", default=None, help="compare two environments of BASE's own run: this one as the base")
     comparison.add_argument("--new-env", default=None, help="... and this one as the new (both, with no NEW directory)")
-    comparison.add_argument(
-        "--acc-tol", type=float, default=0.005, help="accepted accuracy drop, absolute, finite and >= 0 (default 0.005)"
-    )
-    comparison.add_argument(
-        "--time-tol", type=float, default=0.10, help="accepted epoch-time growth, relative, finite and >= 0 (default 0.10)"
-    )
+    add_decision_flags(comparison, time_tol=0.10)
     comparison.add_argument(
         "--allow-env-diff", action="store_true", help="compare timings across different machines, kernel settings or threads"
     )
     comparison.add_argument("--allow-config-diff", action="store_true", help="compare accuracy across different training configurations")
     comparison.add_argument("--accuracy-only", action="store_true", help="verify accuracy only; timings are shown, not verified")
-    comparison.add_argument("--markdown", default=None, help="also write the comparison as Markdown to this file")
-    comparison.add_argument("--json", default=None, dest="json_file", help="also write the comparison as JSON to this file")
+    gating = commands.add_parser(
+        "gate",
+        help="a code change's regression gate: BASE and NEW revisions in lockstep on this machine (exit 1 on a regression)",
+        description="Build BASE's and NEW's revisions as environments, run the matrix with both in lockstep (epochs in turn, "
+        "ABBA) and judge time from the pairs of adjacent epochs, accuracy from the repeats: compare's verdicts and exit status.",
+    )
+    gating.add_argument(
+        "--base", default=None, help="the revision compared against: a branch, tag or SHA git knows here, or a checkout's folder"
+    )
+    gating.add_argument("--new", default=None, help="the revision under test, the same way (default: the working tree, changes included)")
+    add_decision_flags(gating, time_tol=GATE_TIME_TOL)
+    add_fields(gating.add_argument_group("the run (default --repeats 3)"), RunRequest, RUN_CHOICES, skip=GATE_SETS)
+    add_fields(gating.add_argument_group("the model (default: the preset's)"), ModelConfig, CHOICES)
+    add_fields(gating.add_argument_group("the training (default: the preset's)"), TrainConfig, CHOICES)
     checking = commands.add_parser("check", help="hold a results directory to the accuracy thresholds (exit 1 on a miss)")
     checking.add_argument("directory", help="a results directory `framebench run` printed")
     checking.add_argument("--thresholds", type=Path, default=None, help="thresholds file (default: the one framebench ships)")
@@ -104,9 +113,18 @@ def build_parser() -> Parser:
     return parser
 
 
-def command_run(args: argparse.Namespace) -> int:
-    from framebench.driver.session import run
+def add_decision_flags(parser: argparse.ArgumentParser, time_tol: float) -> None:
+    """compare's and gate's: the tolerances, and the files the verdicts are also written to."""
+    parser.add_argument("--acc-tol", type=float, default=0.005, help="accepted accuracy drop, absolute, finite and >= 0 (default 0.005)")
+    parser.add_argument(
+        "--time-tol", type=float, default=time_tol, help=f"accepted epoch-time growth, relative, finite and >= 0 (default {time_tol:g})"
+    )
+    parser.add_argument("--markdown", default=None, help="also write the comparison as Markdown to this file")
+    parser.add_argument("--json", default=None, dest="json_file", help="also write the comparison as JSON to this file")
 
+
+def run_flags(args: argparse.Namespace) -> dict:
+    """The RunRequest fields the command line set; with --resume, only those a resume may change."""
     flags = given(args, RunRequest)
     if flags.get("resume"):
         extra = sorted(set(flags) - RESUMABLE) + sorted(given(args, ModelConfig)) + sorted(given(args, TrainConfig))
@@ -117,8 +135,29 @@ def command_run(args: argparse.Namespace) -> int:
             )
     if "precision" in flags and Sweep.parse(flags.get("sweep")).field == "precision":
         raise FrameBenchError(PRECISION_SWEPT)  # even --precision fp32, which RunRequest cannot tell from the default
+    return flags
+
+
+def command_run(args: argparse.Namespace) -> int:
+    from framebench.driver.session import run
+
+    flags = run_flags(args)
     flags["env"] = tuple(flags.get("env", ()))
     return run(RunRequest(**flags), given(args, ModelConfig), given(args, TrainConfig))
+
+
+def command_gate(args: argparse.Namespace) -> int:
+    from framebench.driver.gate import GATE_REPEATS, Outputs, run_gate
+    from framebench.reports.compare import Tolerances
+
+    flags = run_flags(args)
+    if flags.get("resume") and (args.base or args.new):
+        raise FrameBenchError("--resume takes BASE and NEW from its config.json; drop --base and --new")
+    if not flags.get("resume"):
+        flags.setdefault("repeats", GATE_REPEATS)
+    outputs = Outputs(Tolerances(acc_tol=args.acc_tol, time_tol=args.time_tol), args.markdown, args.json_file)
+    model, train = given(args, ModelConfig), given(args, TrainConfig)
+    return run_gate(args.base, args.new, RunRequest(**flags), model, train, outputs, Path.cwd())
 
 
 def describe(entry: registry.Entry) -> dict:
@@ -139,7 +178,7 @@ def describe(entry: registry.Entry) -> dict:
         process.stdin.close()
         threading.Thread(target=read_lines, args=(channel, lines, ANSWER_CAP_BYTES, done), daemon=True).start()
         try:
-            answer = lines.get(timeout=timeout_s)
+            _, answer = lines.get(timeout=timeout_s)
         except queue.Empty:
             return {"error": f"no answer within {timeout_s:g} s (its import or available() hangs); killed"}
         finally:
@@ -256,6 +295,7 @@ HANDLERS = {
     "list": command_list,
     "plot": command_plot,
     "compare": command_compare,
+    "gate": command_gate,
     "check": command_check,
     "thresholds": command_thresholds,
     "envs": command_envs,

@@ -315,12 +315,12 @@ def test_a_build_leaves_no_staging_folder_however_it_ends(envs_folder, monkeypat
     path = envs.location([OLD])
     stale = environment_folder(envs_folder, f"{path.name}.building-{dead_pid()}")  # a build killed outright
 
-    def failing_build(name, requirements, staging):
+    def failing_venv(staging):
         assert not stale.exists()  # cleaned before this build starts
         environment_folder(staging.parent, staging.name)
         raise failure("scripted")
 
-    monkeypatch.setattr(envs, "build", failing_build)
+    monkeypatch.setattr(envs, "make_venv", failing_venv)
     with pytest.raises(failure):
         envs.ensure("old", [OLD])
     assert list(envs_folder.iterdir()) == []
@@ -353,12 +353,12 @@ def test_uv_is_killed_with_what_it_started_when_the_build_is_interrupted(tmp_pat
 def test_a_stop_signal_during_a_build_is_handled_like_one_during_jobs(envs_folder, tmp_path, monkeypatch, capsys):
     """SIGTERM once ended a build with exit 143, no message, no report, and its staging folder left."""
 
-    def stopped_build(name, requirements, staging):
+    def stopped_venv(staging):
         environment_folder(staging.parent, staging.name)
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # the signal arrives long before
 
-    monkeypatch.setattr(envs, "build", stopped_build)
+    monkeypatch.setattr(envs, "make_venv", stopped_venv)
     request = RunRequest(
         backends="numpy", dataset="digits", floors=False, results_dir=str(tmp_path), run_id="r", threads=1, env=(f"old={OLD}",)
     )

@@ -216,7 +216,7 @@ def test_lines_waiting_to_be_recorded_are_bounded_and_none_is_lost():
     time.sleep(0.2)
     assert lines.qsize() == 2 and reader.is_alive()  # the rest waits in the pipe
     got = [lines.get(timeout=10) for _ in range(51)]
-    assert got == [b"%d\n" % n for n in range(50)] + [None]
+    assert got == [(None, b"%d\n" % n) for n in range(50)] + [(None, None)]
     done.set()
 
 

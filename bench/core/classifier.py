@@ -51,6 +51,11 @@ class Classifier(ABC):
     devices: ClassVar[tuple[str, ...]] = ("cpu", "gpu")
     environment: ClassVar[dict[str, str]] = {}
     gemm_library: ClassVar[str] = "numpy"
+    # Whether its process may wait between two epochs without that changing the next epoch's time
+    # (lockstep, `framebench gate`: two workers take turns epoch by epoch). Every backend the harness
+    # drives epoch by epoch can; one that keeps working between epochs (a background pipeline whose
+    # state a pause would change) says False, and its pairs alternate whole jobs instead.
+    pauses_between_epochs: ClassVar[bool] = True
 
     def __init__(
         self,

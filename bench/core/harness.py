@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import resource
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,15 +115,25 @@ def divergence(losses: np.ndarray, initial_loss: float, epoch: int) -> str | Non
     return None
 
 
-def train_epochs(classifier: Classifier, data: Dataset, model: ModelConfig, train: TrainConfig, seed: int) -> Iterator[EpochResult]:
+def train_epochs(
+    classifier: Classifier,
+    data: Dataset,
+    model: ModelConfig,
+    train: TrainConfig,
+    seed: int,
+    before_epoch: Callable[[int], None] | None = None,
+) -> Iterator[EpochResult]:
     """Train epoch by epoch, yielding each epoch's measurements as soon as it is done.
 
     Only `train_epoch` + `sync` are inside the clock; the order is drawn before it starts and the
-    test set is evaluated after it stops (and timed separately). Raises DivergedError, yielding
-    nothing for that epoch, when its losses say the run diverged.
+    test set is evaluated after it stops (and timed separately). `before_epoch(epoch)` (1-based),
+    where given, runs before each epoch, outside the clock: a lockstep worker waits there for its
+    turn. Raises DivergedError, yielding nothing for that epoch, when its losses say the run diverged.
     """
     initial_loss = math.inf
     for epoch in range(train.epochs):
+        if before_epoch is not None:
+            before_epoch(epoch + 1)
         order = epoch_order(train, len(data.y_train), seed, epoch)
         start = time.perf_counter()
         losses = classifier.train_epoch(order, train.batch_size)

@@ -43,6 +43,7 @@ class Entry:
     gemm_library: str = "numpy"  # library whose matrix products it runs on (its own GEMM floor)
     devices: tuple[str, ...] = DEVICES  # devices it can run on at all; `available()` checks this machine
     error: str = ""  # why it cannot be used at all (a malformed plugin entry); empty when usable
+    pauses: bool = True  # whether its worker may wait between epochs (Classifier.pauses_between_epochs: lockstep)
     declared_by_class: bool = False  # a plugin whose class declares env, gemm_library and devices, not read yet
 
     @property
@@ -161,7 +162,7 @@ def plugin_entries(text: str) -> list[Entry]:
 
 def declared(entry: Entry) -> Entry:
     """A plugin's entry completed with what its class declares (Classifier.devices, .environment,
-    .gemm_library), or carrying the reason it cannot be used."""
+    .gemm_library, .pauses_between_epochs), or carrying the reason it cannot be used."""
     try:
         cls = load(dataclasses.replace(entry, declared_by_class=False))
     except FrameBenchError as exc:
@@ -174,7 +175,15 @@ def declared(entry: Entry) -> Entry:
     ]
     wrong = "; ".join(filter(None, problems))
     error = f"{entry.name}: {cls.__name__} declares {wrong}; see Classifier's class attributes" if wrong else ""
-    return dataclasses.replace(entry, devices=devices, env=env, gemm_library=cls.gemm_library, error=error, declared_by_class=False)
+    return dataclasses.replace(
+        entry,
+        devices=devices,
+        env=env,
+        gemm_library=cls.gemm_library,
+        pauses=bool(cls.pauses_between_epochs),
+        error=error,
+        declared_by_class=False,
+    )
 
 
 class Registry(Mapping):

@@ -12,6 +12,14 @@ torch is left out of environments unless an override names it: its CPU build com
 index, which a requirement line cannot reach on every machine (here it is a local wheel). The torch
 and keras-torch jobs of an environment without torch are `unavailable` rows; name a torch build in
 the override (with the index in UV_EXTRA_INDEX_URL) to time them.
+
+An override `framebench @ git+file://REPOSITORY@SHA` (a revision, framebench.driver.revisions: what
+`framebench gate` builds its sides from) builds the environment from that revision instead: its own
+requirements.lock, its own framebench (installed from the commit's files), in two layers. The lock
+layer (the lock and the other overrides, addressed by them alone) is built once and shared by every
+revision with the same lock, which most changes are; the revision layer is a small virtual
+environment that sees the lock layer's packages (a .pth file) and holds only that revision's
+framebench, addressed by the lock layer and the commit's tree: seconds to make.
 """
 
 from __future__ import annotations
@@ -26,11 +34,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from framebench.core.checkout import source_checkout
+from framebench.driver import revisions
 from framebench.errors import FrameBenchError
 
 CURRENT = "current"  # the environment of a job run by the driver's own interpreter
@@ -41,6 +51,7 @@ STAGING_PATTERN = re.compile(r"([0-9a-f]{16})\.building-([0-9]+)")  # the folder
 VENV_FILE = "pyvenv.cfg"  # what every virtual environment holds
 LOCK_FILE = "requirements.lock"
 PIP_SOURCES = ("find-links", "extra-index-url")  # pip settings that say where this machine's wheels are
+PROTOCOL_TIMEOUT_S = 120.0  # asking an environment's worker its protocol version (an import of framebench)
 
 
 class EnvironmentUnavailable(FrameBenchError):
@@ -61,6 +72,12 @@ class Environment:
     def packages(self) -> list[str]:
         """Its full package list, as `uv pip freeze` gives it."""
         return read_marker(self.path)["packages"]
+
+    def protocol(self) -> str:
+        """The worker protocol its framebench speaks ("" for one that predates protocols), recorded when
+        it was built (asked now of an environment built before that was recorded)."""
+        recorded = json.loads((self.path / MARKER).read_text())
+        return recorded["protocol"] if "protocol" in recorded else worker_protocol(self.python)
 
 
 MARKER_SHAPE = {"name": str, "requirements": list, "python": str, "built_at": (int, float), "packages": list}
@@ -168,27 +185,69 @@ def overridden_names(requirements: list[str] | tuple[str, ...]) -> set[str]:
     return {canonicalize_name(Requirement(r).name) for r in requirements}
 
 
-def base_requirements(root: Path, requirements: list[str] | tuple[str, ...]) -> list[str]:
-    """The lock's pins, less the packages the overrides name (torch is not in the lock: see the module)."""
+def lock_pins(lock: str, requirements: list[str] | tuple[str, ...]) -> list[str]:
+    """A lock file's pins, less the packages the overrides name (torch is not in the lock: see the module)."""
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
     overridden = overridden_names(requirements)
-    lines = [line.strip() for line in (root / LOCK_FILE).read_text().splitlines()]
+    lines = [line.strip() for line in lock.splitlines()]
     pins = [line for line in lines if line and not line.startswith(("#", "-"))]
     return [pin for pin in pins if canonicalize_name(Requirement(pin).name) not in overridden]
 
 
+def base_requirements(root: Path, requirements: list[str] | tuple[str, ...]) -> list[str]:
+    """The checkout's lock pins, less the packages the overrides name."""
+    return lock_pins((root / LOCK_FILE).read_text(), requirements)
+
+
+def hashed(identity: dict) -> str:
+    """A folder name for what decides an environment's contents."""
+    full = {"python": platform.python_version(), "implementation": sys.implementation.name, **identity}
+    return hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def address(root: Path, requirements: list[str] | tuple[str, ...]) -> str:
-    """The environment's folder name: what decides its contents, hashed."""
-    identity = {
-        "python": platform.python_version(),
-        "implementation": sys.implementation.name,
-        "lock": base_requirements(root, requirements),
-        "overrides": list(requirements),
-        "checkout": str(root),
-    }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    """The folder name of an environment of this checkout: what decides its contents, hashed."""
+    return hashed({"lock": base_requirements(root, requirements), "overrides": list(requirements), "checkout": str(root)})
+
+
+@dataclass(frozen=True)
+class RevisionSource:
+    """The revision an environment's framebench comes from (an override `framebench @ git+file://...`)."""
+
+    repository: Path  # the git repository holding it
+    commit: str  # its SHA
+    tree: str  # the SHA of its tree, which addresses its layer
+    lock: str  # the text of its requirements.lock
+
+
+def revision_source(requirements: list[str] | tuple[str, ...]) -> RevisionSource | None:
+    """The revision the overrides name for framebench (None: this checkout's framebench); one whose
+    commit or requirements.lock cannot be read is EnvironmentUnavailable."""
+    from packaging.requirements import Requirement
+
+    for text in requirements:
+        requirement = Requirement(text)
+        if requirement.name.lower() != "framebench" or not requirement.url or not (parsed := revisions.parse_url(requirement.url)):
+            continue
+        repository, commit = parsed
+        tree = revisions.tree_of(repository, commit) if repository.is_dir() else None
+        if not tree:
+            raise EnvironmentUnavailable(f"{text}: no commit {commit} in {repository}")
+        lock = revisions.read_file(repository, commit, LOCK_FILE)
+        if lock is None:
+            raise EnvironmentUnavailable(
+                f"revision {commit[:12]} of {repository} has no {LOCK_FILE}, so its environment is unknown: a revision "
+                "from before the lock cannot be built"
+            )
+        return RevisionSource(repository, commit, tree, lock)
+    return None
+
+
+def other_overrides(requirements: list[str] | tuple[str, ...]) -> list[str]:
+    """The overrides but a revision's framebench (which is the revision layer, not the lock layer's)."""
+    return [r for r in requirements if "framebench" not in overridden_names([r])]
 
 
 def pip_sources() -> list[str]:
@@ -238,63 +297,89 @@ def uv_reason(result: subprocess.CompletedProcess) -> str:
 
 def location(requirements: list[str] | tuple[str, ...]) -> Path:
     """The folder of the environment with these overrides, built or not."""
-    root = checkout()
-    return envs_dir() / address(root, requirements)
+    source = revision_source(requirements)
+    if source is None:
+        return envs_dir() / address(checkout(), requirements)
+    return envs_dir() / hashed({"lock layer": layer_location(source, requirements).name, "tree": source.tree})
+
+
+def layer_location(source: RevisionSource, requirements: list[str] | tuple[str, ...]) -> Path:
+    """The folder of a revision's lock layer: its lock's pins and the other overrides decide it."""
+    others = other_overrides(requirements)
+    return envs_dir() / hashed({"lock": lock_pins(source.lock, others), "overrides": others, "layer": "lock"})
 
 
 def is_built(requirements: list[str] | tuple[str, ...]) -> bool:
-    return (location(requirements) / MARKER).is_file()
+    try:
+        return (location(requirements) / MARKER).is_file()
+    except EnvironmentUnavailable:  # ensure() says why
+        return False
+
+
+class BuildFailed(Exception):
+    """One step of a build failed, for the reason it holds."""
 
 
 def ensure(name: str, requirements: list[str] | tuple[str, ...]) -> Environment:
     """The environment `name`, built now if no complete one exists; EnvironmentUnavailable (one line
-    naming it and uv's reason) when it cannot be built. The build writes into a staging folder that is
-    removed however the build ends (a failure, an exception, a stop signal) and renamed into place only
-    once whole."""
+    naming it and uv's reason) when it cannot be built."""
     path = location(requirements)
     if path.exists():
         read_marker(path)  # a damaged one is reported with its fix, never used
         return Environment(name, tuple(requirements), path, reused=True)
-    staging = path.with_name(f"{path.name}.building-{os.getpid()}")
-    remove_interrupted_builds(path)
+    source = revision_source(requirements)
+    what = f"environment {name} ({'; '.join(requirements) or 'the lock'})"
     try:
-        staging.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise EnvironmentUnavailable(f"environment {name} cannot be built: {staging.parent}: {exc.strerror or exc}") from None
-    try:
-        build(name, requirements, staging)
-        staging.rename(path)
-    except OSError:  # another process finished the same environment first: use that one
-        if not path.exists():
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if source is None:
+            pins = base_requirements(checkout(), requirements)
+            steps = [make_venv, install(pins, requirements), install_editable(checkout())]
+            build(path, {"name": name, "requirements": list(requirements)}, steps, freeze)
+        else:
+            others = other_overrides(requirements)
+            layer = layer_location(source, requirements)
+            if layer.exists():
+                read_marker(layer)  # a damaged layer is reported with its fix, never built upon
+            else:
+                lock_steps = [make_venv, install(lock_pins(source.lock, others), others)]
+                build(layer, {"name": "(lock layer)", "requirements": others}, lock_steps, freeze)
+            record = {"name": name, "requirements": list(requirements), "lock_layer": str(layer)}
+            record["revision"] = {"repository": str(source.repository), "commit": source.commit, "tree": source.tree}
+            steps = [make_venv, see_layer(layer), install_revision(source)]
+            revision = [r for r in requirements if r not in others]  # framebench @ git+file://REPOSITORY@SHA
+            build(path, record, steps, lambda _python: json.loads((layer / MARKER).read_text())["packages"] + revision, worker_protocol)
+    except BuildFailed as exc:
+        raise EnvironmentUnavailable(f"{what} cannot be built: {exc}") from None
     return Environment(name, tuple(requirements), path, reused=False)
 
 
-def build(name: str, requirements: list[str] | tuple[str, ...], staging: Path) -> None:
-    """Build the environment into `staging`, its marker last."""
-    python = staging / "bin" / "python"
-    steps = [
-        ("venv", "--quiet", "--python", sys.executable, str(staging)),
-        ("pip", "install", "--python", str(python), "--index-strategy", "unsafe-best-match", *pip_sources(), "-r", "-", *requirements),
-        ("pip", "install", "--python", str(python), "--no-deps", "--no-build-isolation", "--editable", str(checkout())),
-    ]
-    for step in steps:
-        result = uv(*step, stdin="\n".join(base_requirements(checkout(), requirements)))
-        if result.returncode != 0:
-            raise EnvironmentUnavailable(
-                f"environment {name} ({'; '.join(requirements) or 'the lock'}) cannot be built: {uv_reason(result)}"
-            )
-    freeze = uv("pip", "freeze", "--python", str(python)).stdout.split()
-    marker = {
-        "name": name,
-        "requirements": list(requirements),
-        "python": platform.python_version(),
-        "built_at": time.time(),
-        "packages": freeze,
-    }
-    (staging / MARKER).write_text(json.dumps(marker, indent=2))
+def build(path: Path, record: dict, steps: list, packages, protocol=None) -> None:
+    """Build an environment in a staging folder beside `path` by `steps` (each given the staging
+    folder), then record it (`record`, its `packages(python)`, the `protocol(python)` its worker
+    speaks where asked) and move it into place whole."""
+    staging = path.with_name(f"{path.name}.building-{os.getpid()}")
+    remove_interrupted_builds(path)
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BuildFailed(f"{staging.parent}: {exc.strerror or exc}") from None
+    try:
+        for step in steps:
+            step(staging)
+        python = staging / "bin" / "python"
+        marker = {**record, "python": platform.python_version(), "built_at": time.time(), "packages": packages(python)}
+        marker |= {"protocol": protocol(python)} if protocol else {}
+        (staging / MARKER).write_text(json.dumps(marker, indent=2))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    try:
+        staging.rename(path)
+    except OSError as exc:  # another process finished the same environment first: use that one
+        if not path.exists():
+            raise BuildFailed(f"{path}: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def process_alive(pid: int) -> bool:
@@ -318,6 +403,77 @@ def remove_interrupted_builds(path: Path) -> None:
     for staging in path.parent.glob(f"{path.name}.building-*") if path.parent.is_dir() else ():
         if interrupted_build(staging):
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def run_uv(*args: str, stdin: str | None = None) -> None:
+    result = uv(*args, stdin=stdin)
+    if result.returncode != 0:
+        raise BuildFailed(uv_reason(result))
+
+
+def make_venv(staging: Path) -> None:
+    run_uv("venv", "--quiet", "--python", sys.executable, str(staging))
+
+
+def install(pins: list[str], overrides: list[str] | tuple[str, ...]):
+    """The step installing the lock's pins (on stdin) and the overrides, compiled to bytecode: a worker's
+    imports then cost the same wherever Python may not write its caches (PYTHONDONTWRITEBYTECODE)."""
+    return lambda staging: run_uv(
+        "pip", "install", "--python", str(staging / "bin" / "python"), "--compile-bytecode", "--index-strategy", "unsafe-best-match",
+        *pip_sources(), "-r", "-", *overrides, stdin="\n".join(pins),
+    )  # fmt: skip
+
+
+def install_editable(root: Path):
+    """The step installing this checkout's framebench, editable: its workers run this code."""
+    return lambda staging: run_uv(
+        "pip", "install", "--python", str(staging / "bin" / "python"), "--no-deps", "--no-build-isolation", "--editable", str(root)
+    )  # fmt: skip
+
+
+def site_packages(environment: Path) -> Path:
+    return environment / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+
+
+def see_layer(layer: Path):
+    """The step letting an environment import the lock layer's packages after its own: a .pth line
+    adding the layer's site-packages as a site directory (its own .pth files processed too)."""
+    return lambda staging: (site_packages(staging) / "framebench-lock-layer.pth").write_text(
+        f"import site; site.addsitedir({str(site_packages(layer))!r})\n"
+    )
+
+
+def install_revision(source: RevisionSource):
+    """The step installing the revision's framebench from its commit's files (a regular install: the
+    files are copied in, so the environment depends on no folder but the lock layer)."""
+
+    def step(staging: Path) -> None:
+        with tempfile.TemporaryDirectory(prefix="framebench-revision-") as folder:
+            try:
+                revisions.extract(source.repository, source.commit, Path(folder))
+            except FrameBenchError as exc:
+                raise BuildFailed(str(exc)) from None
+            python = str(staging / "bin" / "python")
+            run_uv("pip", "install", "--python", python, "--compile-bytecode", "--no-deps", "--no-build-isolation", folder)
+
+    return step
+
+
+def worker_protocol(python: Path) -> str:
+    """The worker protocol version the framebench of `python` speaks (`python -m framebench.driver.worker
+    --protocol`), "" if it says none (a framebench from before protocols)."""
+    try:
+        answer = subprocess.run(
+            [str(python), "-m", "framebench.driver.worker", "--protocol"], capture_output=True, text=True, timeout=PROTOCOL_TIMEOUT_S
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return answer.stdout.strip() if answer.returncode == 0 else ""
+
+
+def freeze(python: Path) -> list[str]:
+    """The environment's own package list, as `uv pip freeze` gives it."""
+    return uv("pip", "freeze", "--python", str(python)).stdout.split()
 
 
 def listed() -> list[dict]:

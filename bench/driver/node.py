@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from framebench.core import registry
 from framebench.driver.calibration import busy_seconds, calibrate, cpu_ticks, steal_fraction
 from framebench.driver.envs import CURRENT, EnvironmentUnavailable, ensure
-from framebench.driver.worker import CHANNEL_VARIABLE, JOB_TOKEN_VARIABLE, PARENT_PID_VARIABLE
+from framebench.driver.worker import CHANNEL_VARIABLE, CONTROL_VARIABLE, JOB_TOKEN_VARIABLE, PARENT_PID_VARIABLE
 from framebench.store.job import RULE_ORDER, End, Job, MalformedEvent, Sense, SenseViolation, from_wire, most_samples_per_epoch
 
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
@@ -89,18 +89,20 @@ def worker_process(python: str, *args: str) -> list[str]:
     return [python, "-m", "framebench.driver.worker", *args]
 
 
-def start_worker(command: list[str], env: dict[str, str], log) -> tuple[subprocess.Popen, object]:
+def start_worker(command: list[str], env: dict[str, str], log, control_fd: int | None = None) -> tuple[subprocess.Popen, object]:
     """The worker `command` in a session of its own, stdout and stderr into `log`, and the read end of
-    its event channel (binary): a pipe only the harness in the worker writes."""
+    its event channel (binary): a pipe only the harness in the worker writes. `control_fd`, where
+    given, is the read end of its control pipe (lockstep), passed on to it alone."""
     read_fd, write_fd = os.pipe()
+    control = {CONTROL_VARIABLE: str(control_fd)} if control_fd is not None else {}
     try:
         process = subprocess.Popen(
             command,
             stdin=subprocess.PIPE,
             stdout=log,
             stderr=log,
-            env={**env, CHANNEL_VARIABLE: str(write_fd)},
-            pass_fds=(write_fd,),
+            env={**env, CHANNEL_VARIABLE: str(write_fd), **control},
+            pass_fds=(write_fd,) if control_fd is None else (write_fd, control_fd),
             start_new_session=True,
         )
     except BaseException:
@@ -132,16 +134,17 @@ def event_line_cap(job: Job) -> int:
     return LINE_CAP_BYTES + STEP_LOSS_BYTES * math.ceil(most_samples_per_epoch(train) / train["batch_size"])
 
 
-def read_lines(channel, lines: queue.Queue, cap: int, done: threading.Event) -> None:
-    """Pass the channel's lines on, then None once it ends (every process holding its write end is
-    gone): a line over `cap` bytes as Overlong (the reading stops; no more than `cap` bytes are ever
-    held), a last line cut short as Torn. `lines` is bounded, so a worker that talks faster than the
-    driver records waits; once `done` is set (the job is over) nothing more is passed on."""
+def read_lines(channel, lines: queue.Queue, cap: int, done: threading.Event, tag=None) -> None:
+    """Pass the channel's lines on as (tag, line), then (tag, None) once it ends (every process holding
+    its write end is gone): a line over `cap` bytes as Overlong (the reading stops; no more than `cap`
+    bytes are ever held), a last line cut short as Torn. `lines` is bounded, so a worker that talks
+    faster than the driver records waits; once `done` is set (the job is over) nothing more is passed
+    on. The tag tells the workers of a lockstep pair apart on one queue."""
 
     def put(item) -> bool:
         while not done.is_set():
             try:
-                lines.put(item, timeout=POLL_S)
+                lines.put((tag, item), timeout=POLL_S)
                 return True
             except queue.Full:
                 continue
@@ -204,6 +207,100 @@ def stop_job(process: subprocess.Popen, token: str) -> None:
     kill_strays(token)
 
 
+@dataclass(frozen=True)
+class Span:
+    """The machine when a measurement window opened (a job's, or a lockstep pair's): how busy the
+    machine was over the window is told from these at its end."""
+
+    started: float  # perf_counter
+    load: float  # 1-minute load average
+    ticks: tuple[int, ...] | None  # the machine's CPU ticks by kind (calibration.cpu_ticks)
+
+    @classmethod
+    def now(cls) -> Span:
+        return cls(time.perf_counter(), os.getloadavg()[0], cpu_ticks())
+
+
+@dataclass
+class Worker:
+    """A job's worker process, started by `start_job`: what ending and measuring it needs."""
+
+    job: Job  # the job it runs
+    process: subprocess.Popen  # the worker, leader of a session of its own
+    log: object  # a temporary file holding its stdout and stderr
+    token: str  # marks every process of the job, for kill_strays
+    control: object | None  # the write end of its control pipe (lockstep), None otherwise
+    started_at: float  # wall clock when it started
+    span: Span  # the window its machine load is measured over
+    done: threading.Event  # set once the job is over: its channel's reader passes nothing more on
+
+
+def start_job(job: Job, command: list[str], lines: queue.Queue, span: Span, tag=None, lockstep: bool = False) -> Worker:
+    """Start `job`'s worker (`command`, from worker_command), its event channel's lines going to
+    `lines` tagged `tag`, the job written on its stdin; with `lockstep`, a control pipe on which it
+    waits for its turn before each epoch."""
+    log = tempfile.TemporaryFile()
+    token = uuid.uuid4().hex
+    control_read, control_write = os.pipe() if lockstep else (None, None)
+    env = {**worker_env(job), JOB_TOKEN_VARIABLE: token}
+    started_at = time.time()
+    try:
+        process, channel = start_worker(command, env, log, control_read)
+    except BaseException:
+        if control_write is not None:
+            os.close(control_write)
+        raise
+    finally:
+        if control_read is not None:
+            os.close(control_read)  # the worker holds the only read end
+    LIVE_GROUPS.add(process.pid)
+    done = threading.Event()
+    threading.Thread(target=read_lines, args=(channel, lines, event_line_cap(job), done, tag), daemon=True).start()
+    try:
+        process.stdin.write(json.dumps(job.to_wire()).encode())
+        process.stdin.close()
+    except BrokenPipeError:  # the worker died at once: its exit status and log say why
+        pass
+    control = os.fdopen(control_write, "wb", buffering=0) if control_write is not None else None
+    return Worker(job, process, log, token, control, started_at, span, done)
+
+
+def stop_worker(worker: Worker) -> None:
+    """End the job: its worker and every process of it (stop_job), its channel's reader, its control pipe."""
+    worker.done.set()
+    stop_job(worker.process, worker.token)
+    if worker.control is not None:
+        worker.control.close()
+
+
+def measured_end(worker: Worker, end: End | None, others_cpu_s: float = 0.0) -> End:
+    """The job's last event from its stopped worker: `end` as the worker sent it (a crash when None),
+    with the log's tail and the share of the CPUs that processes other than the worker (and those the
+    caller accounts for with `others_cpu_s`: a lockstep partner) used over its span."""
+    wall = time.perf_counter() - worker.span.started
+    ticks_after = cpu_ticks()
+    log = worker.log
+    log.seek(0, os.SEEK_END)
+    log.seek(max(log.tell() - LOG_TAIL_BYTES, 0))
+    text = log.read().decode("utf-8", errors="replace")
+    log.close()
+    if end is None:
+        end = End("failed", crash_message(worker.process.returncode, text))
+    other = None
+    if (busy := busy_seconds(worker.span.ticks, ticks_after)) is not None and end.cpu_s is not None:
+        other = max(busy - end.cpu_s - others_cpu_s, 0.0) / (wall * (os.cpu_count() or 1))
+    return dataclasses.replace(
+        end,
+        log=text,
+        loadavg_1m=worker.span.load,
+        other_cpu_frac=other,
+        steal_frac=steal_fraction(worker.span.ticks, ticks_after),
+        host=socket.gethostname(),
+        started_at=worker.started_at,
+        ended_at=time.time(),
+    )
+
+
 def follow(process: subprocess.Popen, token: str, lines: queue.Queue, sense: Sense, timeout_s: float) -> Generator:
     """Yield the worker's events from `lines` (read_lines') as they come, each held to the job
     contract and to `sense`; return how the job ended: the worker's `end` once its channel has ended
@@ -220,7 +317,7 @@ def follow(process: subprocess.Popen, token: str, lines: queue.Queue, sense: Sen
         if now >= deadline and not exited:  # an end whose channel a stray keeps open still stands
             return end or End("timeout", f"no result within --timeout {timeout_s:g} s; raise --timeout or use fewer epochs")
         try:
-            item = lines.get(timeout=max(min(settle - now, deadline - now, POLL_S), 0))
+            _, item = lines.get(timeout=max(min(settle - now, deadline - now, POLL_S), 0))
         except queue.Empty:
             if not exited and process.poll() is not None:
                 exited, settle = True, now + EXIT_GRACE_S
@@ -261,52 +358,15 @@ def execute(job: Job, timeout_s: float) -> Iterator:
     except EnvironmentUnavailable as exc:
         yield End("unavailable", str(exc), host=socket.gethostname())
         return
-    log = tempfile.TemporaryFile()
-    token = uuid.uuid4().hex
     calib_before = calibrate(job.threads)
-    load_before, ticks_before, started, started_at = os.getloadavg()[0], cpu_ticks(), time.perf_counter(), time.time()
-    process, channel = start_worker(command, {**worker_env(job), JOB_TOKEN_VARIABLE: token}, log)
-    LIVE_GROUPS.add(process.pid)
     lines: queue.Queue = queue.Queue(QUEUE_LINES)
-    done = threading.Event()
-    threading.Thread(target=read_lines, args=(channel, lines, event_line_cap(job), done), daemon=True).start()
+    worker = start_job(job, command, lines, Span.now())
     try:
-        try:
-            process.stdin.write(json.dumps(job.to_wire()).encode())
-            process.stdin.close()
-        except BrokenPipeError:  # the worker died at once: its exit status and log say why
-            pass
-        end = yield from follow(process, token, lines, Sense(job), timeout_s)
+        end = yield from follow(worker.process, worker.token, lines, Sense(job), timeout_s)
     finally:
-        done.set()
-        stop_job(process, token)  # the job is over, or the driver stopped it: nothing of it may outlive it
-    returncode = process.returncode
-    wall = time.perf_counter() - started
-    ticks_after = cpu_ticks()
-    machine = {
-        "calib_before_s": calib_before,
-        "calib_after_s": calibrate(job.threads),
-        "steal_frac": steal_fraction(ticks_before, ticks_after),
-    }
-    log.seek(0, os.SEEK_END)
-    log.seek(max(log.tell() - LOG_TAIL_BYTES, 0))
-    text = log.read().decode("utf-8", errors="replace")
-    log.close()
-    if end is None:
-        end = End("failed", crash_message(returncode, text))
-    other = None
-    if (busy := busy_seconds(ticks_before, ticks_after)) is not None and end.cpu_s is not None:
-        other = max(busy - end.cpu_s, 0.0) / (wall * (os.cpu_count() or 1))
-    yield dataclasses.replace(
-        end,
-        log=text,
-        loadavg_1m=load_before,
-        other_cpu_frac=other,
-        host=socket.gethostname(),
-        started_at=started_at,
-        ended_at=time.time(),
-        **machine,
-    )
+        stop_worker(worker)  # the job is over, or the driver stopped it: nothing of it may outlive it
+    end = measured_end(worker, end)
+    yield dataclasses.replace(end, calib_before_s=calib_before, calib_after_s=calibrate(job.threads))
 
 
 def crash_message(returncode: int, log: str) -> str:

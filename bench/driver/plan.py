@@ -153,6 +153,7 @@ def new_config(request: RunRequest, model_overrides: dict, train_overrides: dict
         "target_acc": request.target_acc or PRESETS[request.preset].target_acc,
         "envs": envs.parse_specs(request.env),
         "floors": request.floors,
+        "lockstep": request.lockstep,
         "matrices": [],
     }
 

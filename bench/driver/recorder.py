@@ -81,7 +81,7 @@ def summarize(state: JobState, end: End) -> dict:
         "time_to_target_s": time_to_target(epochs, job.target_acc),
         "gemm_library": entry.gemm_library,
         "compute_dtype": end.compute_dtype,
-        "implementation": entry.implementation(),
+        "implementation": setup.implementation if setup and setup.implementation else entry.implementation(),
         "peak_rss_mb": end.peak_rss_mb or (epochs[-1].peak_rss_mb if epochs else None),
         "peak_gpu_mb": end.peak_gpu_mb,
         "framework_version": setup.framework_version if setup else "",
@@ -93,6 +93,7 @@ def summarize(state: JobState, end: End) -> dict:
         "steal_frac": end.steal_frac,
         "started_at": end.started_at,
         "ended_at": end.ended_at,
+        "lockstep": end.lockstep,
     }
 
 

@@ -48,6 +48,7 @@ class RunRequest:
     schedule_timeout: float = 300.0  # ray: seconds a job may wait for a node able to run it before it is unavailable
     large_plan: bool = False  # run a matrix of more than 100000 jobs anyway (repeats x sweep values x backends x variants x devices)
     env: tuple[str, ...] = ()  # NAME=REQ[;REQ...]: run the matrix in an environment of the lock with these overrides (repeatable)
+    lockstep: bool = False  # run each two jobs that differ only in --env as a pair taking turns epoch by epoch (ABBA): paired timings
     trust_environments: bool = False  # build URL requirements (NAME @ URL) a results directory names (--resume, an existing --run-id)
 
     def validate(self) -> None:

@@ -58,15 +58,18 @@ from framebench.store.reader import read_config, read_env
 STEP_ROW_BYTES = 80  # a steps.csv row, generously, for the free-space check before a matrix starts
 
 
-def make_executor(name: str, address: str | None, schedule_timeout: float) -> Executor:
-    """The executor --executor names; Ray is imported only when it is the one."""
+def make_executor(name: str, address: str | None, schedule_timeout: float, lockstep: bool = False) -> Executor:
+    """The executor --executor names; Ray is imported only when it is the one. Ray runs whole jobs
+    wherever a slot is free, so a lockstep run there alternates whole jobs (compare then reads it unpaired)."""
     if name == "ray":
         from framebench.driver.ray_executor import RayExecutor
 
+        if lockstep:
+            print("lockstep: the ray executor runs whole jobs, so the environments alternate job by job, unpaired", file=sys.stderr)
         return RayExecutor(address, schedule_timeout)
     if address:
         raise FrameBenchError("--address needs --executor ray")
-    return LocalExecutor()
+    return LocalExecutor(lockstep)
 
 
 def run(request: RunRequest, model_overrides: dict, train_overrides: dict) -> int:
@@ -105,7 +108,7 @@ def run_locked(directory: Path, request: RunRequest, config: dict) -> int:
                 "envs": merged_envs(directory, recorded.get("envs", {}), config["envs"]),
             }
             check_same_seeds(directory, config["matrices"], request.seed, request.same_seed)
-        executor = make_executor(request.executor, request.address, request.schedule_timeout)
+        executor = make_executor(request.executor, request.address, request.schedule_timeout, config.get("lockstep", False))
         try:
             return run_in(directory, request, config, executor, data)
         except BaseException:

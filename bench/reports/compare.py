@@ -21,7 +21,13 @@ timings only between nodes with the same machine fingerprint. Exit status: 1 on 
 if anything was inconclusive or not verified (or nothing was verified at all), else 0.
 
 `compare_groups` decides two groups of tables, whichever directories they came from, so two
-environments inside one results directory compare exactly like two directories.
+environments inside one results directory compare like two directories, with two differences
+(`compare DIR --base-env A --new-env B`, and `framebench gate`): a change of the backend's code
+between them is what is measured, never "not comparable"; and where every repeat of a key ran in
+lockstep (framebench.driver.lockstep), time is judged from the pairs of adjacent epochs
+(stats.paired_ratio: the Hodges-Lehmann estimate of their log-ratios, repeats the outer level of the
+bootstrap) against the same band, with no busy or machine-speed guard: both epochs of a pair saw the
+same neighbours and the same host state.
 """
 
 from __future__ import annotations
@@ -36,10 +42,10 @@ import pandas as pd
 
 from framebench.errors import FrameBenchError
 from framebench.reports.markdown import escape_markdown, format_table, to_markdown
-from framebench.reports.stats import Interval, difference_of_medians, ratio_of_medians, repeats_to_settle
+from framebench.reports.stats import Interval, difference_of_medians, median_difference, paired_ratio, ratio_of_medians, repeats_to_settle
 from framebench.reports.summary import BUSY_FRACTION
 from framebench.reports.verdicts import FAIL, PASS, UNDECIDED, Kind, Verdict, exit_status, worst
-from framebench.store.job import NOT_RUN, key_columns, point_names, series_columns
+from framebench.store.job import NOT_RUN, PAIRED, columns, key_columns, point_names, series_columns
 from framebench.store.reader import latest_attempts, load_results, node_environments
 
 TRAINING = ("model", "train")  # config.json sections that decide what accuracy a run reaches
@@ -61,6 +67,7 @@ FIGURE_COLUMNS = [
     "machine_ratio",
     "busy_base",
     "busy_new",
+    "pairs",
 ]
 
 
@@ -91,6 +98,8 @@ class Options:
     compare_accuracy: bool  # whether the training configurations allow comparing accuracy
     compare_time: bool  # whether timings are compared at all (not with --accuracy-only)
     any_machine: bool = False  # --allow-env-diff: timings compared whatever the nodes' fingerprints
+    paired: bool = False  # the groups are two environments of one run: where they ran in lockstep, time is judged from epoch pairs
+    judge_code_changes: bool = False  # a change of the backend's code between the groups is what is measured (a gate), not refused
 
 
 def fingerprints(env: dict) -> dict[str, str]:
@@ -122,21 +131,52 @@ def prepared(group: Group, any_machine: bool) -> pd.DataFrame:
     )
     runs["usable"] = (runs["status"] == "ok") & runs["final_test_acc"].notna() & runs["median_epoch_s"].notna()
     runs["steady"] = steady_epochs(runs, group.epochs)
+    runs["slotted"] = slotted_epochs(runs, group.epochs)
     runs["calibration"] = runs[["calib_before_s", "calib_after_s"]].mean(axis=1)
     return runs
+
+
+def job_epochs(runs: pd.DataFrame, epochs: pd.DataFrame) -> list[pd.DataFrame]:
+    """Per run, its attempt's epochs.csv rows in epoch order (none where the table holds none of it)."""
+    join = ["run_id", *key_columns(), "attempt"]
+    grouped = dict(iter(epochs.groupby(join, sort=False))) if not epochs.empty else {}
+    empty = pd.DataFrame(columns=columns("epochs"))
+    return [grouped.get(tuple(key), empty).sort_values("epoch") for key in runs[join].itertuples(index=False)]
 
 
 def steady_epochs(runs: pd.DataFrame, epochs: pd.DataFrame) -> list[np.ndarray]:
     """Per run, its attempt's epoch times after the first (all of them if it has only one), or its
     median_epoch_s where epochs.csv holds none of it."""
-    join = ["run_id", *key_columns(), "attempt"]
-    grouped = epochs.groupby(join, sort=False) if not epochs.empty else []
-    by_job = {key: rows.sort_values("epoch")["epoch_s"].to_numpy(float) for key, rows in grouped}
     steady = []
-    for row in runs[join + ["median_epoch_s"]].itertuples(index=False):
-        times = by_job.get(tuple(row[:-1]), np.array([]))
-        steady.append(times[1:] if len(times) > 1 else times if len(times) else np.array([row[-1]], float))
+    for rows, median in zip(job_epochs(runs, epochs), runs["median_epoch_s"], strict=True):
+        times = rows["epoch_s"].to_numpy(float)
+        steady.append(times[1:] if len(times) > 1 else times if len(times) else np.array([median], float))
     return steady
+
+
+def slotted_epochs(runs: pd.DataFrame, epochs: pd.DataFrame) -> list[dict[int, tuple[float, float]]]:
+    """Per run, {epoch: (seconds, slot)} of its steady-state epochs that ran in lockstep (those with a slot)."""
+    return [
+        {int(r.epoch): (float(r.epoch_s), float(r.slot)) for r in rows.itertuples() if r.epoch > 1 and not math.isnan(r.slot)}
+        for rows in job_epochs(runs, epochs)
+    ]
+
+
+def paired_log_ratios(base_ok: pd.DataFrame, new_ok: pd.DataFrame) -> list[np.ndarray] | None:
+    """Per repeat, log(NEW / BASE) of the steady-state epochs the two sides ran in adjacent slots of one
+    lockstep pair; None unless every repeat on both sides ran paired to its end (then the unpaired rule
+    judges the key)."""
+    sides = [rows.set_index("repeat") for rows in (base_ok, new_ok)]
+    if set(sides[0].index) != set(sides[1].index) or not all((rows["lockstep"] == PAIRED).all() for rows in sides):
+        return None
+    ratios = []
+    for repeat in sorted(sides[0].index):
+        base, new = (rows.loc[repeat, "slotted"] for rows in sides)
+        adjacent = [e for e in sorted(base.keys() & new.keys()) if abs(base[e][1] - new[e][1]) == 1]
+        if not adjacent:
+            return None
+        ratios.append(np.log([new[e][0] / base[e][0] for e in adjacent]))
+    return ratios
 
 
 def outcome(rows: pd.DataFrame) -> str:
@@ -167,9 +207,9 @@ def decide(b: pd.DataFrame, n: pd.DataFrame, options: Options, labels: tuple[str
     figures = {"repeats_base": len(base_ok), "repeats_new": len(new_ok)}
     if absent := presence(b, n, labels):
         return render({**figures, "verdict": absent})
-    if changed := code_change(base_ok, new_ok):
+    if not options.judge_code_changes and (changed := code_change(base_ok, new_ok)):
         return render({**figures, "verdict": Verdict(Kind.NOT_COMPARABLE, changed)})
-    accuracy = accuracy_effect(base_ok, new_ok, options.tolerances)
+    accuracy = accuracy_effect(base_ok, new_ok, options.tolerances, options.paired)
     figures.update(accuracy)
     timing = time_effect(base_ok, new_ok, options, labels) if options.compare_time else {}
     figures.update(timing)
@@ -220,10 +260,16 @@ def code_change(base_ok: pd.DataFrame, new_ok: pd.DataFrame) -> str:
     return f"the {base_ok['backend'].iloc[0]} backend's code changed ({', '.join(sorted(before))} -> {', '.join(sorted(after))})"
 
 
-def accuracy_effect(base_ok: pd.DataFrame, new_ok: pd.DataFrame, tolerances: Tolerances) -> dict:
+def accuracy_effect(base_ok: pd.DataFrame, new_ok: pd.DataFrame, tolerances: Tolerances, paired: bool = False) -> dict:
     """Difference of the median final accuracies with an interval over repeats (>= 2 a side); a drop
-    beyond --acc-tol whose interval lies below 0 regresses. With one repeat: the tolerance rule alone."""
-    effect = difference_of_medians(base_ok["final_test_acc"].to_numpy(float), new_ok["final_test_acc"].to_numpy(float))
+    beyond --acc-tol whose interval lies below 0 regresses. With one repeat: the tolerance rule alone.
+    `paired` (two environments of one run, every repeat on both sides with the same seed): the median
+    of each repeat's difference instead, so equal arithmetic gives exactly 0 whatever the seeds' spread."""
+    base, new = (rows.set_index("repeat")[["seed", "final_test_acc"]] for rows in (base_ok, new_ok))
+    if paired and set(base.index) == set(new.index) and base["seed"].equals(new.loc[base.index, "seed"]):
+        effect = median_difference((new.loc[base.index, "final_test_acc"] - base["final_test_acc"]).to_numpy(float))
+    else:
+        effect = difference_of_medians(base_ok["final_test_acc"].to_numpy(float), new_ok["final_test_acc"].to_numpy(float))
     one_repeat = min(len(base_ok), len(new_ok)) < 2
     regressed = effect.estimate < -tolerances.acc_tol and (one_repeat or effect.high < 0)
     return {
@@ -241,10 +287,12 @@ def time_effect(base_ok: pd.DataFrame, new_ok: pd.DataFrame, options: Options, l
     shared = sorted(set(base_ok["fingerprint"]) & set(new_ok["fingerprint"]))
     if not shared:
         return {"time_verdict": Verdict(Kind.NOT_VERIFIED, f"no node of {labels[1]} has the machine fingerprint of {labels[0]}'s")}
-    judged = [
-        time_verdict(base_ok[base_ok["fingerprint"] == f], new_ok[new_ok["fingerprint"] == f], options.tolerances.time_tol, labels)
-        for f in shared
-    ]
+    judged = []
+    for fingerprint in shared:
+        base, new = base_ok[base_ok["fingerprint"] == fingerprint], new_ok[new_ok["fingerprint"] == fingerprint]
+        pairs = paired_log_ratios(base, new) if options.paired else None
+        tol = options.tolerances.time_tol
+        judged.append(paired_time_verdict(base, new, pairs, tol) if pairs else time_verdict(base, new, tol, labels))
     most_severe = worst(j["time_verdict"] for j in judged)
     return next(j for j in judged if j["time_verdict"] is most_severe)
 
@@ -266,6 +314,25 @@ def time_verdict(base_ok: pd.DataFrame, new_ok: pd.DataFrame, tol: float, labels
         "one_repeat": repeats < 2,
     }
     return {**figures, "time_verdict": held_back(figures, tol, labels) or band_verdict(effect, tol, repeats)}
+
+
+def paired_time_verdict(base_ok: pd.DataFrame, new_ok: pd.DataFrame, pairs: list[np.ndarray], tol: float) -> dict:
+    """The effect from the lockstep pairs' log-ratios (stats.paired_ratio) read against the tolerance
+    band. No guard holds it back: a busy neighbour or a slow host state hits both epochs of a pair."""
+    effect = paired_ratio(pairs)
+    figures = {
+        "epoch_s_base": float(np.median(np.concatenate(list(base_ok["steady"])))),
+        "epoch_s_new": float(np.median(np.concatenate(list(new_ok["steady"])))),
+        "time_ratio": effect.estimate,
+        "time_low": effect.low,
+        "time_high": effect.high,
+        "machine_ratio": math.nan,  # both sides ran on the same machine states: nothing to tell apart
+        "busy_base": base_ok["other_cpu_frac"].max(),
+        "busy_new": new_ok["other_cpu_frac"].max(),
+        "one_repeat": len(pairs) < 2,
+        "pairs": sum(len(p) for p in pairs),
+    }
+    return {**figures, "time_verdict": band_verdict(effect, tol, len(pairs))}
 
 
 def band_verdict(effect: Interval, tol: float, repeats: int) -> Verdict:
@@ -307,7 +374,9 @@ def render(decided: dict) -> dict:
         else f"{d_acc:+.4f}" + ("" if math.isnan(decided["d_acc_low"]) else f" [{decided['d_acc_low']:+.4f}, {decided['d_acc_high']:+.4f}]")
     )
     decided["repeats"] = f"{decided['repeats_base']}/{decided['repeats_new']}"
-    decided["note"] = ONE_REPEAT if decided.get("one_repeat") else ""
+    pairs = decided.get("pairs", math.nan)
+    notes = [ONE_REPEAT if decided.get("one_repeat") else "", f"paired: {pairs} epoch pairs in lockstep" if pairs > 0 else ""]
+    decided["note"] = "; ".join(filter(None, notes))
     return {name: decided.get(name, math.nan) for name in TABLE_COLUMNS + FIGURE_COLUMNS}
 
 
@@ -355,15 +424,37 @@ def conclusion(verdicts: list[Verdict], fully_compared: bool) -> tuple[int, str]
 
 
 def run_compare_envs(
-    directory: str, base_env: str, new_env: str, tolerances: Tolerances, *, accuracy_only: bool, markdown: str | None, json_file=None
+    directory: str,
+    base_env: str,
+    new_env: str,
+    tolerances: Tolerances,
+    *,
+    accuracy_only: bool,
+    markdown: str | None,
+    json_file=None,
+    sides: dict[str, str] | None = None,
+    notes: list[str] | tuple[str, ...] = (),
 ) -> int:
     """`compare DIR --base-env A --new-env B`: the gate between two environments of one run (same machine,
-    same configuration, interleaved), each group's rows keyed alike by giving both environments one name."""
+    same configuration, interleaved; paired where they ran in lockstep), each group's rows keyed alike
+    by giving both environments one name. A change of the backend's code between them is what is
+    measured (`framebench gate` runs two revisions so). `sides` describes BASE and NEW (default: the
+    environments' names), `notes` come first among the printed lines."""
     tolerances.validate()
-    tables = load_results(directory)
-    groups = []
     if base_env == new_env:
         raise FrameBenchError(f"--base-env and --new-env both name {base_env}: name two environments of {directory}")
+    groups = environment_groups(load_results(directory), base_env, new_env, directory)
+    options = Options(tolerances, compare_accuracy=True, compare_time=not accuracy_only, paired=True, judge_code_changes=True)
+    table = compare_groups(*groups, options)
+    versions = [f"note: {line}" for line in version_notes(groups[0].runs, groups[1].runs)]
+    sides = sides or {"base": f"environment {base_env} of {directory}", "new": f"environment {new_env}"}
+    return finish_comparison(table, [*notes, *versions], sides, options, accuracy_only, markdown, json_file)
+
+
+def environment_groups(tables: dict, base_env: str, new_env: str, directory: str | Path) -> list[Group]:
+    """BASE and NEW as the two environments of one results directory's tables, their rows keyed alike
+    (both environments renamed BASE->NEW) so that compare_groups matches them key by key."""
+    groups = []
     for flag, name, label in (("--base-env", base_env, "BASE"), ("--new-env", new_env, "NEW")):
         runs = tables["runs"][tables["runs"]["env"] == name]
         if runs.empty:
@@ -372,11 +463,7 @@ def run_compare_envs(
         epochs = tables["epochs"][tables["epochs"]["env"] == name]
         both = f"{base_env}->{new_env}"
         groups.append(Group(runs.assign(env=both), epochs.assign(env=both), tables["env"], label))
-    options = Options(tolerances, compare_accuracy=True, compare_time=not accuracy_only)
-    table = compare_groups(*groups, options)
-    versions = [f"note: {line}" for line in version_notes(groups[0].runs, groups[1].runs)]
-    sides = {"base": f"environment {base_env} of {directory}", "new": f"environment {new_env}"}
-    return finish_comparison(table, versions, sides, options, accuracy_only, markdown, json_file)
+    return groups
 
 
 def run_compare(

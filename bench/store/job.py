@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from framebench.core.config import PRECISIONS, precision_mismatch
 from framebench.errors import FrameBenchError
 
-FORMAT_VERSION = 3  # of a results directory's tables and config.json; bumped when either changes shape
+FORMAT_VERSION = 4  # of a results directory's tables and config.json; bumped when either changes shape
+PROTOCOL_VERSION = 1  # of the worker's wire: the Job it reads (its config too), the events it sends, its control pipe; bumped with any
 OK = "ok"
+PAIRED = "paired"  # the `lockstep` of a job that ran in lockstep with its partner until its own end
 NOT_RUN = ("unavailable", "unsupported")  # the job never trained: declined, not failed
 STATUSES = (OK, "failed", "diverged", "timeout", "interrupted", "lost", *NOT_RUN)
 
@@ -110,8 +112,10 @@ RUN_FIELDS = [  # runs.csv after the key: one row per job and attempt
     "steal_frac",
     "started_at",
     "ended_at",
+    "lockstep",
 ]
-EPOCH_FIELDS = ["epoch", "epoch_s", "train_loss", "test_loss", "test_acc", "eval_s"]
+EPOCH_FIELDS = ["epoch", "epoch_s", "train_loss", "test_loss", "test_acc", "eval_s", "slot"]
+ADDED_COLUMNS = {"runs": ["lockstep"], "epochs": ["slot"]}  # columns after FORMAT_VERSION 3's: an older table reads with them empty
 STEP_FIELDS = ["epoch", "step", "loss"]
 GEMM_COLUMNS = [
     "node",
@@ -140,6 +144,7 @@ OTHER_TEXT_COLUMNS = {
     "compute_dtype",
     "implementation",
     "status",
+    "lockstep",
 }
 
 
@@ -241,6 +246,7 @@ class Setup:
     setup_s: float  # building the model and preparing the data, untimed by the epochs
     framework_version: str  # the framework's version string
     samples_per_epoch: int  # training samples one epoch visits
+    implementation: str = ""  # the hash of the backend's code in the worker's own framebench (registry.Entry.implementation)
 
 
 @dataclass(frozen=True)
@@ -253,6 +259,9 @@ class Epoch:
     test_acc: float  # test accuracy after the epoch
     eval_s: float  # seconds the test-set prediction took
     peak_rss_mb: float  # peak resident memory of the worker so far
+    slot: int | None = field(
+        default=None, metadata=DRIVER
+    )  # its place in its lockstep pair's sequence of epochs (0, 1, 2, ...), None alone
 
 
 @dataclass(frozen=True)
@@ -275,6 +284,9 @@ class End:
     started_at: float | None = field(default=None, metadata=DRIVER)  # wall clock at the start
     ended_at: float | None = field(default=None, metadata=DRIVER)  # wall clock at the end
     retried: bool = field(default=False, metadata=DRIVER)  # a lost attempt whose retry follows: superseded, not a result
+    lockstep: str = field(
+        default="", metadata=DRIVER
+    )  # how it ran beside its lockstep partner (framebench.driver.lockstep): "paired", "alone from ..."
 
 
 EVENTS = {"submitted": Submitted, "start": Start, "setup": Setup, "epoch": Epoch, "end": End}

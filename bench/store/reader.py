@@ -13,6 +13,7 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -53,6 +54,7 @@ CONFIG_SHAPE = {  # config.json's fields and what each holds (a field missing is
     "sweep": {"field": str, "values": STRINGS},
     "target_acc": NUMBER,
     "floors": bool,
+    "lockstep": bool,
     "matrices": [{"axes": dict, "repeats": int, "seed": int, "same_seed": bool}],
     "envs": {"*": STRINGS},
 }
@@ -140,11 +142,12 @@ def read_table(directory: Path, table: str) -> pd.DataFrame:
     try:
         text = raw[: raw.rfind(b"\n") + 1].decode()  # whole lines only (the header is written whole, so it is there)
         header = next(csv.reader(io.StringIO(text)))
-        if header != columns:
+        if header not in (columns, older_columns(table)):
             raise ValueError(f"columns {header[:4]}… are not {table}.csv's")
         dtypes = {c: str for c in job.text_columns() if c in columns}
         missing = {c: [""] if c in dtypes else ["", "nan", "NaN", "-nan"] for c in columns}  # a number column's NaN, however written
         rows = pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=missing, dtype=dtypes).fillna({c: "" for c in dtypes})
+        rows = rows.assign(**{c: "" if c in dtypes else math.nan for c in columns if c not in header})[columns]
     except StopIteration:
         raise FrameBenchError(f"{path} is not a framebench table (no header line); pass a directory `framebench run` wrote") from None
     except (UnicodeDecodeError, ValueError, pd.errors.ParserError) as exc:
@@ -153,6 +156,11 @@ def read_table(directory: Path, table: str) -> pd.DataFrame:
     if torn:
         print(f"warning: {path}: ignoring a torn last row (the writer was interrupted)", file=sys.stderr)
     return rows
+
+
+def older_columns(table: str) -> list[str]:
+    """The header `table`.csv had before the columns of job.ADDED_COLUMNS: such a table reads with them empty."""
+    return [c for c in job.columns(table) if c not in job.ADDED_COLUMNS.get(table, [])]
 
 
 def empty_table(columns: list[str]) -> pd.DataFrame:
