@@ -13,12 +13,15 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from framebench.core.config import ModelConfig, TrainConfig
+from framebench.core.config import SWEEPABLE, ModelConfig, Sweep, TrainConfig
 from framebench.errors import FrameBenchError
 from framebench.store import job
 
@@ -115,7 +118,37 @@ def read_metadata(path: Path, shape: dict, known_only: bool) -> dict:
 
 
 def read_config(directory: Path) -> dict:
-    return read_metadata(directory / "config.json", CONFIG_SHAPE, known_only=True)
+    """config.json, of its shape and making sense (config_error)."""
+    path = directory / "config.json"
+    data = read_metadata(path, CONFIG_SHAPE, known_only=True)
+    if error := config_error(data):
+        raise FrameBenchError(f"{path}: {error}; it is damaged or from another framebench version; rerun the matrix with this one")
+    return data
+
+
+def config_error(config: dict) -> str | None:
+    """What in config.json (already of its shape) cannot be: the training configuration and each sweep
+    value checked as `framebench run` checks them, the target accuracy, threads, repeats and seeds in
+    range. None when it all makes sense."""
+    ranges = [("target_acc", config.get("target_acc"), job.SHARE), ("threads", config.get("threads"), job.SIZE)]
+    for i, matrix in enumerate(config.get("matrices", [])):
+        ranges += [(f"matrices[{i}].repeats", matrix.get("repeats"), job.SIZE), (f"matrices[{i}].seed", matrix.get("seed"), job.COUNT)]
+    for where, value, spec in ranges:
+        if value is not None and not (math.isfinite(value) and spec.low <= value <= spec.high):
+            return f"{where} is {value!r}, not {spec.rule.removesuffix(' (or empty)')}"
+    model, train = config.get("model", {}), config.get("train", {})
+    try:
+        model = ModelConfig(**{**model, **({"hidden": tuple(model["hidden"])} if "hidden" in model else {})})
+        model.validate()
+        TrainConfig(**train).validate(model)
+        sweep = Sweep(config.get("sweep", {}).get("field", ""), tuple(config.get("sweep", {}).get("values", [""])))
+        if sweep.field not in ("", *SWEEPABLE):
+            return f"sweep.field is {sweep.field[:60]!r}, not a field a sweep can vary"
+        for value in sweep.values:
+            sweep.apply(model, TrainConfig(**train), config.get("threads", 1), value)
+    except FrameBenchError as exc:
+        return f"its training configuration cannot be ({exc})"
+    return None
 
 
 def read_env(directory: Path) -> dict:
@@ -123,28 +156,47 @@ def read_env(directory: Path) -> dict:
     return read_metadata(directory / "env.json", ENV_SHAPE, known_only=False) if (directory / "env.json").exists() else {}
 
 
-def read_table(directory: Path, table: str) -> pd.DataFrame:
-    """One table, every whole row of it: a torn last line is left out with a warning; anything that is
-    not a framebench table is one clear error."""
+NAN_SPELLINGS = ["", "nan", "NaN", "-nan"]  # an empty number cell, however a writer spelled it
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A table row a reader left out: one of its cells breaks its column's rule (framebench.store.job.Cell)."""
+
+    path: Path  # the table (or export) it is a row of
+    row: int  # 1-based, the header not counted
+    column: str  # the first column whose cell breaks its rule
+    value: str  # the cell as read
+    rule: str  # what the column holds
+    job: tuple | None = None  # the key (job.key_columns()) of the job it is a row of, where its key cells are readable
+
+    def __str__(self) -> str:
+        shown = self.value if len(self.value) <= 40 else self.value[:40] + "..."
+        return f"{self.path}: row {self.row}, column {self.column}: {shown!r} is not {self.rule}"
+
+
+def read_rows(directory: Path, table: str) -> tuple[pd.DataFrame, list[Refused]]:
+    """One table's rows that make sense, and the rows left out because one of their cells breaks its
+    column's rule. A torn last line is left out with a warning; anything that is not a framebench table
+    (another header, not CSV, not UTF-8) is one clear error. A UTF-8 byte order mark (a spreadsheet's
+    save) is accepted."""
     columns = job.columns(table)
     path = directory / f"{table}.csv"
     if not path.exists():
-        return empty_table(columns)
+        return empty_table(columns), []
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise FrameBenchError(f"{path} cannot be read ({exc.strerror or exc})") from None
     if not raw:
-        return empty_table(columns)
+        return empty_table(columns), []
     torn = not raw.endswith(b"\n")
     try:
-        text = raw[: raw.rfind(b"\n") + 1].decode()  # whole lines only (the header is written whole, so it is there)
+        text = raw[: raw.rfind(b"\n") + 1].decode("utf-8-sig")  # whole lines only (the header is written whole, so it is there)
         header = next(csv.reader(io.StringIO(text)))
         if header != columns:
             raise ValueError(f"columns {header[:4]}… are not {table}.csv's")
-        dtypes = {c: str for c in job.text_columns() if c in columns}
-        missing = {c: [""] if c in dtypes else ["", "nan", "NaN", "-nan"] for c in columns}  # a number column's NaN, however written
-        rows = pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=missing, dtype=dtypes).fillna({c: "" for c in dtypes})
+        rows = parse_rows(text, columns)
     except StopIteration:
         raise FrameBenchError(f"{path} is not a framebench table (no header line); pass a directory `framebench run` wrote") from None
     except (UnicodeDecodeError, ValueError, pd.errors.ParserError) as exc:
@@ -152,7 +204,101 @@ def read_table(directory: Path, table: str) -> pd.DataFrame:
         raise FrameBenchError(f"{path} is not a framebench table ({reason}); pass a directory `framebench run` wrote") from None
     if torn:
         print(f"warning: {path}: ignoring a torn last row (the writer was interrupted)", file=sys.stderr)
+    return checked_rows(rows, path)
+
+
+def parse_rows(text: str, columns: list[str]) -> pd.DataFrame:
+    """The table's cells, number columns as numbers where every cell of them is one, else as the text
+    written (checked_rows then names the cell that is not)."""
+    numbers = [c for c in columns if job.cell(c).kind != "text"]
+    empty = {c: NAN_SPELLINGS if c in numbers else [""] for c in columns}
+    read = lambda dtypes: pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=empty, dtype=dtypes)  # noqa: E731
+    try:
+        return read({c: float if c in numbers else str for c in columns})
+    except ValueError as exc:
+        if isinstance(exc, pd.errors.ParserError):
+            raise
+        return read(str)  # a cell that is no number: read every cell as written, to name it
+
+
+def checked_rows(rows: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, list[Refused]]:
+    """`rows` (a table's columns; number columns as numbers or as text) without the rows a cell of which
+    breaks its column's rule (job.cell), typed: numbers as floats, integer columns without an empty cell
+    as integers, text with "" for empty. Returns them and a Refused per row left out."""
+    numbers = {c: pd.to_numeric(rows[c], errors="coerce") for c in rows.columns if job.cell(c).kind != "text"}
+    bad = pd.DataFrame({c: breaks(rows[c], numbers.get(c), job.cell(c)) for c in rows.columns}, index=rows.index)
+    refused = [
+        Refused(
+            path,
+            index + 1,
+            column,
+            "" if pd.isna(rows.at[index, column]) else str(rows.at[index, column]),
+            job.cell(column).rule,
+            job_of(rows.loc[index], flags),
+        )
+        for index, flags in bad[bad.any(axis=1)].iterrows()
+        for column in [flags.idxmax()]
+    ]
+    keep = ~bad.any(axis=1)
+    typed = rows[keep].copy()  # the index stays each row's position in the file
+    for column, values in numbers.items():
+        values = values[keep].astype(float)
+        integral = job.cell(column).kind == "int" and not values.isna().any()
+        typed[column] = values.astype("int64") if integral else values
+    text = [c for c in rows.columns if c not in numbers]
+    typed[text] = typed[text].fillna("").astype(str)
+    return typed, refused
+
+
+def job_of(row: pd.Series, bad: pd.Series) -> tuple | None:
+    """The job key of a refused row whose key cells are all readable (None otherwise)."""
+    keys = job.key_columns()
+    if not set(keys) <= set(row.index) or bad[keys].any():
+        return None
+    return tuple(int(float(row[c])) if c == "repeat" else "" if pd.isna(row[c]) else str(row[c]) for c in keys)
+
+
+def breaks(written: pd.Series, values: pd.Series | None, spec: job.Cell) -> pd.Series:
+    """Per cell, whether it breaks `spec`: `written` as read, `values` the same as numbers (None for text)."""
+    if values is None:
+        empty = written.isna() | (written.astype(str) == "")
+        bad = empty & spec.required
+        return bad | (~empty & ~written.isin(spec.choices)) if spec.choices else bad
+    empty = written.isna() | written.astype(str).isin(NAN_SPELLINGS)
+    values = values.astype(float)
+    inside = np.isfinite(values) & (values >= spec.low) & (values <= spec.high)
+    if spec.kind == "int":
+        inside &= values % 1 == 0
+    return (empty & spec.required) | (~empty & ~inside)
+
+
+def read_table(directory: Path, table: str) -> pd.DataFrame:
+    """One table, for a command that must read every row of it (resume, which numbers attempts from
+    them): a row that breaks its columns' rules is an error (refuse_unreadable)."""
+    rows, refused = read_rows(directory, table)
+    refuse_unreadable(refused)
     return rows
+
+
+def refuse_unreadable(refused: list[Refused]) -> None:
+    """A gate (and resume) decides nothing on rows it could not read: one line naming the first such
+    cell, and how many more rows there are."""
+    if refused:
+        more = f" (and {len(refused) - 1} more row(s))" if len(refused) > 1 else ""
+        raise FrameBenchError(
+            f"{refused[0]}{more}; this command decides nothing on rows it cannot read: fix or remove the row, or rerun its job"
+        )
+
+
+def left_out_lines(refused: list[Refused]) -> list[str]:
+    """A report's lines for the rows it left out: one per file and column, naming its first bad row."""
+    groups: dict[tuple, list[Refused]] = {}
+    for row in refused:
+        groups.setdefault((row.path, row.column), []).append(row)
+    return [
+        f"{rows[0]}; the row is left out" + (f", and {len(rows) - 1} more row(s) with a bad {rows[0].column}" if len(rows) > 1 else "")
+        for rows in groups.values()
+    ]
 
 
 def empty_table(columns: list[str]) -> pd.DataFrame:
@@ -160,19 +306,52 @@ def empty_table(columns: list[str]) -> pd.DataFrame:
 
 
 def load_results(directory: str | Path) -> dict:
-    """Read a results directory back: {'runs', 'epochs', 'steps', 'gemm'} DataFrames plus 'config' and
-    'env' dicts, as written (the reports derive floors and efficiencies from gemm.csv: framebench.reports.floors)."""
+    """Read a results directory back: {'runs', 'epochs', 'steps', 'gemm'} DataFrames of the rows that
+    make sense, 'config' and 'env' dicts, as written (the reports derive floors and efficiencies from
+    gemm.csv: framebench.reports.floors), and 'refused': the rows left out (Refused). A report shows what
+    it left out (left_out_lines); a gate refuses to decide (refuse_unreadable)."""
     directory = Path(directory)
     for required in ("runs.csv", "config.json"):
         if not (directory / required).is_file():
             raise FrameBenchError(f"{directory} is not a results directory (no {required}); pass the folder `framebench run` printed")
-    tables: dict = {table: read_table(directory, table) for table in job.TABLE_NAMES}
+    tables: dict = {}
+    refused = []
+    for table in job.TABLE_NAMES:
+        tables[table], left_out = read_rows(directory, table)
+        refused += left_out
     for table in job.TABLE_NAMES:  # a renamed or copied directory reads as itself: its rows may carry the old name
         if "run_id" in tables[table]:
             tables[table]["run_id"] = directory.name
     tables["config"] = read_config(directory)
     tables["env"] = read_env(directory)
+    tables["runs"], off_sweep = rows_of_the_sweep(tables["runs"], tables["config"], directory / "runs.csv")
+    tables["refused"] = refused + off_sweep
+    tables["runs"] = without_jobs(tables["runs"], {r.job for r in tables["refused"] if r.job and r.path.name == "runs.csv"})
     return tables
+
+
+def without_jobs(runs: pd.DataFrame, jobs: set[tuple]) -> pd.DataFrame:
+    """`runs` without any attempt of `jobs`: a job whose latest row was left out has no result, and an
+    earlier attempt it superseded must not read as one."""
+    if not jobs:
+        return runs
+    return runs[[key not in jobs for key in runs[job.key_columns()].itertuples(index=False, name=None)]]
+
+
+def rows_of_the_sweep(runs: pd.DataFrame, config: dict, path: Path) -> tuple[pd.DataFrame, list[Refused]]:
+    """The runs whose sweep field and value are config.json's (its sweep is what they ran), and a Refused
+    per other row: a value the sweep never had would be read as a configuration nobody ran."""
+    if "sweep" not in config:  # written before the sweep was recorded
+        return runs, []
+    field, values = config["sweep"]["field"], config["sweep"]["values"]
+    bad = (runs["sweep_field"] != field) | ~runs["sweep_value"].isin(values)
+    keys, rule = job.key_columns(), f"a value of config.json's sweep ({field or 'none'}: {', '.join(values)})"
+    refused = [
+        Refused(path, index + 1, column, str(row[column]), rule, tuple(row[keys]))
+        for index, row in runs[bad].iterrows()
+        for column in ["sweep_field" if row["sweep_field"] != field else "sweep_value"]
+    ]
+    return runs[~bad], refused
 
 
 def node_environments(env: dict) -> dict[str, dict]:
