@@ -64,7 +64,7 @@ def run_publish(paths: list[str], out: str, fail_on_regression: bool) -> int:
     found = all_changes(history.runs)
     for item in found:
         print(change_line(item))
-    left_out = f" ({len(history.skipped)} input(s) or row(s) left out)" if history.skipped else ""
+    left_out = f" (inputs or rows left out: {len(history.skipped)} warning(s))" if history.skipped else ""
     print(f"{len(found)} change(s) in {history.runs['series'].nunique()} series{left_out}; site: {write_site(history, found, out)}")
     if not fail_on_regression:
         return 0
@@ -72,6 +72,6 @@ def run_publish(paths: list[str], out: str, fail_on_regression: bool) -> int:
         print(f"{len(regressions)} series' latest change is a regression (slower or less accurate)")
         return FAIL
     if history.skipped:
-        print(f"not verified: {len(history.skipped)} input(s) or row(s) could not be read, and a regression may be in them: refused")
+        print("not verified: inputs or rows could not be read (the warnings name them), and a regression may be in them: refused")
         return UNDECIDED
     return PASS

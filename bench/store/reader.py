@@ -225,51 +225,65 @@ def checked_rows(rows: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, list[Ref
     """`rows` (a table's columns; number columns as numbers or as text) without the rows a cell of which
     breaks its column's rule (job.cell), typed: numbers as floats, integer columns without an empty cell
     as integers, text with "" for empty. Returns them and a Refused per row left out."""
-    numbers = {c: pd.to_numeric(rows[c], errors="coerce") for c in rows.columns if job.cell(c).kind != "text"}
-    bad = pd.DataFrame({c: breaks(rows[c], numbers.get(c), job.cell(c)) for c in rows.columns}, index=rows.index)
-    refused = [
-        Refused(
-            path,
-            index + 1,
-            column,
-            "" if pd.isna(rows.at[index, column]) else str(rows.at[index, column]),
-            job.cell(column).rule,
-            job_of(rows.loc[index], flags),
-        )
-        for index, flags in bad[bad.any(axis=1)].iterrows()
-        for column in [flags.idxmax()]
-    ]
-    keep = ~bad.any(axis=1)
-    typed = rows[keep].copy()  # the index stays each row's position in the file
-    for column, values in numbers.items():
-        values = values[keep].astype(float)
-        integral = job.cell(column).kind == "int" and not values.isna().any()
-        typed[column] = values.astype("int64") if integral else values
+    specs = {c: job.cell(c) for c in rows.columns}
+    numbers = [c for c, spec in specs.items() if spec.kind != "text"]
+    values, empty = number_cells(rows[numbers])
+    with np.errstate(invalid="ignore"):
+        inside = np.isfinite(values) & (values >= [specs[c].low for c in numbers]) & (values <= [specs[c].high for c in numbers])
+        inside &= ~np.array([specs[c].kind == "int" for c in numbers]) | (values % 1 == 0)
+    bad = pd.DataFrame((empty & [specs[c].required for c in numbers]) | (~empty & ~inside), index=rows.index, columns=numbers)
+    for column in [c for c, spec in specs.items() if spec.kind == "text" and (spec.required or spec.choices)]:
+        bad[column] = breaks_text(rows[column], specs[column])
+    bad = bad[[c for c in rows.columns if c in bad]]  # in the table's order: a row is named by its first bad cell
+    broken = bad.to_numpy().any(axis=1)
+    refused = [refusal(rows, bad, index, path) for index in rows.index[broken]]
+    typed = rows[~broken].copy()  # the index stays each row's position in the file
+    for position, column in enumerate(numbers):
+        kept = values[~broken, position]
+        integral = specs[column].kind == "int" and not np.isnan(kept).any()
+        typed[column] = kept.astype("int64") if integral else kept
     text = [c for c in rows.columns if c not in numbers]
     typed[text] = typed[text].fillna("").astype(str)
     return typed, refused
 
 
+def number_cells(written: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(the cells as floats, which are empty) of number columns read as numbers or, where a column
+    holds text, as written (a cell that is no number is then NaN but not empty)."""
+    values = np.empty(written.shape)
+    empty = np.empty(written.shape, dtype=bool)
+    for position, column in enumerate(written.columns):
+        cells = written[column]
+        if pd.api.types.is_numeric_dtype(cells) and not pd.api.types.is_bool_dtype(cells):
+            values[:, position] = cells.to_numpy(dtype=float, na_value=np.nan)
+            empty[:, position] = np.isnan(values[:, position])
+        else:
+            values[:, position] = pd.to_numeric(cells, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+            empty[:, position] = (cells.isna() | cells.astype(str).isin(NAN_SPELLINGS)).to_numpy()
+    return values, empty
+
+
+def breaks_text(written: pd.Series, spec: job.Cell) -> pd.Series:
+    """Per cell of a text column, whether it breaks `spec` (required, or not one of its choices)."""
+    empty = written.isna() | (written.astype(str) == "")
+    bad = empty & spec.required
+    return bad | (~empty & ~written.isin(spec.choices)) if spec.choices else bad
+
+
+def refusal(rows: pd.DataFrame, bad: pd.DataFrame, index, path: Path) -> Refused:
+    """The Refused of one row: its first bad cell, and its job where its key cells are readable."""
+    flags = bad.loc[index]
+    column = flags.idxmax()
+    cell = rows.at[index, column]
+    return Refused(path, index + 1, column, "" if pd.isna(cell) else str(cell), job.cell(column).rule, job_of(rows.loc[index], flags))
+
+
 def job_of(row: pd.Series, bad: pd.Series) -> tuple | None:
     """The job key of a refused row whose key cells are all readable (None otherwise)."""
     keys = job.key_columns()
-    if not set(keys) <= set(row.index) or bad[keys].any():
+    if not set(keys) <= set(row.index) or bad.reindex(keys, fill_value=False).any():
         return None
     return tuple(int(float(row[c])) if c == "repeat" else "" if pd.isna(row[c]) else str(row[c]) for c in keys)
-
-
-def breaks(written: pd.Series, values: pd.Series | None, spec: job.Cell) -> pd.Series:
-    """Per cell, whether it breaks `spec`: `written` as read, `values` the same as numbers (None for text)."""
-    if values is None:
-        empty = written.isna() | (written.astype(str) == "")
-        bad = empty & spec.required
-        return bad | (~empty & ~written.isin(spec.choices)) if spec.choices else bad
-    empty = written.isna() | written.astype(str).isin(NAN_SPELLINGS)
-    values = values.astype(float)
-    inside = np.isfinite(values) & (values >= spec.low) & (values <= spec.high)
-    if spec.kind == "int":
-        inside &= values % 1 == 0
-    return (empty & spec.required) | (~empty & ~inside)
 
 
 def read_table(directory: Path, table: str) -> pd.DataFrame:
@@ -335,7 +349,7 @@ def without_jobs(runs: pd.DataFrame, jobs: set[tuple]) -> pd.DataFrame:
     earlier attempt it superseded must not read as one."""
     if not jobs:
         return runs
-    return runs[[key not in jobs for key in runs[job.key_columns()].itertuples(index=False, name=None)]]
+    return runs.loc[np.array([key not in jobs for key in runs[job.key_columns()].itertuples(index=False, name=None)], dtype=bool)]
 
 
 def rows_of_the_sweep(runs: pd.DataFrame, config: dict, path: Path) -> tuple[pd.DataFrame, list[Refused]]:
