@@ -225,33 +225,40 @@ def checked_rows(rows: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, list[Ref
     """`rows` (a table's columns; number columns as numbers or as text) without the rows a cell of which
     breaks its column's rule (job.cell), typed: numbers as floats, integer columns without an empty cell
     as integers, text with "" for empty. Returns them and a Refused per row left out."""
-    specs = {c: job.cell(c) for c in rows.columns}
-    numbers = [c for c, spec in specs.items() if spec.kind != "text"]
-    values, empty = number_cells(rows[numbers])
+    columns = list(rows.columns)
+    specs = [job.cell(c) for c in columns]
+    numbers = [i for i, spec in enumerate(specs) if spec.kind != "text"]
+    values, empty = number_cells(rows[[columns[i] for i in numbers]])
+    rules = [specs[i] for i in numbers]
+    low, high = np.array([r.low for r in rules], dtype=float), np.array([r.high for r in rules], dtype=float)
+    integer, required = np.array([r.kind == "int" for r in rules], dtype=bool), np.array([r.required for r in rules], dtype=bool)
     with np.errstate(invalid="ignore"):
-        inside = np.isfinite(values) & (values >= [specs[c].low for c in numbers]) & (values <= [specs[c].high for c in numbers])
-        inside &= ~np.array([specs[c].kind == "int" for c in numbers]) | (values % 1 == 0)
-    bad = pd.DataFrame((empty & [specs[c].required for c in numbers]) | (~empty & ~inside), index=rows.index, columns=numbers)
-    for column in [c for c, spec in specs.items() if spec.kind == "text" and (spec.required or spec.choices)]:
-        bad[column] = breaks_text(rows[column], specs[column])
-    bad = bad[[c for c in rows.columns if c in bad]]  # in the table's order: a row is named by its first bad cell
-    broken = bad.to_numpy().any(axis=1)
-    refused = [refusal(rows, bad, index, path) for index in rows.index[broken]]
-    typed = rows[~broken].copy()  # the index stays each row's position in the file
-    for position, column in enumerate(numbers):
-        kept = values[~broken, position]
-        integral = specs[column].kind == "int" and not np.isnan(kept).any()
-        typed[column] = kept.astype("int64") if integral else kept
-    text = [c for c in rows.columns if c not in numbers]
-    typed[text] = typed[text].fillna("").astype(str)
+        inside = np.isfinite(values) & (values >= low) & (values <= high) & (~integer | (values % 1 == 0))
+    bad = np.zeros(rows.shape, dtype=bool)
+    bad[:, numbers] = (empty & required) | (~empty & ~inside)
+    for i, spec in enumerate(specs):
+        if spec.kind == "text" and (spec.required or spec.choices):
+            bad[:, i] = breaks_text(rows.iloc[:, i], spec).to_numpy()
+    broken = bad.any(axis=1)
+    refused = [refusal(rows, columns, bad[position], position, path) for position in np.flatnonzero(broken)]
+    kept = values[~broken] if refused else values
+    converted = {
+        columns[i]: kept[:, j].astype("int64") if specs[i].kind == "int" and not np.isnan(kept[:, j]).any() else kept[:, j]
+        for j, i in enumerate(numbers)
+    }
+    text = rows.loc[~broken, [c for i, c in enumerate(columns) if i not in numbers]].fillna("")
+    typed = pd.concat([text, pd.DataFrame(converted, index=text.index)], axis=1)[columns]  # the index stays each row's place in the file
     return typed, refused
 
 
 def number_cells(written: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """(the cells as floats, which are empty) of number columns read as numbers or, where a column
     holds text, as written (a cell that is no number is then NaN but not empty)."""
-    values = np.empty(written.shape)
-    empty = np.empty(written.shape, dtype=bool)
+    if all(pd.api.types.is_float_dtype(dtype) or pd.api.types.is_integer_dtype(dtype) for dtype in written.dtypes):
+        values = written.to_numpy(dtype=float, na_value=np.nan)  # read as numbers: every cell is one, or empty
+        return values, np.isnan(values)
+    values = np.empty(written.shape, order="F")  # column by column
+    empty = np.empty(written.shape, dtype=bool, order="F")
     for position, column in enumerate(written.columns):
         cells = written[column]
         if pd.api.types.is_numeric_dtype(cells) and not pd.api.types.is_bool_dtype(cells):
@@ -270,12 +277,19 @@ def breaks_text(written: pd.Series, spec: job.Cell) -> pd.Series:
     return bad | (~empty & ~written.isin(spec.choices)) if spec.choices else bad
 
 
-def refusal(rows: pd.DataFrame, bad: pd.DataFrame, index, path: Path) -> Refused:
-    """The Refused of one row: its first bad cell, and its job where its key cells are readable."""
-    flags = bad.loc[index]
-    column = flags.idxmax()
-    cell = rows.at[index, column]
-    return Refused(path, index + 1, column, "" if pd.isna(cell) else str(cell), job.cell(column).rule, job_of(rows.loc[index], flags))
+def refusal(rows: pd.DataFrame, columns: list[str], bad: np.ndarray, position: int, path: Path) -> Refused:
+    """The Refused of the row at `position`: its first bad cell, and its job where its key cells are readable."""
+    column = columns[int(np.argmax(bad))]
+    row = rows.iloc[position]
+    flags = pd.Series(bad, index=columns)
+    return Refused(
+        path,
+        int(rows.index[position]) + 1,
+        column,
+        "" if pd.isna(row[column]) else str(row[column]),
+        job.cell(column).rule,
+        job_of(row, flags),
+    )
 
 
 def job_of(row: pd.Series, bad: pd.Series) -> tuple | None:
