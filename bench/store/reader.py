@@ -240,7 +240,7 @@ def checked_rows(rows: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, list[Ref
         if spec.kind == "text" and (spec.required or spec.choices):
             bad[:, i] = breaks_text(rows.iloc[:, i], spec).to_numpy()
     broken = bad.any(axis=1)
-    refused = [refusal(rows, columns, bad[position], position, path) for position in np.flatnonzero(broken)]
+    refused = refusals(rows[broken], bad[broken], path)
     kept = values[~broken] if refused else values
     converted = {
         columns[i]: kept[:, j].astype("int64") if specs[i].kind == "int" and not np.isnan(kept[:, j]).any() else kept[:, j]
@@ -277,27 +277,22 @@ def breaks_text(written: pd.Series, spec: job.Cell) -> pd.Series:
     return bad | (~empty & ~written.isin(spec.choices)) if spec.choices else bad
 
 
-def refusal(rows: pd.DataFrame, columns: list[str], bad: np.ndarray, position: int, path: Path) -> Refused:
-    """The Refused of the row at `position`: its first bad cell, and its job where its key cells are readable."""
-    column = columns[int(np.argmax(bad))]
-    row = rows.iloc[position]
-    flags = pd.Series(bad, index=columns)
-    return Refused(
-        path,
-        int(rows.index[position]) + 1,
-        column,
-        "" if pd.isna(row[column]) else str(row[column]),
-        job.cell(column).rule,
-        job_of(row, flags),
-    )
+def refusals(rows: pd.DataFrame, bad: np.ndarray, path: Path) -> list[Refused]:
+    """A Refused per row of `rows` (each with a bad cell, flagged in `bad`): its first bad cell, and its
+    job where the row's key cells are readable."""
+    columns = list(rows.columns)
+    keys = [columns.index(c) for c in job.key_columns()] if set(job.key_columns()) <= set(columns) else None
+    refused = []
+    for index, cells, flags in zip(rows.index, rows.to_numpy(dtype=object), bad, strict=True):
+        first = int(np.argmax(flags))
+        readable = keys is not None and not flags[keys].any()
+        key = tuple(int(float(cells[i])) if columns[i] == "repeat" else text_of(cells[i]) for i in keys) if readable else None
+        refused.append(Refused(path, int(index) + 1, columns[first], text_of(cells[first]), job.cell(columns[first]).rule, key))
+    return refused
 
 
-def job_of(row: pd.Series, bad: pd.Series) -> tuple | None:
-    """The job key of a refused row whose key cells are all readable (None otherwise)."""
-    keys = job.key_columns()
-    if not set(keys) <= set(row.index) or bad.reindex(keys, fill_value=False).any():
-        return None
-    return tuple(int(float(row[c])) if c == "repeat" else "" if pd.isna(row[c]) else str(row[c]) for c in keys)
+def text_of(cell) -> str:
+    return "" if pd.isna(cell) else str(cell)
 
 
 def read_table(directory: Path, table: str) -> pd.DataFrame:
