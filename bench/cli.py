@@ -8,9 +8,11 @@ so it is written once. User mistakes end in one line naming the fix, never a tra
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import queue
+import signal
 import sys
 import tempfile
 import threading
@@ -290,6 +292,16 @@ def command_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush of a closed pipe raises nothing more
+    (the recipe of Python's signal documentation, "Note on SIGPIPE")."""
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, ValueError, io.UnsupportedOperation):  # not a file (captured in tests): nothing is flushed to a pipe
+        return
+    os.dup2(os.open(os.devnull, os.O_WRONLY), descriptor)
+
+
 HANDLERS = {
     "run": command_run,
     "list": command_list,
@@ -307,16 +319,30 @@ HANDLERS = {
 }
 
 
+INTERRUPTED = {  # what is true of a command's output after Ctrl-C (a command not named writes nothing that outlives it half-done)
+    "run": "rows already written are kept; `framebench run --resume DIR` runs the rest",
+    "study": "rows already written are kept",
+    "publish": "the site at --out is only ever replaced whole",
+}
+
+
 def main(argv: list[str] | None = None) -> None:
+    args = None
     try:
         args = build_parser().parse_args(argv)
-        sys.exit(HANDLERS[args.command](args))
+        status = HANDLERS[args.command](args)
+        sys.stdout.flush()  # a closed stdout raises here, inside the try, rather than at the interpreter's exit
+        sys.exit(status)
     except FrameBenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted; rows already written are kept", file=sys.stderr)
-        sys.exit(130)
+        done = INTERRUPTED.get(getattr(args, "command", None), "")
+        print("interrupted" + (f"; {done}" if done else ""), file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
+    except BrokenPipeError:  # stdout's reader went away (`framebench ... | head`): stop quietly, with the status of a
+        quiet_stdout()  # process killed by SIGPIPE (shells show 141; 1 would read as a failed job, 2 as a usage error)
+        sys.exit(128 + signal.SIGPIPE)
     except OSError as exc:  # a file the user named cannot be read or written
         print(f"error: {exc.strerror or exc}: {exc.filename or ''}; check the path and its permissions", file=sys.stderr)
         sys.exit(2)

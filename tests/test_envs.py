@@ -158,7 +158,17 @@ def test_side_by_side_gives_ratio_difference_and_first_divergent_step(tmp_path):
     assert table.loc["new", "diverges_at"].startswith("epoch 1 step 3 ")  # 0.1/0.8 beyond step 3's 1e-4
     assert table.loc["old", "time_ratio"] == pytest.approx(1.0)
     section = "\n".join(environments.report_section(load_results(directory)))
-    assert "`old`: `numpy==2.3.5`" in section and "| numpy | default | cpu | fp32 |  | new | 2.4.6 |" in section
+    assert "- old: numpy==2.3.5" in section and "| numpy | default | cpu | fp32 |  | new | 2.4.6 |" in section
+
+
+def test_environment_names_and_requirements_from_config_json_are_inert_markdown(tmp_path):
+    """A code span around config.json's text could be closed by a backtick in it, and what follows would render."""
+    directory = synthetic_run(tmp_path, new_losses=[1.0, 0.9, 0.8], new_time=1.0, new_acc=0.95)
+    config = json.loads((directory / "config.json").read_text())
+    config["envs"]["new"] = ["numpy`![b](http://host/t.png) @everyone`"]
+    (directory / "config.json").write_text(json.dumps(config))
+    section = "\n".join(environments.report_section(load_results(directory)))
+    assert "- new: numpy&#96;!\\[b\\](http:\u2060//host/t.png) @\u2060everyone&#96;" in section and "`" not in section
 
 
 def test_environments_are_compared_at_each_precision_not_pooled_and_drawn(tmp_path):

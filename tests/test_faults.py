@@ -226,12 +226,23 @@ def test_a_torn_last_row_is_ignored_when_read_and_cut_before_the_next_append(fin
 
 
 def epoch_row(epoch: int, **changes) -> dict:
-    return {"run_id": "r", "backend": "fake", "variant": "default", "device": "cpu", "epoch": epoch, **changes}
+    return {
+        "run_id": "r",
+        "backend": "fake",
+        "variant": "default",
+        "device": "cpu",
+        "repeat": 0,
+        "attempt": 1,
+        "epoch": epoch,
+        "epoch_s": 1.0,
+        **changes,
+    }
 
 
 def test_a_table_cut_at_any_byte_reads_as_its_whole_rows_even_with_line_breaks_in_a_cell(tmp_path):
     """Rows are one line each (line breaks in text become spaces), so a kill at any byte leaves whole rows."""
-    rows = [{"run_id": "r", "status": "ok"}, {"run_id": "r", "status": "failed", "error": "line one\nline two\r\nthree"}]
+    job = {"run_id": "r", "repeat": 0, "attempt": 1}
+    rows = [{**job, "status": "ok"}, {**job, "status": "failed", "error": "line one\nline two\r\nthree"}]
     append_rows(tmp_path, "runs", rows)
     path = tmp_path / "runs.csv"
     whole = path.read_bytes()

@@ -254,8 +254,8 @@ def test_a_side_that_does_not_build_is_one_line_and_starts_nothing(project, tmp_
 def test_a_slower_revision_on_a_branch_is_gated_by_name(project, tmp_path):
     """What the study does: a revision made slower by construction, committed on a branch of its own."""
     repository, env = project
-    slower_revision(repository, "main", 1.0, "slow")
-    args = [*RUN, "--epochs", "3", "--repeats", "2", "--results-dir", str(tmp_path), "--run-id", "g"]
+    slower_revision(repository, "main", 3.0, "slow")  # four times the work: a verdict no busy neighbour can blur
+    args = [*RUN, "--hidden", "1024", "--epochs", "4", "--repeats", "2", "--results-dir", str(tmp_path), "--run-id", "g"]
     result = gate_in(repository, env, "--base", "main", "--new", "slow", *args)
     assert result.returncode == 1 and "REGRESSION: time" in result.stdout, result.stderr
     assert git(repository, "status", "--porcelain") == ""

@@ -142,13 +142,18 @@ def reader_commands(directory, tmp_path) -> list[list[str]]:
 
 
 def test_every_reader_takes_nan_cells(finished, tmp_path, capsys):
+    """NaN is an empty cell (not measured): an ok run without an accuracy or a time is a failure for the
+    gates and a row without figures in the report, never a traceback."""
     for table, columns in {"runs": ["final_test_acc", "final_test_loss", "median_epoch_s"], "epochs": ["test_acc", "test_loss"]}.items():
         rows = read_table(finished, table)
         rows[columns] = np.nan
         rows.to_csv(finished / f"{table}.csv", index=False)
+    expected = {"plot": (0, 0), "check": (1, 0), "compare": (1, 0), "thresholds": (2, 1)}  # (exit status, lines on stderr)
     for args in reader_commands(finished, tmp_path):
-        status, _, err = command(capsys, *args)
-        assert status in (0, 1, 2) and len(err.splitlines()) <= 2, (args, err)
+        status, out, err = command(capsys, *args)
+        assert (status, len(err.splitlines())) == expected[args[0]], (args, err)
+    assert "ok without accuracy or time" in command(capsys, "compare", str(finished), str(finished))[1]
+    assert "did not finish ok with an accuracy" in command(capsys, "thresholds", str(finished))[2]
 
 
 @pytest.mark.parametrize(

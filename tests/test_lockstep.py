@@ -173,11 +173,14 @@ def test_lockstep_on_ray_says_it_alternates_whole_jobs(monkeypatch, capsys):
     assert make_executor("local", None, 300.0, lockstep=True).lockstep
 
 
+OLDER_ROW = {"repeat": "1", "attempt": "1", "epoch": "1", "status": "ok", "epoch_s": "0.5"}  # the cells a row must hold
+
+
 def test_tables_from_before_lockstep_read_with_empty_slot_and_lockstep_columns(tmp_path):
     for table in ("runs", "epochs"):
         header = [c for c in columns(table) if c not in ADDED_COLUMNS[table]]
         (tmp_path / f"{table}.csv").write_text(
-            ",".join(header) + "\n" + ",".join("1" if c in ("repeat", "epoch") else "" for c in header) + "\n"
+            ",".join(header) + "\n" + ",".join(OLDER_ROW.get(c, "") for c in header) + "\n"
         )
     runs, epochs = read_table(tmp_path, "runs"), read_table(tmp_path, "epochs")
     assert list(runs.columns) == columns("runs") and runs["lockstep"].tolist() == [""]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pandas as pd
 
 from framebench.history.changes import Found, all_changes
@@ -9,6 +11,7 @@ from framebench.history.series import History, export_parquet, load_history, ser
 from framebench.history.site import write_site
 from framebench.history.text import clean, effect_text, label, short_commit, value
 from framebench.reports.markdown import format_table
+from framebench.reports.verdicts import FAIL, PASS, UNDECIDED
 
 
 def change_line(found: Found) -> str:
@@ -35,8 +38,7 @@ def series_table(runs: pd.DataFrame, found: list[Found]) -> pd.DataFrame:
 def run_history(paths: list[str], parquet: str | None) -> int:
     """Print every series with its latest values and number of changes; export the joined rows on request."""
     history = load_history(paths)
-    for line in history.skipped:
-        print(line)
+    warn_left_out(history)
     found = all_changes(history.runs)
     print(format_table(series_table(history.runs, found)))
     for machine, fingerprint in history.machines.items():
@@ -47,17 +49,29 @@ def run_history(paths: list[str], parquet: str | None) -> int:
     return 0
 
 
-def run_publish(paths: list[str], out: str, fail_on_regression: bool) -> int:
-    """Print the changes, write the site; 1 when asked to fail and a series' latest change is a regression."""
-    history: History = load_history(paths)
+def warn_left_out(history: History) -> None:
+    """Each input or row the history left out, one warning line each (the site lists them too)."""
     for line in history.skipped:
-        print(line)
+        print(f"warning: {line}", file=sys.stderr)
+
+
+def run_publish(paths: list[str], out: str, fail_on_regression: bool) -> int:
+    """Print the changes, write the site. Asked to fail on a regression, it is a gate: 1 when a series'
+    latest change is a regression, else 2 when an input or a row was left out (what it could not read
+    might hold one), else 0."""
+    history: History = load_history(paths)
+    warn_left_out(history)
     found = all_changes(history.runs)
     for item in found:
         print(change_line(item))
-    print(f"{len(found)} change(s) in {history.runs['series'].nunique()} series; site: {write_site(history, found, out)}")
-    regressions = [f for f in found if f.latest and f.change.regression]
-    if fail_on_regression and regressions:
+    left_out = f" (inputs or rows left out: {len(history.skipped)} warning(s))" if history.skipped else ""
+    print(f"{len(found)} change(s) in {history.runs['series'].nunique()} series{left_out}; site: {write_site(history, found, out)}")
+    if not fail_on_regression:
+        return 0
+    if regressions := [f for f in found if f.latest and f.change.regression]:
         print(f"{len(regressions)} series' latest change is a regression (slower or less accurate)")
-        return 1
-    return 0
+        return FAIL
+    if history.skipped:
+        print("not verified: inputs or rows could not be read (the warnings name them), and a regression may be in them: refused")
+        return UNDECIDED
+    return PASS

@@ -19,8 +19,8 @@ import pandas as pd
 
 from framebench.errors import FrameBenchError
 from framebench.reports.compare import TRAINING, fingerprints
-from framebench.store.job import key_columns, series_columns
-from framebench.store.reader import latest_attempts, load_results, medians_over_repeats, ok_results
+from framebench.store.job import columns, key_columns, series_columns
+from framebench.store.reader import checked_rows, latest_attempts, left_out_lines, load_results, medians_over_repeats, ok_results
 
 
 def series_key() -> list[str]:
@@ -31,6 +31,9 @@ def series_key() -> list[str]:
 def page_key() -> list[str]:
     """What one dashboard page shows (every machine and backend-code version its own line)."""
     return [*series_columns(), "config"]
+
+
+EXPORT_COLUMNS = ["directory", "config", "commit", "started_utc", "machine", "run_time"]  # what a Parquet export adds to runs.csv's
 
 
 def job_key() -> list[str]:
@@ -83,9 +86,11 @@ def directory_metadata(directory: Path, tables: dict) -> tuple[dict, dict[str, s
     return meta, fingerprints(tables["env"])
 
 
-def directory_rows(directory: Path, machines: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def directory_rows(directory: Path, machines: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """(each job's latest attempt joined with the directory's metadata and its node's machine id, the
-    epochs of those attempts), read by the store's one reader; `machines` gains the nodes' fingerprints."""
+    epochs of those attempts, a line per row left out), read by the store's one reader; `machines` gains
+    the nodes' fingerprints. A job with no start time (runs.csv's nor env.json's) has no place in a
+    series: it is left out with a line."""
     tables = load_results(directory)
     meta, prints = directory_metadata(directory, tables)
     machines.update({short_hash(text): text for text in prints.values()})
@@ -93,8 +98,12 @@ def directory_rows(directory: Path, machines: dict[str, str]) -> tuple[pd.DataFr
     rows["machine"] = [short_hash(prints[node]) if node in prints else f"node {node}" for node in rows["node"]]
     started = pd.to_datetime(rows["started_at"], unit="s", utc=True, errors="coerce")
     rows["run_time"] = started.fillna(pd.to_datetime(meta["started_utc"], utc=True, errors="coerce"))
+    left_out = left_out_lines(tables["refused"])
+    if untimed := int(rows["run_time"].isna().sum()):
+        left_out.append(f"{directory}: {untimed} job(s) without a start time (runs.csv's started_at, env.json's started_utc); left out")
+        rows = rows[rows["run_time"].notna()]
     epochs = tables["epochs"].merge(rows.loc[rows["status"] == "ok", ["directory", *job_key(), "attempt"]], on=[*job_key(), "attempt"])
-    return rows, epochs[["directory", *job_key(), "epoch", "train_loss", "test_loss"]]
+    return rows, epochs[["directory", *job_key(), "epoch", "train_loss", "test_loss"]], left_out
 
 
 def load_history(paths: list[str]) -> History:
@@ -104,13 +113,21 @@ def load_history(paths: list[str]) -> History:
     rows, epochs = [], []
     for directory in directories:
         try:
-            found, losses = directory_rows(directory, machines)
+            found, losses, left_out = directory_rows(directory, machines)
         except FrameBenchError as exc:
             skipped.append(f"skipped {directory}: {' '.join(str(exc).split())[:160]}")
             continue
         rows.append(found)
         epochs.append(losses)
-    rows += [read_parquet(path) for path in parquets]
+        skipped += left_out
+    for path in parquets:
+        try:
+            found, left_out = read_parquet(path)
+        except FrameBenchError as exc:
+            skipped.append(f"skipped {path}: {' '.join(str(exc).split())[:160]}")
+            continue
+        rows.append(found)
+        skipped += left_out
     if not rows:
         raise FrameBenchError("no results directory to read: " + "; ".join(skipped))
     joined = pd.concat(rows, ignore_index=True)
@@ -124,13 +141,24 @@ def load_history(paths: list[str]) -> History:
     )
 
 
-def read_parquet(path: Path) -> pd.DataFrame:
-    """A history exported with --parquet, read back with DuckDB."""
+def read_parquet(path: Path) -> tuple[pd.DataFrame, list[str]]:
+    """A history exported with --parquet, read back with DuckDB, its rows checked as a table's are
+    (store.reader.checked_rows), and a line per row left out; a file of another shape is one error."""
     try:
         rows = duckdb.sql(f"SELECT * FROM read_parquet('{str(path).replace(chr(39), chr(39) * 2)}')").df()
     except duckdb.Error as exc:
         raise FrameBenchError(f"{path} cannot be read as a history export ({' '.join(str(exc).split())[:160]})") from None
-    return rows.assign(run_time=pd.to_datetime(rows["run_time"], utc=True).dt.tz_convert("UTC"))
+    expected = [*columns("runs"), *EXPORT_COLUMNS]
+    if missing := [c for c in expected if c not in rows.columns]:
+        raise FrameBenchError(f"{path} is not a history export (no column {', '.join(missing[:3])}); pass one `history --parquet` wrote")
+    table, refused = checked_rows(rows[columns("runs")], path)
+    text = EXPORT_COLUMNS[:-1]
+    rows = pd.concat([table, rows.loc[table.index, text].fillna("").astype(str), rows.loc[table.index, ["run_time"]]], axis=1)
+    left_out = left_out_lines(refused)
+    rows["run_time"] = pd.to_datetime(rows["run_time"], utc=True, errors="coerce").dt.tz_convert("UTC")
+    if untimed := int(rows["run_time"].isna().sum()):
+        left_out.append(f"{path}: {untimed} row(s) whose run_time is no time; left out")
+    return rows[rows["run_time"].notna()].reset_index(drop=True), left_out
 
 
 def per_run(rows: pd.DataFrame) -> pd.DataFrame:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
+from plotly.subplots import make_subplots
 
 from framebench.errors import FrameBenchError
 from framebench.history.changes import ACCURACY, TIME, Found, Metric
@@ -211,6 +212,16 @@ def changes_page(found: list[Found]) -> str:
     return page("detected changes, newest first", cell_table(header, rows) if rows else "<p>no change detected</p>", depth=0)
 
 
+def frameworks_figure(names: list[str], rows: pd.DataFrame) -> go.Figure:
+    """Epoch time and accuracy of each backend side by side, each on an axis of its own (bars of two
+    quantities on overlaid axes hide one another)."""
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("epoch time (s)", "test accuracy"), horizontal_spacing=0.12)
+    figure.add_trace(go.Bar(x=names, y=rows["epoch_s"], name="epoch time (s)", hovertext=hover(rows), hoverinfo="text+y"), row=1, col=1)
+    figure.add_trace(go.Bar(x=names, y=rows["acc"], name="test accuracy", hovertext=hover(rows), hoverinfo="text+y"), row=1, col=2)
+    figure.update_layout(showlegend=False)
+    return figure
+
+
 def frameworks_page(history: History) -> str:
     """At each configuration's latest run, every backend side by side; the newest directory's failures listed."""
     latest = history.runs.groupby("series", sort=False).tail(1)
@@ -219,13 +230,7 @@ def frameworks_page(history: History) -> str:
     for number, (key, rows) in enumerate(latest.groupby(group, sort=False)):
         where = dict(zip(group, key, strict=True))
         names = [esc(f"{r.backend}/{r.variant}") for r in rows.itertuples()]
-        figure = go.Figure(
-            [
-                go.Bar(x=names, y=rows["epoch_s"], name="epoch time (s)", hovertext=hover(rows), hoverinfo="text+y"),
-                go.Bar(x=names, y=rows["acc"], name="test accuracy", yaxis="y2", hovertext=hover(rows), hoverinfo="text+y"),
-            ]
-        )
-        figure.update_layout(barmode="group", yaxis={"title": "epoch s"}, yaxis2={"title": "accuracy", "overlaying": "y", "side": "right"})
+        figure = frameworks_figure(names, rows)
         title = (
             " ".join(clean(where[name]) for name in group[:-2] if where[name]) + f" (machine {where['machine']}, config {where['config']})"
         )
@@ -278,6 +283,7 @@ def write_site(history: History, found: list[Found], out: str) -> str:
         (staging / MARKER).write_text("written by framebench publish; replaced whole on the next publish\n")
         swap_in(staging, target)
     except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
         raise FrameBenchError(f"cannot write --out {out} ({exc.strerror or exc}); nothing was changed there") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone once swapped in; never left behind on any other way out
     return str(target / "index.html")

@@ -46,7 +46,7 @@ from framebench.reports.stats import Interval, difference_of_medians, median_dif
 from framebench.reports.summary import BUSY_FRACTION
 from framebench.reports.verdicts import FAIL, PASS, UNDECIDED, Kind, Verdict, exit_status, worst
 from framebench.store.job import NOT_RUN, PAIRED, columns, key_columns, point_names, series_columns
-from framebench.store.reader import latest_attempts, load_results, node_environments
+from framebench.store.reader import latest_attempts, load_results, node_environments, refuse_unreadable
 
 TRAINING = ("model", "train")  # config.json sections that decide what accuracy a run reaches
 ONE_REPEAT = "1 repeat: the spread between processes is unknown; use --repeats 3"
@@ -443,7 +443,9 @@ def run_compare_envs(
     tolerances.validate()
     if base_env == new_env:
         raise FrameBenchError(f"--base-env and --new-env both name {base_env}: name two environments of {directory}")
-    groups = environment_groups(load_results(directory), base_env, new_env, directory)
+    tables = load_results(directory)
+    refuse_unreadable(tables["refused"])
+    groups = environment_groups(tables, base_env, new_env, directory)
     options = Options(tolerances, compare_accuracy=True, compare_time=not accuracy_only, paired=True, judge_code_changes=True)
     table = compare_groups(*groups, options)
     versions = [f"note: {line}" for line in version_notes(groups[0].runs, groups[1].runs)]
@@ -480,6 +482,7 @@ def run_compare(
     """Print the comparison of two results directories; the exit status of `exit_status`."""
     tolerances.validate()
     base, new = load_results(base_dir), load_results(new_dir)
+    refuse_unreadable(base["refused"] + new["refused"])
     if base["runs"].empty:
         raise FrameBenchError(f"{base_dir} holds no runs; there is nothing to compare against")
     config_diff, machine_diff, notes = differences(base, new)

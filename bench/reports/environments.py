@@ -12,7 +12,7 @@ import pandas as pd
 
 from framebench.core.metrics import TRAJECTORY_RTOL
 from framebench.reports.compare import paired_log_ratios, slotted_epochs, steady_epochs
-from framebench.reports.markdown import to_markdown
+from framebench.reports.markdown import escape_markdown, to_markdown
 from framebench.reports.stats import Interval, paired_ratio, ratio_of_medians
 from framebench.store.job import OK, point_names
 from framebench.store.reader import latest_attempts
@@ -109,7 +109,10 @@ def report_section(tables: dict) -> list[str]:
         "difference, and the first training step (repeat 1) whose loss differs from the first environment's beyond the "
         "conformance suite's tolerance (same weights, same batches: a difference there is the framework's arithmetic).",
         "",
-        *[f"- `{name}`: {'; '.join(f'`{r}`' for r in requirements) or 'the lock as it is'}" for name, requirements in specs.items()],
+        *[
+            f"- {escape_markdown(name)}: {escape_markdown('; '.join(requirements)) or 'the lock as it is'}"  # config.json's: inert text
+            for name, requirements in specs.items()
+        ],
         "",
         to_markdown(side_by_side(tables)),
     ]

@@ -3,6 +3,7 @@ came from a results directory (an error message, a name) made inert."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -17,13 +18,20 @@ def format_table(table: pd.DataFrame) -> str:
     return table.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-")
 
 
-MARKDOWN_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "\\|", "`": "&#96;", "\n": " ", "\r": " "})
+MARKDOWN_ESCAPES = str.maketrans(
+    {"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "\\|", "`": "&#96;", "\n": " ", "\r": " ", "\\": "\\\\", "[": "\\[", "]": "\\]"}
+)
+WORD_JOINER = "\u2060"  # an invisible character that is no letter, digit or punctuation: it ends a name or a domain
+LIVE_TEXT = re.compile(r"@|:(?=//)|www(?=\.)|#(?=\d)", re.IGNORECASE)  # what begins a mention, a link or a reference on GitHub
 
 
 def escape_markdown(text: str) -> str:
-    """Text from a results directory (an error message, a name) as inert Markdown: no raw HTML, no
-    code span, no extra table cell, one line."""
-    return str(text).translate(MARKDOWN_ESCAPES)
+    """Text from a results directory (an error message, a name) as inert GitHub-flavoured Markdown: one
+    line, no raw HTML or entity, no code span, no extra table cell, no link or image (brackets and
+    backslashes escaped), and nothing GitHub links on its own: an @mention or e-mail address, a bare
+    http(s):// or www. address (GFM's extended autolinks) or a #123 reference, each broken by a word
+    joiner after its @, :, www or #; it reads the same."""
+    return LIVE_TEXT.sub(lambda match: match.group() + WORD_JOINER, str(text)).translate(MARKDOWN_ESCAPES)
 
 
 def to_markdown(table: pd.DataFrame) -> str:

@@ -34,15 +34,20 @@ def save_figure(fig, path: Path) -> None:
     replace_file(Path(path), buffer.getvalue())
 
 
+def pick(options: list, known: list[str], name: str):
+    """The option of `name`'s place in `known`, or one fixed by its letters where it is not there (a
+    name only a results directory from elsewhere has)."""
+    return options[(known.index(name) if name in known else sum(map(ord, name))) % len(options)]
+
+
 def colour(backend: str):
-    names = registry.backend_names()
-    return PALETTE[(names.index(backend) if backend in names else sum(map(ord, backend))) % len(PALETTE)]
+    return pick(PALETTE, registry.backend_names(), backend)
 
 
 def style(backend: str, variant: str, device: str, variants: list[str]) -> dict:
     return {
         "color": colour(backend),
-        "linestyle": LINESTYLES[variants.index(variant) % len(LINESTYLES)],
+        "linestyle": pick(LINESTYLES, variants, variant),
         "marker": MARKERS.get(device, "^"),
         "label": f"{backend}/{variant} ({device})" if len(variants) > 1 else f"{backend} ({device})",
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from framebench.reports import environments, precision
@@ -11,7 +12,7 @@ from framebench.reports.markdown import escape_markdown, to_markdown, write_mark
 from framebench.reports.plots import draw_all
 from framebench.reports.scaling import report_section
 from framebench.reports.summary import busy_warnings, calibration_warnings, not_run, summary
-from framebench.store.reader import node_environments, seeds_text, swept_field
+from framebench.store.reader import left_out_lines, node_environments, seeds_text, swept_field
 
 FIGURE_CAPTIONS = {
     "loss.png": "Training loss per step and test loss per epoch",
@@ -57,9 +58,13 @@ def matrix_line(config: dict) -> str:
 
 
 def write_report(directory: str | Path) -> Path:
-    """Redraw the figures and rewrite report.md from the tables on disk (the tables stay as they are)."""
+    """Redraw the figures and rewrite report.md from the tables on disk (the tables stay as they are);
+    rows that cannot be read are left out, each with a warning here and a line in report.md."""
     directory = Path(directory)
     tables = load_with_floors(directory)
+    left_out = left_out_lines(tables["refused"])
+    for line in left_out:
+        print(f"warning: {line}", file=sys.stderr)
     table = summary(tables["runs"])
     figures = draw_all(directory, tables, table)
     config = tables["config"]
@@ -76,6 +81,7 @@ def write_report(directory: str | Path) -> Path:
         "",
         to_markdown(table),
         *[f"- not run: {escape_markdown(line)}" for line in not_run(tables["runs"])],
+        *[f"- left out: {escape_markdown(line)}" for line in left_out],
         *[
             f"- warning: {escape_markdown(line)}"
             for line in unreliable_warnings(tables["runs"]) + busy_warnings(tables["runs"]) + calibration_warnings(tables["runs"])

@@ -17,14 +17,16 @@ import pandas as pd
 from framebench.errors import FrameBenchError
 from framebench.reports.markdown import format_table
 from framebench.store.job import accuracy_key_columns, text_columns
-from framebench.store.reader import latest_attempts, load_results, seeds_text, swept_field
+from framebench.store.reader import latest_attempts, load_results, refuse_unreadable, seeds_text, swept_field
 
 DEFAULT_FILE = Path(__file__).resolve().parent / "thresholds.csv"
 
 
 def runs_with_epochs(directory: str) -> pd.DataFrame:
-    """The latest attempt of each job, with the configured epoch count (from config.json) as a column."""
+    """The latest attempt of each job, with the configured epoch count (from config.json) as a column;
+    a row that cannot be read refuses the whole directory (check and thresholds decide on every run)."""
     tables = load_results(directory)
+    refuse_unreadable(tables["refused"])
     runs = latest_attempts(tables["runs"]).copy()
     epochs, by_value = tables["config"]["train"]["epochs"], swept_field(tables["config"]) == "epochs"
     runs["epochs"] = [int(v) if by_value else epochs for v in runs["sweep_value"]]

@@ -89,7 +89,7 @@ def claim_and_replace(tmp: str, path: Path) -> None:
 
 
 def check_header(path: Path, columns: list[str]) -> None:
-    with path.open(newline="") as handle:
+    with path.open(newline="", encoding="utf-8-sig") as handle:  # a byte order mark (a spreadsheet's save) is no part of the header
         header = next(csv.reader(handle), None)
     if header != columns:
         raise FrameBenchError(
