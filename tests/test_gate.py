@@ -48,7 +48,7 @@ def group(
         times = level * np.exp(rng.normal(0, within, EPOCHS))
         times[0] *= 3  # a slow first epoch, which must not count
         keys = {d.name: d.default for d in DIMENSIONS} | {"run_id": label, "backend": "numpy", "dataset": "digits", "preset": "mlp"}
-        keys |= {"sweep_field": "", "sweep_value": "", "repeat": repeat, "seed": repeat, "attempt": 1}
+        keys |= {"sweep_field": "", "sweep_value": "", "repeat": repeat, "seed": "0", "attempt": 1}
         row = dict.fromkeys(columns("runs"), np.nan) | keys
         row |= {"node": "box", "host": "box", "status": "ok", "error": "", "threads": 2, "implementation": "abc"}
         row |= {"median_epoch_s": float(np.median(times[1:])), "final_test_acc": acc, "other_cpu_frac": busy}

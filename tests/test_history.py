@@ -99,7 +99,7 @@ def write_run(
     rows, epochs = [], []
     for backend, repeats in seconds.items():
         for repeat, value in enumerate(repeats):
-            job = {**common, "backend": backend, "repeat": repeat, "seed": repeat, "attempt": 1}
+            job = {**common, "backend": backend, "repeat": repeat, "seed": "0", "attempt": 1}
             measured = {"median_epoch_s": value, "final_test_acc": acc, "framework_version": "1.0", "started_at": started}
             rows.append({**job, "node": "n1", "status": "ok", **measured})
             epochs += [{**job, "epoch": e, "train_loss": 1.0 / e, "test_loss": 1.2 / e} for e in (1, 2)]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -153,7 +154,8 @@ def test_every_reader_takes_nan_cells(finished, tmp_path, capsys):
         ("config.json", {"from_the_future": 1}, "from_the_future"),
         ("config.json", {"sweep": None}, "sweep"),
         ("config.json", {"threads": "4"}, "threads"),
-        ("config.json", {"matrices": [{"seed": "0"}]}, "matrices[0].seed"),
+        ("config.json", {"matrices": [{"repeats": "2"}]}, "matrices[0].repeats"),
+        ("config.json", {"matrices": [{"axes": {"seed": [0]}}]}, "matrices[0].axes.seed[0]"),
         ("env.json", {"nodes": None}, "nodes"),
         ("env.json", {"nodes": {"box": None}}, "nodes.box"),
         ("env.json", {"earlier": "x"}, "earlier"),
@@ -186,8 +188,9 @@ def test_text_from_results_is_inert_markdown(finished, tmp_path, capsys):
     compared = tmp_path / "compare.md"
     command(capsys, "compare", str(finished), str(finished), "--markdown", str(compared))
     for text in (report, compared.read_text()):
-        table = [line for line in text.splitlines() if line.startswith("| ")]
-        assert len({line.replace("\\|", "").count("|") for line in table}) == 1, table
+        for table in re.findall(r"(?:^\|.*\n?)+", text, flags=re.MULTILINE):  # every table of the text, each its own cell count
+            lines = table.splitlines()
+            assert len({line.replace("\\|", "").count("|") for line in lines}) == 1, lines
     assert escape_markdown(HOSTILE) == "&lt;script&gt;alert(1)&lt;/script&gt; \\| a \\| b \\| &#96;code&#96;"
     assert to_markdown(pd.DataFrame({"a|b": [HOSTILE]})).count("<") == 0
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from framebench.core import registry
 from framebench.core.config import PRESETS, ModelConfig, Sweep, TrainConfig, check_precisions, config_from_dict, layer_sizes, resolve
 from framebench.core.data import load_dataset
+from framebench.core.seeds import seed_count, seed_ranges, seed_values
 from framebench.driver import envs
 from framebench.driver.executors import EXECUTORS, Executor, LocalExecutor
 from framebench.driver.node import ProbeRequest
@@ -41,6 +42,7 @@ from framebench.store.job import (
     TABLE_NAMES,
     End,
     Epoch,
+    Evaluation,
     Job,
     Setup,
     Start,
@@ -86,9 +88,8 @@ class RunRequest:
     results_dir: str = "results"  # parent folder of the run's results directory
     run_id: str | None = None  # results directory name (default: the UTC time); an existing one is extended, same configuration only
     resume: str | None = None  # a results directory to finish: its recorded matrix, only the jobs without an ok row
-    repeats: int = 1  # rounds over the whole matrix
-    seed: int = 0  # seed of initial weights and batch order; repeat r uses seed + r unless --same-seed
-    same_seed: bool = False  # every repeat uses --seed
+    repeats: int = 1  # rounds over the whole matrix, each rerunning the same seeds (for timing)
+    seeds: str = "0"  # seeds of the initial weights and batch order, the same for every backend: N, a list 0,3,7 or a range 0-9
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)  # CPU threads for every library (default: all cores)
     oversubscribe: bool = False  # allow --threads above this machine's cores
     target_acc: float | None = None  # test accuracy that times time-to-accuracy, in (0, 1] (default: the preset's)
@@ -99,7 +100,7 @@ class RunRequest:
     executor: str = "local"  # where jobs run: local (this machine, one at a time) or ray (a Ray cluster)
     address: str | None = None  # Ray cluster address, e.g. 10.0.0.1:6379 (default: start a Ray instance here)
     schedule_timeout: float = 300.0  # ray: seconds a job may wait for a node able to run it before it is unavailable
-    large_plan: bool = False  # run a matrix of more than 100000 jobs anyway (repeats x sweep values x backends x variants x devices)
+    large_plan: bool = False  # run a matrix of more than 100000 jobs anyway (repeats x seeds x sweep values x backends x variants x ...)
     env: tuple[str, ...] = ()  # NAME=REQ[;REQ...]: run the matrix in an environment of the lock with these overrides (repeatable)
 
     def validate(self) -> None:
@@ -108,8 +109,7 @@ class RunRequest:
             raise FrameBenchError(f"--timeout must be a finite number of seconds > 0, got {self.timeout}")
         if not 0 < self.schedule_timeout < math.inf:
             raise FrameBenchError(f"--schedule-timeout must be a finite number of seconds > 0, got {self.schedule_timeout}")
-        if self.seed < 0:
-            raise FrameBenchError(f"--seed must be >= 0, got {self.seed}")
+        seed_ranges(self.seeds)
         if self.repeats < 1:
             raise FrameBenchError(f"--repeats must be at least 1, got {self.repeats}")
         check_threads(self.threads, self.oversubscribe, "--threads ")
@@ -157,9 +157,7 @@ def check_threads(threads: int, oversubscribe: bool, flag: str) -> None:
 @dataclass(frozen=True)
 class Matrix:
     axes: dict[str, list[str]]  # {dimension: its values} for every dimension a request lists (backends, variants, devices, ...)
-    repeats: int  # rounds over all jobs
-    seed: int  # seed of the first repeat
-    same_seed: bool  # every repeat uses `seed`
+    repeats: int  # rounds over all jobs, each rerunning every seed of the axes
 
     def points(self) -> list[dict[str, str]]:
         """Every combination of the axes' values, the dimensions nested in DIMENSIONS' order (the last
@@ -205,7 +203,6 @@ def plan(matrices: list[Matrix], template: Job, sweep: Sweep, model: ModelConfig
                         point={**point, "sweep_value": value, **swept_dimension},
                         repeat=repeat,
                         config=config,
-                        seed=matrix.seed if matrix.same_seed else matrix.seed + repeat,
                         threads=threads,
                         sweep_field=sweep.field,
                     )
@@ -222,7 +219,6 @@ def recorded_jobs(run_id: str, config: dict) -> list[Job]:
         data_dir=config.get("data_dir"),
         preset=config["preset"],
         config={},
-        seed=0,
         threads=config["threads"],
         target_acc=config["target_acc"],
     )
@@ -246,16 +242,12 @@ class JobState:
     node: str = ""  # where it runs, once it has started
     setup: Setup | None = None  # its setup event, once it came
     epochs: list[Epoch] = field(default_factory=list)  # its epoch events so far
+    evaluations: list[Evaluation] = field(default_factory=list)  # its evaluation events so far
 
 
-def time_to_target(epochs: list[Epoch], target: float) -> float | None:
-    """Training seconds (evaluation excluded) until test accuracy first reaches `target`."""
-    elapsed = 0.0
-    for epoch in epochs:
-        elapsed += epoch.epoch_s
-        if epoch.test_acc >= target:
-            return elapsed
-    return None
+def reached_target(evaluations: list[Evaluation], target: float) -> Evaluation | None:
+    """The first evaluation whose test accuracy reaches `target` (None: the run did not converge, or has none)."""
+    return next((e for e in evaluations if e.test_acc >= target), None)
 
 
 def summarize(state: JobState, end: End) -> dict:
@@ -266,6 +258,8 @@ def summarize(state: JobState, end: End) -> dict:
     median = statistics.median(steady) if steady else None
     samples = setup.samples_per_epoch if setup else None
     entry = registry.lookup(job.backend, job.variant)
+    reached = reached_target(state.evaluations, job.target_acc)
+    steps_per_epoch = math.ceil(samples / job.config["train"]["batch_size"]) if samples else None
     return {
         **job.row_keys(),
         "node": end.node or state.node,
@@ -283,7 +277,9 @@ def summarize(state: JobState, end: End) -> dict:
         "final_test_acc": epochs[-1].test_acc if epochs else None,
         "final_test_loss": epochs[-1].test_loss if epochs else None,
         "target_acc": job.target_acc,
-        "time_to_target_s": time_to_target(epochs, job.target_acc),
+        "time_to_target_s": reached.train_s if reached else None,
+        "steps_to_target": reached.step if reached else None,
+        "epochs_to_target": reached.step / steps_per_epoch if reached and steps_per_epoch else None,
         "gemm_library": entry.gemm_library,
         "compute_dtype": end.compute_dtype,
         "implementation": entry.implementation(),
@@ -305,6 +301,10 @@ def log_name(job: Job) -> str:
     """The job's log file: its dimensions' values, each reduced to characters safe in a file name."""
     parts = [f"{job.sweep_field}={value}" if name == "sweep_value" else value for name, value in job.point.items() if value]
     return re.sub(r"[^A-Za-z0-9.,=_-]", "_", "-".join(parts)) + f"-r{job.repeat}-a{job.attempt}.log"
+
+
+def record_evaluation(directory: Path, job: Job, event: Evaluation) -> None:
+    append_rows(directory, "evals", [{**job.row_keys(), **dataclasses.asdict(event)}])
 
 
 def record_epoch(directory: Path, job: Job, event: Epoch) -> None:
@@ -398,6 +398,10 @@ def run_jobs(
             print(f"{label}: started on {event.node or 'this machine'}", file=sys.stderr, flush=True)
         elif isinstance(event, Setup):
             state.setup = event
+        elif isinstance(event, Evaluation):
+            with interrupts:
+                state.evaluations.append(event)
+                record_evaluation(directory, job, event)
         elif isinstance(event, Epoch):
             with interrupts:
                 state.epochs.append(event)
@@ -479,18 +483,6 @@ def merged_envs(directory: Path, old: dict[str, list[str]], new: dict[str, list[
     return {**old, **new}
 
 
-def check_same_seeds(directory: Path, matrices: list[dict], seed: int, same_seed: bool) -> None:
-    """Every matrix of a directory seeds its repeats alike: its backends then start from the same
-    weights, and a job already run is never taken as done for other seeds."""
-    for matrix in matrices:
-        if (matrix["seed"], matrix["same_seed"]) != (seed, same_seed):
-            raise FrameBenchError(
-                f"{directory} was run with --seed {matrix['seed']}"
-                + (" --same-seed" if matrix["same_seed"] else "")
-                + "; extend it with the same seeds, or pass a new --run-id"
-            )
-
-
 def new_config(request: RunRequest, model_overrides: dict, train_overrides: dict) -> dict:
     """config.json of a new request: the resolved experiment, with no matrix recorded yet (run_in adds it)."""
     model, train = resolve(request.preset, model_overrides, train_overrides)
@@ -531,11 +523,12 @@ def matrix_of(request: RunRequest, executor: Executor) -> Matrix:
         "variant": list(variants),
         "device": list(resolve_devices(request.device, executor)),
         "env": list(envs.parse_specs(request.env)) or [envs.CURRENT],
+        "seed": seed_values(request.seeds),
     }
     for dimension in contract.DIMENSIONS:
         if dimension.request_field and dimension.name not in axes:
             axes[dimension.name] = list(dict.fromkeys(v.strip() for v in str(getattr(request, dimension.request_field)).split(",")))
-    return Matrix(axes, request.repeats, request.seed, request.same_seed)
+    return Matrix(axes, request.repeats)
 
 
 def plan_size(request: RunRequest, sweep: Sweep) -> int:
@@ -544,7 +537,7 @@ def plan_size(request: RunRequest, sweep: Sweep) -> int:
     backends = split_names(request.backends, registry.backend_names(), "backend", "--backends")
     variants = split_names(request.variants, registry.variant_names(), "variant", "--variants")
     devices = min(len(split_names(request.device, list(DEVICE_CHOICES), "device", "--device")), 2)  # cpu and gpu at most
-    return request.repeats * len(sweep.values) * len(backends) * len(variants) * devices
+    return request.repeats * len(sweep.values) * len(backends) * len(variants) * devices * seed_count(request.seeds)
 
 
 def check_plan_size(request: RunRequest) -> None:
@@ -553,7 +546,7 @@ def check_plan_size(request: RunRequest) -> None:
     jobs = plan_size(request, Sweep.parse(request.sweep))
     if jobs > MAX_PLAN_JOBS and not request.large_plan:
         raise FrameBenchError(
-            f"this matrix plans up to {jobs:,} jobs (more than {MAX_PLAN_JOBS:,}); lower --repeats or the lists, "
+            f"this matrix plans up to {jobs:,} jobs (more than {MAX_PLAN_JOBS:,}); lower --repeats, --seeds or the lists, "
             "or pass --large-plan to run it anyway"
         )
     if jobs > LARGE_PLAN_JOBS:
@@ -614,7 +607,6 @@ def run_locked(directory: Path, request: RunRequest, config: dict) -> int:
                 "matrices": recorded.get("matrices", []),
                 "envs": merged_envs(directory, recorded.get("envs", {}), config["envs"]),
             }
-            check_same_seeds(directory, config["matrices"], request.seed, request.same_seed)
         executor = make_executor(request.executor, request.address, request.schedule_timeout)
         try:
             return run_in(directory, request, config, executor, data)

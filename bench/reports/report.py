@@ -7,7 +7,7 @@ from pathlib import Path
 
 from framebench.core.gemm import unreliable_warnings
 from framebench.errors import FrameBenchError
-from framebench.reports import environments, precision
+from framebench.reports import convergence, environments, precision
 from framebench.reports.plots import draw_all
 from framebench.reports.scaling import report_section
 from framebench.store.results import load_results, node_environments, replace_file, seeds_text, swept_field
@@ -52,7 +52,7 @@ def matrix_line(config: dict) -> str:
     return escape_markdown(
         f"Preset {config.get('preset')} on {config.get('dataset')}, {repeats} repeat(s), seeds {seeds}{swept}; "
         f"{config.get('threads')} threads; "
-        f"time-to-accuracy target {config.get('target_acc')}."
+        f"time-to-target accuracy {config.get('target_acc')}."
     )
 
 
@@ -82,6 +82,7 @@ def write_report(directory: str | Path) -> Path:
         ],
         "",
         *precision.report_section(tables["runs"]),
+        *convergence.report_section(tables),
         *(report_section(directory, tables) if swept_field(config) else []),
         *environments.report_section(tables),
         *(["## Figures", "", *[f"![{FIGURE_CAPTIONS[name]}]({name})\n" for name in figures]] if figures else []),

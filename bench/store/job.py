@@ -2,7 +2,7 @@
 the columns every table row of it carries. The driver, the node, the executors, the worker, the
 tables and the reports all read these definitions; none re-derives a key or a column list.
 
-A matrix dimension (backend, variant, device, sweep value, ...) is one `Dimension` in DIMENSIONS:
+A matrix dimension (seed, backend, variant, device, sweep value, ...) is one `Dimension` in DIMENSIONS:
 the plan iterates it, every row carries it as a column, resume and compare key on it. Everything here
 reads DIMENSIONS when called, never at import, so the list is the single place a dimension lives.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from framebench.errors import FrameBenchError
 
-FORMAT_VERSION = 3  # of a results directory's tables and config.json; bumped when either changes shape
+FORMAT_VERSION = 4  # of a results directory's tables and config.json; bumped when either changes shape
 OK = "ok"
 NOT_RUN = ("unavailable", "unsupported")  # the job never trained: declined, not failed
 STATUSES = (OK, "failed", "diverged", "timeout", "interrupted", "lost", *NOT_RUN)
@@ -26,9 +26,14 @@ class Dimension:
     request_field: str  # the RunRequest field whose comma-separated list gives the values ("" = set by the plan itself)
     default: str  # the value of a job whose run does not vary this dimension
     shapes_accuracy: bool  # whether accuracy may differ along it (accuracy thresholds are kept per value)
+    replicate: bool = False  # its values replicate one measurement (seeds): a summary pools them, a curve draws the first
 
 
 DIMENSIONS: tuple[Dimension, ...] = (
+    # The seed of the initial weights and batch order, the same for every backend (outermost: every backend
+    # runs at seed s before seed s + 1, so backends interleave). A threshold holds at any seed: it is the lowest
+    # accuracy measured over seeds; repeats rerun the same seed (for timing).
+    Dimension("seed", "seeds", "0", shapes_accuracy=False, replicate=True),
     Dimension("backend", "backends", "", shapes_accuracy=True),
     Dimension("variant", "variants", "default", shapes_accuracy=False),  # a variant must reach its default's accuracy
     Dimension("device", "device", "cpu", shapes_accuracy=False),
@@ -46,9 +51,18 @@ def dimension_names() -> list[str]:
 
 
 def point_names() -> list[str]:
-    """The dimensions a matrix lists itself (all but the sweep value, which follows the sweep): what a
-    summary row is per."""
+    """The dimensions a matrix lists itself (all but the sweep value, which follows the sweep)."""
     return [name for name in dimension_names() if name != "sweep_value"]
+
+
+def summary_names() -> list[str]:
+    """What a summary row is per: the matrix's dimensions but the replicates (seeds), which it pools."""
+    return [d.name for d in DIMENSIONS if d.name != "sweep_value" and not d.replicate]
+
+
+def replicate_names() -> list[str]:
+    """The dimensions whose values replicate one measurement (the seed)."""
+    return [d.name for d in DIMENSIONS if d.replicate]
 
 
 def key_columns() -> list[str]:
@@ -69,7 +83,7 @@ def accuracy_key_columns() -> list[str]:
 
 def row_key_columns() -> list[str]:
     """The columns every runs.csv and epochs.csv row starts with."""
-    return ["run_id", *point_names(), "dataset", "preset", "sweep_field", "sweep_value", "repeat", "seed", "attempt"]
+    return ["run_id", *point_names(), "dataset", "preset", "sweep_field", "sweep_value", "repeat", "attempt"]
 
 
 def step_key_columns() -> list[str]:
@@ -94,6 +108,8 @@ RUN_FIELDS = [  # runs.csv after the key: one row per job and attempt
     "final_test_loss",
     "target_acc",
     "time_to_target_s",
+    "steps_to_target",
+    "epochs_to_target",
     "gemm_library",
     "compute_dtype",
     "implementation",
@@ -111,6 +127,7 @@ RUN_FIELDS = [  # runs.csv after the key: one row per job and attempt
 ]
 EPOCH_FIELDS = ["epoch", "epoch_s", "train_loss", "test_loss", "test_acc", "eval_s"]
 STEP_FIELDS = ["epoch", "step", "loss"]
+EVAL_FIELDS = ["epoch", "step", "train_s", "test_loss", "test_acc", "eval_s"]
 GEMM_COLUMNS = [
     "node",
     "library",
@@ -127,7 +144,7 @@ GEMM_COLUMNS = [
     "seconds",
     "gflops",
 ]
-TABLE_NAMES = ("runs", "epochs", "steps", "gemm")
+TABLE_NAMES = ("runs", "epochs", "steps", "evals", "gemm")
 OTHER_TEXT_COLUMNS = {
     "sweep_field",
     "error",
@@ -147,6 +164,7 @@ def columns(table: str) -> list[str]:
         "runs": lambda: row_key_columns() + RUN_FIELDS,
         "epochs": lambda: row_key_columns() + EPOCH_FIELDS,
         "steps": lambda: step_key_columns() + STEP_FIELDS,
+        "evals": lambda: row_key_columns() + EVAL_FIELDS,
         "gemm": lambda: list(GEMM_COLUMNS),
     }[table]()
 
@@ -165,9 +183,8 @@ class Job:
     data_dir: str | None  # --data-dir, if given
     preset: str  # preset the configuration started from
     config: dict  # {"model": ..., "train": ...} as dataclasses.asdict gives them, the sweep value applied
-    seed: int  # seed of weights and batch order
     threads: int  # CPU threads for every library in the process
-    target_acc: float  # test accuracy for the time-to-accuracy column
+    target_acc: float  # test accuracy for the time-to-target columns
     point: dict[str, str] = field(default_factory=dict)  # {dimension name: this job's value}, every dimension present
     sweep_field: str = ""  # the field a sweep varies ("" without a sweep)
     repeat: int = 0  # 0-based repeat number
@@ -204,6 +221,11 @@ class Job:
             + f", repeat {self.repeat + 1}"
         )
 
+    @property
+    def seed_number(self) -> int:
+        """The seed as the harness takes it (the `seed` dimension holds it as text, like every dimension)."""
+        return int(self.seed)
+
     def to_wire(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -212,7 +234,8 @@ class Job:
         return cls(**data)
 
 
-# Events: what a worker says about its job, in this order: start, setup, one epoch per epoch, end.
+# Events: what a worker says about its job, in this order: start, setup, per epoch its evaluations and
+# the epoch, end.
 # `Submitted` is the executor's (the job is in flight from then on). Every event crosses a process
 # boundary as a dict (`to_wire`) and is checked against its dataclass when read (`from_wire`).
 
@@ -247,6 +270,18 @@ class Epoch:
 
 
 @dataclass(frozen=True)
+class Evaluation:
+    """The test set evaluated during training (every --eval-every steps and at each epoch's end), off the clock."""
+
+    epoch: int  # 1-based epoch the evaluation falls in
+    step: int  # optimisation steps done since the start of training
+    train_s: float  # training seconds so far (train_epoch + sync only): the clock of time-to-target
+    test_loss: float  # mean test loss at this point
+    test_acc: float  # test accuracy at this point
+    eval_s: float  # seconds the evaluation took (not in train_s)
+
+
+@dataclass(frozen=True)
 class End:
     status: str  # one of STATUSES
     error: str = ""  # why, for anything but ok
@@ -268,7 +303,7 @@ class End:
     retried: bool = False  # a lost attempt whose retry follows: superseded, not a result
 
 
-EVENTS = {"submitted": Submitted, "start": Start, "setup": Setup, "epoch": Epoch, "end": End}
+EVENTS = {"submitted": Submitted, "start": Start, "setup": Setup, "evaluation": Evaluation, "epoch": Epoch, "end": End}
 NUMBERS = (int, float)
 
 
@@ -281,7 +316,7 @@ class MalformedEvent(FrameBenchError):
     """A message that is not an event of this contract: the job it came from fails with the reason."""
 
 
-def from_wire(message) -> Submitted | Start | Setup | Epoch | End:
+def from_wire(message) -> Submitted | Start | Setup | Evaluation | Epoch | End:
     """The event a message holds, every field present and of its declared type; anything else is
     MalformedEvent naming what is wrong (a worker's message is untrusted input)."""
     if not isinstance(message, dict) or message.get("type") not in EVENTS:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from framebench.core.seeds import compact_seeds
 from framebench.errors import FrameBenchError
 from framebench.store import job
 
@@ -214,7 +215,7 @@ CONFIG_SHAPE = {  # config.json's fields and what each holds (a field missing is
     "sweep": {"field": str, "values": STRINGS},
     "target_acc": NUMBER,
     "floors": bool,
-    "matrices": [{"axes": dict, "repeats": int, "seed": int, "same_seed": bool}],
+    "matrices": [{"axes": {"*": STRINGS}, "repeats": int}],
     "envs": {"*": STRINGS},
 }
 NODE_SHAPE = {  # one node's environment in env.json
@@ -421,8 +422,9 @@ def swept_field(config: dict) -> str:
 
 
 def seeds_text(config: dict) -> str:
-    """How config.json's matrices seeded their repeats, e.g. "0 + repeat" ("" when none is recorded)."""
-    return "; ".join(f"{m['seed']}" if m["same_seed"] else f"{m['seed']} + repeat" for m in config.get("matrices", []))
+    """The seeds config.json's matrices ran, e.g. "0-9" ("" when none is recorded)."""
+    default = next(d.default for d in job.DIMENSIONS if d.name == "seed")
+    return compact_seeds([seed for m in config.get("matrices", []) for seed in m["axes"].get("seed", [default])])
 
 
 def library_versions() -> dict[str, str]:
