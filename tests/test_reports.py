@@ -33,9 +33,7 @@ CONFIG = {
     "threads": 2,
     "sweep": {"field": "", "values": [""]},
     "target_acc": 0.9,
-    "matrices": [
-        {"axes": {"backend": ["numpy", "jax"], "variant": ["default"], "device": ["cpu"]}, "repeats": 3, "seed": 0, "same_seed": False}
-    ],
+    "matrices": [{"axes": {"backend": ["numpy", "jax"], "variant": ["default"], "device": ["cpu"], "seed": ["0"]}, "repeats": 3}],
 }
 NODE = {"machine": "box", "cpu": "Some CPU", "cores": 2, "kernel_settings": {}, "gpus": [], "threads": 2}
 ENV = {**NODE, "nodes": {"box": NODE}, "command": "framebench run ...", "git_commit": "abc"}
