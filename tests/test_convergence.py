@@ -321,3 +321,12 @@ def test_converge_catches_a_backend_that_learns_slower_while_check_passes_it(tmp
     converged = framebench("converge", printed_directory(new), *verdicts, env=env)
     keys = {k["variant"]: k["decision"]["kind"] for k in json.loads((tmp_path / "v.json").read_text())["keys"]}
     assert converged.returncode == 1 and keys == {"default": "CONVERGES", "mislearning": "SLOWER_TO_CONVERGE"}, converged.stdout
+
+
+def test_the_sites_frameworks_page_draws_the_profiles_over_the_workloads(tmp_path):
+    results(tmp_path / "runs" / "a", rcp_runs(0, [1.0] * 3) + rcp_runs(0, [2.0] * 3, backend="torch"))
+    results(tmp_path / "runs" / "b", rcp_runs(0, [3.0] * 3) + rcp_runs(0, [1.0] * 3, backend="torch"), dataset="mnist")
+    result = cli("publish", str(tmp_path / "runs"), "--out", str(tmp_path / "site"))
+    assert result.returncode == 0, result.stderr
+    page = (tmp_path / "site" / "frameworks.html").read_text()
+    assert "performance profiles over 2 workload(s), machine" in page and "torch\\u002fdefault cpu 0.833" in page  # (2 + 3) / 6

@@ -47,6 +47,7 @@ from scipy.optimize import bisect
 from scipy.stats import ttest_ind_from_stats
 
 from framebench.errors import FrameBenchError
+from framebench.reports import profiles
 from framebench.reports.verdicts import FAIL, PASS, UNDECIDED, Kind, Verdict, exit_status
 from framebench.store.job import NOT_RUN, OK, summary_names
 from framebench.store.results import load_results, seeds_text, swept_field
@@ -393,9 +394,10 @@ def run_rcp(directories: list[str], *, backend: str, output: Path | None) -> int
 # --- report.md -------------------------------------------------------------------------------------
 
 
-def report_section(tables: dict) -> list[str]:
+def report_section(directory: Path, tables: dict) -> list[str]:
     """A results directory's convergence: per key, how many seeds reached the target and when (median
-    steps, epochs and training seconds); the unreachable target said once. Empty without evaluations."""
+    steps, epochs and training seconds); the unreachable target said once; with two backends or more,
+    their performance profile over the directory's workload (profile.png). Empty without evaluations."""
     runs = latest_attempts(tables["runs"])
     runs = runs[~runs["status"].isin(NOT_RUN)]
     if tables["evals"].empty or runs.empty or swept_field(tables["config"]):
@@ -416,6 +418,12 @@ def report_section(tables: dict) -> list[str]:
         }
     ).reset_index()
     line = unreachable_line(runs, workload, tables["config"]["train"]["epochs"])
+    times = profiles.times_to_target(runs, "seconds", precision_workloads=False)
+    profile = []
+    if len(times) > 1:
+        ratios = profiles.performance_ratios(times)
+        profiles.profile_figure(ratios, directory / "profile.png", f"Performance profiles, {workload.preset} on {workload.dataset}")
+        profile = profiles.report_lines(times, ratios, "seconds", "profile.png")
     return [
         "## Convergence",
         "",
@@ -425,4 +433,5 @@ def report_section(tables: dict) -> list[str]:
         to_markdown(table.drop(columns=["sweep_value"]) if not table["sweep_value"].astype(bool).any() else table),
         *([f"- {escape_markdown(line)}"] if line else []),
         "",
+        *profile,
     ]

@@ -82,7 +82,7 @@ def write_report(directory: str | Path) -> Path:
         ],
         "",
         *precision.report_section(tables["runs"]),
-        *convergence.report_section(tables),
+        *convergence.report_section(directory, tables),
         *(report_section(directory, tables) if swept_field(config) else []),
         *environments.report_section(tables),
         *(["## Figures", "", *[f"![{FIGURE_CAPTIONS[name]}]({name})\n" for name in figures]] if figures else []),
