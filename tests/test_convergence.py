@@ -119,6 +119,14 @@ def test_resume_keeps_seeds_apart(tmp_path):
     assert done[first.key()] == ("ok", 1) and done[second.key()] == ("failed", 1)
 
 
+def test_an_attempt_that_left_only_evaluations_still_takes_its_number(tmp_path):
+    """Killed mid-epoch after an evaluation: its next attempt is 2, so no two attempts share evals.csv rows."""
+    job = planned()[2]
+    evaluation = {"epoch": 1, "step": 20, "train_s": 0.5, "test_loss": 1.0, "test_acc": 0.5, "eval_s": 0.1}
+    append_rows(tmp_path, "evals", [{**job.row_keys(), **evaluation}])
+    assert done_keys(tmp_path)[job.key()] == ("", 1)
+
+
 def test_compare_pairs_accuracy_seed_by_seed_and_notes_a_seed_one_side_lacks():
     """The issue's example: NEW ran seed 0 only, BASE seeds 0 and 1 (a different accuracy at seed 1).
     Medians over both of BASE's seeds would call NEW's seed 0 a regression; seed by seed it is no change."""

@@ -450,10 +450,10 @@ def probe_requests(jobs: list[Job], input_size: int, num_classes: int, has_gpu: 
 
 def done_keys(directory: Path) -> dict[tuple, tuple[str, int]]:
     """{job key: (status of its latest runs.csv row, the highest attempt any table records)} of the
-    jobs the directory holds: an attempt with epochs or steps but no runs row still takes its number."""
+    jobs the directory holds: an attempt with epochs, steps or evaluations but no runs row still takes its number."""
     runs = read_table(directory, "runs").sort_values("attempt", kind="stable")
     done = {key: (status, attempt) for (key, attempt), status in zip(table_attempts(runs), runs["status"], strict=True)}
-    for table in ("epochs", "steps"):
+    for table in ("epochs", "steps", "evals"):
         for key, attempt in table_attempts(read_table(directory, table)):
             status, highest = done.get(key, ("", 0))
             done[key] = (status, max(highest, attempt))
@@ -618,12 +618,12 @@ def run_locked(directory: Path, request: RunRequest, config: dict) -> int:
 
 
 def supersede_unfinished(directory: Path, jobs: list[Job]) -> None:
-    """Give every attempt that left epochs or steps but no runs.csv row (its driver was killed
+    """Give every attempt that left epochs, steps or evaluations but no runs.csv row (its driver was killed
     outright) an `interrupted` row, so it reads as superseded and never as a result."""
     planned = {job.key(): job for job in jobs}
     finished = {(key, attempt) for key, attempt in table_attempts(read_table(directory, "runs"))}
     epochs = read_table(directory, "epochs")
-    unfinished = {(key, attempt) for table in ("epochs", "steps") for key, attempt in table_attempts(read_table(directory, table))}
+    unfinished = {(key, attempt) for table in ("epochs", "steps", "evals") for key, attempt in table_attempts(read_table(directory, table))}
     for key, attempt in sorted(unfinished - finished):
         if key not in planned:
             continue
