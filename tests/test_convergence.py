@@ -311,7 +311,7 @@ def test_converge_catches_a_backend_that_learns_slower_while_check_passes_it(tmp
     """numpy:mislearning steps at 0.8 x the learning rate; on digits it still meets numpy's final-accuracy
     threshold, and converge calls it SLOWER TO CONVERGE while numpy itself converges as the reference."""
     env = {**os.environ, "FRAMEBENCH_PLUGINS": "numpy:mislearning=framebench.studies.mislearning:MislearningNumpy"}
-    flags = ["--preset", "ci", "--dataset", "digits", "--batch-size", "32", "--epochs", "6", "--eval-every", "5", "--target-acc", "0.9"]
+    flags = ["--preset", "ci", "--dataset", "digits", "--batch-size", "32", "--epochs", "10", "--eval-every", "5", "--target-acc", "0.9"]
     flags += ["--threads", "1", "--no-floors", "--results-dir", str(tmp_path)]
     reference = framebench("run", "--backends", "numpy", "--seeds", "100-109", *flags, "--run-id", "ref", env=env)
     assert reference.returncode == 0, reference.stderr[-2000:]
