@@ -29,7 +29,16 @@ import pandas as pd
 
 from framebench.core.seeds import seed_count
 from framebench.errors import FrameBenchError
-from framebench.reports.convergence import REFERENCE, converge_table, derive_rcps, load_rcps, rcp_text, reference_epochs, workload_of
+from framebench.reports.convergence import (
+    REFERENCE,
+    bounds,
+    converge_table,
+    derive_rcps,
+    load_rcps,
+    rcp_text,
+    reference_epochs,
+    workload_of,
+)
 from framebench.reports.plots import colour, save_figure
 from framebench.reports.profiles import performance_ratios, profile_figure, profile_table, times_to_target
 from framebench.reports.report import environment_section, write_markdown
@@ -120,19 +129,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 def epochs_figure(verdicts: dict[str, pd.DataFrame], references: dict[str, np.ndarray], path: Path) -> None:
-    """Per workload, every key's epochs to target seed by seed (× = did not converge, at the right edge),
-    beside the reference's seeds and the band the rule allows."""
+    """Per workload, every key's epochs to target seed by seed (× = did not converge, at the right edge)
+    and their trimmed mean (|), beside the reference's and the band of trimmed means the rule accepts."""
     import matplotlib.pyplot as plt
 
     fig, panels = plt.subplots(1, len(verdicts), figsize=(6 * len(verdicts), 4.8), squeeze=False)
     for axes, (name, table) in zip(panels[0], verdicts.items(), strict=True):
         reference = references[name]
         rows = [("reference", reference, "black")] + [(r["label"], r["per_seed"], colour(r["backend"])) for _, r in table.iterrows()]
+        means = [bounds(reference, len(table.iloc[0]["per_seed"])).mean, *table["epochs"]]
         right = max(np.max(reference), *(np.max(v[np.isfinite(v)], initial=0) for _, v, _ in rows)) * 1.08
         for y, (_, values, color) in enumerate(rows):
             finite = values[np.isfinite(values)]
             axes.scatter(finite, [y] * len(finite), color=color, s=16)
             axes.scatter([right] * int(np.isinf(values).sum()), [y] * int(np.isinf(values).sum()), color=color, marker="x")
+            axes.scatter([means[y]], [y], color=color, marker="|", s=400, label="trimmed mean" if y == 0 else None)
         first = table.iloc[0]
         if np.isfinite(first["low"]):
             axes.axvspan(first["low"], first["high"], color="grey", alpha=0.2, label="trimmed means the rule accepts")
