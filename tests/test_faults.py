@@ -258,7 +258,7 @@ def test_an_empty_steps_table_gets_its_header_back(finished):
     appended = run_fake(finished.parent, "--backends", "fake,numpy", "--epochs", "2", "--repeats", "2", "--run-id", "r")
     assert appended.returncode == 0, appended.stderr
     steps = load_results(finished)["steps"]
-    assert (finished / "steps.csv").read_text().startswith("run_id,backend,variant") and set(steps["backend"]) == {"numpy"}
+    assert (finished / "steps.csv").read_text().startswith("run_id,seed,backend,variant") and set(steps["backend"]) == {"numpy"}
 
 
 @pytest.mark.parametrize(

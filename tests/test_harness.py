@@ -72,9 +72,10 @@ def test_fake_backend_fills_exactly_the_documented_columns(tmp_path):
     ]
     assert list(tables["epochs"].columns) == columns("epochs")
     assert list(tables["steps"].columns) == columns("steps")
+    assert list(tables["evals"].columns) == columns("evals") and len(tables["evals"]) == 6  # each epoch's end, as no --eval-every
     assert list(tables["gemm"].columns) == columns("gemm") and tables["gemm"].empty  # --no-floors
     runs, epochs, steps = tables["runs"], tables["epochs"], tables["steps"]
-    assert runs["status"].tolist() == ["ok", "ok"] and runs["seed"].tolist() == [0, 1] and runs["attempt"].tolist() == [1, 1]
+    assert runs["status"].tolist() == ["ok", "ok"] and runs["seed"].tolist() == ["0", "0"] and runs["attempt"].tolist() == [1, 1]
     assert runs["epochs_done"].tolist() == [3, 3] and (runs["node"] != "").all()
     assert (runs["samples_per_epoch"] == 1438).all() and (runs["batch_size"] == 100).all()
     assert len(epochs) == 6 and len(steps) == 6 * 15  # 1438 digits in batches of 100
