@@ -5,7 +5,7 @@ GPU_PINS := "tensorflow[and-cuda]==2.21.0" "jax[cuda12]==0.10.2" "torch==2.13.0"
 	"numpy==2.4.6" "pandas==3.1.1" "matplotlib==3.11.2" "scikit-learn==1.9.1" "threadpoolctl==3.8.0" \
 	"pytest==9.2.0" "pytest-benchmark==5.3.1" "pytest-timeout==2.4.0" "ruff==0.17.6"
 
-.PHONY: install install-gpu lock-gpu data bench bench-gpu bench-steps bench-perf bench-scaling bench-history bench-gate bench-precision bench-versions lint test test-fast readme clean
+.PHONY: install install-gpu lock-gpu data bench bench-gpu bench-steps bench-perf bench-scaling bench-history bench-gate bench-precision bench-versions bench-convergence lint test test-fast readme clean
 
 install:  ## .venv with the pinned CPU versions (requirements.lock, torch's CPU build) + framebench, editable
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,9 @@ bench-precision: data  ## fp32 against bf16 on every backend, one thread, at sev
 
 bench-versions: data  ## one backend under two framework minors, interleaved: NumPy, JAX, TensorFlow (each against the lock) into results/versions
 	$(BIN)/framebench study versions
+
+bench-convergence:  ## RCPs, MLPerf's convergence check of every backend and AlgoPerf profiles over ci (MNIST, Fashion-MNIST) and tutorial003, 10 seeds, and a mislearning backend: results/convergence (quiet machine: the profile in seconds)
+	$(BIN)/framebench study convergence
 
 BENCH_STEPS := $(BIN)/python -m pytest benchmarks -q --benchmark-only --benchmark-autosave --benchmark-columns=min,median,max,rounds
 

@@ -1,5 +1,5 @@
-"""`framebench` / `python -m framebench`: run the matrix, list what exists, report, compare, check, history, publish,
-and the studies. The edge of the package: it dispatches to every layer and no layer imports it.
+"""`framebench` / `python -m framebench`: run the matrix, list what exists, report, compare, check, converge, profile,
+history, publish, and the studies. The edge of the package: it dispatches to every layer and no layer imports it.
 
 Every flag's help comes from the comment on its dataclass field (RunRequest, ModelConfig, TrainConfig),
 so it is written once. User mistakes end in one line naming the fix, never a traceback.
@@ -23,7 +23,7 @@ from framebench import studies
 from framebench.core import registry
 from framebench.core.config import CHOICES, PRESETS, ModelConfig, Sweep, TrainConfig
 from framebench.core.data import DATASETS
-from framebench.driver.arguments import RUN_CHOICES, Parser, add_fields, given
+from framebench.driver.arguments import RUN_CHOICES, Parser, add_fields, add_seed_aliases, given
 from framebench.driver.gate import GATE_TIME_TOL
 from framebench.driver.request import PRECISION_SWEPT, RunRequest
 from framebench.errors import FrameBenchError
@@ -44,6 +44,7 @@ def build_parser() -> Parser:
         "process; the results directory is printed last.",
     )
     add_fields(run.add_argument_group("the run"), RunRequest, RUN_CHOICES)
+    add_seed_aliases(run)
     add_fields(run.add_argument_group("the model (default: the preset's)"), ModelConfig, CHOICES)
     add_fields(run.add_argument_group("the training (default: the preset's)"), TrainConfig, CHOICES)
     commands.add_parser("list", help="the registered (backend, variant) pairs with their devices, presets and datasets")
@@ -93,6 +94,25 @@ def build_parser() -> Parser:
     deriving.add_argument(
         "--output", type=Path, default=None, help="thresholds file to write (default: print it; `check` reads --thresholds PATH)"
     )
+    rcp = commands.add_parser("rcp", help="derive reference convergence points (epochs to target per seed) from results directories")
+    rcp.add_argument("directories", nargs="+", help="results directories of the reference backend at 10 or more seeds, every one converged")
+    rcp.add_argument("--backend", default="numpy", help="the reference backend (default numpy: its default variant at fp32)")
+    rcp.add_argument("--output", type=Path, default=None, help="RCP file to write (default: print it; `converge` reads --reference PATH)")
+    converging = commands.add_parser(
+        "converge", help="hold a results directory's epochs to target to the reference's, by MLPerf's RCP rule (exit 1 when it fails)"
+    )
+    converging.add_argument("directory", help="a results directory of 5 or more seeds (--seeds)")
+    converging.add_argument("--reference", type=Path, default=None, help="RCP file (default: the one framebench ships)")
+    converging.add_argument("--base", default=None, help="take the reference from this results directory instead, key by key")
+    converging.add_argument("--markdown", default=None, help="also write the verdicts as Markdown to this file")
+    converging.add_argument("--json", default=None, dest="json_file", help="also write the verdicts as JSON to this file")
+    profile = commands.add_parser(
+        "profile", help="AlgoPerf performance profiles and scores of the backends over workloads (presets x datasets)"
+    )
+    profile.add_argument("directories", nargs="+", help="results directories, one workload each (their preset and dataset)")
+    profile.add_argument("--by", default="seconds", help="what time to target is counted in: seconds (training only), steps or epochs")
+    profile.add_argument("--precision-workloads", action="store_true", help="each precision a workload of its own")
+    profile.add_argument("--out", default=None, help="folder to write report.md and profile.png into (default: print the table only)")
     history = commands.add_parser("history", help="the series of many results directories (DuckDB), with their detected changes")
     history.add_argument("directories", nargs="+", help="results directories, folders of them, or .parquet exports")
     history.add_argument("--parquet", default=None, help="also export the joined rows to this Parquet file")
@@ -256,6 +276,24 @@ def command_thresholds(args: argparse.Namespace) -> int:
     return run_derive(args.directories, margin=args.margin, output=args.output)
 
 
+def command_rcp(args: argparse.Namespace) -> int:
+    from framebench.reports.convergence import run_rcp
+
+    return run_rcp(args.directories, backend=args.backend, output=args.output)
+
+
+def command_converge(args: argparse.Namespace) -> int:
+    from framebench.reports.convergence import run_converge
+
+    return run_converge(args.directory, reference=args.reference, base=args.base, markdown=args.markdown, json_file=args.json_file)
+
+
+def command_profile(args: argparse.Namespace) -> int:
+    from framebench.reports.profiles import run_profile
+
+    return run_profile(args.directories, measure=args.by, precision_workloads=args.precision_workloads, out=args.out)
+
+
 def command_envs(args: argparse.Namespace) -> int:
     from framebench.driver.envs import run_envs
 
@@ -310,6 +348,9 @@ HANDLERS = {
     "gate": command_gate,
     "check": command_check,
     "thresholds": command_thresholds,
+    "rcp": command_rcp,
+    "converge": command_converge,
+    "profile": command_profile,
     "envs": command_envs,
     "study": command_study,
     "history": command_history,

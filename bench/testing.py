@@ -225,6 +225,27 @@ def check_determinism(subject: Subject, model: ModelConfig, train: TrainConfig) 
     np.testing.assert_array_equal(first, second)
 
 
+CHUNKS = (7, 1, 22)  # steps per train_epoch call in the chunked check: uneven, one of a single step
+
+
+def check_chunked(subject: Subject, model: ModelConfig, train: TrainConfig) -> None:
+    """An epoch trained in chunks, as --eval-every trains it (one train_epoch call per consecutive slice
+    of the order, the test set predicted between them), gives bit for bit the losses and weights of one
+    call over the whole order: evaluations at any step then time the training they would have seen."""
+    order = first_steps(train, sum(CHUNKS))
+    whole = subject.build(model, train, mnist(), seed=3)
+    expected = whole.train_epoch(order, train.batch_size)
+    chunked = subject.build(model, train, mnist(), seed=3)
+    losses, done = [], 0
+    for steps in CHUNKS:
+        losses.append(np.asarray(chunked.train_epoch(order[done * train.batch_size : (done + steps) * train.batch_size], train.batch_size)))
+        chunked.predict_logits(mnist().x_test[:TEST_SAMPLES])
+        done += steps
+    np.testing.assert_array_equal(np.concatenate(losses), expected)
+    for index, (weight, reference) in enumerate(zip(chunked.get_weights(), whole.get_weights(), strict=True)):
+        np.testing.assert_array_equal(weight, reference, err_msg=f"parameter {index} differs after chunked training")
+
+
 def check_dropout(subject: Subject, model: ModelConfig, train: TrainConfig) -> None:
     """A probe network whose loss reveals how many of H hidden units a step kept.
 
@@ -290,6 +311,20 @@ CHECKS = (
         run=check_determinism,
         configs={None: (dataclasses.replace(MLP.model, dropout=0.2), MLP.train)},
         applies=lambda cls: cls.deterministic_on_cpu,
+        slow=True,
+    ),
+    Check(
+        name="chunked",
+        run=check_chunked,
+        configs={o: (MLP.model, with_optimizer(o, 1e-3 if o == "adam" else 0.05)) for o in ("momentum", "adam")},
+        applies=lambda cls: cls.deterministic_on_cpu,
+        slow=True,
+    ),
+    Check(
+        name="chunked-dropout",
+        run=check_chunked,
+        configs={None: (dataclasses.replace(MLP.model, dropout=0.2), MLP.train)},
+        applies=lambda cls: cls.deterministic_on_cpu and cls.chunks_dropout_exactly,
         slow=True,
     ),
     Check(

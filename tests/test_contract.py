@@ -18,7 +18,7 @@ from framebench.store.files import append_rows
 from framebench.store.job import Dimension, End, Epoch, Job, MalformedEvent, Setup, from_wire, to_wire
 from framebench.store.reader import read_table
 
-TEMPLATE = Job(run_id="r", dataset="digits", data_dir=None, preset="mlp", config={}, seed=0, threads=1, target_acc=0.9)
+TEMPLATE = Job(run_id="r", dataset="digits", data_dir=None, preset="mlp", config={}, threads=1, target_acc=0.9)
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def flavour(monkeypatch):
 
 def planned() -> list[Job]:
     model, train = resolve("mlp", {}, {"epochs": 1})
-    matrix = Matrix({"backend": ["numpy"], "variant": ["default"], "device": ["cpu"], "flavour": ["sweet", "sour"]}, 2, 0, False)
+    matrix = Matrix({"backend": ["numpy"], "variant": ["default"], "device": ["cpu"], "flavour": ["sweet", "sour"]}, 2)
     return plan([matrix], TEMPLATE, Sweep("", ("",)), model, train)
 
 

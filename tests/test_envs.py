@@ -121,6 +121,7 @@ def synthetic_run(tmp_path, new_losses: list[float], new_time: float, new_acc: f
             "precision": precision,
             "sweep_value": "",
             "repeat": repeat,
+            "seed": "0",
         }
         runs.append(
             {
@@ -128,7 +129,6 @@ def synthetic_run(tmp_path, new_losses: list[float], new_time: float, new_acc: f
                 "dataset": "digits",
                 "preset": "ci",
                 "sweep_field": "",
-                "seed": repeat,
                 "attempt": 1,
                 "node": "n",
                 "status": "ok",

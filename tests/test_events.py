@@ -22,7 +22,7 @@ from framebench.core.config import ModelConfig, TrainConfig
 from framebench.driver import node, session
 from framebench.driver.request import RunRequest
 from framebench.store import job as contract
-from framebench.store.job import End, Epoch, Job, Setup, to_wire
+from framebench.store.job import End, Epoch, Evaluation, Job, Setup, to_wire
 from framebench.store.reader import load_results
 from tests.test_faults import alive, wait_for
 
@@ -34,7 +34,7 @@ POINT = {"backend": "numpy", "variant": "default", "device": "cpu", "sweep_value
 def job_of(**train) -> Job:
     train = dataclasses.asdict(TrainConfig(**{"batch_size": BATCH, "epochs": EPOCHS, **train}))
     config = {"model": dataclasses.asdict(ModelConfig()), "train": train}
-    return Job(run_id="r", dataset="digits", data_dir=None, preset="mlp", config=config, seed=0, threads=1, target_acc=0.9, point=POINT)
+    return Job(run_id="r", dataset="digits", data_dir=None, preset="mlp", config=config, threads=1, target_acc=0.9, point=POINT)
 
 
 def start() -> dict:
@@ -49,11 +49,15 @@ def epoch(number: int, **changes) -> dict:
     return {**to_wire(Epoch(number, 0.5, [0.3, 0.2, 0.1], 0.2, 0.25, 0.9, 0.01, 100.0)), **changes}
 
 
+def evaluation(epoch_number: int, step: int, **changes) -> dict:
+    return {**to_wire(Evaluation(epoch_number, step, 0.1 * step, 0.3, 0.8, 0.01)), **changes}
+
+
 def end(status: str = "ok", **changes) -> dict:
     return {"type": "end", "status": status, "compute_dtype": "float32" if status == "ok" else "", **changes}
 
 
-TRUE = [start(), setup(), epoch(1), epoch(2), end()]
+TRUE = [start(), setup(), evaluation(1, 2), epoch(1), evaluation(2, 5), epoch(2), end()]
 
 
 @pytest.fixture
@@ -86,7 +90,7 @@ def sends(*events: dict) -> list[dict]:
 
 def test_a_true_worker_s_events_pass_whole(scripted):
     events, _ = scripted(sends(*TRUE))
-    assert [type(e).__name__ for e in events] == ["Start", "Setup", "Epoch", "Epoch", "End"]
+    assert [type(e).__name__ for e in events] == ["Start", "Setup", "Evaluation", "Epoch", "Evaluation", "Epoch", "End"]
     assert events[-1].status == "ok" and events[-1].error == ""
 
 
@@ -131,6 +135,14 @@ def test_a_true_worker_s_events_pass_whole(scripted):
         ([start(), setup(), epoch(1), epoch(2), end(compute_dtype="")], contract.RULE_DTYPE),
         ([start(), setup(), epoch(1), end("failed", compute_dtype="int4")], contract.RULE_DTYPE),
         ([start(), end("failed", compute_dtype="float32")], contract.RULE_DTYPE),  # claimed with nothing trained
+        ([start(), evaluation(1, 2)], contract.RULE_ORDER),  # an evaluation before setup
+        ([start(), setup(), evaluation(1, 2), evaluation(1, 1)], contract.RULE_EVALUATIONS),  # steps backwards
+        ([start(), setup(), evaluation(1, 4)], contract.RULE_EVALUATIONS),  # beyond the epoch's 3 steps
+        ([start(), setup(), epoch(1), evaluation(1, 3)], contract.RULE_EVALUATIONS),  # in an epoch already sent
+        ([start(), setup(), evaluation(1, 2), evaluation(1, 3, train_s=0.1)], contract.RULE_EVALUATIONS),  # the clock backwards
+        ([start(), setup(), evaluation(1, 2, test_acc=1.5)], contract.RULE_ACCURACY),
+        ([start(), setup(), evaluation(1, 2, test_loss=math.nan)], contract.RULE_LOSSES),
+        ([start(), setup(), evaluation(1, 2, eval_s=-1.0)], contract.RULE_TIMES),
     ],
 )
 def test_an_event_that_cannot_be_true_fails_the_job_naming_the_rule(scripted, said, rule):
@@ -138,7 +150,7 @@ def test_an_event_that_cannot_be_true_fails_the_job_naming_the_rule(scripted, sa
     last = events[-1]
     assert isinstance(last, End) and last.status == "failed", last
     assert f"cannot be true of this job: {rule}" in last.error
-    assert not last.retried and all(isinstance(e, contract.Start | Setup | Epoch) for e in events[:-1])
+    assert not last.retried and all(isinstance(e, contract.Start | Setup | Evaluation | Epoch) for e in events[:-1])
     assert all(e.epoch_s >= 0 and 0 <= e.test_acc <= 1 for e in events if isinstance(e, Epoch))
 
 

@@ -181,13 +181,14 @@ def test_appending_another_configuration_is_refused(tmp_path):
     runs = (tmp_path / "r" / "runs.csv").read_bytes()
     other = run_fake(tmp_path, "--backends", "fake", "--epochs", "3", "--run-id", "r")
     assert other.returncode == 2 and "holds another configuration (train differ)" in other.stderr and "--resume" in other.stderr
-    seeds = run_fake(tmp_path, "--backends", "fake", "--epochs", "2", "--seed", "5", "--run-id", "r")
-    assert seeds.returncode == 2 and "was run with --seed 0; extend it with the same seeds" in seeds.stderr
+    seeds = run_fake(tmp_path, "--backends", "fake", "--epochs", "2", "--seed", "5", "--run-id", "r")  # a seed is one more point
+    assert seeds.returncode == 0 and "1 job(s) already ok" in seeds.stderr
     same = run_fake(tmp_path, "--backends", "fake,numpy", "--epochs", "2", "--run-id", "r")
-    assert same.returncode == 0 and "1 job(s) already ok" in same.stderr  # the same experiment grows by what is new
-    assert (tmp_path / "r" / "runs.csv").read_bytes().startswith(runs) and rows(tmp_path / "r" / "runs.csv") == 2
-    env = load_results(tmp_path / "r")["env"]  # both commands are on record: the first one's rows came from its nodes
-    assert [e["command"] for e in env["earlier"]] == [env["command"].replace("fake,numpy", "fake")]
+    assert same.returncode == 0 and "2 job(s) already ok" in same.stderr  # the same experiment grows by what is new
+    assert (tmp_path / "r" / "runs.csv").read_bytes().startswith(runs) and rows(tmp_path / "r" / "runs.csv") == 3
+    env = load_results(tmp_path / "r")["env"]  # every command is on record: the earlier ones' rows came from their nodes
+    commands = [e["command"] for e in env["earlier"]]
+    assert commands[0] == env["command"].replace("fake,numpy", "fake") and "--seed 5" in commands[1] and len(commands) == 2
     assert "earlier into this directory" in (tmp_path / "r" / "report.md").read_text()
     plugin_gone = framebench("run", "--resume", str(tmp_path / "r"), env={**os.environ, "FRAMEBENCH_PLUGINS": ""})
     assert plugin_gone.returncode == 2 and "names backend(s) not registered here (fake)" in plugin_gone.stderr
@@ -269,7 +270,7 @@ def test_an_empty_steps_table_gets_its_header_back(finished):
     appended = run_fake(finished.parent, "--backends", "fake,numpy", "--epochs", "2", "--repeats", "2", "--run-id", "r")
     assert appended.returncode == 0, appended.stderr
     steps = load_results(finished)["steps"]
-    assert (finished / "steps.csv").read_text().startswith("run_id,backend,variant") and set(steps["backend"]) == {"numpy"}
+    assert (finished / "steps.csv").read_text().startswith("run_id,seed,backend,variant") and set(steps["backend"]) == {"numpy"}
 
 
 @pytest.mark.parametrize(

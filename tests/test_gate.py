@@ -52,7 +52,7 @@ def group(
         times = level * np.exp(rng.normal(0, within, EPOCHS))
         times[0] *= 3  # a slow first epoch, which must not count
         keys = {d.name: d.default for d in DIMENSIONS} | {"run_id": label, "backend": "numpy", "dataset": "digits", "preset": "mlp"}
-        keys |= {"sweep_field": "", "sweep_value": "", "repeat": repeat, "seed": repeat, "attempt": 1}
+        keys |= {"sweep_field": "", "sweep_value": "", "repeat": repeat, "seed": "0", "attempt": 1}
         row = dict.fromkeys(columns("runs"), np.nan) | keys
         row |= {"node": "box", "host": "box", "status": "ok", "error": "", "threads": 2, "implementation": "abc"}
         row |= {"median_epoch_s": float(np.median(times[1:])), "final_test_acc": acc, "other_cpu_frac": busy}
@@ -230,7 +230,7 @@ def lockstep_groups(effect: float, *, step: float = 1.0, repeats: int = 3, noise
 
 def job_keys(env: str, repeat: int) -> dict:
     keys = {d.name: d.default for d in DIMENSIONS} | {"run_id": "lockstep", "backend": "numpy", "dataset": "digits", "preset": "mlp"}
-    return keys | {"env": "both", "sweep_field": "", "sweep_value": "", "repeat": repeat, "seed": repeat, "attempt": 1}
+    return keys | {"env": "both", "sweep_field": "", "sweep_value": "", "repeat": repeat, "seed": "0", "attempt": 1}
 
 
 def separate_runs(effect: float, *, step: float, repeats: int = 3, seed: int = 0) -> list[Group]:

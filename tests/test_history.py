@@ -101,7 +101,7 @@ def write_run(
     rows, epochs = [], []
     for backend, repeats in seconds.items():
         for repeat, value in enumerate(repeats):
-            job = {**common, "backend": backend, "repeat": repeat, "seed": repeat, "attempt": 1}
+            job = {**common, "backend": backend, "repeat": repeat, "seed": "0", "attempt": 1}
             measured = {"median_epoch_s": value, "final_test_acc": acc, "framework_version": "1.0", "started_at": started}
             rows.append({**job, "node": "n1", "status": "ok", **measured})
             epochs += [{**job, "epoch": e, "epoch_s": value, "train_loss": 1.0 / e, "test_loss": 1.2 / e} for e in (1, 2)]
@@ -123,7 +123,7 @@ def step_history(root: Path, runs: int = 8, step_at: int = 4) -> list[Path]:
 def test_series_are_per_run_medians_split_by_training_configuration(tmp_path):
     step_history(tmp_path)
     write_run(tmp_path, "other-lr", {"numpy": [5.0]}, started=1.9e9, commit="x", train={**TRAIN, "lr": 0.1})
-    retry = {"backend": "torch", "repeat": 0, "seed": 0, "attempt": 2, "status": "ok", "median_epoch_s": 3.0, "final_test_acc": 0.97}
+    retry = {"backend": "torch", "repeat": 0, "seed": "0", "attempt": 2, "status": "ok", "median_epoch_s": 3.0, "final_test_acc": 0.97}
     write_run(tmp_path, "retried", {"torch": [9.0]}, started=1.9e9, commit="y", train={**TRAIN, "lr": 0.5}, extra=[retry])
     history = load_history([str(tmp_path)])
     runs = history.runs
@@ -137,8 +137,8 @@ def test_series_are_per_run_medians_split_by_training_configuration(tmp_path):
 
 def test_the_history_and_the_reports_give_the_same_medians_for_the_same_directory(tmp_path):
     """Both read through the store's one reader: one latest attempt per job, one definition of a group's medians."""
-    retry = {"backend": "torch", "repeat": 1, "seed": 1, "attempt": 2, "status": "ok", "median_epoch_s": 2.5, "final_test_acc": 0.91}
-    failed = {"backend": "numpy", "repeat": 2, "seed": 2, "attempt": 1, "status": "failed", "median_epoch_s": 9.0, "final_test_acc": 0.1}
+    retry = {"backend": "torch", "repeat": 1, "seed": "0", "attempt": 2, "status": "ok", "median_epoch_s": 2.5, "final_test_acc": 0.91}
+    failed = {"backend": "numpy", "repeat": 2, "seed": "0", "attempt": 1, "status": "failed", "median_epoch_s": 9.0, "final_test_acc": 0.1}
     directory = write_run(tmp_path, "r", {"numpy": [1.0, 1.2], "torch": [2.0, 2.2]}, started=1.8e9, commit="c", extra=[retry, failed])
     reported = summary(load_with_floors(directory)["runs"]).set_index("backend")
     history = load_history([str(directory)]).runs.set_index("backend")

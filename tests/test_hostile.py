@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import time
@@ -162,7 +163,8 @@ def test_every_reader_takes_nan_cells(finished, tmp_path, capsys):
         ("config.json", None, {"from_the_future": 1}, "from_the_future"),
         ("config.json", None, {"sweep": None}, "sweep"),
         ("config.json", None, {"threads": "4"}, "threads"),
-        ("config.json", None, {"matrices": [{"seed": "0"}]}, "matrices[0].seed"),
+        ("config.json", None, {"matrices": [{"repeats": "2"}]}, "matrices[0].repeats"),
+        ("config.json", None, {"matrices": [{"axes": {"seed": [0]}}]}, "matrices[0].axes.seed[0]"),
         ("config.json", "model", {"from_the_future": 1}, "model.from_the_future"),  # as a newer framebench would write
         ("config.json", "train", {"from_the_future": True}, "train.from_the_future"),
         ("config.json", "train", {"epochs": "2"}, "train.epochs"),
@@ -204,8 +206,9 @@ def test_text_from_results_is_inert_markdown(finished, tmp_path, capsys):
     compared = tmp_path / "compare.md"
     command(capsys, "compare", str(finished), str(finished), "--markdown", str(compared))
     for text in (report, compared.read_text()):
-        table = [line for line in text.splitlines() if line.startswith("| ")]
-        assert len({line.replace("\\|", "").count("|") for line in table}) == 1, table
+        for table in re.findall(r"(?:^\|.*\n?)+", text, flags=re.MULTILINE):  # every table of the text, each its own cell count
+            lines = table.splitlines()
+            assert len({line.replace("\\|", "").count("|") for line in lines}) == 1, lines
     assert escape_markdown(HOSTILE) == "&lt;script&gt;alert(1)&lt;/script&gt; \\| a \\| b \\| &#96;code&#96;"
     assert to_markdown(pd.DataFrame({"a|b": [HOSTILE]})).count("<") == 0
 
@@ -267,7 +270,7 @@ def test_a_probe_hanging_on_import_holds_the_run_no_longer_than_its_timeout(tmp_
     rows, skipped = gemm.probe(("numpy",), "cpu", 1, "fp32", (4, 3, 2), 2, probe_env(tmp_path, hang), timeout_s=2.0)
     assert rows == [] and skipped == ["numpy on cpu: no answer within 2 s, killed"] and time.monotonic() - started < 30
     jobs = recorded_jobs("r", {**new_config(RunRequest(threads=1), {}, {"epochs": 1}), "matrices": [
-        {"axes": {"backend": ["numpy"], "variant": ["default"], "device": ["cpu"]}, "repeats": 1, "seed": 0, "same_seed": False}
+        {"axes": {"backend": ["numpy"], "variant": ["default"], "device": ["cpu"]}, "repeats": 1}
     ]})  # fmt: skip
     assert {request.timeout_s for request in session.probe_requests(jobs, 64, 10, False, 10.0)} == {10.0}
 
@@ -276,7 +279,7 @@ def test_precision_given_beside_a_precision_sweep_is_refused_and_a_swept_dimensi
     """--precision fp32 was dropped silently, and its jobs labelled "precision=bf16, precision=bf16"."""
     status, _, err = command(capsys, *run_args(tmp_path, "--precision", "fp32", "--sweep", "precision=fp32,bf16"))
     assert status == 2 and len(err.splitlines()) == 1 and "drop --precision" in err and list(tmp_path.iterdir()) == []
-    job = Job(run_id="r", dataset="digits", data_dir=None, preset="mlp", config={}, seed=0, threads=1, target_acc=0.9,
+    job = Job(run_id="r", dataset="digits", data_dir=None, preset="mlp", config={}, threads=1, target_acc=0.9,
               point={"backend": "numpy", "precision": "bf16", "sweep_value": "bf16"}, sweep_field="precision")  # fmt: skip
     assert job.label == "numpy/default on cpu, precision=bf16, repeat 1"
 

@@ -31,7 +31,7 @@ EPOCHS = 4
 def job(env: str, repeat: int = 0, backend: str = "numpy", epochs: int = EPOCHS) -> Job:
     point = {d.name: d.default for d in DIMENSIONS} | {"backend": backend, "env": env}
     config = {"model": dataclasses.asdict(ModelConfig()), "train": dataclasses.asdict(TrainConfig(epochs=epochs, batch_size=10))}
-    return Job("r", "digits", None, "ci", config, seed=repeat, threads=1, target_acc=0.9, point=point, repeat=repeat)
+    return Job("r", "digits", None, "ci", config, threads=1, target_acc=0.9, point=point | {"seed": str(repeat)}, repeat=repeat)
 
 
 @pytest.fixture
@@ -179,9 +179,7 @@ OLDER_ROW = {"repeat": "1", "attempt": "1", "epoch": "1", "status": "ok", "epoch
 def test_tables_from_before_lockstep_read_with_empty_slot_and_lockstep_columns(tmp_path):
     for table in ("runs", "epochs"):
         header = [c for c in columns(table) if c not in ADDED_COLUMNS[table]]
-        (tmp_path / f"{table}.csv").write_text(
-            ",".join(header) + "\n" + ",".join(OLDER_ROW.get(c, "") for c in header) + "\n"
-        )
+        (tmp_path / f"{table}.csv").write_text(",".join(header) + "\n" + ",".join(OLDER_ROW.get(c, "") for c in header) + "\n")
     runs, epochs = read_table(tmp_path, "runs"), read_table(tmp_path, "epochs")
     assert list(runs.columns) == columns("runs") and runs["lockstep"].tolist() == [""]
     assert list(epochs.columns) == columns("epochs") and math.isnan(epochs["slot"].iloc[0])

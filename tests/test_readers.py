@@ -43,8 +43,8 @@ def config(repeats: int) -> dict:
     """config.json as `framebench run --backends numpy,jax --repeats N` writes it (no floors: nothing to probe)."""
     request = RunRequest(backends="numpy,jax", dataset="digits", preset="mlp", repeats=repeats, floors=False, threads=2)
     written = new_config(request, {"hidden": (32,)}, {"epochs": 3, "batch_size": 16})
-    axes = {"backend": list(BACKENDS), "variant": ["default"], "device": ["cpu"], "env": ["current"], "precision": ["fp32"]}
-    return {**json.loads(json.dumps(written)), "matrices": [{"axes": axes, "repeats": repeats, "seed": 0, "same_seed": False}]}
+    axes = {"seed": ["0"], "backend": list(BACKENDS), "variant": ["default"], "device": ["cpu"], "env": ["current"], "precision": ["fp32"]}
+    return {**json.loads(json.dumps(written)), "matrices": [{"axes": axes, "repeats": repeats}]}
 
 
 def run_row(backend: str, repeat: int, seconds: float, started: float, acc: float = 0.95) -> dict:
@@ -86,7 +86,7 @@ def run_row(backend: str, repeat: int, seconds: float, started: float, acc: floa
 
 def job_key(backend: str, repeat: int, attempt: int = 1) -> dict:
     dimensions = {"backend": backend, "variant": "default", "device": "cpu", "env": "current", "precision": "fp32", "sweep_value": ""}
-    rest = {"run_id": "r", "dataset": "digits", "preset": "mlp", "sweep_field": "", "repeat": repeat, "seed": repeat, "attempt": attempt}
+    rest = {"run_id": "r", "dataset": "digits", "preset": "mlp", "sweep_field": "", "repeat": repeat, "seed": "0", "attempt": attempt}
     return {**dimensions, **rest}
 
 
@@ -95,7 +95,7 @@ def results_directory(path: Path, repeats: int = 2, started: float = STARTED, sl
     path.mkdir(parents=True)
     write_json(path, "config.json", config(repeats))
     write_json(path, "env.json", {**ENV, "started_utc": "2027-01-15T08:00:00+00:00"})
-    runs, epochs, steps = [], [], []
+    runs, epochs, steps, evals = [], [], [], []
     for backend, seconds in BACKENDS.items():
         for repeat in range(repeats):
             time = seconds * slower * (1 + 0.01 * repeat)
@@ -118,7 +118,12 @@ def results_directory(path: Path, repeats: int = 2, started: float = STARTED, sl
                 for e in (1, 2, 3)
                 for s in (1, 2)
             ]
+            evals += [
+                {**key, "epoch": e, "step": 2 * e, "train_s": e * time, "test_loss": 1.1 / e, "test_acc": 0.9, "eval_s": 0.01}
+                for e in (1, 2, 3)
+            ]
     append_rows(path, "runs", runs)
+    append_rows(path, "evals", evals)
     append_rows(path, "epochs", epochs)
     append_rows(path, "steps", steps)
     append_rows(path, "gemm", [row for library in BACKENDS for probe in ("start", "end") for row in gemm_rows(library, 0.004, probe)])
@@ -397,7 +402,7 @@ def test_report_and_compare_markdown_keep_a_beacon_inert(pair, tmp_path):
     assert cli("compare", str(base), str(new), "--markdown", str(markdown)).returncode == 1
     for text in ((new / "report.md").read_text(), markdown.read_text()):
         html = rendered(text)
-        assert "t.png" in html and set(re.findall(r'<img src="([^"]*)"', html)) <= set(FIGURE_CAPTIONS), (
+        assert "t.png" in html and set(re.findall(r'<img src="([^"]*)"', html)) <= {*FIGURE_CAPTIONS, "profile.png"}, (
             html
         )  # only the report's own figures
         assert "@everyone" not in html and "http://host" not in html

@@ -34,9 +34,7 @@ CONFIG = {
     "threads": 2,
     "sweep": {"field": "", "values": [""]},
     "target_acc": 0.9,
-    "matrices": [
-        {"axes": {"backend": ["numpy", "jax"], "variant": ["default"], "device": ["cpu"]}, "repeats": 3, "seed": 0, "same_seed": False}
-    ],
+    "matrices": [{"axes": {"backend": ["numpy", "jax"], "variant": ["default"], "device": ["cpu"], "seed": ["0"]}, "repeats": 3}],
 }
 NODE = {"machine": "box", "cpu": "Some CPU", "cores": 2, "kernel_settings": {}, "gpus": [], "threads": 2}
 ENV = {**NODE, "nodes": {"box": NODE}, "command": "framebench run ...", "git_commit": "abc"}
@@ -54,7 +52,7 @@ def run_row(backend: str, repeat: int, epoch_s: float, acc: float, **changes) ->
         dataset="digits",
         preset="mlp",
         repeat=repeat,
-        seed=repeat,
+        seed="0",
         attempt=1,
         node="box",
         host="box",
@@ -312,13 +310,14 @@ def test_check_passes_only_runs_it_verified(tmp_path):
     assert cli("check", str(directory), "--thresholds", good).returncode == 0
     partial = thresholds_file(tmp_path / "partial.csv", [("numpy", 0.9)])
     missing = cli("check", str(directory), "--thresholds", partial)
-    assert missing.returncode == 1 and "jax/default on cpu (mlp, digits, fp32, 3 epochs, repeat 1): no threshold" in missing.stdout
+    assert missing.returncode == 1 and "jax/default on cpu (mlp, digits, fp32, 3 epochs, seed 0, repeat 1): no threshold" in missing.stdout
     assert cli("check", str(directory), "--thresholds", partial, "--allow-missing").returncode == 0
     strict = thresholds_file(tmp_path / "strict.csv", [("numpy", 0.9), ("jax", 0.999)])
     result = cli("check", str(directory), "--thresholds", strict)
     assert (
         result.returncode == 1
-        and "FAIL: jax/default on cpu (mlp, digits, fp32, 3 epochs, repeat 1): test accuracy 0.9500 < threshold 0.9990" in result.stdout
+        and "FAIL: jax/default on cpu (mlp, digits, fp32, 3 epochs, seed 0, repeat 1): test accuracy 0.9500 < threshold 0.9990"
+        in result.stdout
     )
 
 
@@ -422,7 +421,7 @@ def test_perf_takes_the_run_flags_and_runs_one_request_per_preset(tmp_path, monk
     requests = []
     monkeypatch.setattr(perf, "run_matrix", lambda request, model, train: requests.append((request, train)) or 0)
     monkeypatch.setattr(perf, "write_perf_report", lambda folder, directories: folder / "report.md")
-    flags = ["--timeout", "60", "--executor", "local", "--seed", "7", "--same-seed", "--no-floors", "--schedule-timeout", "9"]
+    flags = ["--timeout", "60", "--executor", "local", "--seed", "7", "--no-floors", "--schedule-timeout", "9"]
     result = cli("study", "perf", "--presets", "mlp", "--backends", "numpy,torch", "--epochs", "2", "--results-dir", str(tmp_path), *flags)
     assert result.returncode == 0, result.stderr
     assert [(r.preset, r.backends, r.run_id) for r, _ in requests] == [
@@ -431,14 +430,7 @@ def test_perf_takes_the_run_flags_and_runs_one_request_per_preset(tmp_path, monk
         ("tutorial004", "torch", "tutorial004"),
     ]
     request, train = requests[0]
-    assert (request.timeout, request.executor, request.seed, request.same_seed, request.floors, request.schedule_timeout) == (
-        60,
-        "local",
-        7,
-        True,
-        False,
-        9,
-    )
+    assert (request.timeout, request.executor, request.seeds, request.floors, request.schedule_timeout) == (60, "local", "7", False, 9)
     assert (request.variants, request.repeats, request.results_dir, train) == ("all", 2, str(tmp_path), {"epochs": 2})
 
 

@@ -42,6 +42,9 @@ class Classifier(ABC):
     precision_gaps: ClassVar[dict[str, str]] = {}
     # Whether two runs with the same seed give bit-identical losses on the CPU.
     deterministic_on_cpu: ClassVar[bool] = True
+    # Whether an epoch trained in chunks (--eval-every: one train_epoch call per slice of its order) draws
+    # the dropout masks of one call over the whole order; without dropout every class chunks exactly.
+    chunks_dropout_exactly: ClassVar[bool] = True
     # What a plugin (FRAMEBENCH_PLUGINS) needs, read from its class when its entry is first looked up
     # (the built-in backends declare theirs in `framebench.core.registry`, which imports none of them):
     # the devices it can run on at all (`available` says whether this machine has them), the

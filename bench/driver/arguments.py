@@ -47,6 +47,19 @@ def add_fields(group, cls, choices: dict, note: str = "", skip: tuple[str, ...] 
             group.add_argument(flag, dest=field.name, type=TYPES.get(field.type, str), default=None, help=text)
 
 
+class SameSeedIsGone(argparse.Action):
+    """--same-seed, from before seeds were a dimension of the matrix: one line saying what replaced it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        raise FrameBenchError("--same-seed is gone: every repeat reruns the same seeds now; list the seeds to run with --seeds, e.g. 0-9")
+
+
+def add_seed_aliases(parser: argparse.ArgumentParser) -> None:
+    """--seed N, the same as --seeds N; --same-seed, refused with what replaced it (a parser of RunRequest's flags)."""
+    parser.add_argument("--seed", dest="seeds", default=None, help="the same as --seeds")
+    parser.add_argument("--same-seed", action=SameSeedIsGone, nargs=0, help=argparse.SUPPRESS)
+
+
 def given(args: argparse.Namespace, cls) -> dict:
     """The fields of `cls` the command line set (None means: not given)."""
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}

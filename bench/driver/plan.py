@@ -16,6 +16,7 @@ from pathlib import Path
 
 from framebench.core import registry
 from framebench.core.config import PRESETS, ModelConfig, Sweep, TrainConfig, config_from_dict, resolve
+from framebench.core.seeds import seed_values
 from framebench.driver import envs
 from framebench.driver.executors import Executor
 from framebench.driver.recorder import JobState, summarize
@@ -44,9 +45,7 @@ SETTLED = (OK, "unsupported")  # a job whose latest attempt ended so is not run 
 @dataclass(frozen=True)
 class Matrix:
     axes: dict[str, list[str]]  # {dimension: its values} for every dimension a request lists (backends, variants, devices, ...)
-    repeats: int  # rounds over all jobs
-    seed: int  # seed of the first repeat
-    same_seed: bool  # every repeat uses `seed`
+    repeats: int  # rounds over all jobs, each rerunning every seed of the axes
 
     def points(self) -> list[dict[str, str]]:
         """Every combination of the axes' values, the dimensions nested in DIMENSIONS' order (the last
@@ -72,7 +71,6 @@ def plan(matrices: list[Matrix], template: Job, sweep: Sweep, model: ModelConfig
                         point={**point, "sweep_value": value, **swept_dimension},
                         repeat=repeat,
                         config=config,
-                        seed=matrix.seed if matrix.same_seed else matrix.seed + repeat,
                         threads=threads,
                         sweep_field=sweep.field,
                     )
@@ -89,7 +87,6 @@ def recorded_jobs(run_id: str, config: dict) -> list[Job]:
         data_dir=config.get("data_dir"),
         preset=config["preset"],
         config={},
-        seed=0,
         threads=config["threads"],
         target_acc=config["target_acc"],
     )
@@ -118,11 +115,12 @@ def matrix_of(request: RunRequest, executor: Executor) -> Matrix:
         "variant": list(variants),
         "device": list(resolve_devices(request.device, executor)),
         "env": list(envs.parse_specs(request.env)) or [envs.CURRENT],
+        "seed": seed_values(request.seeds),
     }
     for dimension in contract.DIMENSIONS:
         if dimension.request_field and dimension.name not in axes:
             axes[dimension.name] = list(dict.fromkeys(v.strip() for v in str(getattr(request, dimension.request_field)).split(",")))
-    return Matrix(axes, request.repeats, request.seed, request.same_seed)
+    return Matrix(axes, request.repeats)
 
 
 def framebench_version() -> str:
@@ -202,24 +200,12 @@ def merged_envs(directory: Path, old: dict[str, list[str]], new: dict[str, list[
     return {**old, **new}
 
 
-def check_same_seeds(directory: Path, matrices: list[dict], seed: int, same_seed: bool) -> None:
-    """Every matrix of a directory seeds its repeats alike: its backends then start from the same
-    weights, and a job already run is never taken as done for other seeds."""
-    for matrix in matrices:
-        if (matrix["seed"], matrix["same_seed"]) != (seed, same_seed):
-            raise FrameBenchError(
-                f"{directory} was run with --seed {matrix['seed']}"
-                + (" --same-seed" if matrix["same_seed"] else "")
-                + "; extend it with the same seeds, or pass a new --run-id"
-            )
-
-
 def done_keys(directory: Path) -> dict[tuple, tuple[str, int]]:
     """{job key: (status of its latest runs.csv row, the highest attempt any table records)} of the
-    jobs the directory holds: an attempt with epochs or steps but no runs row still takes its number."""
+    jobs the directory holds: an attempt with epochs, steps or evaluations but no runs row still takes its number."""
     runs = read_table(directory, "runs").sort_values("attempt", kind="stable")
     done = {key: (status, attempt) for (key, attempt), status in zip(table_attempts(runs), runs["status"], strict=True)}
-    for table in ("epochs", "steps"):
+    for table in ("epochs", "steps", "evals"):
         for key, attempt in table_attempts(read_table(directory, table)):
             status, highest = done.get(key, ("", 0))
             done[key] = (status, max(highest, attempt))
@@ -233,12 +219,12 @@ def table_attempts(rows) -> list[tuple[tuple, int]]:
 
 
 def supersede_unfinished(directory: Path, jobs: list[Job]) -> None:
-    """Give every attempt that left epochs or steps but no runs.csv row (its driver was killed
+    """Give every attempt that left epochs, steps or evaluations but no runs.csv row (its driver was killed
     outright) an `interrupted` row, so it reads as superseded and never as a result."""
     planned = {job.key(): job for job in jobs}
     finished = {(key, attempt) for key, attempt in table_attempts(read_table(directory, "runs"))}
     epochs = read_table(directory, "epochs")
-    unfinished = {(key, attempt) for table in ("epochs", "steps") for key, attempt in table_attempts(read_table(directory, table))}
+    unfinished = {(key, attempt) for table in ("epochs", "steps", "evals") for key, attempt in table_attempts(read_table(directory, table))}
     for key, attempt in sorted(unfinished - finished):
         if key not in planned:
             continue

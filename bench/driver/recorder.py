@@ -6,6 +6,7 @@ held back while a job's rows are being written, so every job keeps exactly one w
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import signal
 import statistics
@@ -25,6 +26,7 @@ from framebench.store.job import (
     EPOCH_FIELDS,
     End,
     Epoch,
+    Evaluation,
     Job,
     Setup,
     Start,
@@ -41,16 +43,12 @@ class JobState:
     node: str = ""  # where it runs, once it has started
     setup: Setup | None = None  # its setup event, once it came
     epochs: list[Epoch] = field(default_factory=list)  # its epoch events so far
+    evaluations: list[Evaluation] = field(default_factory=list)  # its evaluation events so far
 
 
-def time_to_target(epochs: list[Epoch], target: float) -> float | None:
-    """Training seconds (evaluation excluded) until test accuracy first reaches `target`."""
-    elapsed = 0.0
-    for epoch in epochs:
-        elapsed += epoch.epoch_s
-        if epoch.test_acc >= target:
-            return elapsed
-    return None
+def reached_target(evaluations: list[Evaluation], target: float) -> Evaluation | None:
+    """The first evaluation whose test accuracy reaches `target` (None: the run did not converge, or has none)."""
+    return next((e for e in evaluations if e.test_acc >= target), None)
 
 
 def summarize(state: JobState, end: End) -> dict:
@@ -61,6 +59,8 @@ def summarize(state: JobState, end: End) -> dict:
     median = statistics.median(steady) if steady else None
     samples = setup.samples_per_epoch if setup else None
     entry = registry.lookup(job.backend, job.variant)
+    reached = reached_target(state.evaluations, job.target_acc)
+    steps_per_epoch = math.ceil(samples / job.config["train"]["batch_size"]) if samples else None
     return {
         **job.row_keys(),
         "node": end.node or state.node,
@@ -78,7 +78,9 @@ def summarize(state: JobState, end: End) -> dict:
         "final_test_acc": epochs[-1].test_acc if epochs else None,
         "final_test_loss": epochs[-1].test_loss if epochs else None,
         "target_acc": job.target_acc,
-        "time_to_target_s": time_to_target(epochs, job.target_acc),
+        "time_to_target_s": reached.train_s if reached else None,
+        "steps_to_target": reached.step if reached else None,
+        "epochs_to_target": reached.step / steps_per_epoch if reached and steps_per_epoch else None,
         "gemm_library": entry.gemm_library,
         "compute_dtype": end.compute_dtype,
         "implementation": setup.implementation if setup and setup.implementation else entry.implementation(),
@@ -101,6 +103,10 @@ def log_name(job: Job) -> str:
     """The job's log file: its dimensions' values, each reduced to characters safe in a file name."""
     parts = [f"{job.sweep_field}={value}" if name == "sweep_value" else value for name, value in job.point.items() if value]
     return re.sub(r"[^A-Za-z0-9.,=_-]", "_", "-".join(parts)) + f"-r{job.repeat}-a{job.attempt}.log"
+
+
+def record_evaluation(directory: Path, job: Job, event: Evaluation) -> None:
+    append_rows(directory, "evals", [{**job.row_keys(), **dataclasses.asdict(event)}])
 
 
 def record_epoch(directory: Path, job: Job, event: Epoch) -> None:
@@ -196,6 +202,10 @@ def run_jobs(
             print(f"{label}: started on {event.node or 'this machine'}", file=sys.stderr, flush=True)
         elif isinstance(event, Setup):
             state.setup = event
+        elif isinstance(event, Evaluation):
+            with interrupts:
+                state.evaluations.append(event)
+                record_evaluation(directory, job, event)
         elif isinstance(event, Epoch):
             with interrupts:
                 state.epochs.append(event)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from framebench.core import registry
 from framebench.core.config import Sweep, check_precisions
+from framebench.core.seeds import seed_count, seed_ranges
 from framebench.driver.executors import EXECUTORS, Executor
 from framebench.errors import FrameBenchError
 
@@ -33,9 +34,8 @@ class RunRequest:
     results_dir: str = "results"  # parent folder of the run's results directory
     run_id: str | None = None  # results directory name (default: the UTC time); an existing one is extended, same configuration only
     resume: str | None = None  # a results directory to finish: its recorded matrix, only the jobs without an ok row
-    repeats: int = 1  # rounds over the whole matrix
-    seed: int = 0  # seed of initial weights and batch order; repeat r uses seed + r unless --same-seed
-    same_seed: bool = False  # every repeat uses --seed
+    repeats: int = 1  # rounds over the whole matrix, each rerunning the same seeds (for timing)
+    seeds: str = "0"  # seeds of the initial weights and batch order, the same for every backend: N, a list 0,3,7 or a range 0-9
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)  # CPU threads for every library (default: all cores)
     oversubscribe: bool = False  # allow --threads above this machine's cores
     target_acc: float | None = None  # test accuracy that times time-to-accuracy, in (0, 1] (default: the preset's)
@@ -46,7 +46,7 @@ class RunRequest:
     executor: str = "local"  # where jobs run: local (this machine, one at a time) or ray (a Ray cluster)
     address: str | None = None  # Ray cluster address, e.g. 10.0.0.1:6379 (default: start a Ray instance here)
     schedule_timeout: float = 300.0  # ray: seconds a job may wait for a node able to run it before it is unavailable
-    large_plan: bool = False  # run a matrix of more than 100000 jobs anyway (repeats x sweep values x backends x variants x devices)
+    large_plan: bool = False  # run a matrix of more than 100000 jobs anyway (repeats x seeds x sweep values x backends x variants x ...)
     env: tuple[str, ...] = ()  # NAME=REQ[;REQ...]: run the matrix in an environment of the lock with these overrides (repeatable)
     lockstep: bool = False  # run each two jobs that differ only in --env as a pair taking turns epoch by epoch (ABBA): paired timings
     trust_environments: bool = False  # build URL requirements (NAME @ URL) a results directory names (--resume, an existing --run-id)
@@ -56,8 +56,7 @@ class RunRequest:
         for flag, seconds in (("--timeout", self.timeout), ("--schedule-timeout", self.schedule_timeout)):
             if not 0 < seconds <= MAX_WAIT_S:
                 raise FrameBenchError(f"{flag} must be a finite number of seconds > 0 and at most {MAX_WAIT_S:g} (a week), got {seconds:g}")
-        if self.seed < 0:
-            raise FrameBenchError(f"--seed must be >= 0, got {self.seed}")
+        seed_ranges(self.seeds)
         if self.repeats < 1:
             raise FrameBenchError(f"--repeats must be at least 1, got {self.repeats}")
         check_threads(self.threads, self.oversubscribe, "--threads ")
@@ -112,7 +111,7 @@ def plan_size(request: RunRequest, sweep: Sweep) -> int:
     backends = split_names(request.backends, registry.backend_names(), "backend", "--backends")
     variants = split_names(request.variants, registry.variant_names(), "variant", "--variants")
     devices = min(len(split_names(request.device, list(DEVICE_CHOICES), "device", "--device")), 2)  # cpu and gpu at most
-    return request.repeats * len(sweep.values) * len(backends) * len(variants) * devices
+    return request.repeats * len(sweep.values) * len(backends) * len(variants) * devices * seed_count(request.seeds)
 
 
 def check_plan_size(request: RunRequest) -> None:
@@ -121,7 +120,7 @@ def check_plan_size(request: RunRequest) -> None:
     jobs = plan_size(request, Sweep.parse(request.sweep))
     if jobs > MAX_PLAN_JOBS and not request.large_plan:
         raise FrameBenchError(
-            f"this matrix plans up to {jobs:,} jobs (more than {MAX_PLAN_JOBS:,}); lower --repeats or the lists, "
+            f"this matrix plans up to {jobs:,} jobs (more than {MAX_PLAN_JOBS:,}); lower --repeats, --seeds or the lists, "
             "or pass --large-plan to run it anyway"
         )
     if jobs > LARGE_PLAN_JOBS:

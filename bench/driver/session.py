@@ -22,7 +22,6 @@ from framebench.driver.machine import environment
 from framebench.driver.plan import (
     SETTLED,
     check_same_experiment,
-    check_same_seeds,
     done_keys,
     matrix_of,
     merged_envs,
@@ -107,7 +106,6 @@ def run_locked(directory: Path, request: RunRequest, config: dict) -> int:
                 "matrices": recorded.get("matrices", []),
                 "envs": merged_envs(directory, recorded.get("envs", {}), config["envs"]),
             }
-            check_same_seeds(directory, config["matrices"], request.seed, request.same_seed)
         executor = make_executor(request.executor, request.address, request.schedule_timeout, config.get("lockstep", False))
         try:
             return run_in(directory, request, config, executor, data)

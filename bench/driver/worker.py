@@ -26,7 +26,7 @@ from framebench.core.config import config_from_dict, precision_mismatch, samples
 from framebench.core.data import load_dataset
 from framebench.core.harness import DivergedError, initial_weights, peak_rss_mb, train_epochs
 from framebench.errors import FrameBenchError
-from framebench.store.job import PROTOCOL_VERSION, End, Epoch, Job, Setup, Start, to_wire
+from framebench.store.job import DRIVER_OWNED, EPOCH_FIELDS, PROTOCOL_VERSION, End, Epoch, Evaluation, Job, Setup, Start, to_wire
 
 CHANNEL_VARIABLE = "FRAMEBENCH_EVENT_FD"  # the write end of the event channel, set by the node
 CONTROL_VARIABLE = "FRAMEBENCH_CONTROL_FD"  # the read end of the control pipe, set by the node in lockstep only
@@ -131,20 +131,23 @@ def run_job(job: Job, before_epoch=None) -> None:
             input_size=data.input_size,
             num_classes=data.num_classes,
             device=job.device,
-            seed=job.seed,
+            seed=job.seed_number,
             precision=job.precision,
         )
-        classifier.set_weights(initial_weights(classifier.sizes, model, job.seed))
+        classifier.set_weights(initial_weights(classifier.sizes, model, job.seed_number))
         classifier.prepare(data.x_train, data.y_train)
         classifier.sync()
         samples = samples_per_epoch(train, len(data.y_train))
         emit(Setup(time.perf_counter() - start, classifier.framework_version(), samples, implementation=entry.implementation()))
-        for result in train_epochs(classifier, data, model, train, job.seed, before_epoch):
+        for result in train_epochs(classifier, data, model, train, job.seed_number, before_epoch):
             if not compute_dtype:  # verified once, after the first epoch: a precision that did not take effect measures nothing
                 compute_dtype = classifier.compute_dtype()
                 if mismatch := precision_mismatch(job.precision, compute_dtype):
                     raise FrameBenchError(mismatch)
-            emit(Epoch(**{**dataclasses.asdict(result), "step_losses": result.step_losses.tolist()}, peak_rss_mb=peak_rss_mb()))
+            for evaluation in result.evaluations:
+                emit(Evaluation(**dataclasses.asdict(evaluation)))
+            measured = {name: getattr(result, name) for name in EPOCH_FIELDS if name not in DRIVER_OWNED}
+            emit(Epoch(**measured, step_losses=result.step_losses.tolist(), peak_rss_mb=peak_rss_mb()))
         status, error = "ok", ""
     except DivergedError as exc:
         status, error = "diverged", str(exc)

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
@@ -23,6 +24,7 @@ from framebench.errors import FrameBenchError
 from framebench.history.changes import ACCURACY, TIME, Found, Metric
 from framebench.history.series import History
 from framebench.history.text import clean, effect_text, label, short_commit, value
+from framebench.reports.profiles import R_MAX, TAUS, performance_ratios, rho, scores, times_to_target
 from framebench.store.job import key_columns, series_columns
 
 MARKER = ".framebench-site"  # marks a folder this module wrote, so --out never replaces anything else
@@ -241,7 +243,32 @@ def frameworks_page(history: History) -> str:
         rows = [[esc(f"{r.backend}/{r.variant}"), esc(r.device), esc(r.status), esc(r.error)] for r in problems.itertuples()]
         body += f"<h2>jobs of the newest run ({esc(newest['run_id'].iloc[0])}) that did not finish ok</h2>"
         body += cell_table(["backend", "device", "status", "error"], rows) if rows else "<p>none</p>"
-    return page("all backends at their latest run", body, depth=0)
+    return page("all backends at their latest run", body + profiles_section(history), depth=0)
+
+
+def profiles_section(history: History) -> str:
+    """Per machine, AlgoPerf's performance profile of every backend over the workloads (preset x dataset),
+    each at its newest run there: ρ(τ) and the score (framebench.reports.profiles). Empty where no run was timed to a target."""
+    if "time_to_target_s" not in history.rows:  # a Parquet export of an older framebench
+        return ""
+    rows = history.rows.assign(run_id=history.rows["directory"])  # each directory its own run, whatever its rows call it
+    body = ""
+    timed = set(rows.loc[rows["time_to_target_s"].astype(str) != "", "machine"])
+    for number, (machine, mine) in enumerate(rows[rows["machine"].isin(timed)].groupby("machine", sort=False)):
+        mine = mine.sort_values("run_time")
+        newest = mine.groupby(["preset", "dataset"])["directory"].transform("last")
+        ratios = performance_ratios(times_to_target(mine[mine["directory"] == newest], "seconds", precision_workloads=False))
+        taus, score = np.linspace(1.0, R_MAX, TAUS), scores(ratios)
+        curves = rho(ratios, taus)
+        figure = go.Figure(
+            [go.Scatter(x=taus, y=curves.loc[s], mode="lines", line={"shape": "hv"}, name=esc(f"{s} {score[s]:.3f}")) for s in score.index]
+        )
+        figure.update_layout(xaxis_title="τ: time to target over the fastest's", yaxis_title="ρ(τ)", yaxis_range=[-0.02, 1.02])
+        body += f"<h2>{esc(f'performance profiles over {ratios.shape[1]} workload(s), machine {machine}')}</h2><p>"
+        body += "AlgoPerf's: per workload each backend's median time to target over its seeds (∞: did not converge) over the "
+        body += f"fastest's; ratios above {R_MAX:g} get no credit; score: the normalised area under ρ(τ) from 1 to {R_MAX:g}.</p>"
+        body += chart(figure, f"profile-{number}")
+    return body
 
 
 def swap_in(staging: Path, target: Path) -> None:

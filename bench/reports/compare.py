@@ -1,7 +1,8 @@
 """`framebench compare BASE NEW`: accuracy and steady-state time of NEW against BASE, as a CI gate.
 
-A gate passes (exit 0) only what it verified. Every key (backend, variant, device, dataset, preset,
-sweep value) that ran ok in BASE must run ok in NEW. Time is the ratio of NEW's median steady-state
+A gate passes (exit 0) only what it verified. Every key (seed, backend, variant, device, dataset, preset,
+sweep value) that ran ok in BASE must run ok in NEW; a seed only one side ran (the other ran the same
+point at other seeds) is noted, `not compared`. Time is the ratio of NEW's median steady-state
 epoch to BASE's with a 95% interval from a hierarchical bootstrap (framebench.reports.stats), and the
 verdict reads the interval against --time-tol:
 
@@ -14,7 +15,7 @@ A time verdict is `not verified` instead when either side's jobs shared the CPU 
 (other_cpu_frac above BUSY_FRACTION), or when the machine's own speed (its calibration beside each
 job) differs between BASE and NEW by at least half the effect (or half the tolerance); with one
 repeat on a side the spread between processes is unknown, so the time verdict claims at most
-`no change` or `inconclusive`, never a regression. Accuracy is the difference of medians over repeats
+`no change` or `inconclusive`, never a regression. Accuracy, seed by seed, is the difference of medians over repeats
 with its interval (a regression: beyond --acc-tol and the interval below 0), or with one repeat
 today's tolerance rule. Accuracy is compared only between the same training configuration, and
 timings only between nodes with the same machine fingerprint. Exit status: 1 on a regression, else 2
@@ -45,7 +46,7 @@ from framebench.reports.markdown import escape_markdown, format_table, to_markdo
 from framebench.reports.stats import Interval, difference_of_medians, median_difference, paired_ratio, ratio_of_medians, repeats_to_settle
 from framebench.reports.summary import BUSY_FRACTION
 from framebench.reports.verdicts import FAIL, PASS, UNDECIDED, Kind, Verdict, exit_status, worst
-from framebench.store.job import NOT_RUN, PAIRED, columns, key_columns, point_names, series_columns
+from framebench.store.job import NOT_RUN, PAIRED, columns, key_columns, point_names, replicate_names, series_columns
 from framebench.store.reader import latest_attempts, load_results, node_environments, refuse_unreadable
 
 TRAINING = ("model", "train")  # config.json sections that decide what accuracy a run reaches
@@ -197,8 +198,22 @@ def compare_groups(base: Group, new: Group, options: Options) -> pd.DataFrame:
     rows = []
     for key in pd.concat([b[keys], n[keys]]).drop_duplicates().itertuples(index=False):
         in_base, in_new = b[(b[keys] == list(key)).all(axis=1)], n[(n[keys] == list(key)).all(axis=1)]
-        rows.append({**key._asdict(), **decide(in_base, in_new, options, (base.label, new.label))})
+        one_sided = seed_of_one_side(key._asdict(), (b, n), (in_base, in_new), (base.label, new.label))
+        decided = render({"repeats_base": len(in_base), "repeats_new": len(in_new), "verdict": one_sided}) if one_sided else None
+        rows.append({**key._asdict(), **(decided or decide(in_base, in_new, options, (base.label, new.label)))})
     return pd.DataFrame(rows, columns=keys + TABLE_COLUMNS + FIGURE_COLUMNS)
+
+
+def seed_of_one_side(key: dict, sides: tuple[pd.DataFrame, ...], rows: tuple[pd.DataFrame, ...], labels: tuple[str, str]) -> Verdict | None:
+    """A key one side lacks while it ran the same point at other seeds: that seed is noted, not compared
+    (accuracy is compared seed by seed, and a seed only one side ran has nothing to pair with)."""
+    pooled = [c for c in key if c not in replicate_names()]
+    (base, new), (in_base, in_new), (base_label, new_label) = sides, rows, labels
+    for side, mine, ran_only_in in ((base, in_base, new_label), (new, in_new, base_label)):
+        if mine.empty and not side.empty and (side[pooled] == [key[c] for c in pooled]).all(axis=1).any():
+            seeds = ", ".join(f"{name} {key[name]}" for name in replicate_names())
+            return Verdict(Kind.NOT_COMPARED, note=f"{seeds} ran only in {ran_only_in}")
+    return None
 
 
 def decide(b: pd.DataFrame, n: pd.DataFrame, options: Options, labels: tuple[str, str]) -> dict:

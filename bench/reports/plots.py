@@ -54,8 +54,12 @@ def style(backend: str, variant: str, device: str, variants: list[str]) -> dict:
 
 
 def first_repeat(table: pd.DataFrame) -> pd.DataFrame:
-    """Curves show repeat 0 of each series: one line each, no averaging across different seeds."""
-    return table[table["repeat"] == table["repeat"].min()] if not table.empty else table
+    """Curves show the first repeat at the first seed of each series: one line each, no averaging across seeds."""
+    if table.empty:
+        return table
+    first_seed = min(table["seed"], key=lambda seed: (len(str(seed)), str(seed)))  # numerically, whatever the column's type
+    table = table[table["seed"] == first_seed]
+    return table[table["repeat"] == table["repeat"].min()]
 
 
 def plot_losses(steps: pd.DataFrame, epochs: pd.DataFrame, variants: list[str], path: Path) -> None:

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from framebench.reports import environments, precision
+from framebench.reports import convergence, environments, precision
 from framebench.reports.floors import load_with_floors, unreliable_warnings
 from framebench.reports.markdown import escape_markdown, to_markdown, write_markdown
 from framebench.reports.plots import draw_all
@@ -53,7 +53,7 @@ def matrix_line(config: dict) -> str:
     return escape_markdown(
         f"Preset {config.get('preset')} on {config.get('dataset')}, {repeats} repeat(s), seeds {seeds}{swept}; "
         f"{config.get('threads')} threads; "
-        f"time-to-accuracy target {config.get('target_acc')}."
+        f"time-to-target accuracy {config.get('target_acc')}."
     )
 
 
@@ -88,6 +88,7 @@ def write_report(directory: str | Path) -> Path:
         ],
         "",
         *precision.report_section(tables["runs"]),
+        *convergence.report_section(directory, tables),
         *(report_section(directory, tables) if swept_field(config) else []),
         *environments.report_section(tables),
         *(["## Figures", "", *[f"![{FIGURE_CAPTIONS[name]}]({name})\n" for name in figures]] if figures else []),

@@ -1,4 +1,4 @@
-"""The summary table: one row per point of the matrix (backend, variant, device, ...[, sweep value]), aggregated over repeats.
+"""The summary table: one row per point of the matrix (backend, variant, device, ...[, sweep value]), aggregated over repeats and seeds.
 
 Only each job's latest attempt counts (a retry or a resume supersedes it), and only `ok` runs give
 times and accuracies; every other outcome is shown with its count and reason, never as a figure.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from framebench.store import job
-from framebench.store.job import NOT_RUN, point_names
+from framebench.store.job import NOT_RUN, summary_names
 from framebench.store.reader import latest_attempts, medians_over_repeats, ok_results
 
 BUSY_FRACTION = 0.15  # other processes used more than this share of the CPUs during a job: its time is suspect
@@ -56,16 +56,17 @@ SUMMARY_COLUMNS = [
 
 
 def group_columns(runs: pd.DataFrame) -> list[str]:
-    """Rows are per point of the matrix (backend, variant, device, ...), and per sweep value when the runs sweep a field."""
-    return point_names() + (["sweep_field", "sweep_value"] if runs["sweep_field"].astype(bool).any() else [])
+    """Rows are per point of the matrix (backend, variant, device, ...; seeds pooled), and per sweep value when the runs sweep a field."""
+    return summary_names() + (["sweep_field", "sweep_value"] if runs["sweep_field"].astype(bool).any() else [])
 
 
-def point_label(row) -> str:
-    """E.g. "numpy/default on cpu, env=old": the row's point, dimensions at their default left out (as a job's label)."""
+def point_label(row, pooled: bool = False) -> str:
+    """E.g. "numpy/default on cpu, env=old": the row's point, dimensions at their default left out (as a
+    job's label); `pooled` leaves out the replicates (the seed) too, for a row that stands for all of them."""
     extra = "".join(
         f", {d.name}={getattr(row, d.name)}"
         for d in job.DIMENSIONS
-        if d.name not in job.LABEL_NAMED and getattr(row, d.name, d.default) not in (d.default, "")
+        if d.name not in job.LABEL_NAMED and not (pooled and d.replicate) and getattr(row, d.name, d.default) not in (d.default, "")
     )
     return f"{row.backend}/{row.variant} on {row.device}{extra}"
 
@@ -73,8 +74,8 @@ def point_label(row) -> str:
 def not_run(runs: pd.DataFrame) -> list[str]:
     """One line per (backend, variant, device) that did not run here, with the reason."""
     skipped = latest_attempts(runs)
-    skipped = skipped[skipped["status"].isin(NOT_RUN)].drop_duplicates(point_names() + ["status", "error"])
-    return [f"{point_label(r)}: {r.status}: {r.error}" for r in skipped.itertuples()]
+    skipped = skipped[skipped["status"].isin(NOT_RUN)].drop_duplicates(summary_names() + ["status", "error"])
+    return [f"{point_label(r, pooled=True)}: {r.status}: {r.error}" for r in skipped.itertuples()]
 
 
 def busy_warnings(runs: pd.DataFrame) -> list[str]:
@@ -101,7 +102,7 @@ def calibration_warnings(runs: pd.DataFrame) -> list[str]:
     usual = own.median()
     lines = []
     for row, calibration in zip(jobs.itertuples(), own, strict=True):
-        where = f"{row.backend}/{row.variant} on {row.device}, repeat {row.repeat + 1} ({row.node})"
+        where = f"{point_label(row)}, repeat {row.repeat + 1} ({row.node})"
         if calibration_drifted(row.calib_before_s, row.calib_after_s):
             lines.append(
                 f"{where}: the machine changed speed during it (calibration {row.calib_before_s:.3g} s before, "

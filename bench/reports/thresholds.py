@@ -1,7 +1,8 @@
 """Accuracy thresholds: `framebench thresholds` derives them from measured runs, `framebench check`
 holds a results directory to them. A threshold is the lowest final test accuracy measured for its
-(preset, dataset, backend, precision, epochs, sweep value) across the runs given, minus a stated margin; it is
-regenerated from new measurements, never edited down to make a check pass.
+(preset, dataset, backend, precision, epochs, sweep value) across the runs given, every seed's its own
+run, minus a stated margin, and holds for a run at any seed; it is regenerated from new measurements,
+never edited down to make a check pass.
 
 `check` passes only what it verified: a run that did not finish ok fails whatever the thresholds say,
 and a run without a threshold fails too unless --allow-missing is given.
@@ -102,7 +103,7 @@ def check(directory: str, thresholds_path: Path, *, allow_missing: bool) -> tupl
         sweep = f", {run.sweep_field}={run.sweep_value}" if run.sweep_field else ""
         where = (
             f"{run.backend}/{run.variant} on {run.device} ({run.preset}, {run.dataset}, {run.precision}, {run.epochs} epochs{sweep}, "
-            f"repeat {run.repeat + 1})"
+            f"seed {run.seed}, repeat {run.repeat + 1})"
         )
         if run.status == "unsupported":  # the configuration alone declines it: nothing to verify, ever
             notes.append(f"{where}: unsupported ({run.error})")

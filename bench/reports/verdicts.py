@@ -1,4 +1,4 @@
-"""Verdicts as values. A gate (compare, and every gate built on it) decides one Verdict per key: a Kind,
+"""Verdicts as values. A gate (compare, converge, and every gate built on them) decides one Verdict per key: a Kind,
 which fixes the exit status it stands for, the reason in words, and a note; code reads the kind, and
 the text is made only where a person reads it (the table, Markdown, JSON)."""
 
@@ -22,13 +22,18 @@ class Kind(Enum):
         return member
 
     NOT_RUN = ("not run in either", PASS)  # declined on both sides (unavailable, unsupported): nothing to compare
+    NOT_COMPARED = ("not compared", PASS)  # a seed only one side ran (the other ran the same point at other seeds): noted
     NEW = ("new", PASS)  # only NEW has it
     FIXED = ("fixed", PASS)  # BASE did not run it ok, NEW does
     NO_CHANGE = ("no change", PASS)  # the effect's interval lies inside the tolerance band
     IMPROVED = ("improved", PASS)  # the interval lies below 1 and the estimate beyond the tolerance
+    CONVERGES = ("converges as the reference", PASS)  # converge: the trimmed mean epochs to target within the reference's bounds
     INCONCLUSIVE = ("inconclusive", UNDECIDED)  # the interval straddles the band: more repeats would settle it
     NOT_VERIFIED = ("not verified", UNDECIDED)  # the measurements cannot carry a verdict (busy, another machine, not compared)
     NOT_COMPARABLE = ("not comparable", UNDECIDED)  # the two sides measured different things
+    SLOWER_TO_CONVERGE = ("SLOWER TO CONVERGE", FAIL)  # converge: more epochs to target than the reference's t-test allows
+    TOO_FAST = ("faster than the reference allows", FAIL)  # converge: fewer epochs than it allows, usually a bug (test data in training)
+    DID_NOT_CONVERGE = ("did not converge", FAIL)  # converge: more than one seed never reached the target
     REGRESSION = ("REGRESSION", FAIL)  # slower, less accurate, or no longer running ok
 
     @property
@@ -37,8 +42,8 @@ class Kind(Enum):
 
     @property
     def verified(self) -> bool:
-        """Whether this kind is a judgement of measurements both sides made (no change, improved)."""
-        return self in (Kind.NO_CHANGE, Kind.IMPROVED)
+        """Whether this kind is a judgement of measurements both sides made (no change, improved, converges)."""
+        return self in (Kind.NO_CHANGE, Kind.IMPROVED, Kind.CONVERGES)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 the columns every table row of it carries. The driver, the node, the executors, the worker, the
 tables and the reports all read these definitions; none re-derives a key or a column list.
 
-A matrix dimension (backend, variant, device, sweep value, ...) is one `Dimension` in DIMENSIONS:
+A matrix dimension (seed, backend, variant, device, sweep value, ...) is one `Dimension` in DIMENSIONS:
 the plan iterates it, every row carries it as a column, resume and compare key on it. Everything here
 reads DIMENSIONS when called, never at import, so the list is the single place a dimension lives.
 """
@@ -30,9 +30,14 @@ class Dimension:
     request_field: str  # the RunRequest field whose comma-separated list gives the values ("" = set by the plan itself)
     default: str  # the value of a job whose run does not vary this dimension
     shapes_accuracy: bool  # whether accuracy may differ along it (accuracy thresholds are kept per value)
+    replicate: bool = False  # its values replicate one measurement (seeds): a summary pools them, a curve draws the first
 
 
 DIMENSIONS: tuple[Dimension, ...] = (
+    # The seed of the initial weights and batch order, the same for every backend (outermost: every backend
+    # runs at seed s before seed s + 1, so backends interleave). A threshold holds at any seed: it is the lowest
+    # accuracy measured over seeds; repeats rerun the same seed (for timing).
+    Dimension("seed", "seeds", "0", shapes_accuracy=False, replicate=True),
     Dimension("backend", "backends", "", shapes_accuracy=True),
     Dimension("variant", "variants", "default", shapes_accuracy=False),  # a variant must reach its default's accuracy
     Dimension("device", "device", "cpu", shapes_accuracy=False),
@@ -50,9 +55,18 @@ def dimension_names() -> list[str]:
 
 
 def point_names() -> list[str]:
-    """The dimensions a matrix lists itself (all but the sweep value, which follows the sweep): what a
-    summary row is per."""
+    """The dimensions a matrix lists itself (all but the sweep value, which follows the sweep)."""
     return [name for name in dimension_names() if name != "sweep_value"]
+
+
+def summary_names() -> list[str]:
+    """What a summary row is per: the matrix's dimensions but the replicates (seeds), which it pools."""
+    return [d.name for d in DIMENSIONS if d.name != "sweep_value" and not d.replicate]
+
+
+def replicate_names() -> list[str]:
+    """The dimensions whose values replicate one measurement (the seed)."""
+    return [d.name for d in DIMENSIONS if d.replicate]
 
 
 def key_columns() -> list[str]:
@@ -73,7 +87,7 @@ def accuracy_key_columns() -> list[str]:
 
 def row_key_columns() -> list[str]:
     """The columns every runs.csv and epochs.csv row starts with."""
-    return ["run_id", *point_names(), "dataset", "preset", "sweep_field", "sweep_value", "repeat", "seed", "attempt"]
+    return ["run_id", *point_names(), "dataset", "preset", "sweep_field", "sweep_value", "repeat", "attempt"]
 
 
 def step_key_columns() -> list[str]:
@@ -98,6 +112,8 @@ RUN_FIELDS = [  # runs.csv after the key: one row per job and attempt
     "final_test_loss",
     "target_acc",
     "time_to_target_s",
+    "steps_to_target",
+    "epochs_to_target",
     "gemm_library",
     "compute_dtype",
     "implementation",
@@ -117,6 +133,7 @@ RUN_FIELDS = [  # runs.csv after the key: one row per job and attempt
 EPOCH_FIELDS = ["epoch", "epoch_s", "train_loss", "test_loss", "test_acc", "eval_s", "slot"]
 ADDED_COLUMNS = {"runs": ["lockstep"], "epochs": ["slot"]}  # columns after FORMAT_VERSION 3's: an older table reads with them empty
 STEP_FIELDS = ["epoch", "step", "loss"]
+EVAL_FIELDS = ["epoch", "step", "train_s", "test_loss", "test_acc", "eval_s"]
 GEMM_COLUMNS = [
     "node",
     "library",
@@ -133,7 +150,7 @@ GEMM_COLUMNS = [
     "seconds",
     "gflops",
 ]
-TABLE_NAMES = ("runs", "epochs", "steps", "gemm")
+TABLE_NAMES = ("runs", "epochs", "steps", "evals", "gemm")
 
 
 @dataclass(frozen=True)
@@ -188,7 +205,6 @@ CELLS = {  # every column of every table but the dimensions (which are text): wh
     ),
     **dict.fromkeys(["framework_version", "library", "probe", "kind"], TEXT),
     "repeat": REPEAT,
-    "seed": COUNT,
     "attempt": ORDINAL,
     "status": STATUS,
     "epochs_done": COUNT,
@@ -229,6 +245,9 @@ CELLS = {  # every column of every table but the dimensions (which are text): wh
     "gflops": AMOUNT,
     "lockstep": TEXT,  # how a job ran beside its lockstep partner
     "slot": Cell("int", 0, LARGEST),  # an epoch's place in its lockstep pair's sequence (empty alone)
+    "steps_to_target": SIZE,  # training steps until the test accuracy first reached the target (empty: not reached)
+    "epochs_to_target": Cell("float", 0, LARGEST),  # the same in epochs
+    "train_s": DURATION,  # training seconds so far, evaluation excluded (evals.csv)
 }
 
 
@@ -238,6 +257,7 @@ def columns(table: str) -> list[str]:
         "runs": lambda: row_key_columns() + RUN_FIELDS,
         "epochs": lambda: row_key_columns() + EPOCH_FIELDS,
         "steps": lambda: step_key_columns() + STEP_FIELDS,
+        "evals": lambda: row_key_columns() + EVAL_FIELDS,
         "gemm": lambda: list(GEMM_COLUMNS),
     }[table]()
 
@@ -261,9 +281,8 @@ class Job:
     data_dir: str | None  # --data-dir, if given
     preset: str  # preset the configuration started from
     config: dict  # {"model": ..., "train": ...} as dataclasses.asdict gives them, the sweep value applied
-    seed: int  # seed of weights and batch order
     threads: int  # CPU threads for every library in the process
-    target_acc: float  # test accuracy for the time-to-accuracy column
+    target_acc: float  # test accuracy for the time-to-target columns
     point: dict[str, str] = field(default_factory=dict)  # {dimension name: this job's value}, every dimension present
     sweep_field: str = ""  # the field a sweep varies ("" without a sweep)
     repeat: int = 0  # 0-based repeat number
@@ -303,6 +322,11 @@ class Job:
             + f", repeat {self.repeat + 1}"
         )
 
+    @property
+    def seed_number(self) -> int:
+        """The seed as the harness takes it (the `seed` dimension holds it as text, like every dimension)."""
+        return int(self.seed)
+
     def to_wire(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -311,7 +335,8 @@ class Job:
         return cls(**data)
 
 
-# Events: what a worker says about its job, in this order: start, setup, one epoch per epoch, end.
+# Events: what a worker says about its job, in this order: start, setup, per epoch its evaluations and
+# the epoch, end.
 # `Submitted` is the executor's (the job is in flight from then on). Every event crosses a process
 # boundary as a dict (`to_wire`), is checked against its dataclass when read (`from_wire`) and, coming
 # from a worker, against the rules of sense at the end of this module (`Sense`).
@@ -354,6 +379,18 @@ class Epoch:
 
 
 @dataclass(frozen=True)
+class Evaluation:
+    """The test set evaluated during training (every --eval-every steps and at each epoch's end), off the clock."""
+
+    epoch: int  # 1-based epoch the evaluation falls in
+    step: int  # optimisation steps done since the start of training
+    train_s: float  # training seconds so far (train_epoch + sync only): the clock of time-to-target
+    test_loss: float  # mean test loss at this point
+    test_acc: float  # test accuracy at this point
+    eval_s: float  # seconds the evaluation took (not in train_s)
+
+
+@dataclass(frozen=True)
 class End:
     status: str  # one of STATUSES
     error: str = ""  # why, for anything but ok
@@ -378,7 +415,10 @@ class End:
     )  # how it ran beside its lockstep partner (framebench.driver.lockstep): "paired", "alone from ..."
 
 
-EVENTS = {"submitted": Submitted, "start": Start, "setup": Setup, "epoch": Epoch, "end": End}
+DRIVER_OWNED = {f.name for cls in (Start, Epoch, End) for f in dataclasses.fields(cls) if f.metadata == DRIVER}  # never a worker's
+
+
+EVENTS = {"submitted": Submitted, "start": Start, "setup": Setup, "evaluation": Evaluation, "epoch": Epoch, "end": End}
 NUMBERS = (int, float)
 
 
@@ -395,7 +435,7 @@ class MalformedEvent(FrameBenchError):
     """A message that is not an event of this contract: the job it came from fails with the reason."""
 
 
-def from_wire(message) -> Submitted | Start | Setup | Epoch | End:
+def from_wire(message) -> Submitted | Start | Setup | Evaluation | Epoch | End:
     """The event a message holds, every field present and of its declared type; anything else is
     MalformedEvent naming what is wrong (a worker's message is untrusted input)."""
     if not isinstance(message, dict) or message.get("type") not in EVENTS:
@@ -438,7 +478,8 @@ def conforms(value, declared: str) -> bool:
 # A worker's message is untrusted (a backend runs in its process and can reach its channel), so the
 # node holds every decoded event to these rules (Sense) before the driver records it; the first
 # broken rule fails the job, naming it. Fields with DRIVER metadata are the node's and the executor's.
-RULE_ORDER = "a worker says start, then setup once, then its epochs, then end, and nothing after end"
+RULE_ORDER = "a worker says start, then setup once, then its epochs (each after its evaluations), then end, and nothing after end"
+RULE_EVALUATIONS = "an evaluation falls in the epoch under way, after the steps and training seconds of the one before"
 RULE_EPOCHS = "epochs are numbered 1, 2, ... each once, up to the planned count"
 RULE_STEPS = "an epoch carries one loss per step (samples_per_epoch / batch_size) and train_loss is their mean"
 RULE_TIMES = "times and memory are finite numbers >= 0"
@@ -488,10 +529,11 @@ class Sense:
         self.started = False  # start came
         self.setup: Setup | None = None  # setup, once it came
         self.epochs = 0  # the number of the last epoch
+        self.evaluated: Evaluation | None = None  # the last evaluation, once one came
         self.ended = False  # end came
 
     def check(self, event) -> None:
-        handlers = {Start: self.start, Setup: self.prepared, Epoch: self.epoch, End: self.end}
+        handlers = {Start: self.start, Setup: self.prepared, Evaluation: self.evaluation, Epoch: self.epoch, End: self.end}
         if type(event) not in handlers:
             raise SenseViolation(f"{RULE_ORDER}: {kind(event)}, which only the executor says")
         if self.ended:
@@ -515,6 +557,22 @@ class Sense:
         if not 1 <= setup.samples_per_epoch <= most_samples_per_epoch(self.train):
             raise SenseViolation(f"{RULE_SAMPLES}: samples_per_epoch {str(setup.samples_per_epoch)[:30]}")
         self.setup = setup
+
+    def evaluation(self, evaluation: Evaluation) -> None:
+        if self.setup is None:
+            raise SenseViolation(f"{RULE_ORDER}: an evaluation before setup")
+        before = self.evaluated or Evaluation(1, 0, 0.0, 0.0, 0.0, 0.0)
+        steps = math.ceil(self.setup.samples_per_epoch / self.train["batch_size"])
+        if evaluation.epoch != self.epochs + 1 or not before.step < evaluation.step <= steps * evaluation.epoch:
+            raise SenseViolation(f"{RULE_EVALUATIONS}: epoch {str(evaluation.epoch)[:30]}, step {str(evaluation.step)[:30]}")
+        times(evaluation.train_s, evaluation.eval_s)
+        if evaluation.train_s < before.train_s:
+            raise SenseViolation(f"{RULE_EVALUATIONS}: train_s {evaluation.train_s:g} after {before.train_s:g}")
+        if not 0 <= evaluation.test_acc <= 1:
+            raise SenseViolation(f"{RULE_ACCURACY}: test_acc {str(evaluation.test_acc)[:30]}")
+        if not finite(evaluation.test_loss):
+            raise SenseViolation(f"{RULE_LOSSES}: evaluation at step {evaluation.step}")
+        self.evaluated = evaluation
 
     def epoch(self, epoch: Epoch) -> None:
         if self.setup is None:

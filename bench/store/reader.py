@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from framebench.core.config import SWEEPABLE, ModelConfig, Sweep, TrainConfig
+from framebench.core.seeds import compact_seeds
 from framebench.errors import FrameBenchError
 from framebench.store import job
 
@@ -57,7 +58,7 @@ CONFIG_SHAPE = {  # config.json's fields and what each holds (a field missing is
     "target_acc": NUMBER,
     "floors": bool,
     "lockstep": bool,
-    "matrices": [{"axes": dict, "repeats": int, "seed": int, "same_seed": bool}],
+    "matrices": [{"axes": {"*": STRINGS}, "repeats": int}],
     "envs": {"*": STRINGS},
 }
 NODE_SHAPE = {  # one node's environment in env.json
@@ -133,7 +134,9 @@ def config_error(config: dict) -> str | None:
     range. None when it all makes sense."""
     ranges = [("target_acc", config.get("target_acc"), job.SHARE), ("threads", config.get("threads"), job.SIZE)]
     for i, matrix in enumerate(config.get("matrices", [])):
-        ranges += [(f"matrices[{i}].repeats", matrix.get("repeats"), job.SIZE), (f"matrices[{i}].seed", matrix.get("seed"), job.COUNT)]
+        ranges.append((f"matrices[{i}].repeats", matrix.get("repeats"), job.SIZE))
+        if bad := [seed for seed in matrix.get("axes", {}).get("seed", []) if not (seed.isascii() and seed.isdigit())]:
+            return f"matrices[{i}].axes.seed holds {bad[0][:20]!r}, not a seed (an integer >= 0)"
     for where, value, spec in ranges:
         if value is not None and not (math.isfinite(value) and spec.low <= value <= spec.high):
             return f"{where} is {value!r}, not {spec.rule.removesuffix(' (or empty)')}"
@@ -395,8 +398,9 @@ def swept_field(config: dict) -> str:
 
 
 def seeds_text(config: dict) -> str:
-    """How config.json's matrices seeded their repeats, e.g. "0 + repeat" ("" when none is recorded)."""
-    return "; ".join(f"{m['seed']}" if m["same_seed"] else f"{m['seed']} + repeat" for m in config.get("matrices", []))
+    """The seeds config.json's matrices ran, e.g. "0-9" ("" when none is recorded)."""
+    default = next(d.default for d in job.DIMENSIONS if d.name == "seed")
+    return compact_seeds([seed for m in config.get("matrices", []) for seed in m["axes"].get("seed", [default])])
 
 
 def latest_attempts(runs: pd.DataFrame) -> pd.DataFrame:

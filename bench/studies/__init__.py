@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-NAMES = ("perf", "scaling", "precision", "versions", "gate", "history")
+NAMES = ("perf", "scaling", "precision", "versions", "gate", "history", "convergence")
 
 
 def load(name: str) -> ModuleType:

@@ -12,7 +12,7 @@ import pandas as pd
 
 from framebench.core import registry
 from framebench.core.config import PRESETS
-from framebench.driver.arguments import RUN_CHOICES, add_fields, given
+from framebench.driver.arguments import RUN_CHOICES, add_fields, add_seed_aliases, given
 from framebench.driver.request import RunRequest, split_names
 from framebench.driver.session import run as run_matrix
 from framebench.reports.floors import load_with_floors
@@ -33,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--epochs", type=int, default=3, help="epochs per job (the first is excluded from the steady state)")
     add_fields(parser.add_argument_group("the runs"), RunRequest, RUN_CHOICES, skip=PER_PRESET)
+    add_seed_aliases(parser)
     parser.set_defaults(backends="all", variants="all", repeats=2, results_dir="results/perf")
 
 
