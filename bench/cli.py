@@ -57,8 +57,9 @@ def build_parser() -> Parser:
     comparison.add_argument("--new-env", default=None, help="... and this one as the new (both, with no NEW directory)")
     add_decision_flags(comparison, time_tol=0.10)
     comparison.add_argument(
-        "--allow-env-diff", action="store_true", help="compare timings across different machines, kernel settings or threads"
+        "--allow-machine-diff", action="store_true", help="compare timings across different machines, kernel settings or threads"
     )
+    comparison.add_argument("--allow-env-diff", dest="allow_machine_diff", action="store_true", help=argparse.SUPPRESS)  # its old name
     comparison.add_argument("--allow-config-diff", action="store_true", help="compare accuracy across different training configurations")
     comparison.add_argument("--accuracy-only", action="store_true", help="verify accuracy only; timings are shown, not verified")
     gating = commands.add_parser(
@@ -192,7 +193,7 @@ def describe(entry: registry.Entry) -> dict:
     from framebench.driver.worker import JOB_TOKEN_VARIABLE, PARENT_PID_VARIABLE
 
     token = uuid.uuid4().hex
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **entry.env, PARENT_PID_VARIABLE: str(os.getpid()), JOB_TOKEN_VARIABLE: token}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **entry.variables, PARENT_PID_VARIABLE: str(os.getpid()), JOB_TOKEN_VARIABLE: token}
     lines: queue.Queue = queue.Queue(1)
     done = threading.Event()
     with tempfile.TemporaryFile() as log:
@@ -260,7 +261,7 @@ def command_compare(args: argparse.Namespace) -> int:
     if not args.new:
         raise FrameBenchError("compare takes BASE and NEW results directories (or one directory with --base-env and --new-env)")
     return run_compare(
-        args.base, args.new, tolerances, allow_env_diff=args.allow_env_diff, allow_config_diff=args.allow_config_diff, **outputs
+        args.base, args.new, tolerances, allow_machine_diff=args.allow_machine_diff, allow_config_diff=args.allow_config_diff, **outputs
     )
 
 

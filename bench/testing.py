@@ -92,7 +92,7 @@ class Subject:
 
     name: str
     cls: type[Classifier] | None  # None when it cannot be loaded (`error` says why)
-    env: dict[str, str]
+    variables: dict[str, str]  # the environment variables its process needs (registry.Entry.variables)
     devices: tuple[str, ...]
     hosted: bool  # whether this process can run it; otherwise a child pytest with `env` does
     error: str = ""
@@ -121,13 +121,13 @@ def subject_of(target: type[Classifier] | registry.Entry) -> Subject:
     """What the suite needs to know about a class or a registry entry. A foreign-environment entry's
     class is imported here without its environment: only its configuration-only `lacks()` is read."""
     if isinstance(target, type):
-        return Subject(name=target.__name__, cls=target, env={}, devices=registry.DEVICES, hosted=True)
+        return Subject(name=target.__name__, cls=target, variables={}, devices=registry.DEVICES, hosted=True)
     hosted = not registry.needs_own_process(target)
     try:
-        cls = registry.load(target if hosted else dataclasses.replace(target, env={}))
+        cls = registry.load(target if hosted else dataclasses.replace(target, variables={}))
     except FrameBenchError as exc:
-        return Subject(name=target.name, cls=None, env=target.env, devices=target.devices, hosted=hosted, error=str(exc))
-    return Subject(name=target.name, cls=cls, env=target.env, devices=target.devices, hosted=hosted)
+        return Subject(name=target.name, cls=None, variables=target.variables, devices=target.devices, hosted=hosted, error=str(exc))
+    return Subject(name=target.name, cls=cls, variables=target.variables, devices=target.devices, hosted=hosted)
 
 
 @functools.cache
@@ -427,20 +427,20 @@ def case_of(item: pytest.Item) -> Case | None:
 def report_child_outcome(case: Case, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Report the outcome a child pytest with the case's environment measured for this item,
     starting that child (for every selected item of the environment) if none has run yet."""
-    env_key = tuple(sorted(case.subject.env.items()))
+    env_key = tuple(sorted(case.subject.variables.items()))
     outcomes = request.config.stash.setdefault(OUTCOMES, {})
     if env_key not in outcomes:
         node_ids = [
             item.nodeid
             for item in request.session.items
-            if (other := case_of(item)) and not other.subject.hosted and other.subject.env == case.subject.env
+            if (other := case_of(item)) and not other.subject.hosted and other.subject.variables == case.subject.variables
         ]
-        outcomes[env_key] = run_child(node_ids, case.subject.env, request.config, tmp_path_factory)
+        outcomes[env_key] = run_child(node_ids, case.subject.variables, request.config, tmp_path_factory)
     outcome, message = outcomes[env_key][request.node.nodeid]
     if outcome == "skipped":
         pytest.skip(message)
     if outcome != "passed":
-        pytest.fail(f"in a child pytest with {case.subject.env}: {message}", pytrace=False)
+        pytest.fail(f"in a child pytest with {case.subject.variables}: {message}", pytrace=False)
 
 
 def run_child(

@@ -76,7 +76,7 @@ def results(path, rows: list[dict], seeds=None, **config_changes):
     append_rows(path, "runs", [{**row, "dataset": config_changes.get("dataset", "digits")} for row in rows])
     append_rows(path, "evals", [])
     write_json(path, "config.json", config(seeds or sorted({r["seed"] for r in rows}, key=int), **config_changes))
-    write_json(path, "env.json", ENV)
+    write_json(path, "machine.json", ENV)
     return str(path)
 
 

@@ -145,7 +145,7 @@ def synthetic_run(tmp_path, new_losses: list[float], new_time: float, new_acc: f
     pd.DataFrame(columns=columns("epochs")).to_csv(directory / "epochs.csv", index=False)
     config = {"train": {"optimizer": "adam"}, "envs": {"old": [OLD], "new": [NEW]}}
     (directory / "config.json").write_text(json.dumps(config))
-    (directory / "env.json").write_text(json.dumps({"nodes": {"n": {"machine": "m"}}}))
+    (directory / "machine.json").write_text(json.dumps({"nodes": {"n": {"machine": "m"}}}))
     return directory
 
 
@@ -224,7 +224,7 @@ def test_two_numpy_versions_interleaved_tagged_and_reused(tmp_path, envs_dir):
     assert dict(zip(runs["env"], runs["framework_version"], strict=True)) == {"old": "2.3.5", "new": "2.4.6"}
     assert set(tables["steps"]["env"]) == {"old", "new"} and set(tables["epochs"]["env"]) == {"old", "new"}
     assert tables["config"]["envs"] == {"old": [OLD], "new": [NEW]}
-    recorded = tables["env"]["environments"]
+    recorded = tables["machine"]["environments"]
     assert "numpy==2.3.5" in recorded["old"]["packages"] and "numpy==2.4.6" in recorded["new"]["packages"]
     report = (tmp_path / "v" / "report.md").read_text()
     assert "## Framework environments" in report

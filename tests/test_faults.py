@@ -186,7 +186,7 @@ def test_appending_another_configuration_is_refused(tmp_path):
     same = run_fake(tmp_path, "--backends", "fake,numpy", "--epochs", "2", "--run-id", "r")
     assert same.returncode == 0 and "2 job(s) already ok" in same.stderr  # the same experiment grows by what is new
     assert (tmp_path / "r" / "runs.csv").read_bytes().startswith(runs) and rows(tmp_path / "r" / "runs.csv") == 3
-    env = load_results(tmp_path / "r")["env"]  # every command is on record: the earlier ones' rows came from their nodes
+    env = load_results(tmp_path / "r")["machine"]  # every command is on record: the earlier ones' rows came from their nodes
     commands = [e["command"] for e in env["earlier"]]
     assert commands[0] == env["command"].replace("fake,numpy", "fake") and "--seed 5" in commands[1] and len(commands) == 2
     assert "earlier into this directory" in (tmp_path / "r" / "report.md").read_text()

@@ -179,10 +179,24 @@ def test_a_change_twice_as_slow_in_a_clone_s_working_tree_is_a_regression_of_tim
     clone = tmp_path / "clone"
     git(tmp_path, "clone", "--quiet", str(repository), str(clone))
     backend = clone / "impls" / "numpy_impl.py"
-    backend.write_text(slower_source(backend.read_text(), 1.0))  # NEW: the working tree, changed, uncommitted
+    backend.write_text(slower_source(backend.read_text(), 3.0))  # NEW: the working tree, four times the work, uncommitted
     status = git(clone, "status", "--porcelain")
     report = tmp_path / "gate.json"
-    args = [*RUN, "--epochs", "4", "--repeats", "2", "--results-dir", str(tmp_path), "--run-id", "g", "--json", str(report)]
+    args = [
+        *RUN,
+        "--hidden",
+        "1024",
+        "--epochs",
+        "4",
+        "--repeats",
+        "2",
+        "--results-dir",
+        str(tmp_path),
+        "--run-id",
+        "g",
+        "--json",
+        str(report),
+    ]
     result = gate_in(clone, env, "--base", "origin/main", *args)
     assert result.returncode == 1, result.stderr
     assert "NEW: the working tree (HEAD" in result.stderr and "+ changes" in result.stderr

@@ -17,6 +17,7 @@ from framebench.core.config import ModelConfig, TrainConfig
 from framebench.core.harness import divergence, epoch_order, initial_weights
 from framebench.driver.recorder import JobState, reached_target, summarize
 from framebench.errors import FrameBenchError
+from framebench.reports.floors import load_with_floors
 from framebench.store.job import End, Evaluation, Job, Setup, columns
 from framebench.store.reader import load_results
 from tests.conftest import REPO, cli, framebench, printed_directory
@@ -63,7 +64,8 @@ def test_fake_backend_fills_exactly_the_documented_columns(tmp_path):
     result = run_cli(tmp_path, "run", "--backends", "fake", "--dataset", "digits", "--epochs", "3", "--repeats", "2", "--batch-size", "100")
     assert result.returncode == 0, result.stderr
     tables = load_results(run_dir(result))
-    assert list(tables["runs"].columns) == columns("runs") + [
+    assert list(tables["runs"].columns) == columns("runs")  # the store's columns only: the floors are the reports'
+    assert list(load_with_floors(run_dir(result))["runs"].columns) == columns("runs") + [
         "floor_epoch_s",
         "efficiency",
         "own_floor_epoch_s",
@@ -79,7 +81,7 @@ def test_fake_backend_fills_exactly_the_documented_columns(tmp_path):
     assert runs["epochs_done"].tolist() == [3, 3] and (runs["node"] != "").all()
     assert (runs["samples_per_epoch"] == 1438).all() and (runs["batch_size"] == 100).all()
     assert len(epochs) == 6 and len(steps) == 6 * 15  # 1438 digits in batches of 100
-    assert {"git_commit", "cpu", "libraries", "threads", "command", "nodes"} <= set(tables["env"])
+    assert {"git_commit", "cpu", "libraries", "threads", "command", "nodes"} <= set(tables["machine"])
     assert tables["config"]["train"]["epochs"] == 3 and tables["config"]["matrices"][0]["axes"]["backend"] == ["fake"]
     assert "epoch 3" in result.stderr and "runs_ok" in result.stdout  # progress on stderr, table on stdout
 
@@ -167,13 +169,13 @@ def test_repeats_rerun_the_same_seed(tmp_path):
 
 def test_an_entry_needing_another_environment_is_refused_in_this_process(monkeypatch):
     monkeypatch.setenv("FRAMEBENCH_TEST_SETTING", "here")
-    entry = registry.Entry("other", "default", "tests.fake_backend:FakeClassifier", "", env={"FRAMEBENCH_TEST_SETTING": "there"})
+    entry = registry.Entry("other", "default", "tests.fake_backend:FakeClassifier", "", variables={"FRAMEBENCH_TEST_SETTING": "there"})
     assert registry.needs_own_process(entry)
     with pytest.raises(
         FrameBenchError, match="^other needs FRAMEBENCH_TEST_SETTING=there but this process has FRAMEBENCH_TEST_SETTING=here; run"
     ):
         registry.load(entry)
-    assert registry.load(dataclasses.replace(entry, env={"FRAMEBENCH_TEST_SETTING": "here"})).__name__ == "FakeClassifier"
+    assert registry.load(dataclasses.replace(entry, variables={"FRAMEBENCH_TEST_SETTING": "here"})).__name__ == "FakeClassifier"
 
 
 def test_the_readme_command_names_both_tables_it_writes():

@@ -96,7 +96,7 @@ def write_run(
     directory = root / run_id
     directory.mkdir(parents=True)
     write_json(directory, "config.json", {"preset": "tutorial000", "model": {"hidden": [512]}, "train": train or TRAIN})
-    write_json(directory, "env.json", {"git_commit": commit, "started_utc": "2026-01-01T00:00:00+00:00", "nodes": {"n1": NODE}})
+    write_json(directory, "machine.json", {"git_commit": commit, "started_utc": "2026-01-01T00:00:00+00:00", "nodes": {"n1": NODE}})
     common = {"run_id": run_id, "variant": "default", "device": "cpu", "dataset": "mnist", "preset": "tutorial000"}
     rows, epochs = [], []
     for backend, repeats in seconds.items():

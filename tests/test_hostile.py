@@ -169,9 +169,9 @@ def test_every_reader_takes_nan_cells(finished, tmp_path, capsys):
         ("config.json", "train", {"from_the_future": True}, "train.from_the_future"),
         ("config.json", "train", {"epochs": "2"}, "train.epochs"),
         ("config.json", "model", {"hidden": [512, "x"]}, "model.hidden[1]"),
-        ("env.json", None, {"nodes": None}, "nodes"),
-        ("env.json", None, {"nodes": {"box": None}}, "nodes.box"),
-        ("env.json", None, {"earlier": "x"}, "earlier"),
+        ("machine.json", None, {"nodes": None}, "nodes"),
+        ("machine.json", None, {"nodes": {"box": None}}, "nodes.box"),
+        ("machine.json", None, {"earlier": "x"}, "earlier"),
     ],
 )
 def test_metadata_of_the_wrong_shape_is_one_line_naming_the_field_in_every_command(
@@ -319,8 +319,8 @@ def test_a_signal_while_the_final_report_is_written_says_how_to_make_it(tmp_path
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
-def test_compare_without_new_s_env_json_names_it(finished, tmp_path, capsys):
+def test_compare_without_new_s_machine_record_names_it(finished, tmp_path, capsys):
     new = shutil.copytree(finished, tmp_path / "new")
-    (new / "env.json").unlink()
+    (new / "machine.json").unlink()
     status, out, _ = command(capsys, "compare", str(finished), str(new))
-    assert status == 2 and "NEW has no env.json" in out and "no key ran ok" not in out
+    assert status == 2 and "NEW has no machine record (machine.json)" in out and "no key ran ok" not in out

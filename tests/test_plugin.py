@@ -117,9 +117,9 @@ from framebench.testing import conformance_test
 
 ENV = {"FRAMEBENCH_PLUGIN_PROCESS": "child"}
 test_in_a_child = conformance_test(
-    Entry(backend="tiny", variant="default", target="tests.test_plugin:TinyNumpy", summary="right", env=ENV),
-    Entry(backend="tiny", variant="frozen", target="tests.test_plugin:FrozenBiases", summary="wrong", env=ENV),
-    Entry(backend="tiny", variant="gpu", target="tests.test_plugin:TinyNumpy", summary="GPU only", env=ENV, devices=("gpu",)),
+    Entry(backend="tiny", variant="default", target="tests.test_plugin:TinyNumpy", summary="right", variables=ENV),
+    Entry(backend="tiny", variant="frozen", target="tests.test_plugin:FrozenBiases", summary="wrong", variables=ENV),
+    Entry(backend="tiny", variant="gpu", target="tests.test_plugin:TinyNumpy", summary="GPU only", variables=ENV, devices=("gpu",)),
 )
 """
 
@@ -149,7 +149,7 @@ class DeclaringPlugin(TinyNumpy):
     """A plugin that declares what the registry declares for the built-in backends."""
 
     devices = ("gpu",)
-    environment = {"FRAMEBENCH_PLUGIN_PROCESS": "declared"}
+    variables = {"FRAMEBENCH_PLUGIN_PROCESS": "declared"}
     gemm_library = "torch"
 
 
@@ -161,9 +161,14 @@ class MisdeclaringPlugin(TinyNumpy):
 def test_a_plugin_class_declares_its_devices_environment_and_gemm_library():
     plugins = registry.Registry(registry.plugin_entries("tiny:declared=tests.test_plugin:DeclaringPlugin,tiny=tests.test_plugin:TinyNumpy"))
     entry = plugins[("tiny", "declared")]
-    assert (entry.devices, entry.env, entry.gemm_library, entry.error) == (("gpu",), {"FRAMEBENCH_PLUGIN_PROCESS": "declared"}, "torch", "")
+    assert (entry.devices, entry.variables, entry.gemm_library, entry.error) == (
+        ("gpu",),
+        {"FRAMEBENCH_PLUGIN_PROCESS": "declared"},
+        "torch",
+        "",
+    )
     plain = plugins[("tiny", "default")]
-    assert (plain.devices, plain.env, plain.gemm_library) == (("cpu", "gpu"), {}, "numpy")
+    assert (plain.devices, plain.variables, plain.gemm_library) == (("cpu", "gpu"), {}, "numpy")
 
 
 def test_a_plugin_module_is_imported_when_its_entry_is_looked_up_not_before():
@@ -273,3 +278,12 @@ def test_a_describe_worker_dies_with_the_list_that_started_it(hanging_available)
         lister.wait()
     (pid,) = [int(p.name) for p in hanging_available.iterdir()]
     wait_for(lambda: not alive(pid), "the describe worker to die with its parent", timeout=10)
+
+
+class OldNamePlugin(TinyNumpy):
+    environment = {"KERAS_BACKEND": "torch"}  # what `variables` was called: silently dropped, it would run on the wrong backend
+
+
+def test_a_plugin_declaring_variables_by_their_old_name_is_told_the_new_one():
+    entry = registry.Registry(registry.plugin_entries("old=tests.test_plugin:OldNamePlugin"))[("old", "default")]
+    assert "`environment` (its old name: declare `variables`)" in entry.error

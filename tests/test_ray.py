@@ -108,7 +108,7 @@ def test_jobs_spread_over_both_nodes_with_their_own_floors_and_the_local_losses(
     assert set(runs["host"]) == {socket.gethostname()}
     for name, rows in runs.sort_values("started_at").groupby("node"):
         assert (rows["ended_at"].to_numpy()[:-1] <= rows["started_at"].to_numpy()[1:]).all(), f"jobs overlapped on {name}"
-    nodes = tables["env"]["nodes"]
+    nodes = tables["machine"]["nodes"]
     assert set(nodes) == names and all({"cpu", "cores", "gpus", "libraries"} <= set(env) and env["cores"] for env in nodes.values())
 
     assert set(gemm["node"]) == names and set(gemm["probe"]) == {"start", "end"} and set(gemm["library"]) == {"numpy", "torch"}

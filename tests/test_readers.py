@@ -94,7 +94,7 @@ def results_directory(path: Path, repeats: int = 2, started: float = STARTED, sl
     """A finished run of numpy and jax, `repeats` each, three epochs of two steps, both probed at start and end."""
     path.mkdir(parents=True)
     write_json(path, "config.json", config(repeats))
-    write_json(path, "env.json", {**ENV, "started_utc": "2027-01-15T08:00:00+00:00"})
+    write_json(path, "machine.json", {**ENV, "started_utc": "2027-01-15T08:00:00+00:00"})
     runs, epochs, steps, evals = [], [], [], []
     for backend, seconds in BACKENDS.items():
         for repeat in range(repeats):
@@ -317,7 +317,7 @@ def test_history_and_publish_take_a_job_without_a_usable_start_time_in_one_line(
     directory = results_directory(tmp_path / "runs" / "r")
     rewrite(directory, "runs", lambda rows: [{**r, "started_at": 1e30 if start == "huge" else None} for r in rows])
     if start == "absent":
-        write_json(directory, "env.json", ENV)  # no started_utc either
+        write_json(directory, "machine.json", ENV)  # no started_utc either
     results_directory(tmp_path / "runs" / "s", started=STARTED + 3600)
     for args in (["history", str(tmp_path / "runs")], ["publish", str(tmp_path / "runs"), "--out", str(tmp_path / "site")]):
         result = cli(*args)
@@ -529,7 +529,9 @@ READINGS = [  # a new reading command is one line here
     Reading("history", lambda c, b, t, s: ["history", str(c), str(b)]),
     Reading("publish", lambda c, b, t, s: ["publish", str(c), str(b), "--out", str(s / "site")]),
     Reading("publish gate", lambda c, b, t, s: ["publish", str(c), str(b), "--out", str(s / "gate"), "--fail-on-regression"], refuses=ALL),
-    Reading("resume", lambda c, b, t, s: ["run", "--resume", str(b)], refuses=("runs", "epochs", "steps")),  # last: it rewrites the report
+    Reading(
+        "resume", lambda c, b, t, s: ["run", "--resume", str(b)], refuses=("runs", "epochs", "steps", "evals")
+    ),  # last: it rewrites the report
 ]
 
 
@@ -596,3 +598,13 @@ def test_many_bad_rows_of_one_column_are_one_line_in_a_report(tmp_path):
         "the row is left out, and 11 more row(s) with a bad test_acc"
     ]
     assert "- left out: " in (directory / "report.md").read_text()
+
+
+def test_a_directory_written_before_the_machine_record_s_rename_is_read_and_compared_alike(tmp_path):
+    """Older results name their machine record env.json: it is read in place, and compare matches its timings."""
+    current = results_directory(tmp_path / "current")
+    older = results_directory(tmp_path / "older")
+    (older / "machine.json").rename(older / "env.json")
+    assert load_results(older)["machine"] == load_results(current)["machine"] != {}
+    result = cli("compare", str(current), str(older))
+    assert result.returncode == 0 and "no machine record" not in result.stdout, result.stdout

@@ -100,7 +100,7 @@ def results(path, runs: list[dict], gemm: list[dict] | None = None, config: dict
     append_rows(path, "runs", runs)
     append_rows(path, "gemm", gemm or [])
     write_json(path, "config.json", config or CONFIG)
-    write_json(path, "env.json", env or ENV)
+    write_json(path, "machine.json", env or ENV)
     return path
 
 
@@ -245,9 +245,9 @@ def test_compare_refuses_timings_across_machines_unless_allowed(tmp_path):
     other = {**NODE, "cpu": "Some Other CPU"}
     new = results(tmp_path / "new", baseline_runs(numpy_s=(3.0, 3.3, 3.6)), env={**ENV, "nodes": {"box": other}})
     refused = compare(base, new)
-    assert refused.returncode == 2 and "not verified" in refused.stdout and "--allow-env-diff" in refused.stdout
+    assert refused.returncode == 2 and "not verified" in refused.stdout and "--allow-machine-diff" in refused.stdout
     assert compare(base, new, "--accuracy-only").returncode == 0
-    allowed = compare(base, new, "--allow-env-diff")
+    allowed = compare(base, new, "--allow-machine-diff")
     assert allowed.returncode == 1 and "REGRESSION: time" in allowed.stdout
 
 

@@ -48,11 +48,11 @@ class Classifier(ABC):
     # What a plugin (FRAMEBENCH_PLUGINS) needs, read from its class when its entry is first looked up
     # (the built-in backends declare theirs in `framebench.core.registry`, which imports none of them):
     # the devices it can run on at all (`available` says whether this machine has them), the
-    # environment its process must start with (e.g. {"KERAS_BACKEND": "torch"}; its module is imported
+    # environment variables its process must start with (e.g. {"KERAS_BACKEND": "torch"}; its module is imported
     # once without it, to read these), and the library whose matrix products it runs on, for its own
     # GEMM floor: numpy, torch, tf or jax.
     devices: ClassVar[tuple[str, ...]] = ("cpu", "gpu")
-    environment: ClassVar[dict[str, str]] = {}
+    variables: ClassVar[dict[str, str]] = {}
     gemm_library: ClassVar[str] = "numpy"
     # Whether its process may wait between two epochs without that changing the next epoch's time
     # (lockstep, `framebench gate`: two workers take turns epoch by epoch). Every backend the harness

@@ -63,7 +63,7 @@ class Dataset:
     x_test: np.ndarray  # float32 (m, features) in [0, 1]
     y_test: np.ndarray  # int64 (m,)
     num_classes: int  # number of output units
-    source: str  # where the files were read from, recorded in env.json
+    source: str  # where the files were read from, recorded in config.json
 
     @property
     def input_size(self) -> int:

@@ -3,7 +3,7 @@
 A variant is a `Classifier` subclass of its backend's default class, registered under its own name.
 Entries name their class as a string and are imported only when loaded, so importing the harness
 never imports TensorFlow, PyTorch or JAX, and `framebench` never imports its backends statically.
-A plugin's class declares its own devices, environment and GEMM library: its module is imported
+A plugin's class declares its own devices, environment variables and GEMM library: its module is imported
 when its entry is first looked up (to plan its jobs), never when the registry is.
 """
 
@@ -39,12 +39,12 @@ class Entry:
     variant: str  # "default" (the backend's fastest honest implementation) or the variant's name
     target: str  # "module:Class" implementing it, imported only when the entry is loaded
     summary: str  # one line for `framebench list`
-    env: dict[str, str] = field(default_factory=dict)  # environment its process must start with
+    variables: dict[str, str] = field(default_factory=dict)  # environment variables its process must start with
     gemm_library: str = "numpy"  # library whose matrix products it runs on (its own GEMM floor)
     devices: tuple[str, ...] = DEVICES  # devices it can run on at all; `available()` checks this machine
     error: str = ""  # why it cannot be used at all (a malformed plugin entry); empty when usable
     pauses: bool = True  # whether its worker may wait between epochs (Classifier.pauses_between_epochs: lockstep)
-    declared_by_class: bool = False  # a plugin whose class declares env, gemm_library and devices, not read yet
+    declared_by_class: bool = False  # a plugin whose class declares variables, gemm_library and devices, not read yet
 
     @property
     def name(self) -> str:
@@ -72,13 +72,13 @@ def backend(
     name: str,
     module: str,
     gemm_library: str,
-    env: dict[str, str] | None = None,
+    variables: dict[str, str] | None = None,
     devices: tuple[str, ...] = DEVICES,
     **variants: tuple[str, str] | tuple[str, str, tuple[str, ...]],
 ) -> list[Entry]:
     """One backend's entries: keyword `variant=(Class, summary[, devices])`, `default` first."""
     return [
-        Entry(name, variant, f"{module}:{spec[0]}", spec[1], dict(env or {}), gemm_library, spec[2] if len(spec) > 2 else devices)
+        Entry(name, variant, f"{module}:{spec[0]}", spec[1], dict(variables or {}), gemm_library, spec[2] if len(spec) > 2 else devices)
         for variant, spec in variants.items()
     ]
 
@@ -161,24 +161,25 @@ def plugin_entries(text: str) -> list[Entry]:
 
 
 def declared(entry: Entry) -> Entry:
-    """A plugin's entry completed with what its class declares (Classifier.devices, .environment,
+    """A plugin's entry completed with what its class declares (Classifier.devices, .variables,
     .gemm_library, .pauses_between_epochs), or carrying the reason it cannot be used."""
     try:
         cls = load(dataclasses.replace(entry, declared_by_class=False))
     except FrameBenchError as exc:
         return dataclasses.replace(entry, error=str(exc), declared_by_class=False)
-    devices, env = tuple(cls.devices), dict(cls.environment)
+    devices, variables = tuple(cls.devices), dict(cls.variables)
     problems = [
         f"devices {devices} (not among {DEVICES})" if not devices or not set(devices) <= set(DEVICES) else "",
         f"gemm_library {cls.gemm_library!r} (not one of {tuple(GEMM_LIBRARIES)})" if cls.gemm_library not in GEMM_LIBRARIES else "",
-        "an environment that is not a dict of strings" if not all(isinstance(v, str) for v in (*env, *env.values())) else "",
+        "variables that are not a dict of strings" if not all(isinstance(v, str) for v in (*variables, *variables.values())) else "",
+        "`environment` (its old name: declare `variables`)" if "environment" in vars(cls) else "",
     ]
     wrong = "; ".join(filter(None, problems))
     error = f"{entry.name}: {cls.__name__} declares {wrong}; see Classifier's class attributes" if wrong else ""
     return dataclasses.replace(
         entry,
         devices=devices,
-        env=env,
+        variables=variables,
         gemm_library=cls.gemm_library,
         pauses=bool(cls.pauses_between_epochs),
         error=error,
@@ -236,7 +237,7 @@ def load(entry: Entry):
     """
     if entry.error:
         raise FrameBenchError(entry.error)
-    for key, value in entry.env.items():
+    for key, value in entry.variables.items():
         current = os.environ.setdefault(key, value)
         if current != value:
             raise FrameBenchError(f"{entry.name} needs {key}={value} but this process has {key}={current}; run it in its own process")
@@ -261,4 +262,4 @@ def last_line(exc: BaseException) -> str:
 
 def needs_own_process(entry: Entry) -> bool:
     """Whether the entry's environment differs from this process's (it must then run in a child)."""
-    return any(os.environ.get(key) != value for key, value in entry.env.items())
+    return any(os.environ.get(key) != value for key, value in entry.variables.items())

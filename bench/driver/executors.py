@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
 from framebench.driver import lockstep, node
-from framebench.driver.machine import gpu_info, node_environment
+from framebench.driver.machine import gpu_info, node_record
 from framebench.driver.probe import ProbeRequest, run_probe
 from framebench.store.job import End, Job, Start
 
@@ -64,7 +64,7 @@ class LocalExecutor(Executor):
         self.lockstep = lockstep  # pair the jobs that differ only in their environment
 
     def nodes(self, threads: int) -> dict[str, dict]:
-        return {self.name: node_environment(threads)}
+        return {self.name: node_record(threads)}
 
     def has_gpu(self) -> bool:
         return bool(gpu_info())

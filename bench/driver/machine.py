@@ -1,4 +1,4 @@
-"""The machine a job ran on, as a results directory records it (env.json: every node's Python,
+"""The machine a job ran on, as a results directory records it (machine.json: every node's Python,
 libraries, CPU, cores, GPUs and kernel settings; the git commit and the command of each session):
 what makes two timings comparable or not."""
 
@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from framebench.core.checkout import source_checkout
-from framebench.store.reader import node_environments
+from framebench.store.reader import node_records
 
 LIBRARIES = ("numpy", "pandas", "scikit-learn", "threadpoolctl", "tensorflow", "tensorflow-cpu", "keras", "torch", "jax", "jaxlib", "ray")
 
@@ -93,8 +93,8 @@ def git_commit() -> str:
     return commit + ("+dirty" if dirty.strip() else "")
 
 
-def node_environment(threads: int) -> dict:
-    """What makes this machine's timings what they are; recorded per node in env.json."""
+def node_record(threads: int) -> dict:
+    """What makes this machine's timings what they are; recorded per node in machine.json."""
     return {
         "python": sys.version.split()[0],
         "libraries": library_versions(),
@@ -108,12 +108,12 @@ def node_environment(threads: int) -> dict:
     }
 
 
-def environment(threads: int, nodes: dict[str, dict], earlier: dict | None) -> dict:
-    """env.json: the driver's environment (where the tables were written) and every node's. Extending
-    a directory (`earlier`, its env.json) keeps the nodes and commands recorded before: its earlier
+def machine_record(threads: int, nodes: dict[str, dict], earlier: dict | None) -> dict:
+    """machine.json: the driver's machine (where the tables were written) and every node's. Extending
+    a directory (`earlier`, its machine record) keeps the nodes and commands recorded before: its earlier
     rows came from them."""
     session = {"git_commit": git_commit(), "command": " ".join(sys.argv), "started_utc": datetime.now(UTC).isoformat(timespec="seconds")}
     if not earlier:
-        return {**node_environment(threads), **session, "nodes": nodes}
+        return {**node_record(threads), **session, "nodes": nodes}
     sessions = earlier.get("earlier", []) + [{key: earlier.get(key) for key in session}]
-    return {**node_environment(threads), **session, "nodes": {**node_environments(earlier), **nodes}, "earlier": sessions}
+    return {**node_record(threads), **session, "nodes": {**node_records(earlier), **nodes}, "earlier": sessions}

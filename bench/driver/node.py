@@ -48,7 +48,7 @@ QUEUE_LINES = 64  # lines read but not yet recorded: a worker that talks faster 
 POLL_S = 0.1  # how often a job waiting for its worker's next line looks whether the worker has exited
 
 
-def thread_env(threads: int) -> dict[str, str]:
+def thread_variables(threads: int) -> dict[str, str]:
     env = dict(os.environ)
     env.update({name: str(threads) for name in THREAD_ENV_VARS})
     env["TF_NUM_INTEROP_THREADS"] = "1"
@@ -56,18 +56,22 @@ def thread_env(threads: int) -> dict[str, str]:
     return env
 
 
-def device_env(device: str, threads: int) -> dict[str, str]:
+def device_variables(device: str, threads: int) -> dict[str, str]:
     """The environment of a process timing `device` with `threads`: a CPU process sees no GPU, so it
     cannot touch one (Ray leaves CUDA_VISIBLE_DEVICES unset for tasks without a GPU)."""
-    env = thread_env(threads)
+    env = thread_variables(threads)
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     return env
 
 
-def worker_env(job: Job) -> dict[str, str]:
-    """The job's device and threads, and its entry's environment."""
-    return {**device_env(job.device, job.threads), **registry.lookup(job.backend, job.variant).env, PARENT_PID_VARIABLE: str(os.getpid())}
+def worker_variables(job: Job) -> dict[str, str]:
+    """The job's device and threads, and its entry's environment variables."""
+    return {
+        **device_variables(job.device, job.threads),
+        **registry.lookup(job.backend, job.variant).variables,
+        PARENT_PID_VARIABLE: str(os.getpid()),
+    }
 
 
 def kill_group(pid: int) -> None:
@@ -242,7 +246,7 @@ def start_job(job: Job, command: list[str], lines: queue.Queue, span: Span, tag=
     log = tempfile.TemporaryFile()
     token = uuid.uuid4().hex
     control_read, control_write = os.pipe() if lockstep else (None, None)
-    env = {**worker_env(job), JOB_TOKEN_VARIABLE: token}
+    env = {**worker_variables(job), JOB_TOKEN_VARIABLE: token}
     started_at = time.time()
     try:
         process, channel = start_worker(command, env, log, control_read)

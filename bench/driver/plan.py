@@ -35,7 +35,7 @@ from framebench.store.job import (
     Job,
     key_columns,
 )
-from framebench.store.reader import read_config, read_env, read_table
+from framebench.store.reader import read_config, read_machine, read_table
 
 # A results directory holds one experiment: appending with any of these different is refused.
 IDENTITY = ("preset", "dataset", "model", "train", "threads", "sweep", "target_acc", "floors")
@@ -161,7 +161,7 @@ def resumed_config(directory: Path, request: RunRequest) -> dict:
     if not (directory / "config.json").is_file():
         raise FrameBenchError(f"--resume {directory}: not a results directory (no config.json)")
     config = read_config(directory)
-    read_env(directory)  # a damaged env.json is refused now, not after the first rows
+    read_machine(directory)  # a damaged machine record is refused now, not after the first rows
     if config.get("format_version") != FORMAT_VERSION or not {"matrices", "sweep", "envs", *IDENTITY} <= set(config):
         raise FrameBenchError(
             f"--resume {directory}: its config.json was written by another framebench version; rerun the matrix into a new --run-id"

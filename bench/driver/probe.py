@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from framebench.core import registry
 from framebench.core.config import PRECISIONS
 from framebench.core.flops import key, step_gemms
-from framebench.driver.node import device_env, kill_group
+from framebench.driver.node import device_variables, kill_group
 
 ROUNDS = 5  # timed rounds per shape; the fastest is kept (the floor is a best case)
 MIN_ROUND_S = 0.02  # each round repeats the GEMM until it lasts at least this long
@@ -117,7 +117,7 @@ def run_probe(request: ProbeRequest) -> tuple[list[dict], list[str]]:
         request.precision,
         request.sizes,
         request.batch,
-        device_env(request.device, request.threads),
+        device_variables(request.device, request.threads),
         request.timeout_s,
     )
 

@@ -18,7 +18,7 @@ from framebench.core.config import config_from_dict, layer_sizes
 from framebench.core.data import load_dataset
 from framebench.driver import envs
 from framebench.driver.executors import Executor, LocalExecutor
-from framebench.driver.machine import environment
+from framebench.driver.machine import machine_record
 from framebench.driver.plan import (
     SETTLED,
     check_same_experiment,
@@ -52,7 +52,7 @@ from framebench.store.job import (
     End,
     Job,
 )
-from framebench.store.reader import read_config, read_env
+from framebench.store.reader import MACHINE_FILE, read_config, read_machine
 
 STEP_ROW_BYTES = 80  # a steps.csv row, generously, for the free-space check before a matrix starts
 
@@ -145,7 +145,7 @@ def run_in(directory: Path, request: RunRequest, config: dict, executor: Executo
         for j in jobs
     )
     check_free_space(directory, steps * STEP_ROW_BYTES + 1_000_000)  # before anything is written
-    earlier = read_env(directory)
+    earlier = read_machine(directory)
     write_json(directory, "config.json", config)
     for table in TABLE_NAMES:  # every table exists (with its header) from the start, whatever happens next
         append_rows(directory, table, [])
@@ -155,9 +155,9 @@ def run_in(directory: Path, request: RunRequest, config: dict, executor: Executo
     try:
         try:
             built, broken = prepare_environments(config["envs"], jobs)
-            record = environment(config["threads"], executor.nodes(config["threads"]), earlier)
+            record = machine_record(config["threads"], executor.nodes(config["threads"]), earlier)
             with interrupts:
-                write_json(directory, "env.json", {**record, "environments": environment_records(built, earlier)})
+                write_json(directory, MACHINE_FILE, {**record, "environments": environment_records(built, earlier)})
             probes = {}
             if config["floors"]:
                 probes = probe_requests(jobs, data.input_size, data.num_classes, executor.has_gpu(), request.timeout)
@@ -210,7 +210,7 @@ def prepare_environments(specs: dict[str, list[str]], jobs: list[Job]) -> tuple[
 
 
 def environment_records(built: list[envs.Environment], earlier: dict | None) -> dict[str, dict]:
-    """env.json's `environments`: each one's overrides, folder and full package list (earlier ones kept)."""
+    """machine.json's `environments`: each one's overrides, folder and full package list (earlier ones kept)."""
     records = dict((earlier or {}).get("environments", {}))
     for built_env in built:
         records[built_env.name] = {

@@ -80,16 +80,16 @@ def directory_metadata(directory: Path, tables: dict) -> tuple[dict, dict[str, s
     meta = {
         "directory": str(directory),
         "config": short_hash({section: tables["config"].get(section) for section in TRAINING}),
-        "commit": str(tables["env"].get("git_commit") or ""),
-        "started_utc": str(tables["env"].get("started_utc") or ""),
+        "commit": str(tables["machine"].get("git_commit") or ""),
+        "started_utc": str(tables["machine"].get("started_utc") or ""),
     }
-    return meta, fingerprints(tables["env"])
+    return meta, fingerprints(tables["machine"])
 
 
 def directory_rows(directory: Path, machines: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """(each job's latest attempt joined with the directory's metadata and its node's machine id, the
     epochs of those attempts, a line per row left out), read by the store's one reader; `machines` gains
-    the nodes' fingerprints. A job with no start time (runs.csv's nor env.json's) has no place in a
+    the nodes' fingerprints. A job with no start time (runs.csv's nor the machine record's) has no place in a
     series: it is left out with a line."""
     tables = load_results(directory)
     meta, prints = directory_metadata(directory, tables)
@@ -100,7 +100,7 @@ def directory_rows(directory: Path, machines: dict[str, str]) -> tuple[pd.DataFr
     rows["run_time"] = started.fillna(pd.to_datetime(meta["started_utc"], utc=True, errors="coerce"))
     left_out = left_out_lines(tables["refused"])
     if untimed := int(rows["run_time"].isna().sum()):
-        left_out.append(f"{directory}: {untimed} job(s) without a start time (runs.csv's started_at, env.json's started_utc); left out")
+        left_out.append(f"{directory}: {untimed} job(s) without a start time (runs.csv's started_at, machine.json's started_utc); left out")
         rows = rows[rows["run_time"].notna()]
     epochs = tables["epochs"].merge(rows.loc[rows["status"] == "ok", ["directory", *job_key(), "attempt"]], on=[*job_key(), "attempt"])
     return rows, epochs[["directory", *job_key(), "epoch", "train_loss", "test_loss"]], left_out

@@ -47,7 +47,7 @@ from framebench.reports.stats import Interval, difference_of_medians, median_dif
 from framebench.reports.summary import BUSY_FRACTION
 from framebench.reports.verdicts import FAIL, PASS, UNDECIDED, Kind, Verdict, exit_status, worst
 from framebench.store.job import NOT_RUN, PAIRED, columns, key_columns, point_names, replicate_names, series_columns
-from framebench.store.reader import latest_attempts, load_results, node_environments, refuse_unreadable
+from framebench.store.reader import latest_attempts, load_results, node_records, refuse_unreadable
 
 TRAINING = ("model", "train")  # config.json sections that decide what accuracy a run reaches
 ONE_REPEAT = "1 repeat: the spread between processes is unknown; use --repeats 3"
@@ -89,7 +89,7 @@ class Group:
 
     runs: pd.DataFrame  # runs.csv rows (every attempt; the latest of each job counts)
     epochs: pd.DataFrame  # epochs.csv rows of those runs (may be empty: each job then counts by its median_epoch_s)
-    env: dict  # env.json: the nodes whose fingerprints decide which timings are comparable
+    machine: dict  # the machine record: the nodes whose fingerprints decide which timings are comparable
     label: str  # how verdicts name this side ("BASE", "NEW", an environment's name)
 
 
@@ -98,12 +98,12 @@ class Options:
     tolerances: Tolerances  # --acc-tol and --time-tol
     compare_accuracy: bool  # whether the training configurations allow comparing accuracy
     compare_time: bool  # whether timings are compared at all (not with --accuracy-only)
-    any_machine: bool = False  # --allow-env-diff: timings compared whatever the nodes' fingerprints
+    any_machine: bool = False  # --allow-machine-diff: timings compared whatever the nodes' fingerprints
     paired: bool = False  # the groups are two environments of one run: where they ran in lockstep, time is judged from epoch pairs
     judge_code_changes: bool = False  # a change of the backend's code between the groups is what is measured (a gate), not refused
 
 
-def fingerprints(env: dict) -> dict[str, str]:
+def fingerprints(machine: dict) -> dict[str, str]:
     """{node: what makes its timings comparable}: host, CPU, cores, kernel settings and GPUs."""
     return {
         name: json.dumps(
@@ -116,7 +116,7 @@ def fingerprints(env: dict) -> dict[str, str]:
             ],
             sort_keys=True,
         )
-        for name, node in node_environments(env).items()
+        for name, node in node_records(machine).items()
     }
 
 
@@ -124,7 +124,7 @@ def prepared(group: Group, any_machine: bool) -> pd.DataFrame:
     """Latest attempts, each with its node's fingerprint (threads included), whether it is a usable ok,
     its steady-state epoch times (first epoch excluded) and its calibration."""
     runs = latest_attempts(group.runs).copy()
-    prints = fingerprints(group.env)
+    prints = fingerprints(group.machine)
     runs["fingerprint"] = (
         "any"
         if any_machine
@@ -403,7 +403,7 @@ def differences(base: dict, new: dict) -> tuple[list[str], list[str], list[str]]
         if base["config"].get(section) != new["config"].get(section)
     ]
     machine = []
-    base_prints, new_prints = set(fingerprints(base["env"]).values()), set(fingerprints(new["env"]).values())
+    base_prints, new_prints = set(fingerprints(base["machine"]).values()), set(fingerprints(new["machine"]).values())
     if base_prints != new_prints:
         machine.append(f"nodes: {sorted(base_prints - new_prints)} in BASE only, {sorted(new_prints - base_prints)} in NEW only")
     return config, machine, version_notes(base["runs"], new["runs"])
@@ -479,7 +479,7 @@ def environment_groups(tables: dict, base_env: str, new_env: str, directory: str
             raise FrameBenchError(f"{flag} {name}: {directory} has no runs in that environment (it has: {known})")
         epochs = tables["epochs"][tables["epochs"]["env"] == name]
         both = f"{base_env}->{new_env}"
-        groups.append(Group(runs.assign(env=both), epochs.assign(env=both), tables["env"], label))
+        groups.append(Group(runs.assign(env=both), epochs.assign(env=both), tables["machine"], label))
     return groups
 
 
@@ -488,7 +488,7 @@ def run_compare(
     new_dir: str,
     tolerances: Tolerances,
     *,
-    allow_env_diff: bool,
+    allow_machine_diff: bool,
     allow_config_diff: bool,
     accuracy_only: bool,
     markdown: str | None,
@@ -505,24 +505,24 @@ def run_compare(
         tolerances,
         compare_accuracy=not config_diff or allow_config_diff,
         compare_time=not accuracy_only,
-        any_machine=allow_env_diff,
+        any_machine=allow_machine_diff,
     )
     table = compare_groups(
-        Group(base["runs"], base["epochs"], base["env"], "BASE"), Group(new["runs"], new["epochs"], new["env"], "NEW"), options
+        Group(base["runs"], base["epochs"], base["machine"], "BASE"), Group(new["runs"], new["epochs"], new["machine"], "NEW"), options
     )
     lines = [f"configuration differs: {d}" for d in config_diff] + [f"environment differs: {d}" for d in machine_diff]
     lines += [f"note: {line}" for line in notes]
     if config_diff and not allow_config_diff:
         lines.append("accuracy is not compared across training configurations; pass --allow-config-diff to compare it anyway")
-    if machine_diff and not allow_env_diff and not accuracy_only:
+    if machine_diff and not allow_machine_diff and not accuracy_only:
         lines.append(
-            "timings are compared only between nodes of the same machine fingerprint; pass --allow-env-diff to compare "
+            "timings are compared only between nodes of the same machine fingerprint; pass --allow-machine-diff to compare "
             "them anyway, or --accuracy-only"
         )
-    if options.compare_time and (unknown := [label for label, tables in (("BASE", base), ("NEW", new)) if not tables["env"]]):
+    if options.compare_time and (unknown := [label for label, tables in (("BASE", base), ("NEW", new)) if not tables["machine"]]):
         lines.append(
-            f"{' and '.join(unknown)} has no env.json, so its machine is unknown and no timing can be matched: "
-            "pass --accuracy-only or --allow-env-diff"
+            f"{' and '.join(unknown)} has no machine record (machine.json), so its machine is unknown and no timing can be matched: "
+            "pass --accuracy-only or --allow-machine-diff"
         )
     sides = {"base": base_dir, "new": new_dir}
     return finish_comparison(table, lines, sides, options, accuracy_only, markdown, json_file)

@@ -382,7 +382,7 @@ def write_output(path: str, flag: str, text: str) -> None:
 def run_rcp(directories: list[str], *, backend: str, output: Path | None) -> int:
     """Print the RCP file, or write it to `output` (never, unasked, into the installed package)."""
     table = derive_rcps(directories, backend)
-    measured = [f"{t['env'].get('command', '?')}  (seeds {seeds_text(t['config']) or '?'})" for t in map(load_results, directories)]
+    measured = [f"{t['machine'].get('command', '?')}  (seeds {seeds_text(t['config']) or '?'})" for t in map(load_results, directories)]
     text = rcp_text(table, " ".join(["framebench", *sys.argv[1:]]), measured)
     if output is None:
         print(text, end="")

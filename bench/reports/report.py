@@ -12,7 +12,7 @@ from framebench.reports.markdown import escape_markdown, to_markdown, write_mark
 from framebench.reports.plots import draw_all
 from framebench.reports.scaling import report_section
 from framebench.reports.summary import busy_warnings, calibration_warnings, not_run, summary
-from framebench.store.reader import left_out_lines, node_environments, seeds_text, swept_field
+from framebench.store.reader import left_out_lines, node_records, seeds_text, swept_field
 
 FIGURE_CAPTIONS = {
     "loss.png": "Training loss per step and test loss per epoch",
@@ -23,10 +23,10 @@ FIGURE_CAPTIONS = {
 }
 
 
-def environment_lines(env: dict) -> list[str]:
-    """The environment as Markdown list items, every value escaped (env.json may come from anyone)."""
+def machine_lines(machine: dict) -> list[str]:
+    """The machine record as Markdown list items, every value escaped (it may come from anyone)."""
     lines = []
-    for name, node in node_environments(env).items():
+    for name, node in node_records(machine).items():
         gpus = "; ".join(f"{g.get('name')} (driver {g.get('driver')}, CUDA {g.get('cuda')})" for g in node.get("gpus", [])) or "none"
         libraries = ", ".join(f"{library} {version}" for library, version in node.get("libraries", {}).items())
         kernels = ", ".join(f"{k}={v}" for k, v in node.get("kernel_settings", {}).items()) or "none set"
@@ -38,9 +38,9 @@ def environment_lines(env: dict) -> list[str]:
         ]
     earlier = [
         f"- earlier into this directory: {e.get('command')} (commit {e.get('git_commit')}, {e.get('started_utc')})"
-        for e in env.get("earlier", [])
+        for e in machine.get("earlier", [])
     ]
-    lines += [f"- framebench commit: {env.get('git_commit')}", f"- command: {env.get('command')}", *earlier]
+    lines += [f"- framebench commit: {machine.get('git_commit')}", f"- command: {machine.get('command')}", *earlier]
     return [escape_markdown(line) for line in lines]
 
 
@@ -98,12 +98,12 @@ def write_report(directory: str | Path) -> Path:
         json.dumps({k: config.get(k) for k in ("model", "train")}, indent=2),
         "```",
         "",
-        *environment_section(tables["env"]),
+        *machine_section(tables["machine"]),
     ]
     return write_markdown(
         directory / "report.md", lines, f"the tables are complete: rerun `framebench plot {directory}` where it can be written"
     )
 
 
-def environment_section(env: dict) -> list[str]:
-    return ["## Environment", "", *environment_lines(env), ""]
+def machine_section(machine: dict) -> list[str]:
+    return ["## Machine", "", *machine_lines(machine), ""]

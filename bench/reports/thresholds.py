@@ -142,7 +142,7 @@ def run_check(directory: str, thresholds_path: Path, *, allow_missing: bool) -> 
 
 def measured_by(directories: list[str]) -> list[str]:
     """The command that measured each results directory, with its seeds."""
-    return [f"{t['env'].get('command', '?')}  (seeds {seeds_text(t['config']) or '?'})" for t in map(load_results, directories)]
+    return [f"{t['machine'].get('command', '?')}  (seeds {seeds_text(t['config']) or '?'})" for t in map(load_results, directories)]
 
 
 def thresholds_text(table: pd.DataFrame, command: str, measured: list[str]) -> str:

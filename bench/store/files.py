@@ -186,7 +186,7 @@ def write_json(directory: Path, name: str, data: dict) -> None:
 def check_no_symlinks(directory: Path) -> None:
     """Refuse a results directory in which a file framebench writes is a symbolic link: a directory
     from elsewhere could point it at any file of the user's."""
-    written = [f"{t}.csv" for t in job.TABLE_NAMES] + ["config.json", "env.json", LOCK_FILE, "logs", "report.md"]
+    written = [f"{t}.csv" for t in job.TABLE_NAMES] + ["config.json", "machine.json", LOCK_FILE, "logs", "report.md"]
     for name in written:
         if (directory / name).is_symlink():
             raise FrameBenchError(f"{directory / name} is a symbolic link; framebench never writes through one: remove it")

@@ -61,7 +61,9 @@ CONFIG_SHAPE = {  # config.json's fields and what each holds (a field missing is
     "matrices": [{"axes": {"*": STRINGS}, "repeats": int}],
     "envs": {"*": STRINGS},
 }
-NODE_SHAPE = {  # one node's environment in env.json
+MACHINE_FILE = "machine.json"  # the machine record of a results directory: every node's Python, libraries, CPU, ... and each session
+LEGACY_MACHINE_FILE = "env.json"  # its name before framebench 0.2 (read where machine.json is absent)
+NODE_SHAPE = {  # one node's record in the machine record
     "python": str,
     "libraries": {"*": str},
     "cpu": str,
@@ -72,7 +74,7 @@ NODE_SHAPE = {  # one node's environment in env.json
     "gpus": [dict],
     "kernel_settings": {"*": str},
 }
-ENV_SHAPE = {  # env.json's fields this framebench reads and what each holds (others are kept, unread)
+MACHINE_SHAPE = {  # the machine record's fields this framebench reads and what each holds (others are kept, unread)
     **NODE_SHAPE,
     "git_commit": str,
     "command": str,
@@ -108,7 +110,7 @@ def shape_error(value, shape, where: str, closed: bool = False) -> str | None:
 
 
 def read_metadata(path: Path, shape: dict, known_only: bool) -> dict:
-    """config.json or env.json, checked against its shape; `known_only` refuses fields this
+    """config.json or the machine record, checked against its shape; `known_only` refuses fields this
     framebench does not know (a newer framebench's). Anything else is one line naming the field."""
     data = read_json(path)
     fix = "it is damaged or from another framebench version; rerun the matrix with this one"
@@ -155,9 +157,12 @@ def config_error(config: dict) -> str | None:
     return None
 
 
-def read_env(directory: Path) -> dict:
-    """env.json, or {} where the directory has none."""
-    return read_metadata(directory / "env.json", ENV_SHAPE, known_only=False) if (directory / "env.json").exists() else {}
+def read_machine(directory: Path) -> dict:
+    """The machine record (machine.json, or env.json as older directories name it), or {} where the directory has none."""
+    for name in (MACHINE_FILE, LEGACY_MACHINE_FILE):
+        if (directory / name).exists():
+            return read_metadata(directory / name, MACHINE_SHAPE, known_only=False)
+    return {}
 
 
 NAN_SPELLINGS = ["", "nan", "NaN", "-nan"]  # an empty number cell, however a writer spelled it
@@ -356,7 +361,7 @@ def load_results(directory: str | Path) -> dict:
         if "run_id" in tables[table]:
             tables[table]["run_id"] = directory.name
     tables["config"] = read_config(directory)
-    tables["env"] = read_env(directory)
+    tables["machine"] = read_machine(directory)
     tables["runs"], off_sweep = rows_of_the_sweep(tables["runs"], tables["config"], directory / "runs.csv")
     tables["refused"] = refused + off_sweep
     tables["runs"] = without_jobs(tables["runs"], {r.job for r in tables["refused"] if r.job and r.path.name == "runs.csv"})
@@ -387,9 +392,9 @@ def rows_of_the_sweep(runs: pd.DataFrame, config: dict, path: Path) -> tuple[pd.
     return runs[~bad], refused
 
 
-def node_environments(env: dict) -> dict[str, dict]:
-    """{node name: its environment} from env.json (one written before nodes were recorded is its own node)."""
-    return env.get("nodes") or {env.get("machine", ""): env}
+def node_records(machine: dict) -> dict[str, dict]:
+    """{node name: its record} from a machine record (one written before nodes were recorded is its own node)."""
+    return machine.get("nodes") or {machine.get("machine", ""): machine}
 
 
 def swept_field(config: dict) -> str:

@@ -42,7 +42,7 @@ from framebench.reports.convergence import (
 from framebench.reports.markdown import escape_markdown, to_markdown
 from framebench.reports.plots import colour, save_figure
 from framebench.reports.profiles import performance_ratios, profile_figure, profile_table, times_to_target
-from framebench.reports.report import environment_section, write_markdown
+from framebench.reports.report import machine_section, write_markdown
 from framebench.reports.summary import not_run
 from framebench.reports.thresholds import DEFAULT_FILE as THRESHOLDS
 from framebench.reports.thresholds import check
@@ -194,7 +194,7 @@ def write_study(folder: Path, workloads: list[Workload]) -> Path:
     runs_folder = folder / RUNS_FOLDER
     rcp_dirs = [str(runs_folder / f"rcp-{w.name}") for w in workloads]
     rcps_path = folder / "rcps.csv"
-    measured = [f"{load_results(d)['env'].get('command', '?')}" for d in rcp_dirs]
+    measured = [f"{load_results(d)['machine'].get('command', '?')}" for d in rcp_dirs]
     rcps_path.write_text(rcp_text(derive_rcps(rcp_dirs, REFERENCE[0]), f"framebench rcp {' '.join(rcp_dirs)}", measured))
     rcps = load_rcps(rcps_path)
     verdicts, references, lines = {}, {}, []
@@ -206,7 +206,7 @@ def write_study(folder: Path, workloads: list[Workload]) -> Path:
         lines += [
             f"### {workload.name}: {escape_markdown(workload_of(tables['config']).describe())}",
             "",
-            f"{escape_markdown(tables['env'].get('command', ''))}",
+            f"{escape_markdown(tables['machine'].get('command', ''))}",
             "",
             to_markdown(shown(verdicts[workload.name])),
             *[f"- not run: {escape_markdown(line)}" for line in not_run(tables["runs"])],
@@ -269,6 +269,6 @@ def write_study(folder: Path, workloads: list[Workload]) -> Path:
         *profiles,
         "![Performance profiles in training seconds](profile.png)",
         "",
-        *environment_section(load_results(runs_folder / workloads[0].name)["env"]),
+        *machine_section(load_results(runs_folder / workloads[0].name)["machine"]),
     ]
     return write_markdown(folder / "report.md", text, "pass a writable --directory")

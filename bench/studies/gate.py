@@ -216,7 +216,7 @@ def decide(folder: Path, rule: str, settings: Settings) -> pd.Series:
         options = Options(tolerances, compare_accuracy=True, compare_time=True, any_machine=True, paired=True, judge_code_changes=True)
     else:
         sides = [load_results(folder / side) for side in ("base", "new")]
-        groups = [Group(t["runs"], t["epochs"], t["env"], label) for t, label in zip(sides, ("BASE", "NEW"), strict=True)]
+        groups = [Group(t["runs"], t["epochs"], t["machine"], label) for t, label in zip(sides, ("BASE", "NEW"), strict=True)]
         options = Options(tolerances, compare_accuracy=True, compare_time=True, any_machine=True, judge_code_changes=True)
     return compare_groups(*groups, options).iloc[0]
 

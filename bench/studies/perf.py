@@ -18,7 +18,7 @@ from framebench.driver.session import run as run_matrix
 from framebench.reports.floors import load_with_floors
 from framebench.reports.markdown import to_markdown
 from framebench.reports.plots import plot_perf
-from framebench.reports.report import environment_section, write_markdown
+from framebench.reports.report import machine_section, write_markdown
 from framebench.reports.summary import perf_table
 
 HELP = "every backend x variant on several presets, with GEMM floors: results/perf/report.md"
@@ -72,7 +72,7 @@ def write_perf_report(folder: Path, directories: list[Path]) -> Path:
     lines = [
         "# framebench perf",
         "",
-        f"`{tables[0]['env'].get('command', 'framebench perf')}` (the command that measured it); one results directory per preset: "
+        f"`{tables[0]['machine'].get('command', 'framebench perf')}` (the command that measured it); one results directory per preset: "
         + ", ".join(f"`{d.name}/`" for d in directories)
         + ".",
         "",
@@ -84,6 +84,6 @@ def write_perf_report(folder: Path, directories: list[Path]) -> Path:
         to_markdown(table),
         *figure,
         "",
-        *environment_section(tables[0]["env"]),
+        *machine_section(tables[0]["machine"]),
     ]
     return write_markdown(folder / "report.md", lines, "pass a writable --results-dir")

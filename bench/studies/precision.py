@@ -17,7 +17,7 @@ from framebench.reports.floors import load_with_floors
 from framebench.reports.markdown import to_markdown
 from framebench.reports.plots import save_figure
 from framebench.reports.precision import precision_table
-from framebench.reports.report import environment_section, write_markdown
+from framebench.reports.report import machine_section, write_markdown
 from framebench.reports.summary import not_run
 
 HELP = "fp32 against bf16 on every backend, one thread, at several batch sizes: results/precision/report.md"
@@ -131,7 +131,7 @@ def write_study(folder: Path, directories: list[Path]) -> Path:
         lines += [
             f"## {study}",
             "",
-            f"`{t['env'].get('command')}`; {machine_load(t['runs'])}.",
+            f"`{t['machine'].get('command')}`; {machine_load(t['runs'])}.",
             "",
             to_markdown(tables[study]),
             *findings(tables[study], study),
@@ -139,5 +139,5 @@ def write_study(folder: Path, directories: list[Path]) -> Path:
             "",
         ]
     lines += ["![Speed-up over fp32: the epoch and its own GEMMs](precision.png)", ""] if figure else []
-    lines += environment_section(next(iter(loaded.values()))["env"])
+    lines += machine_section(next(iter(loaded.values()))["machine"])
     return write_markdown(folder / "report.md", lines, "pass a writable folder")
