@@ -5,7 +5,7 @@ GPU_PINS := "tensorflow[and-cuda]==2.21.0" "jax[cuda12]==0.10.2" "torch==2.13.0"
 	"numpy==2.4.6" "pandas==3.1.1" "matplotlib==3.11.2" "scikit-learn==1.9.1" "threadpoolctl==3.8.0" \
 	"pytest==9.2.0" "pytest-benchmark==5.3.1" "pytest-timeout==2.4.0" "ruff==0.17.6"
 
-.PHONY: install install-gpu lock-gpu bench bench-gpu bench-steps bench-perf bench-scaling bench-history bench-gate bench-precision bench-versions lint test test-fast readme clean
+.PHONY: install install-gpu lock-gpu data bench bench-gpu bench-steps bench-perf bench-scaling bench-history bench-gate bench-precision bench-versions bench-convergence lint test test-fast readme clean
 
 install:  ## .venv with the pinned CPU versions (requirements.lock, torch's CPU build) + framebench, editable
 	$(PYTHON) -m venv $(VENV)
@@ -25,52 +25,36 @@ lock-gpu:  ## re-resolve requirements-gpu.lock against PyPI (the three CUDA stac
 	$(BIN)/python tools/locks.py gpu-resolution.json requirements-gpu.lock
 	rm gpu-resolution.json
 
-bench:  ## the default preset (mlp) on every registered backend, on the CPU
+data:  ## MNIST and Fashion-MNIST verified where found ($$FRAMEBENCH_DATA_DIR, the cache), else downloaded into the cache ($$FRAMEBENCH_DATA_MIRROR first)
+	$(BIN)/framebench data
+
+bench: data  ## the default preset (mlp) on every registered backend, on the CPU
 	$(BIN)/framebench run --backends all --device cpu --preset mlp
 
-bench-gpu:  ## a GPU machine's one prepared run (< 10 min): every default backend on the GPU at fp32, tf32, bf16 and fp16: results/gpu
+bench-gpu: data  ## a GPU machine's one prepared run (< 10 min): every default backend on the GPU at fp32, tf32, bf16 and fp16: results/gpu
 	$(BIN)/framebench run --backends all --variants default --device gpu --precision fp32,tf32,bf16,fp16 --preset mlp --epochs 3 \
 		--timeout 120 --results-dir results --run-id gpu
 
-bench-perf:  ## the speed study (every backend x variant on tutorial000, tutorial003, mlp) into results/perf/report.md
-	$(BIN)/framebench perf --presets tutorial000,tutorial003,mlp --repeats 2 --epochs 3 --results-dir results/perf
+bench-perf: data  ## the speed study (every backend x variant on tutorial000, tutorial003, mlp) into results/perf/report.md
+	$(BIN)/framebench study perf
 
-bench-scaling:  ## throughput and efficiency against batch size, every backend: results/scaling (rerun: finishes or redraws it; delete its tables for a fresh one)
-	$(BIN)/framebench run --preset scaling --backends all --variants default --sweep batch_size=16,64,256,1024,4096 --repeats 2 --results-dir results --run-id scaling
+bench-scaling: data  ## throughput and efficiency against batch size, every backend: results/scaling (rerun: finishes or redraws it; delete its tables for a fresh one)
+	$(BIN)/framebench study scaling
 
-HISTORY_RUN := $(BIN)/framebench run --backends numpy,torch --preset tutorial000 --epochs 2 --repeats 2 --no-floors --results-dir results/history/runs
+bench-history: data  ## a small real history (8 runs; from h05 on one thread instead of two: the step), published to results/history/site + screenshot
+	$(BIN)/framebench study history
 
-bench-history:  ## a small real history (8 runs; from h05 on one thread instead of two: the step), published to results/history/site + screenshot
-	rm -rf results/history/runs
-	for run in h01 h02 h03 h04; do $(HISTORY_RUN) --threads 2 --run-id $$run || exit 1; done
-	for run in h05 h06 h07 h08; do $(HISTORY_RUN) --threads 1 --run-id $$run || exit 1; done
-	$(BIN)/framebench publish results/history/runs --out results/history/site
-	chromium --headless --no-sandbox --hide-scrollbars --window-size=1280,460 --virtual-time-budget=10000 \
-		--screenshot=results/history/screenshot.png results/history/site/index.html
+bench-gate:  ## the gate measured, lockstep beside separate runs: false alarms (A/A quiet, busy, intermittent) and power (+2..20%): results/gate/report.md (hours; rerun resumes)
+	$(BIN)/framebench study gate --rounds 60 --budget-min 900
 
-bench-gate:  ## the regression gate measured: false alarms (A/A, quiet and busy) and power (+3..20%) into results/gate/report.md
-	$(BIN)/python -m framebench.reports.gatestudy --rounds 40 --budget-min 20 --directory results/gate
+bench-precision: data  ## fp32 against bf16 on every backend, one thread, at batch 128 (mlp), 1024 and 4096, each with its op profile: results/precision/report.md (rerun: finishes or redraws)
+	$(BIN)/framebench study precision
 
-PRECISION_RUN := $(BIN)/framebench run --backends all --variants default --precision fp32,bf16 --epochs 2 --threads 1 --results-dir results/precision
-PRECISION_PROFILE := $(BIN)/python -m framebench.driver.opprofile --backends tf,keras,jax,keras-jax,torch --precision fp32,bf16 --threads 1
+bench-versions: data  ## one backend under two framework minors, interleaved: NumPy, JAX, TensorFlow (each against the lock) into results/versions
+	$(BIN)/framebench study versions
 
-bench-precision:  ## fp32 against bf16 on every backend, one thread, at batch 128 (mlp), 1024 and 4096, each with its op profile: results/precision/report.md (rerun: finishes or redraws)
-	$(PRECISION_RUN) --preset mlp --run-id mlp
-	test -s results/precision/mlp/ops.json || $(PRECISION_PROFILE) --preset mlp --output results/precision/mlp/ops.json
-	for batch in 1024 4096; do \
-		$(PRECISION_RUN) --preset scaling --batch-size $$batch --run-id scaling-$$batch || exit 1; \
-		test -s results/precision/scaling-$$batch/ops.json || \
-			$(PRECISION_PROFILE) --preset scaling --batch-size $$batch --output results/precision/scaling-$$batch/ops.json || exit 1; \
-	done
-	$(BIN)/python -m framebench.reports.precision results/precision results/precision/mlp results/precision/scaling-1024 results/precision/scaling-4096
-
-VERSIONS := $(BIN)/framebench run --preset ci --sampling with_replacement --steps-per-epoch 60 --epochs 3 --repeats 2 --no-floors --results-dir results --run-id versions --env base=
-
-bench-versions:  ## one backend under two framework minors, interleaved: NumPy, JAX, TensorFlow (each against the lock) into results/versions
-	rm -rf results/versions
-	$(VERSIONS) --backends numpy --env numpy-2.3="numpy==2.3.5"
-	$(VERSIONS) --backends jax,keras-jax --env jax-0.9="jax==0.9.2;jaxlib==0.9.2"
-	$(VERSIONS) --backends tf,keras --env tf-2.20="tensorflow-cpu==2.20.0"
+bench-convergence:  ## RCPs, MLPerf's convergence check of every backend and AlgoPerf profiles over ci (MNIST, Fashion-MNIST) and tutorial003, 10 seeds, and a mislearning backend: results/convergence (quiet machine: the profile in seconds)
+	$(BIN)/framebench study convergence
 
 BENCH_STEPS := $(BIN)/python -m pytest benchmarks -q --benchmark-only --benchmark-autosave --benchmark-columns=min,median,max,rounds
 
@@ -83,10 +67,10 @@ lint:  ## ruff: lint and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint  ## lint, then the whole test suite, what CI runs (needs MNIST and Fashion-MNIST: $$FRAMEBENCH_DATA_DIR, or the cache)
+test: lint data  ## lint, the datasets (make data), then the whole test suite: what CI runs
 	$(BIN)/python -m pytest -q
 
-test-fast: lint  ## lint, then every test not marked slow: the edit-test loop (a few minutes)
+test-fast: lint data  ## lint, the datasets (make data), then every test not marked slow: the edit-test loop (a few minutes)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 readme:  ## README.md's generated tables, the example results (from results/example) and the backends (from the registry)

@@ -1,3 +1,3 @@
-from framebench.driver.cli import main
+from framebench.cli import main
 
 main()

@@ -92,7 +92,7 @@ class Subject:
 
     name: str
     cls: type[Classifier] | None  # None when it cannot be loaded (`error` says why)
-    env: dict[str, str]
+    variables: dict[str, str]  # the environment variables its process needs (registry.Entry.variables)
     devices: tuple[str, ...]
     hosted: bool  # whether this process can run it; otherwise a child pytest with `env` does
     error: str = ""
@@ -121,13 +121,13 @@ def subject_of(target: type[Classifier] | registry.Entry) -> Subject:
     """What the suite needs to know about a class or a registry entry. A foreign-environment entry's
     class is imported here without its environment: only its configuration-only `lacks()` is read."""
     if isinstance(target, type):
-        return Subject(name=target.__name__, cls=target, env={}, devices=registry.DEVICES, hosted=True)
+        return Subject(name=target.__name__, cls=target, variables={}, devices=registry.DEVICES, hosted=True)
     hosted = not registry.needs_own_process(target)
     try:
-        cls = registry.load(target if hosted else dataclasses.replace(target, env={}))
+        cls = registry.load(target if hosted else dataclasses.replace(target, variables={}))
     except FrameBenchError as exc:
-        return Subject(name=target.name, cls=None, env=target.env, devices=target.devices, hosted=hosted, error=str(exc))
-    return Subject(name=target.name, cls=cls, env=target.env, devices=target.devices, hosted=hosted)
+        return Subject(name=target.name, cls=None, variables=target.variables, devices=target.devices, hosted=hosted, error=str(exc))
+    return Subject(name=target.name, cls=cls, variables=target.variables, devices=target.devices, hosted=hosted)
 
 
 @functools.cache
@@ -225,6 +225,27 @@ def check_determinism(subject: Subject, model: ModelConfig, train: TrainConfig) 
     np.testing.assert_array_equal(first, second)
 
 
+CHUNKS = (7, 1, 22)  # steps per train_epoch call in the chunked check: uneven, one of a single step
+
+
+def check_chunked(subject: Subject, model: ModelConfig, train: TrainConfig) -> None:
+    """An epoch trained in chunks, as --eval-every trains it (one train_epoch call per consecutive slice
+    of the order, the test set predicted between them), gives bit for bit the losses and weights of one
+    call over the whole order: evaluations at any step then time the training they would have seen."""
+    order = first_steps(train, sum(CHUNKS))
+    whole = subject.build(model, train, mnist(), seed=3)
+    expected = whole.train_epoch(order, train.batch_size)
+    chunked = subject.build(model, train, mnist(), seed=3)
+    losses, done = [], 0
+    for steps in CHUNKS:
+        losses.append(np.asarray(chunked.train_epoch(order[done * train.batch_size : (done + steps) * train.batch_size], train.batch_size)))
+        chunked.predict_logits(mnist().x_test[:TEST_SAMPLES])
+        done += steps
+    np.testing.assert_array_equal(np.concatenate(losses), expected)
+    for index, (weight, reference) in enumerate(zip(chunked.get_weights(), whole.get_weights(), strict=True)):
+        np.testing.assert_array_equal(weight, reference, err_msg=f"parameter {index} differs after chunked training")
+
+
 def check_dropout(subject: Subject, model: ModelConfig, train: TrainConfig) -> None:
     """A probe network whose loss reveals how many of H hidden units a step kept.
 
@@ -290,6 +311,20 @@ CHECKS = (
         run=check_determinism,
         configs={None: (dataclasses.replace(MLP.model, dropout=0.2), MLP.train)},
         applies=lambda cls: cls.deterministic_on_cpu,
+        slow=True,
+    ),
+    Check(
+        name="chunked",
+        run=check_chunked,
+        configs={o: (MLP.model, with_optimizer(o, 1e-3 if o == "adam" else 0.05)) for o in ("momentum", "adam")},
+        applies=lambda cls: cls.deterministic_on_cpu,
+        slow=True,
+    ),
+    Check(
+        name="chunked-dropout",
+        run=check_chunked,
+        configs={None: (dataclasses.replace(MLP.model, dropout=0.2), MLP.train)},
+        applies=lambda cls: cls.deterministic_on_cpu and cls.chunks_dropout_exactly,
         slow=True,
     ),
     Check(
@@ -392,20 +427,20 @@ def case_of(item: pytest.Item) -> Case | None:
 def report_child_outcome(case: Case, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Report the outcome a child pytest with the case's environment measured for this item,
     starting that child (for every selected item of the environment) if none has run yet."""
-    env_key = tuple(sorted(case.subject.env.items()))
+    env_key = tuple(sorted(case.subject.variables.items()))
     outcomes = request.config.stash.setdefault(OUTCOMES, {})
     if env_key not in outcomes:
         node_ids = [
             item.nodeid
             for item in request.session.items
-            if (other := case_of(item)) and not other.subject.hosted and other.subject.env == case.subject.env
+            if (other := case_of(item)) and not other.subject.hosted and other.subject.variables == case.subject.variables
         ]
-        outcomes[env_key] = run_child(node_ids, case.subject.env, request.config, tmp_path_factory)
+        outcomes[env_key] = run_child(node_ids, case.subject.variables, request.config, tmp_path_factory)
     outcome, message = outcomes[env_key][request.node.nodeid]
     if outcome == "skipped":
         pytest.skip(message)
     if outcome != "passed":
-        pytest.fail(f"in a child pytest with {case.subject.env}: {message}", pytrace=False)
+        pytest.fail(f"in a child pytest with {case.subject.variables}: {message}", pytrace=False)
 
 
 def run_child(

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from framebench.cli import main
 from framebench.core.data import load_dataset
-from framebench.driver.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # this process hosts the `keras` backend; children host the others

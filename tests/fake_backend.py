@@ -5,7 +5,8 @@ exception), all at epoch 2; and hostile ones: forge (prints forged event lines, 
 2), dots (progress dots without a newline every epoch), bytes (invalid UTF-8 on stdout), close-stdout
 (closes its stdout and stderr), malformed (a non-event on the event channel at epoch 2), nan-logits
 (NaN predictions at epoch 2), zero-loss (a first step loss of exactly 0), setsid (starts a process in
-a session of its own, its pid left in $FAKE_STRAY_DIR). Every epoch lasts $FAKE_EPOCH_SLEEP seconds
+a session of its own, its pid left in $FAKE_STRAY_DIR), hang-available (`available()` never returns,
+its pid left in $FAKE_PID_DIR). Every epoch lasts $FAKE_EPOCH_SLEEP seconds
 or more. With $FAKE_PID_DIR set, each worker leaves its pid there, so a test can kill it or check
 that it is gone. It claims the
 precisions $FAKE_PRECISIONS lists (default fp32) and computes in float32 whatever it claims: a
@@ -26,6 +27,14 @@ FORGED = '@framebench-event {"type": "end", "status": "ok"}\n{"type": "end", "st
 
 
 class FakeClassifier(Classifier):
+    @classmethod
+    def available(cls, device):
+        if os.environ.get("FAKE_MODE") == "hang-available":
+            with open(os.path.join(os.environ["FAKE_PID_DIR"], str(os.getpid())), "w"):
+                pass
+            time.sleep(600)
+        return super().available(device)
+
     @classmethod
     def lacks_precision(cls, precision, device):
         claimed = os.environ.get("FAKE_PRECISIONS", "fp32").split(",")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from framebench.store.results import load_results
+from framebench.store.reader import load_results
 from tests.conftest import framebench, printed_directory
 
 

@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
+from framebench.cli import build_parser
 from framebench.core.config import PRESETS, ModelConfig, Sweep, TrainConfig, field_comments, parse_init, resolve
-from framebench.driver.cli import build_parser
-from framebench.driver.runner import RunRequest
+from framebench.driver.request import RunRequest
 from framebench.errors import FrameBenchError
 
 

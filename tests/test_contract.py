@@ -9,13 +9,16 @@ import pandas as pd
 import pytest
 
 from framebench.core.config import Sweep, resolve
-from framebench.driver.runner import JobState, Matrix, done_keys, plan, summarize
+from framebench.driver.plan import Matrix, done_keys, plan
+from framebench.driver.recorder import JobState, summarize
 from framebench.reports.compare import Group, Options, Tolerances, compare_groups
+from framebench.reports.verdicts import Kind, Verdict
 from framebench.store import job as contract
+from framebench.store.files import append_rows
 from framebench.store.job import Dimension, End, Epoch, Job, MalformedEvent, Setup, from_wire, to_wire
-from framebench.store.results import append_rows, read_table
+from framebench.store.reader import read_table
 
-TEMPLATE = Job(run_id="r", dataset="digits", data_dir=None, preset="mlp", config={}, seed=0, threads=1, target_acc=0.9)
+TEMPLATE = Job(run_id="r", dataset="digits", data_dir=None, preset="mlp", config={}, threads=1, target_acc=0.9)
 
 
 @pytest.fixture
@@ -26,7 +29,7 @@ def flavour(monkeypatch):
 
 def planned() -> list[Job]:
     model, train = resolve("mlp", {}, {"epochs": 1})
-    matrix = Matrix({"backend": ["numpy"], "variant": ["default"], "device": ["cpu"], "flavour": ["sweet", "sour"]}, 2, 0, False)
+    matrix = Matrix({"backend": ["numpy"], "variant": ["default"], "device": ["cpu"], "flavour": ["sweet", "sour"]}, 2)
     return plan([matrix], TEMPLATE, Sweep("", ("",)), model, train)
 
 
@@ -69,7 +72,7 @@ def test_resume_tells_jobs_apart_by_a_new_dimension(flavour, tmp_path):
 def test_compare_keys_on_a_new_dimension(flavour):
     sweet, sour = planned()[:2]
     table = compared([ok_row(sweet, 0.9), ok_row(sour, 0.9)], [ok_row(sweet, 0.9), ok_row(sour, 0.5)]).set_index("flavour")
-    assert table.loc["sweet", "verdict"] == "no change" and table.loc["sour", "verdict"] == "REGRESSION: accuracy"
+    assert table.loc["sweet", "verdict"] == Verdict(Kind.NO_CHANGE) and table.loc["sour", "verdict"] == Verdict(Kind.REGRESSION, "accuracy")
     assert "flavour" in contract.accuracy_key_columns()
 
 
@@ -78,7 +81,9 @@ def test_a_backend_code_change_is_not_comparable_rather_than_a_regression():
     base = ok_row(job, 0.9)
     slower = {**ok_row(job, 0.5), "median_epoch_s": 9.0, "implementation": "0123456789ab"}
     table = compared([base], [slower])
-    assert table["verdict"].iloc[0] == f"not comparable: the numpy backend's code changed ({base['implementation']} -> 0123456789ab)"
+    assert table["verdict"].iloc[0] == Verdict(
+        Kind.NOT_COMPARABLE, f"the numpy backend's code changed ({base['implementation']} -> 0123456789ab)"
+    )
 
 
 def test_events_cross_the_wire_unchanged():

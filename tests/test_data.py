@@ -1,12 +1,18 @@
-"""IDX parsing and every data error path, on small files written here and on the real MNIST."""
+"""IDX parsing and every data error path, on small files written here and on the real MNIST; `framebench data`
+against mirrors served on loopback (never the internet: the public mirrors are pointed at a closed local port)."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import http.server
 import io
+import re
+import socket
 import struct
+import threading
 import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +20,7 @@ import pytest
 from framebench.core import data
 from framebench.core.data import load_dataset, parse_idx, read_idx_file
 from framebench.errors import FrameBenchError
-from tests.conftest import mnist_folder
+from tests.conftest import cli, mnist_folder
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -163,6 +169,7 @@ def serve(monkeypatch, payloads: dict[str, bytes]) -> list[str]:
         return Response(payloads[mirror])
 
     monkeypatch.setitem(data.MIRRORS, "mnist", ["http://a/", "http://b/"])
+    monkeypatch.delenv(data.MIRROR_VARIABLE, raising=False)
     monkeypatch.setattr(data.urllib.request, "urlopen", urlopen)
     return asked
 
@@ -187,7 +194,203 @@ def test_a_download_that_fails_verification_everywhere_keeps_nothing_and_says_wh
     with pytest.raises(FrameBenchError) as error:
         data.download("mnist", "t10k-labels-idx1-ubyte", tmp_path)
     message = str(error.value)
-    assert message.startswith("could not download mnist/t10k-labels-idx1-ubyte (http://a/t10k-labels-idx1-ubyte.gz: ")
+    assert message.startswith("could not download mnist/t10k-labels-idx1-ubyte (tried http://a/t10k-labels-idx1-ubyte.gz: ")
     assert "does not match the published" in message and "http://b/t10k-labels-idx1-ubyte.gz: " in message
-    assert message.endswith("put the files under --data-dir DIR/mnist/ or use --dataset digits offline")
+    assert message.endswith(data.where_to_get("mnist"))
     assert list(tmp_path.iterdir()) == []  # no partial or unverified file is left to be found later
+
+
+FILES = [f"{name}/{filename}" for name in data.DOWNLOADED for split in data.SPLITS.values() for filename in split[:2]]
+
+
+@pytest.fixture(scope="session")
+def real_files() -> dict[str, bytes]:
+    """'dataset/filename' -> the published gzipped bytes, found the documented way before any test changes the environment."""
+    files = {}
+    for key in FILES:
+        name, filename = key.split("/")
+        path = data.find_file(filename, data.search_dirs(name, None))
+        assert path is not None, f"{key} is needed to serve a mirror; set FRAMEBENCH_DATA_DIR"
+        files[key] = path.read_bytes() if path.suffix == ".gz" else gzip.compress(path.read_bytes())
+    return files
+
+
+def lay_out(root: Path, files: dict[str, bytes]) -> Path:
+    """A folder laid out as a mirror or a --data-dir: root/<dataset>/<upstream file>.gz."""
+    for key, payload in files.items():
+        (root / key).parent.mkdir(parents=True, exist_ok=True)
+        (root / f"{key}.gz").write_bytes(payload)
+    return root
+
+
+class Mirror(http.server.BaseHTTPRequestHandler):
+    """Serves the server's `root` folder, recording every path asked for; with `cut`, a body stops halfway."""
+
+    def do_GET(self):
+        self.server.asked.append(self.path)
+        path = self.server.root / self.path.lstrip("/")
+        if not path.is_file():
+            self.send_error(404)
+            return
+        body = path.read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2] if self.server.cut else body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def mirrors():
+    """Start a mirror on 127.0.0.1 serving a folder: mirrors(root, cut=False) -> (its URL, the paths it was asked for)."""
+    servers = []
+
+    def start(root: Path, cut: bool = False) -> tuple[str, list[str]]:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Mirror)
+        server.root, server.asked, server.cut = root, [], cut
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/", server.asked
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def refused():
+    """A URL whose connections are refused: a loopback port bound but never listening, so no other server takes it."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{closed.getsockname()[1]}/"
+
+
+@pytest.fixture
+def fresh_machine(real_files, refused, tmp_path, monkeypatch):
+    """An empty cache, no FRAMEBENCH_DATA_DIR, no Debian package, and public mirrors that refuse: what framebench finds
+    on a new user's machine offline. Returns the public mirrors' URL."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    for variable in ("FRAMEBENCH_DATA_DIR", data.MIRROR_VARIABLE, "FRAMEBENCH_NO_DOWNLOAD"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian-package")
+    for name in data.DOWNLOADED:
+        monkeypatch.setitem(data.MIRRORS, name, (refused,))
+    return refused
+
+
+def cached(tmp_path) -> list[str]:
+    """Every file under the cache, hidden temporary ones included."""
+    root = tmp_path / "cache" / "framebench"
+    return sorted(str(path.relative_to(root)) for path in root.rglob("*") if path.is_file()) if root.exists() else []
+
+
+def error_line(result) -> str:
+    """The one line a failed command ends with, after any download progress; it must be its only error."""
+    assert result.returncode == 2 and result.stdout == "" and "Traceback" not in result.stderr
+    lines = result.stderr.rstrip("\n").split("\n")
+    assert [line for line in lines if "error" in line] == lines[-1:], result.stderr
+    return lines[-1]
+
+
+def test_data_downloads_every_file_from_the_mirror_into_the_cache_once(fresh_machine, real_files, mirrors, tmp_path, monkeypatch):
+    url, asked = mirrors(lay_out(tmp_path / "mirror", real_files))
+    monkeypatch.setenv(data.MIRROR_VARIABLE, url)
+    first = cli("data")
+    assert first.returncode == 0, first.stderr
+    cache = tmp_path.resolve() / "cache" / "framebench"  # as printed: resolved
+    assert first.stdout.splitlines() == [f"{name}: {cache / name} (4 of 4 files downloaded, verified)" for name in data.DOWNLOADED]
+    assert asked == [f"/{key}.gz" for key in FILES]
+    assert cached(tmp_path) == sorted(f"{key}.gz" for key in FILES)
+    assert all((cache / f"{key}.gz").read_bytes() == payload for key, payload in real_files.items())
+    size = len(real_files["mnist/train-images-idx3-ubyte"]) / 1e6
+    assert f"downloading {url}mnist/train-images-idx3-ubyte.gz: {size:.1f}/{size:.1f} MB" in first.stderr
+    second = cli("data")
+    assert second.returncode == 0 and len(asked) == len(FILES)  # found in the cache: no request
+    assert second.stdout.splitlines() == [f"{name}: {cache / name} (found, verified)" for name in data.DOWNLOADED]
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda files: files["fashion-mnist/train-images-idx3-ubyte"], "SHA-256 .* does not match the published"),  # another dataset's file
+        (lambda files: files["mnist/train-images-idx3-ubyte"][:1000], "Compressed file ended"),  # truncated
+        (lambda files: b"<html>not found</html>", "Not a gzipped file"),  # an error page served as the file
+    ],
+)
+def test_a_mirror_serving_a_damaged_file_is_rejected_and_nothing_is_cached(
+    fresh_machine, real_files, mirrors, tmp_path, monkeypatch, damage, reason
+):
+    url, _ = mirrors(lay_out(tmp_path / "mirror", {"mnist/train-images-idx3-ubyte": damage(real_files)}))
+    monkeypatch.setenv(data.MIRROR_VARIABLE, url)
+    line = error_line(cli("data"))
+    assert re.fullmatch(
+        rf"error: could not download mnist/train-images-idx3-ubyte \(tried {url}mnist/train-images-idx3-ubyte.gz: .*{reason}.*; "
+        rf"{fresh_machine}train-images-idx3-ubyte.gz: <urlopen error \[Errno 111\] Connection refused>\); "
+        + re.escape(data.where_to_get("mnist")),
+        line,
+    ), line
+    assert cached(tmp_path) == []
+
+
+def test_a_rejected_mirror_copy_falls_back_to_the_next_source(fresh_machine, real_files, mirrors, tmp_path, monkeypatch):
+    key = "mnist/t10k-labels-idx1-ubyte"
+    bad, bad_asked = mirrors(lay_out(tmp_path / "bad", {key: real_files["fashion-mnist/t10k-labels-idx1-ubyte"]}))
+    good, good_asked = mirrors(lay_out(tmp_path / "good", real_files))
+    monkeypatch.setenv(data.MIRROR_VARIABLE, bad)
+    monkeypatch.setitem(data.MIRRORS, "mnist", (fresh_machine, f"{good}mnist/"))
+    path = data.download("mnist", "t10k-labels-idx1-ubyte", data.default_cache_dir() / "mnist")
+    assert bad_asked == good_asked == [f"/{key}.gz"]
+    assert path.read_bytes() == real_files[key] and cached(tmp_path) == [f"{key}.gz"]
+
+
+def test_a_download_cut_short_is_rejected_and_leaves_no_file(fresh_machine, real_files, mirrors, tmp_path, monkeypatch):
+    url, _ = mirrors(lay_out(tmp_path / "mirror", real_files), cut=True)
+    monkeypatch.setenv(data.MIRROR_VARIABLE, url)
+    size = len(real_files["mnist/train-images-idx3-ubyte"])
+    assert f"{url}mnist/train-images-idx3-ubyte.gz: cut short at {size // 2} of {size} bytes;" in error_line(cli("data"))
+    assert cached(tmp_path) == []
+
+
+def test_no_reachable_source_is_one_line_naming_what_to_set(fresh_machine, refused, tmp_path, monkeypatch):
+    monkeypatch.setenv(data.MIRROR_VARIABLE, refused.rstrip("/"))  # with or without the trailing slash
+    assert error_line(cli("data")) == (
+        f"error: could not download mnist/train-images-idx3-ubyte (tried {refused}mnist/train-images-idx3-ubyte.gz: "
+        f"<urlopen error [Errno 111] Connection refused>; {refused}train-images-idx3-ubyte.gz: <urlopen error [Errno 111] "
+        "Connection refused>); set FRAMEBENCH_DATA_DIR (or --data-dir) to a folder holding mnist/, or FRAMEBENCH_DATA_MIRROR "
+        "to a URL serving mnist/<upstream file>.gz"
+    )
+    assert cached(tmp_path) == []
+
+
+def test_check_only_verifies_and_names_what_to_set(fresh_machine, real_files, mirrors, tmp_path, monkeypatch):
+    url, asked = mirrors(lay_out(tmp_path / "mirror", real_files))
+    monkeypatch.setenv(data.MIRROR_VARIABLE, url)
+    line = error_line(cli("data", "--check"))
+    assert (
+        asked == []
+        and "train-images-idx3-ubyte[.gz] not found" in line
+        and line.endswith(data.where_to_get("mnist") + ", or use --dataset digits offline")
+    )
+    found = cli("data", "--check", "--data-dir", str(tmp_path / "mirror"))  # the mirror's layout is a --data-dir's
+    assert found.returncode == 0 and asked == []
+    assert found.stdout.splitlines() == [f"{name}: {tmp_path.resolve() / 'mirror' / name} (found, verified)" for name in data.DOWNLOADED]
+
+
+def test_data_reports_a_damaged_file_in_the_data_dir_instead_of_downloading_over_it(fresh_machine, real_files, tmp_path, monkeypatch):
+    damaged = {**real_files, "fashion-mnist/t10k-labels-idx1-ubyte": real_files["mnist/t10k-labels-idx1-ubyte"]}
+    monkeypatch.setenv("FRAMEBENCH_DATA_DIR", str(lay_out(tmp_path / "data", damaged)))
+    result = cli("data")
+    assert result.returncode == 2 and result.stdout.splitlines() == [f"mnist: {tmp_path.resolve() / 'data' / 'mnist'} (found, verified)"]
+    assert re.fullmatch(
+        r"error: .*fashion-mnist/t10k-labels-idx1-ubyte.gz: SHA-256 .* does not match the published .*", result.stderr.strip()
+    )
+
+
+def test_a_mirror_setting_that_is_not_a_url_is_one_line(fresh_machine, monkeypatch):
+    monkeypatch.setenv(data.MIRROR_VARIABLE, "mirror.example.org/datasets")
+    assert error_line(cli("data")) == (
+        "error: FRAMEBENCH_DATA_MIRROR='mirror.example.org/datasets' is not an http(s) URL; set it to one serving mnist/<upstream file>.gz"
+    )

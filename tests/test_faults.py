@@ -16,8 +16,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from framebench.driver.runner import STOP_SIGNALS, Interrupts, Stopped
-from framebench.store.results import append_rows, load_results, read_table
+from framebench.driver.recorder import STOP_SIGNALS, Interrupts, Stopped
+from framebench.store.files import append_rows
+from framebench.store.reader import load_results, read_table
 from tests.conftest import REPO, cli, framebench
 
 PLUGIN = "fake=tests.fake_backend:FakeClassifier"
@@ -180,13 +181,14 @@ def test_appending_another_configuration_is_refused(tmp_path):
     runs = (tmp_path / "r" / "runs.csv").read_bytes()
     other = run_fake(tmp_path, "--backends", "fake", "--epochs", "3", "--run-id", "r")
     assert other.returncode == 2 and "holds another configuration (train differ)" in other.stderr and "--resume" in other.stderr
-    seeds = run_fake(tmp_path, "--backends", "fake", "--epochs", "2", "--seed", "5", "--run-id", "r")
-    assert seeds.returncode == 2 and "was run with --seed 0; extend it with the same seeds" in seeds.stderr
+    seeds = run_fake(tmp_path, "--backends", "fake", "--epochs", "2", "--seed", "5", "--run-id", "r")  # a seed is one more point
+    assert seeds.returncode == 0 and "1 job(s) already ok" in seeds.stderr
     same = run_fake(tmp_path, "--backends", "fake,numpy", "--epochs", "2", "--run-id", "r")
-    assert same.returncode == 0 and "1 job(s) already ok" in same.stderr  # the same experiment grows by what is new
-    assert (tmp_path / "r" / "runs.csv").read_bytes().startswith(runs) and rows(tmp_path / "r" / "runs.csv") == 2
-    env = load_results(tmp_path / "r")["env"]  # both commands are on record: the first one's rows came from its nodes
-    assert [e["command"] for e in env["earlier"]] == [env["command"].replace("fake,numpy", "fake")]
+    assert same.returncode == 0 and "2 job(s) already ok" in same.stderr  # the same experiment grows by what is new
+    assert (tmp_path / "r" / "runs.csv").read_bytes().startswith(runs) and rows(tmp_path / "r" / "runs.csv") == 3
+    env = load_results(tmp_path / "r")["machine"]  # every command is on record: the earlier ones' rows came from their nodes
+    commands = [e["command"] for e in env["earlier"]]
+    assert commands[0] == env["command"].replace("fake,numpy", "fake") and "--seed 5" in commands[1] and len(commands) == 2
     assert "earlier into this directory" in (tmp_path / "r" / "report.md").read_text()
     plugin_gone = framebench("run", "--resume", str(tmp_path / "r"), env={**os.environ, "FRAMEBENCH_PLUGINS": ""})
     assert plugin_gone.returncode == 2 and "names backend(s) not registered here (fake)" in plugin_gone.stderr
@@ -225,12 +227,23 @@ def test_a_torn_last_row_is_ignored_when_read_and_cut_before_the_next_append(fin
 
 
 def epoch_row(epoch: int, **changes) -> dict:
-    return {"run_id": "r", "backend": "fake", "variant": "default", "device": "cpu", "epoch": epoch, **changes}
+    return {
+        "run_id": "r",
+        "backend": "fake",
+        "variant": "default",
+        "device": "cpu",
+        "repeat": 0,
+        "attempt": 1,
+        "epoch": epoch,
+        "epoch_s": 1.0,
+        **changes,
+    }
 
 
 def test_a_table_cut_at_any_byte_reads_as_its_whole_rows_even_with_line_breaks_in_a_cell(tmp_path):
     """Rows are one line each (line breaks in text become spaces), so a kill at any byte leaves whole rows."""
-    rows = [{"run_id": "r", "status": "ok"}, {"run_id": "r", "status": "failed", "error": "line one\nline two\r\nthree"}]
+    job = {"run_id": "r", "repeat": 0, "attempt": 1}
+    rows = [{**job, "status": "ok"}, {**job, "status": "failed", "error": "line one\nline two\r\nthree"}]
     append_rows(tmp_path, "runs", rows)
     path = tmp_path / "runs.csv"
     whole = path.read_bytes()
@@ -257,7 +270,7 @@ def test_an_empty_steps_table_gets_its_header_back(finished):
     appended = run_fake(finished.parent, "--backends", "fake,numpy", "--epochs", "2", "--repeats", "2", "--run-id", "r")
     assert appended.returncode == 0, appended.stderr
     steps = load_results(finished)["steps"]
-    assert (finished / "steps.csv").read_text().startswith("run_id,backend,variant") and set(steps["backend"]) == {"numpy"}
+    assert (finished / "steps.csv").read_text().startswith("run_id,seed,backend,variant") and set(steps["backend"]) == {"numpy"}
 
 
 @pytest.mark.parametrize(

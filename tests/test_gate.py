@@ -6,6 +6,8 @@ gate decides from numbers whose truth the test set.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 
 import numpy as np
@@ -14,10 +16,13 @@ import pytest
 
 from framebench.errors import FrameBenchError
 from framebench.reports.compare import ONE_REPEAT, Group, Options, Tolerances, compare_groups
-from framebench.reports.stats import Interval, ratio_of_medians, repeats_to_settle
-from framebench.slowdown import slowdown_share
+from framebench.reports.stats import Interval, paired_ratio, ratio_of_medians, repeats_to_settle, walsh_median
+from framebench.reports.summary import calibration_warnings
+from framebench.reports.verdicts import Kind, Verdict, exit_status, worst
 from framebench.store.job import DIMENSIONS, columns
-from framebench.store.tables import calibration_warnings
+from framebench.studies import gate as study
+from framebench.studies.slowdown import slower_source
+from tests.conftest import REPO
 
 NODE = {"machine": "box", "cpu": "Some CPU", "cores": 2, "kernel_settings": {}, "gpus": []}
 ENV = {"nodes": {"box": NODE}}
@@ -47,7 +52,7 @@ def group(
         times = level * np.exp(rng.normal(0, within, EPOCHS))
         times[0] *= 3  # a slow first epoch, which must not count
         keys = {d.name: d.default for d in DIMENSIONS} | {"run_id": label, "backend": "numpy", "dataset": "digits", "preset": "mlp"}
-        keys |= {"sweep_field": "", "sweep_value": "", "repeat": repeat, "seed": repeat, "attempt": 1}
+        keys |= {"sweep_field": "", "sweep_value": "", "repeat": repeat, "seed": "0", "attempt": 1}
         row = dict.fromkeys(columns("runs"), np.nan) | keys
         row |= {"node": "box", "host": "box", "status": "ok", "error": "", "threads": 2, "implementation": "abc"}
         row |= {"median_epoch_s": float(np.median(times[1:])), "final_test_acc": acc, "other_cpu_frac": busy}
@@ -65,7 +70,7 @@ def decided(base: Group, new: Group, options: Options = OPTIONS) -> pd.Series:
 
 def test_a_slowdown_beyond_the_tolerance_is_a_regression_whose_interval_holds_it():
     row = decided(group("BASE", 1.0), group("NEW", 1.3, seed=1))
-    assert row["verdict"] == "REGRESSION: time"
+    assert row["verdict"] == Verdict(Kind.REGRESSION, "time")
     assert 1.1 < row["time_low"] < 1.3 < row["time_high"] < 1.4
     assert row["time"] == f"×{row['time_ratio']:.3f} [{row['time_low']:.3f}, {row['time_high']:.3f}]"
 
@@ -73,25 +78,25 @@ def test_a_slowdown_beyond_the_tolerance_is_a_regression_whose_interval_holds_it
 def test_the_first_epoch_is_left_out():
     base, new = group("BASE", 1.0), group("NEW", 1.0, seed=1)
     new.epochs.loc[new.epochs["epoch"] == 1, "epoch_s"] *= 100  # a compile 100x slower changes nothing
-    assert decided(base, new)["verdict"] == "no change"
+    assert decided(base, new)["verdict"] == Verdict(Kind.NO_CHANGE)
 
 
 def test_an_effect_inside_the_tolerance_is_no_change():
     row = decided(group("BASE", 1.0), group("NEW", 1.03, seed=1))
-    assert row["verdict"] == "no change" and 1 / 1.1 <= row["time_low"] and row["time_high"] <= 1.1
+    assert row["verdict"] == Verdict(Kind.NO_CHANGE) and 1 / 1.1 <= row["time_low"] and row["time_high"] <= 1.1
 
 
 def test_a_speedup_beyond_the_tolerance_is_an_improvement():
-    assert decided(group("BASE", 1.0), group("NEW", 0.7, seed=1))["verdict"] == "improved"
+    assert decided(group("BASE", 1.0), group("NEW", 0.7, seed=1))["verdict"] == Verdict(Kind.IMPROVED)
 
 
 def test_an_interval_across_the_tolerance_is_inconclusive_and_says_how_many_repeats_would_settle_it():
     spread = (0.95, 1.0, 1.05)  # repeats 5% apart: a 2% slowdown's interval reaches past the 10% tolerance
     row = decided(group("BASE", 1.0, levels=spread), group("NEW", 1.02, levels=spread, seed=1))
-    assert row["verdict"] == "inconclusive: about 6 repeats a side would settle it"
+    assert row["verdict"] == Verdict(Kind.INCONCLUSIVE, "about 6 repeats a side would settle it")
     assert row["time_low"] < 1.1 < row["time_high"]
     settled = decided(group("BASE", 1.0, repeats=6, levels=spread * 2), group("NEW", 1.02, repeats=6, levels=spread * 2, seed=1))
-    assert settled["verdict"] == "no change"  # the advice holds: 6 repeats of the same spread settle it
+    assert settled["verdict"] == Verdict(Kind.NO_CHANGE)  # the advice holds: 6 repeats of the same spread settle it
 
 
 def test_the_interval_widens_with_the_spread_between_repeats_not_only_with_epochs():
@@ -103,44 +108,44 @@ def test_the_interval_widens_with_the_spread_between_repeats_not_only_with_epoch
 
 def test_one_repeat_is_named_and_never_called_a_regression():
     slower = decided(group("BASE", 1.0, repeats=1), group("NEW", 1.5, repeats=1, seed=1))
-    assert slower["verdict"] == "inconclusive" and slower["note"] == ONE_REPEAT
+    assert slower["verdict"] == Verdict(Kind.INCONCLUSIVE) and slower["note"] == ONE_REPEAT
     same = decided(group("BASE", 1.0, repeats=1), group("NEW", 1.0, repeats=3, seed=1))
-    assert same["verdict"] == "no change" and same["note"] == ONE_REPEAT
+    assert same["verdict"] == Verdict(Kind.NO_CHANGE) and same["note"] == ONE_REPEAT
 
 
 def test_a_busy_new_is_not_verified_whatever_its_time():
     row = decided(group("BASE", 1.0), group("NEW", 1.5, seed=1, busy=0.47))
-    assert row["verdict"] == "not verified (busy: NEW's jobs shared the CPU with other processes, 47%)"
+    assert row["verdict"] == Verdict(Kind.NOT_VERIFIED, note="busy: NEW's jobs shared the CPU with other processes, 47%")
     base_busy = decided(group("BASE", 1.0, busy=0.3), group("NEW", 1.0, seed=1))
-    assert base_busy["verdict"] == "not verified (busy: BASE's jobs shared the CPU with other processes, 30%)"
+    assert base_busy["verdict"] == Verdict(Kind.NOT_VERIFIED, note="busy: BASE's jobs shared the CPU with other processes, 30%")
 
 
 def test_accuracy_is_judged_even_when_the_machine_was_busy():
     row = decided(group("BASE", 1.0), group("NEW", 1.5, seed=1, busy=0.47, acc=0.93))
-    assert row["verdict"] == "REGRESSION: accuracy"
+    assert row["verdict"] == Verdict(Kind.REGRESSION, "accuracy")
 
 
 def test_a_machine_running_slower_during_new_is_not_verified():
     row = decided(group("BASE", 1.0), group("NEW", 1.8, seed=1, calibration=0.09))
-    assert row["verdict"] == "not verified: the machine ran ×1.80 slower during NEW"
+    assert row["verdict"] == Verdict(Kind.NOT_VERIFIED, "the machine ran ×1.80 slower during NEW")
     assert row["machine_ratio"] == pytest.approx(1.8)
 
 
 def test_a_small_calibration_difference_does_not_hold_back_a_large_effect():
-    assert decided(group("BASE", 1.0), group("NEW", 1.5, seed=1, calibration=0.052))["verdict"] == "REGRESSION: time"
+    assert decided(group("BASE", 1.0), group("NEW", 1.5, seed=1, calibration=0.052))["verdict"] == Verdict(Kind.REGRESSION, "time")
 
 
 def test_the_groups_labels_name_the_sides():
     row = decided(group("env-a", 1.0), group("env-b", 1.5, seed=1, busy=0.5))
-    assert row["verdict"] == "not verified (busy: env-b's jobs shared the CPU with other processes, 50%)"
+    assert row["verdict"] == Verdict(Kind.NOT_VERIFIED, note="busy: env-b's jobs shared the CPU with other processes, 50%")
 
 
 def test_accuracy_with_repeats_has_an_interval_and_one_repeat_falls_back_to_the_tolerance():
     row = decided(group("BASE", 1.0, acc=0.95), group("NEW", 1.0, seed=1, acc=0.94))
-    assert row["verdict"] == "REGRESSION: accuracy" and row["d_acc"] == pytest.approx(-0.01)
+    assert row["verdict"] == Verdict(Kind.REGRESSION, "accuracy") and row["d_acc"] == pytest.approx(-0.01)
     assert row["accuracy"] == "-0.0100 [-0.0100, -0.0100]"
     single = decided(group("BASE", 1.0, repeats=1, acc=0.95), group("NEW", 1.0, repeats=1, seed=1, acc=0.947))
-    assert single["accuracy"] == "-0.0030" and not single["verdict"].startswith("REGRESSION")
+    assert single["accuracy"] == "-0.0030" and single["verdict"].kind is not Kind.REGRESSION
 
 
 def test_the_interval_is_the_same_every_time():
@@ -155,17 +160,15 @@ def test_repeats_to_settle_scales_the_interval_by_the_square_root_of_the_repeats
     assert repeats_to_settle(interval, 3, math.exp(0.199)) is None  # the estimate sits on the bound
 
 
-@pytest.mark.parametrize("text, share", [("", 0.0), ("0.1", 0.1), ("0", 0.0)])
-def test_the_slowdown_share_comes_from_the_environment(monkeypatch, text, share):
-    monkeypatch.setenv("FRAMEBENCH_SLOWDOWN", text)
-    assert slowdown_share() == share
-
-
-@pytest.mark.parametrize("text", ["ten", "-0.1", "nan"])
-def test_a_bad_slowdown_share_is_one_clear_error(monkeypatch, text):
-    monkeypatch.setenv("FRAMEBENCH_SLOWDOWN", text)
-    with pytest.raises(FrameBenchError, match="FRAMEBENCH_SLOWDOWN"):
-        slowdown_share()
+def test_a_slower_revision_adds_work_to_the_numpy_backend_and_changes_nothing_else():
+    source = (REPO / "impls" / "numpy_impl.py").read_text()
+    slower = slower_source(source, 0.05)
+    assert slower.startswith(source.rstrip("\n")) and "busy_work(0.05 * (time.perf_counter() - started))" in slower
+    namespace: dict = {}
+    exec(compile(slower, "numpy_impl.py", "exec"), namespace)  # the patched module is valid Python that rebinds train_epoch
+    assert namespace["NumpyClassifier"].train_epoch is namespace["_slower_train_epoch"]
+    with pytest.raises(FrameBenchError, match="not a share"):
+        slower_source(source, 0.0)
 
 
 def test_a_job_whose_machine_changed_speed_is_flagged():
@@ -176,3 +179,144 @@ def test_a_job_whose_machine_changed_speed_is_flagged():
     assert len(warnings) == 2
     assert "repeat 3 (box): the machine changed speed during it (calibration 0.05 s before, 0.09 s after)" in warnings[0]
     assert "repeat 6 (box): the machine ran ×2.00 the run's usual calibration time" in warnings[1]
+
+
+def test_a_verdict_is_a_value_whose_kind_decides_the_exit_status_and_whose_text_is_made_at_the_edge():
+    busy = Verdict(Kind.NOT_VERIFIED, note="busy: NEW's jobs shared the CPU with other processes, 47%")
+    slower = Verdict(Kind.REGRESSION, "time")
+    assert str(busy) == "not verified (busy: NEW's jobs shared the CPU with other processes, 47%)" and str(slower) == "REGRESSION: time"
+    assert worst([Verdict(Kind.NO_CHANGE), busy, slower]) is slower and worst([Verdict(Kind.IMPROVED), busy]) is busy
+    assert exit_status([Kind.NO_CHANGE, Kind.NEW]) == 0
+    assert exit_status([Kind.NO_CHANGE, Kind.INCONCLUSIVE]) == 2
+    assert exit_status([Kind.INCONCLUSIVE, Kind.REGRESSION, Kind.NOT_VERIFIED]) == 1
+    assert busy.to_json() == {"kind": "NOT_VERIFIED", "reason": "", "note": busy.note, "text": str(busy)}
+
+
+PAIRED_OPTIONS = dataclasses.replace(OPTIONS, paired=True, judge_code_changes=True)  # as `compare DIR --base-env --new-env` decides
+
+
+def machine(position: float, step: float) -> float:
+    """The machine's slowness at a point of the run (0 = its start, 1 = its end): `step` times slower
+    from the middle on, a change of host state no process here sees."""
+    return step if position >= 0.5 else 1.0
+
+
+def lockstep_groups(effect: float, *, step: float = 1.0, repeats: int = 3, noise: float = 0.01, seed: int = 0, busy: float = 0.0):
+    """BASE and NEW of one lockstep run as the driver writes them: per repeat, their epochs taking turns
+    in ABBA order (slots 0, 1, 2, ...), each epoch `effect` (NEW) or 1 (BASE) second times the
+    machine's slowness when it ran, times lognormal noise."""
+    rng = np.random.default_rng(seed)
+    turns = EPOCHS * 2
+    sides = {"BASE": ([], []), "NEW": ([], [])}
+    for repeat in range(repeats):
+        order = [("BASE", "NEW")[side if repeat % 2 == 0 else 1 - side] for side in itertools.islice(itertools.cycle((0, 1, 1, 0)), turns)]
+        epoch_of = {"BASE": 0, "NEW": 0}
+        for slot, label in enumerate(order):
+            epoch_of[label] += 1
+            position = (repeat * turns + slot) / (repeats * turns)
+            seconds = (effect if label == "NEW" else 1.0) * machine(position, step) * math.exp(rng.normal(0, noise))
+            keys = job_keys(label, repeat)
+            sides[label][1].append(
+                dict.fromkeys(columns("epochs"), np.nan) | keys | {"epoch": epoch_of[label], "epoch_s": seconds, "slot": slot}
+            )
+        for label in sides:
+            times = [e["epoch_s"] for e in sides[label][1] if e["repeat"] == repeat]
+            row = dict.fromkeys(columns("runs"), np.nan) | job_keys(label, repeat) | {"node": "box", "host": "box", "status": "ok"}
+            row |= {"error": "", "threads": 2, "implementation": label, "median_epoch_s": float(np.median(times[1:]))}
+            row |= {"final_test_acc": 0.95, "other_cpu_frac": busy, "lockstep": "paired"}
+            sides[label][0].append(row)
+    return [Group(pd.DataFrame(runs), pd.DataFrame(epochs), ENV, label) for label, (runs, epochs) in sides.items()]
+
+
+def job_keys(env: str, repeat: int) -> dict:
+    keys = {d.name: d.default for d in DIMENSIONS} | {"run_id": "lockstep", "backend": "numpy", "dataset": "digits", "preset": "mlp"}
+    return keys | {"env": "both", "sweep_field": "", "sweep_value": "", "repeat": repeat, "seed": "0", "attempt": 1}
+
+
+def separate_runs(effect: float, *, step: float, repeats: int = 3, seed: int = 0) -> list[Group]:
+    """The same machine measured today's way: BASE's whole run in the first half of the time, NEW's in
+    the second (`step` times slower), each a group of `repeats` jobs; the calibration beside each job
+    reads the same on both sides, as it did in the field."""
+    base, new = lockstep_groups(1.0, repeats=repeats, seed=seed), lockstep_groups(effect, repeats=repeats, seed=seed + 1)
+    new_epochs = new[1].epochs.assign(epoch_s=new[1].epochs["epoch_s"] * step)
+    for group in (base[0], new[1]):
+        group.runs["lockstep"] = ""
+        group.runs["implementation"] = "same"  # an A/A: one code
+        group.runs[["calib_before_s", "calib_after_s"]] = 0.0025  # the calibration beside each job did not see the host's state
+    return [
+        Group(base[0].runs, base[0].epochs.assign(slot=np.nan), ENV, "BASE"),
+        Group(new[1].runs, new_epochs.assign(slot=np.nan), ENV, "NEW"),
+    ]
+
+
+@pytest.mark.parametrize("effect, kind", [(1.0, Kind.NO_CHANGE), (1.2, Kind.REGRESSION), (0.8, Kind.IMPROVED)])
+def test_a_machine_speed_step_mid_run_leaves_the_paired_verdict_alone(effect, kind):
+    steady, stepped = (decided(*lockstep_groups(effect, step=step), PAIRED_OPTIONS) for step in (1.0, 1.4))
+    assert steady["verdict"].kind is kind and stepped["verdict"].kind is kind
+    assert stepped["time_ratio"] == pytest.approx(effect, rel=0.01) and stepped["time_low"] < effect < stepped["time_high"]
+    assert stepped["pairs"] == 3 * (EPOCHS - 1) and stepped["note"] == f"paired: {3 * (EPOCHS - 1)} epoch pairs in lockstep"
+
+
+def test_the_same_step_between_two_separate_runs_fools_the_unpaired_rule():
+    row = decided(*separate_runs(1.0, step=1.4))  # identical code, NEW measured after the host slowed down
+    assert row["verdict"] == Verdict(Kind.REGRESSION, "time") and row["time_ratio"] == pytest.approx(1.4, rel=0.02)
+    assert math.isnan(row["pairs"])
+
+
+def test_a_busy_machine_does_not_hold_back_a_paired_verdict():
+    row = decided(*lockstep_groups(1.2, busy=0.5), PAIRED_OPTIONS)
+    assert row["verdict"] == Verdict(Kind.REGRESSION, "time") and row["busy_new"] == 0.5
+
+
+def test_a_key_not_paired_in_every_repeat_falls_back_to_the_unpaired_rule():
+    base, new = lockstep_groups(1.0)
+    new.runs.loc[new.runs["repeat"] == 1, "lockstep"] = "alone from epoch 3: its partner (env=base) ended failed"
+    row = decided(base, new, PAIRED_OPTIONS)
+    assert math.isnan(row["pairs"]) and row["verdict"].kind is Kind.NO_CHANGE
+
+
+def test_only_epochs_in_adjacent_slots_pair():
+    base, new = lockstep_groups(1.0, repeats=2)
+    new.epochs.loc[new.epochs["epoch"] == 5, "slot"] += 10  # its partner ran long before it: no pair
+    assert decided(base, new, PAIRED_OPTIONS)["pairs"] == 2 * (EPOCHS - 2)
+
+
+def test_a_code_change_is_what_a_gate_measures_and_what_compare_between_directories_refuses():
+    base, new = lockstep_groups(1.0)  # the backend's implementation hash differs: BASE -> NEW
+    assert decided(base, new, OPTIONS)["verdict"] == Verdict(Kind.NOT_COMPARABLE, "the numpy backend's code changed (BASE -> NEW)")
+    assert decided(base, new, PAIRED_OPTIONS)["verdict"] == Verdict(Kind.NO_CHANGE)
+
+
+def test_the_hodges_lehmann_estimate_cancels_a_drift_that_alternates_with_the_order_and_shrugs_off_an_outlier():
+    effect, drift = math.log(1.05), 0.04
+    values = np.array([effect + drift * (-1) ** i for i in range(8)])
+    assert walsh_median(values) == pytest.approx(effect)
+    values[3] += math.log(3)  # one epoch hit by a neighbour
+    assert abs(walsh_median(values) - effect) < 0.2 * (np.mean(values) - effect)
+    interval = paired_ratio([values, values + 0.01])
+    assert interval.low <= 1.05 <= interval.high and interval == paired_ratio([values, values + 0.01])
+
+
+def verdicts(condition: str, rule: str, kinds: list[Kind], wall_s: float = 30.0) -> list[dict]:
+    return [{"condition": condition, "rule": rule, "kind": kind, "regression": kind is Kind.REGRESSION, "wall_s": wall_s} for kind in kinds]
+
+
+def test_the_study_reads_each_goal_against_its_exact_bound_and_says_the_distance():
+    rows = verdicts("A/A quiet", "gate", [Kind.NO_CHANGE] * 59 + [Kind.INCONCLUSIVE])
+    rows += verdicts("A/A busy", "gate", [Kind.NO_CHANGE] * 20)
+    rows += verdicts("+5%", "gate", [Kind.REGRESSION] * 17 + [Kind.INCONCLUSIVE] * 3)
+    rows += verdicts("A/A quiet", "separate", [Kind.NOT_VERIFIED] * 60, wall_s=40.0)
+    lines = study.goals(pd.DataFrame(rows))
+    assert lines[0] == "- A/A quiet, REGRESSION <= 5% (one-sided 95% upper bound): 0/60 (0%; 95% CI 0%-6%): met"
+    assert lines[1].endswith("not met: the bound is 13.9%; 20 verdicts are too few to bound it at 5% (59 clean ones would)")
+    assert lines[2] == "- A/A quiet, not verified + inconclusive <= 10%: 1/60 (2%; 95% CI 0%-9%): met"
+    assert lines[3] == "- power at +5% >= 90%: 17/20 (85%; 95% CI 62%-97%): not met by 5%"
+    assert lines[4].endswith("gate 30 s, separate 40 s (medians): met")
+
+
+def test_a_study_directory_measures_one_revision_one_way(tmp_path):
+    settings = study.Settings(3, 3, None, "tutorial000", "digits", "4096", 1, (0.05,), 2, 0.03, 60.0, tmp_path, None, study.RULES)
+    study.check_same_study(settings, "abc")
+    study.check_same_study(dataclasses.replace(settings, rounds=60, time_tol=0.05), "abc")  # more rounds, another reading: the same study
+    with pytest.raises(FrameBenchError, match="holds a study with another base, repeats; pass another --directory"):
+        study.check_same_study(dataclasses.replace(settings, repeats=5), "def")

@@ -15,10 +15,11 @@ import pytest
 from framebench.core import registry
 from framebench.core.config import ModelConfig, TrainConfig
 from framebench.core.harness import divergence, epoch_order, initial_weights
-from framebench.driver.runner import time_to_target
+from framebench.driver.recorder import JobState, reached_target, summarize
 from framebench.errors import FrameBenchError
-from framebench.store.job import Epoch, columns
-from framebench.store.results import load_results
+from framebench.reports.floors import load_with_floors
+from framebench.store.job import End, Evaluation, Job, Setup, columns
+from framebench.store.reader import load_results
 from tests.conftest import REPO, cli, framebench, printed_directory
 
 TIME_COLUMNS = [
@@ -63,7 +64,8 @@ def test_fake_backend_fills_exactly_the_documented_columns(tmp_path):
     result = run_cli(tmp_path, "run", "--backends", "fake", "--dataset", "digits", "--epochs", "3", "--repeats", "2", "--batch-size", "100")
     assert result.returncode == 0, result.stderr
     tables = load_results(run_dir(result))
-    assert list(tables["runs"].columns) == columns("runs") + [
+    assert list(tables["runs"].columns) == columns("runs")  # the store's columns only: the floors are the reports'
+    assert list(load_with_floors(run_dir(result))["runs"].columns) == columns("runs") + [
         "floor_epoch_s",
         "efficiency",
         "own_floor_epoch_s",
@@ -72,13 +74,14 @@ def test_fake_backend_fills_exactly_the_documented_columns(tmp_path):
     ]
     assert list(tables["epochs"].columns) == columns("epochs")
     assert list(tables["steps"].columns) == columns("steps")
+    assert list(tables["evals"].columns) == columns("evals") and len(tables["evals"]) == 6  # each epoch's end, as no --eval-every
     assert list(tables["gemm"].columns) == columns("gemm") and tables["gemm"].empty  # --no-floors
     runs, epochs, steps = tables["runs"], tables["epochs"], tables["steps"]
-    assert runs["status"].tolist() == ["ok", "ok"] and runs["seed"].tolist() == [0, 1] and runs["attempt"].tolist() == [1, 1]
+    assert runs["status"].tolist() == ["ok", "ok"] and runs["seed"].tolist() == ["0", "0"] and runs["attempt"].tolist() == [1, 1]
     assert runs["epochs_done"].tolist() == [3, 3] and (runs["node"] != "").all()
     assert (runs["samples_per_epoch"] == 1438).all() and (runs["batch_size"] == 100).all()
     assert len(epochs) == 6 and len(steps) == 6 * 15  # 1438 digits in batches of 100
-    assert {"git_commit", "cpu", "libraries", "threads", "command", "nodes"} <= set(tables["env"])
+    assert {"git_commit", "cpu", "libraries", "threads", "command", "nodes"} <= set(tables["machine"])
     assert tables["config"]["train"]["epochs"] == 3 and tables["config"]["matrices"][0]["axes"]["backend"] == ["fake"]
     assert "epoch 3" in result.stderr and "runs_ok" in result.stdout  # progress on stderr, table on stdout
 
@@ -140,34 +143,39 @@ def test_a_run_whose_loss_blows_up_while_finite_ends_diverged_by_that_rule(tmp_p
 
 @pytest.mark.parametrize(
     "target, expected",
-    [(0.5, 1.0), (0.9, 3.0), (0.95, 7.0), (0.99, None)],
+    [(0.5, (1.0, 10, 0.25)), (0.9, (3.0, 30, 0.75)), (0.95, (7.0, 40, 1.0)), (0.99, (None, None, None))],
 )
-def test_time_to_target_adds_training_seconds_until_the_accuracy_is_first_reached(target, expected):
-    epochs = [Epoch(n, s, [1.0], 1.0, 1.0, acc, 0.0, 1.0) for n, s, acc in ((1, 1.0, 0.5), (2, 2.0, 0.92), (3, 4.0, 0.95))]
-    assert time_to_target(epochs, target) == expected
+def test_time_to_target_is_the_first_evaluation_reaching_the_target_in_seconds_steps_and_epochs(target, expected):
+    """Evaluations every 10 steps of a 40-step epoch (1000 samples, batch 25); a target never reached is no error, only empty."""
+    point = {"backend": "numpy", "variant": "default", "device": "cpu"}
+    job = Job("r", "digits", None, "ci", config={"train": {"batch_size": 25}}, threads=1, target_acc=target, point=point)
+    points = [(1, 10, 1.0, 0.5), (1, 20, 2.0, 0.7), (1, 30, 3.0, 0.92), (1, 40, 7.0, 0.95)]
+    state = JobState(job, setup=Setup(0.1, "1", 1000), evaluations=[Evaluation(e, s, t, 1.0, acc, 0.01) for e, s, t, acc in points])
+    row = summarize(state, End("ok"))
+    assert (row["time_to_target_s"], row["steps_to_target"], row["epochs_to_target"]) == expected and row["status"] == "ok"
+    reached = reached_target(state.evaluations, target)
+    assert (reached.step if reached else None) == expected[1]
 
 
 @pytest.mark.slow
-def test_same_seed_gives_every_repeat_the_first_seed(tmp_path):
-    result = run_cli(
-        tmp_path, "run", "--backends", "numpy", "--dataset", "digits", "--epochs", "1", "--repeats", "2", "--same-seed", "--seed", "5"
-    )
+def test_repeats_rerun_the_same_seed(tmp_path):
+    result = run_cli(tmp_path, "run", "--backends", "numpy", "--dataset", "digits", "--epochs", "1", "--repeats", "2", "--seed", "5")
     assert result.returncode == 0, result.stderr
     tables = load_results(run_dir(result))
-    assert tables["runs"]["seed"].tolist() == [5, 5]
+    assert tables["runs"]["seed"].tolist() == ["5", "5"]
     steps = tables["steps"].set_index(["repeat", "epoch", "step"])["loss"]
     pd.testing.assert_series_equal(steps.loc[0], steps.loc[1])
 
 
 def test_an_entry_needing_another_environment_is_refused_in_this_process(monkeypatch):
     monkeypatch.setenv("FRAMEBENCH_TEST_SETTING", "here")
-    entry = registry.Entry("other", "default", "tests.fake_backend:FakeClassifier", "", env={"FRAMEBENCH_TEST_SETTING": "there"})
+    entry = registry.Entry("other", "default", "tests.fake_backend:FakeClassifier", "", variables={"FRAMEBENCH_TEST_SETTING": "there"})
     assert registry.needs_own_process(entry)
     with pytest.raises(
         FrameBenchError, match="^other needs FRAMEBENCH_TEST_SETTING=there but this process has FRAMEBENCH_TEST_SETTING=here; run"
     ):
         registry.load(entry)
-    assert registry.load(dataclasses.replace(entry, env={"FRAMEBENCH_TEST_SETTING": "here"})).__name__ == "FakeClassifier"
+    assert registry.load(dataclasses.replace(entry, variables={"FRAMEBENCH_TEST_SETTING": "here"})).__name__ == "FakeClassifier"
 
 
 def test_the_readme_command_names_both_tables_it_writes():
@@ -237,7 +245,14 @@ def test_duplicate_names_and_devices_give_one_job_each(tmp_path):
         (["run", "--dataset", "mnist", "--data-dir", "/nonexistent"], "--dataset digits offline"),
         (["run", "--timeout", "inf"], "--timeout must be a finite number of seconds > 0"),
         (["run", "--timeout", "nan"], "--timeout must be a finite number of seconds > 0"),
-        (["run", "--seed", "-1"], "--seed must be >= 0"),
+        (["run", "--seed", "-1"], "'-1' is not a seed (a non-negative integer)"),
+        (["run", "--seeds", "0,x"], "'x' is not a seed (a non-negative integer) or a range of them"),
+        (["run", "--seeds", "1.5"], "'1.5' is not a seed"),
+        (["run", "--seeds", "9-3"], "the range 9-3 is empty; write it lowest first (3-9)"),
+        (["run", "--seeds", ","], "--seeds names no seed"),
+        (["run", "--seeds", "0-999999999"], "this matrix plans up to 1,000,000,000 jobs"),
+        (["run", "--same-seed"], "--same-seed is gone: every repeat reruns the same seeds now"),
+        (["run", "--eval-every", "-5"], "eval_every must be >= 0 steps"),
         (["run", "--init", "normal(-1)"], "the standard deviation must be > 0"),
         (["run", "--init", "uniform(1, 0)"], "needs low < high"),
         (["run", "--target-acc", "0"], "--target-acc must be in (0, 1]"),
@@ -327,7 +342,7 @@ def test_init_schemes_have_their_documented_ranges(init, check):
 
 def test_importing_the_harness_imports_no_framework():
     code = (
-        "import sys, framebench.driver.cli, framebench.driver.runner, framebench.core.harness, framebench.core.registry, "
+        "import sys, framebench.cli, framebench.driver.session, framebench.core.harness, framebench.core.registry, "
         "framebench.reports.report; "
         "print(sorted({'tensorflow', 'torch', 'jax', 'keras', 'ray'} & set(sys.modules)))"
     )

@@ -16,12 +16,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from framebench.driver.cli import main
-from framebench.history.changes import ACCURACY, TIME, detect
-from framebench.history.commands import all_changes, label
+from framebench.cli import main
+from framebench.history.changes import ACCURACY, TIME, all_changes, detect
 from framebench.history.series import export_parquet, load_history
+from framebench.history.text import label
+from framebench.reports.floors import load_with_floors
+from framebench.reports.summary import summary
+from framebench.store.files import append_rows, write_json
 from framebench.store.job import columns
-from framebench.store.results import append_rows, write_json
 
 NODE = {"machine": "ci-1", "cpu": "Test CPU", "cores": 2, "kernel_settings": {}, "gpus": [], "libraries": {}}
 TRAIN = {"optimizer": "sgd", "lr": 0.001, "batch_size": 128, "epochs": 2}
@@ -94,15 +96,15 @@ def write_run(
     directory = root / run_id
     directory.mkdir(parents=True)
     write_json(directory, "config.json", {"preset": "tutorial000", "model": {"hidden": [512]}, "train": train or TRAIN})
-    write_json(directory, "env.json", {"git_commit": commit, "started_utc": "2026-01-01T00:00:00+00:00", "nodes": {"n1": NODE}})
+    write_json(directory, "machine.json", {"git_commit": commit, "started_utc": "2026-01-01T00:00:00+00:00", "nodes": {"n1": NODE}})
     common = {"run_id": run_id, "variant": "default", "device": "cpu", "dataset": "mnist", "preset": "tutorial000"}
     rows, epochs = [], []
     for backend, repeats in seconds.items():
         for repeat, value in enumerate(repeats):
-            job = {**common, "backend": backend, "repeat": repeat, "seed": repeat, "attempt": 1}
+            job = {**common, "backend": backend, "repeat": repeat, "seed": "0", "attempt": 1}
             measured = {"median_epoch_s": value, "final_test_acc": acc, "framework_version": "1.0", "started_at": started}
             rows.append({**job, "node": "n1", "status": "ok", **measured})
-            epochs += [{**job, "epoch": e, "train_loss": 1.0 / e, "test_loss": 1.2 / e} for e in (1, 2)]
+            epochs += [{**job, "epoch": e, "epoch_s": value, "train_loss": 1.0 / e, "test_loss": 1.2 / e} for e in (1, 2)]
     append_rows(directory, "runs", rows + [{**common, "node": "n1", **row} for row in extra])
     append_rows(directory, "epochs", epochs)
     return directory
@@ -121,7 +123,7 @@ def step_history(root: Path, runs: int = 8, step_at: int = 4) -> list[Path]:
 def test_series_are_per_run_medians_split_by_training_configuration(tmp_path):
     step_history(tmp_path)
     write_run(tmp_path, "other-lr", {"numpy": [5.0]}, started=1.9e9, commit="x", train={**TRAIN, "lr": 0.1})
-    retry = {"backend": "torch", "repeat": 0, "seed": 0, "attempt": 2, "status": "ok", "median_epoch_s": 3.0, "final_test_acc": 0.97}
+    retry = {"backend": "torch", "repeat": 0, "seed": "0", "attempt": 2, "status": "ok", "median_epoch_s": 3.0, "final_test_acc": 0.97}
     write_run(tmp_path, "retried", {"torch": [9.0]}, started=1.9e9, commit="y", train={**TRAIN, "lr": 0.5}, extra=[retry])
     history = load_history([str(tmp_path)])
     runs = history.runs
@@ -131,6 +133,24 @@ def test_series_are_per_run_medians_split_by_training_configuration(tmp_path):
     assert numpy["epoch_s"].iloc[0] == pytest.approx(1.005 * 1.005)  # median of 1.005 and 1.005 * 1.01
     assert (numpy["epoch_s_min"].iloc[0], numpy["epoch_s_max"].iloc[0]) == pytest.approx((1.005, 1.005 * 1.01))
     assert runs[runs["run_id"] == "retried"]["epoch_s"].tolist() == [3.0]  # the latest attempt only
+
+
+def test_the_history_and_the_reports_give_the_same_medians_for_the_same_directory(tmp_path):
+    """Both read through the store's one reader: one latest attempt per job, one definition of a group's medians."""
+    retry = {"backend": "torch", "repeat": 1, "seed": "0", "attempt": 2, "status": "ok", "median_epoch_s": 2.5, "final_test_acc": 0.91}
+    failed = {"backend": "numpy", "repeat": 2, "seed": "0", "attempt": 1, "status": "failed", "median_epoch_s": 9.0, "final_test_acc": 0.1}
+    directory = write_run(tmp_path, "r", {"numpy": [1.0, 1.2], "torch": [2.0, 2.2]}, started=1.8e9, commit="c", extra=[retry, failed])
+    reported = summary(load_with_floors(directory)["runs"]).set_index("backend")
+    history = load_history([str(directory)]).runs.set_index("backend")
+    assert reported.loc["torch", "runs_ok"] == 2 and reported.loc["torch", "max_epoch_s"] == 2.5  # the retry replaced repeat 1
+    for mine, theirs in {
+        "epoch_s": "median_epoch_s",
+        "epoch_s_min": "min_epoch_s",
+        "epoch_s_max": "max_epoch_s",
+        "acc": "test_acc",
+    }.items():
+        assert history[mine].to_dict() == reported[theirs].to_dict(), mine
+    assert history["repeats"].to_dict() == reported["runs_ok"].to_dict() == {"numpy": 2, "torch": 2}
 
 
 def test_history_finds_the_step_names_the_runs_around_it_and_exports_parquet(tmp_path, capsys):
@@ -207,9 +227,9 @@ def test_publish_escapes_hostile_text_and_skips_malformed_directories(tmp_path, 
         main(["publish", str(tmp_path / "runs"), "--out", str(site)])
     assert exit_status.value.code == 0
     captured = capsys.readouterr()
-    skipped = [line for line in captured.out.splitlines() if line.startswith("skipped")]
+    skipped = [line for line in captured.err.splitlines() if line.startswith("warning: skipped")]
     assert len(skipped) == 2 and "broken" in skipped[0] and "wrong-columns" in skipped[1]
-    assert "Traceback" not in captured.err
+    assert len(captured.err.splitlines()) == 2
     text = "".join(p.read_text() for p in site.rglob("*.html"))
     assert "boom" in text and "alert" in text  # the hostile rows did reach the pages...
     for raw in ("<script>alert", "</script>|", "<b>c</b>", "h<i>1", '"x")</script>'):

@@ -7,24 +7,29 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import signal
-import subprocess
+import time
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from framebench.core import gemm, registry
+from framebench.cli import main
+from framebench.core import registry
+from framebench.core.config import Sweep
 from framebench.core.harness import divergence
-from framebench.driver import runner
-from framebench.driver.cli import main
+from framebench.driver import probe as gemm
+from framebench.driver import session
 from framebench.driver.node import decode_event
-from framebench.driver.runner import RunRequest
-from framebench.store import results
-from framebench.store.job import MalformedEvent
-from framebench.store.results import append_rows, load_results, read_table
-from framebench.store.tables import escape_markdown, latest_attempts, to_markdown
+from framebench.driver.plan import new_config, recorded_jobs
+from framebench.driver.request import RunRequest, plan_size
+from framebench.reports.markdown import escape_markdown, to_markdown
+from framebench.store import files as results
+from framebench.store.files import append_rows
+from framebench.store.job import Job, MalformedEvent
+from framebench.store.reader import latest_attempts, load_results, read_table
 from tests.conftest import framebench
 from tests.test_faults import alive, env_for, run_args, run_fake, started, wait_for
 
@@ -138,30 +143,45 @@ def reader_commands(directory, tmp_path) -> list[list[str]]:
 
 
 def test_every_reader_takes_nan_cells(finished, tmp_path, capsys):
+    """NaN is an empty cell (not measured): an ok run without an accuracy or a time is a failure for the
+    gates and a row without figures in the report, never a traceback."""
     for table, columns in {"runs": ["final_test_acc", "final_test_loss", "median_epoch_s"], "epochs": ["test_acc", "test_loss"]}.items():
         rows = read_table(finished, table)
         rows[columns] = np.nan
         rows.to_csv(finished / f"{table}.csv", index=False)
+    expected = {"plot": (0, 0), "check": (1, 0), "compare": (1, 0), "thresholds": (2, 1)}  # (exit status, lines on stderr)
     for args in reader_commands(finished, tmp_path):
-        status, _, err = command(capsys, *args)
-        assert status in (0, 1, 2) and len(err.splitlines()) <= 2, (args, err)
+        status, out, err = command(capsys, *args)
+        assert (status, len(err.splitlines())) == expected[args[0]], (args, err)
+    assert "ok without accuracy or time" in command(capsys, "compare", str(finished), str(finished))[1]
+    assert "did not finish ok with an accuracy" in command(capsys, "thresholds", str(finished))[2]
 
 
 @pytest.mark.parametrize(
-    "name, change, field",
+    "name, section, change, field",
     [
-        ("config.json", {"from_the_future": 1}, "from_the_future"),
-        ("config.json", {"sweep": None}, "sweep"),
-        ("config.json", {"threads": "4"}, "threads"),
-        ("config.json", {"matrices": [{"seed": "0"}]}, "matrices[0].seed"),
-        ("env.json", {"nodes": None}, "nodes"),
-        ("env.json", {"nodes": {"box": None}}, "nodes.box"),
-        ("env.json", {"earlier": "x"}, "earlier"),
+        ("config.json", None, {"from_the_future": 1}, "from_the_future"),
+        ("config.json", None, {"sweep": None}, "sweep"),
+        ("config.json", None, {"threads": "4"}, "threads"),
+        ("config.json", None, {"matrices": [{"repeats": "2"}]}, "matrices[0].repeats"),
+        ("config.json", None, {"matrices": [{"axes": {"seed": [0]}}]}, "matrices[0].axes.seed[0]"),
+        ("config.json", "model", {"from_the_future": 1}, "model.from_the_future"),  # as a newer framebench would write
+        ("config.json", "train", {"from_the_future": True}, "train.from_the_future"),
+        ("config.json", "train", {"epochs": "2"}, "train.epochs"),
+        ("config.json", "model", {"hidden": [512, "x"]}, "model.hidden[1]"),
+        ("machine.json", None, {"nodes": None}, "nodes"),
+        ("machine.json", None, {"nodes": {"box": None}}, "nodes.box"),
+        ("machine.json", None, {"earlier": "x"}, "earlier"),
     ],
 )
-def test_metadata_of_the_wrong_shape_is_one_line_naming_the_field_in_every_command(finished, tmp_path, capsys, name, change, field):
+def test_metadata_of_the_wrong_shape_is_one_line_naming_the_field_in_every_command(
+    finished, tmp_path, capsys, name, section, change, field
+):
     path = finished / name
-    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    data = json.loads(path.read_text())
+    if section:
+        data[section] = {**data[section], **change}
+    path.write_text(json.dumps({**data, **(change if not section else {})}))
     for args in [*reader_commands(finished, tmp_path), ["run", "--resume", str(finished)]]:
         status, _, err = command(capsys, *args)
         assert status == 2 and len(err.splitlines()) == 1 and field in err, (args, err)
@@ -186,8 +206,9 @@ def test_text_from_results_is_inert_markdown(finished, tmp_path, capsys):
     compared = tmp_path / "compare.md"
     command(capsys, "compare", str(finished), str(finished), "--markdown", str(compared))
     for text in (report, compared.read_text()):
-        table = [line for line in text.splitlines() if line.startswith("| ")]
-        assert len({line.replace("\\|", "").count("|") for line in table}) == 1, table
+        for table in re.findall(r"(?:^\|.*\n?)+", text, flags=re.MULTILINE):  # every table of the text, each its own cell count
+            lines = table.splitlines()
+            assert len({line.replace("\\|", "").count("|") for line in lines}) == 1, lines
     assert escape_markdown(HOSTILE) == "&lt;script&gt;alert(1)&lt;/script&gt; \\| a \\| b \\| &#96;code&#96;"
     assert to_markdown(pd.DataFrame({"a|b": [HOSTILE]})).count("<") == 0
 
@@ -225,27 +246,65 @@ def test_a_hostile_plugin_name_is_refused_where_it_is_parsed():
     assert entry.error == ""
 
 
-def test_a_gemm_probe_that_hangs_or_prints_nothing_is_one_skipped_line(monkeypatch):
+def probe_env(tmp_path, startup: str) -> dict:
+    """The process variables of a probe whose interpreter runs `startup` first (a sitecustomize), as a
+    framework's import would."""
+    (tmp_path / "sitecustomize.py").write_text(startup)
+    return {**os.environ, "PYTHONPATH": str(tmp_path)}
+
+
+def test_a_gemm_probe_that_hangs_or_prints_nothing_is_one_skipped_line(monkeypatch, tmp_path):
     monkeypatch.setattr(gemm, "PROBE_TIMEOUT_S", 0.001)
     rows, skipped = gemm.probe(("numpy",), "cpu", 1, False, (4, 3, 2), 2, dict(os.environ))
     assert rows == [] and len(skipped) == 1 and "no answer within" in skipped[0]
-    monkeypatch.setattr(gemm.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, stdout="", stderr=""))
-    rows, skipped = gemm.probe(("numpy",), "cpu", 1, False, (4, 3, 2), 2, dict(os.environ))
+    monkeypatch.setattr(gemm, "PROBE_TIMEOUT_S", 600.0)
+    rows, skipped = gemm.probe(("numpy",), "cpu", 1, False, (4, 3, 2), 2, probe_env(tmp_path, "import os\nos._exit(0)\n"))
     assert rows == [] and skipped == ["numpy on cpu: the probe printed no timings"]
+
+
+def test_a_probe_hanging_on_import_holds_the_run_no_longer_than_its_timeout(tmp_path):
+    """It held a --timeout 10 run 600 s per library, at the start and again at the end; a process it
+    started holding its output held it longer still."""
+    hang = "import os, time\nif os.fork() == 0:\n    time.sleep(600)\ntime.sleep(600)\n"
+    started = time.monotonic()
+    rows, skipped = gemm.probe(("numpy",), "cpu", 1, "fp32", (4, 3, 2), 2, probe_env(tmp_path, hang), timeout_s=2.0)
+    assert rows == [] and skipped == ["numpy on cpu: no answer within 2 s, killed"] and time.monotonic() - started < 30
+    jobs = recorded_jobs("r", {**new_config(RunRequest(threads=1), {}, {"epochs": 1}), "matrices": [
+        {"axes": {"backend": ["numpy"], "variant": ["default"], "device": ["cpu"]}, "repeats": 1}
+    ]})  # fmt: skip
+    assert {request.timeout_s for request in session.probe_requests(jobs, 64, 10, False, 10.0)} == {10.0}
+
+
+def test_precision_given_beside_a_precision_sweep_is_refused_and_a_swept_dimension_named_once(tmp_path, capsys):
+    """--precision fp32 was dropped silently, and its jobs labelled "precision=bf16, precision=bf16"."""
+    status, _, err = command(capsys, *run_args(tmp_path, "--precision", "fp32", "--sweep", "precision=fp32,bf16"))
+    assert status == 2 and len(err.splitlines()) == 1 and "drop --precision" in err and list(tmp_path.iterdir()) == []
+    job = Job(run_id="r", dataset="digits", data_dir=None, preset="mlp", config={}, threads=1, target_acc=0.9,
+              point={"backend": "numpy", "precision": "bf16", "sweep_value": "bf16"}, sweep_field="precision")  # fmt: skip
+    assert job.label == "numpy/default on cpu, precision=bf16, repeat 1"
+
+
+@pytest.mark.parametrize("flag", ["--timeout", "--schedule-timeout"])
+@pytest.mark.parametrize("value", ["1e300", "inf", "nan", "0", "-5"])
+def test_an_absurd_wait_is_refused_before_anything_is_written(tmp_path, capsys, flag, value):
+    """--timeout 1e300 once overflowed a clock after the tables existed."""
+    status, _, err = command(capsys, *run_args(tmp_path, "--backends", "numpy", flag, value))
+    assert status == 2 and len(err.splitlines()) == 1 and f"{flag} must be" in err and "(a week)" in err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_run_refused_before_training_leaves_nothing_behind(tmp_path, monkeypatch):
     monkeypatch.setattr(results.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(1, 1, 0))
     request = RunRequest(backends="numpy", dataset="digits", floors=False, results_dir=str(tmp_path), run_id="r")
     with pytest.raises(results.FrameBenchError, match="MB free"):
-        runner.run(request, {}, {"epochs": 1})
+        session.run(request, {}, {"epochs": 1})
     assert list(tmp_path.iterdir()) == []
 
 
 def test_an_absurd_plan_is_refused_in_one_line_before_it_is_built(tmp_path, capsys):
     status, _, err = command(capsys, *run_args(tmp_path, "--repeats", "1000000000"))
     assert status == 2 and len(err.splitlines()) == 1 and "--large-plan" in err and list(tmp_path.iterdir()) == []
-    assert runner.plan_size(RunRequest(backends="numpy", device="all", repeats=3), runner.Sweep.parse("batch_size=32,64")) == 12
+    assert plan_size(RunRequest(backends="numpy", device="all", repeats=3), Sweep.parse("batch_size=32,64")) == 12
 
 
 def test_a_signal_while_the_final_report_is_written_says_how_to_make_it(tmp_path, monkeypatch, capsys):
@@ -254,14 +313,14 @@ def test_a_signal_while_the_final_report_is_written_says_how_to_make_it(tmp_path
 
     monkeypatch.setattr("framebench.reports.report.write_report", stopped_report)
     request = RunRequest(backends="numpy", dataset="digits", floors=False, results_dir=str(tmp_path), run_id="r", threads=1)
-    assert runner.run(request, {}, {"epochs": 1}) == 128 + signal.SIGTERM
+    assert session.run(request, {}, {"epochs": 1}) == 128 + signal.SIGTERM
     err = capsys.readouterr().err
     assert f"framebench plot {tmp_path / 'r'}" in err and load_results(tmp_path / "r")["runs"]["status"].tolist() == ["ok"]
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
-def test_compare_without_new_s_env_json_names_it(finished, tmp_path, capsys):
+def test_compare_without_new_s_machine_record_names_it(finished, tmp_path, capsys):
     new = shutil.copytree(finished, tmp_path / "new")
-    (new / "env.json").unlink()
+    (new / "machine.json").unlink()
     status, out, _ = command(capsys, "compare", str(finished), str(new))
-    assert status == 2 and "NEW has no env.json" in out and "no key ran ok" not in out
+    assert status == 2 and "NEW has no machine record (machine.json)" in out and "no key ran ok" not in out

@@ -11,11 +11,11 @@ import sys
 
 import pytest
 
+from framebench.cli import main as framebench_main
 from framebench.core.opprofile import Event, is_cast, op_times, self_times
-from framebench.driver.opprofile import main as opprofile_main
 from framebench.errors import FrameBenchError
 from framebench.reports.opprofile import read_profiles, report_lines, summary_table, top_ops
-from framebench.reports.precision import PROFILE_FILE, profile_section
+from framebench.studies.precision import PROFILE_FILE, profile_section
 from tests.conftest import REPO
 
 
@@ -152,7 +152,7 @@ def test_the_precision_study_prints_a_configurations_profile_or_says_it_is_missi
 )
 def test_bad_profile_requests_are_one_line(capsys, args, says):
     with pytest.raises(SystemExit) as exit_status:
-        opprofile_main(args)
+        framebench_main(["ops", *args])
     assert exit_status.value.code == 2
     err = capsys.readouterr().err
     assert says in err and err.count("\n") == 1
@@ -164,9 +164,7 @@ def test_a_real_profile_per_backend_and_a_declared_lack_of_profiler(tmp_path):
     bf16 autocast's conversions counted as casts; NumPy declares it has no profiler."""
     output = tmp_path / "ops.json"
     command = ["--backends", "torch,numpy", "--precision", "fp32,bf16", "--preset", "ci", "--dataset", "digits", "--output", str(output)]
-    done = subprocess.run(
-        [sys.executable, "-m", "framebench.driver.opprofile", *command], cwd=REPO, capture_output=True, text=True, timeout=600
-    )
+    done = subprocess.run([sys.executable, "-m", "framebench", "ops", *command], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     found = {(p["backend"], p["precision"]): p for p in read_profiles(output)}
     assert found[("numpy", "fp32")]["status"] == "unsupported" and "has no per-op profiler" in found[("numpy", "fp32")]["reason"]

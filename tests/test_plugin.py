@@ -3,7 +3,11 @@ backend that is wrong; entries needing another environment report their child py
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
 import sys
 
 import numpy as np
@@ -113,9 +117,9 @@ from framebench.testing import conformance_test
 
 ENV = {"FRAMEBENCH_PLUGIN_PROCESS": "child"}
 test_in_a_child = conformance_test(
-    Entry(backend="tiny", variant="default", target="tests.test_plugin:TinyNumpy", summary="right", env=ENV),
-    Entry(backend="tiny", variant="frozen", target="tests.test_plugin:FrozenBiases", summary="wrong", env=ENV),
-    Entry(backend="tiny", variant="gpu", target="tests.test_plugin:TinyNumpy", summary="GPU only", env=ENV, devices=("gpu",)),
+    Entry(backend="tiny", variant="default", target="tests.test_plugin:TinyNumpy", summary="right", variables=ENV),
+    Entry(backend="tiny", variant="frozen", target="tests.test_plugin:FrozenBiases", summary="wrong", variables=ENV),
+    Entry(backend="tiny", variant="gpu", target="tests.test_plugin:TinyNumpy", summary="GPU only", variables=ENV, devices=("gpu",)),
 )
 """
 
@@ -145,7 +149,7 @@ class DeclaringPlugin(TinyNumpy):
     """A plugin that declares what the registry declares for the built-in backends."""
 
     devices = ("gpu",)
-    environment = {"FRAMEBENCH_PLUGIN_PROCESS": "declared"}
+    variables = {"FRAMEBENCH_PLUGIN_PROCESS": "declared"}
     gemm_library = "torch"
 
 
@@ -157,9 +161,14 @@ class MisdeclaringPlugin(TinyNumpy):
 def test_a_plugin_class_declares_its_devices_environment_and_gemm_library():
     plugins = registry.Registry(registry.plugin_entries("tiny:declared=tests.test_plugin:DeclaringPlugin,tiny=tests.test_plugin:TinyNumpy"))
     entry = plugins[("tiny", "declared")]
-    assert (entry.devices, entry.env, entry.gemm_library, entry.error) == (("gpu",), {"FRAMEBENCH_PLUGIN_PROCESS": "declared"}, "torch", "")
+    assert (entry.devices, entry.variables, entry.gemm_library, entry.error) == (
+        ("gpu",),
+        {"FRAMEBENCH_PLUGIN_PROCESS": "declared"},
+        "torch",
+        "",
+    )
     plain = plugins[("tiny", "default")]
-    assert (plain.devices, plain.env, plain.gemm_library) == (("cpu", "gpu"), {}, "numpy")
+    assert (plain.devices, plain.variables, plain.gemm_library) == (("cpu", "gpu"), {}, "numpy")
 
 
 def test_a_plugin_module_is_imported_when_its_entry_is_looked_up_not_before():
@@ -174,3 +183,107 @@ def test_a_wrong_declaration_spoils_only_its_entry():
     assert "devices ('tpu',) (not among ('cpu', 'gpu'))" in entry.error and "gemm_library 'mkl'" in entry.error
     with pytest.raises(FrameBenchError, match="MisdeclaringPlugin declares"):
         registry.load(entry)
+
+
+FAILING_MODULES = {  # a plugin module's body, and the one line its entry must carry
+    "RuntimeError": ("raise RuntimeError('no licence server\\nretry later')", "RuntimeError: retry later"),
+    "SyntaxError": ("def broken(:\n    pass", "SyntaxError: "),
+    "AttributeError": ("import os\nos.no_such_function()", "AttributeError: module 'os' has no attribute 'no_such_function'"),
+    "SystemExit": ("import sys\nsys.exit('plugin gave up')", "SystemExit: plugin gave up"),
+}
+
+
+@pytest.fixture
+def failing_plugins(tmp_path, monkeypatch, request):
+    """FRAMEBENCH_PLUGINS entries whose modules raise as they are imported, one per FAILING_MODULES kind
+    (module names unique to the test, so no import is cached), with the line each must show."""
+    suffix = request.node.name.replace("[", "_").replace("]", "").replace("-", "_")
+    expected = {}
+    for kind, (body, line) in FAILING_MODULES.items():
+        module = f"failing_{kind.lower()}_{suffix}"
+        (tmp_path / f"{module}.py").write_text(body + "\n")
+        expected[f"fails-{kind.lower()}"] = (f"{module}:Backend", line)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return expected
+
+
+def test_a_plugin_module_failing_at_import_spoils_only_its_entries(failing_plugins):
+    text = ",".join(f"{name}={target}" for name, (target, _) in failing_plugins.items())
+    plugins = registry.Registry(registry.plugin_entries(text))
+    for name, (_, line) in failing_plugins.items():
+        error = plugins[(name, "default")].error
+        assert f"{name} cannot be imported:" in error and line in error and len(error.splitlines()) == 1, error
+
+
+def test_list_and_run_go_on_past_a_plugin_failing_at_import(failing_plugins, monkeypatch, tmp_path):
+    from framebench.driver import session
+    from framebench.driver.request import RunRequest
+    from framebench.store.reader import load_results
+    from tests.conftest import cli
+
+    text = ",".join(f"{name}={target}" for name, (target, _) in failing_plugins.items())
+    monkeypatch.setattr(registry, "REGISTRY", registry.Registry(registry.plugin_entries(text)))
+    listed = cli("list")
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr
+    assert listed.stdout.count("not usable:") == len(failing_plugins) and "RuntimeError: retry later" in listed.stdout
+    monkeypatch.setattr(registry, "REGISTRY", registry.Registry(registry.BUILTIN + registry.plugin_entries(text)))
+    backends = ",".join([*failing_plugins, "numpy"])
+    request = RunRequest(backends=backends, dataset="digits", floors=False, results_dir=str(tmp_path), run_id="r", threads=1)
+    assert session.run(request, {}, {"epochs": 1}) == 0
+    runs = load_results(tmp_path / "r")["runs"].set_index("backend")
+    assert runs.loc["numpy", "status"] == "ok"
+    for name, (_, line) in failing_plugins.items():
+        assert runs.loc[name, "status"] == "unavailable" and line in runs.loc[name, "error"]
+
+
+@pytest.fixture
+def hanging_available(tmp_path, monkeypatch):
+    """The fake plugin whose available() never returns, its worker's pid left in the folder returned."""
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    for name, value in {"FRAMEBENCH_PLUGINS": "fake=tests.fake_backend:FakeClassifier", "FAKE_MODE": "hang-available"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("FAKE_PID_DIR", str(pids))
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    yield pids
+    for pid in (int(p.name) for p in pids.iterdir()):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_list_bounds_an_available_that_hangs_and_leaves_no_process(hanging_available, monkeypatch):
+    from framebench import cli as commands
+    from tests.conftest import cli
+    from tests.test_faults import alive
+
+    monkeypatch.setattr(registry, "REGISTRY", registry.Registry(registry.plugin_entries("fake=tests.fake_backend:FakeClassifier")))
+    monkeypatch.setattr(commands, "DESCRIBE_TIMEOUT_S", 3.0)
+    listed = cli("list")
+    assert listed.returncode == 0 and "not usable: no answer within 3 s (its import or available() hangs); killed" in listed.stdout
+    pids = [int(p.name) for p in hanging_available.iterdir()]
+    assert pids and not any(alive(pid) for pid in pids)
+
+
+def test_a_describe_worker_dies_with_the_list_that_started_it(hanging_available):
+    from tests.test_faults import alive, wait_for
+
+    lister = subprocess.Popen(
+        [sys.executable, "-c", "from framebench import cli; from framebench.core import registry; cli.describe(registry.lookup('fake'))"],
+        cwd=REPO,
+    )
+    try:
+        wait_for(lambda: any(hanging_available.iterdir()), "the describe worker's available()", timeout=60)
+    finally:
+        lister.kill()
+        lister.wait()
+    (pid,) = [int(p.name) for p in hanging_available.iterdir()]
+    wait_for(lambda: not alive(pid), "the describe worker to die with its parent", timeout=10)
+
+
+class OldNamePlugin(TinyNumpy):
+    environment = {"KERAS_BACKEND": "torch"}  # what `variables` was called: silently dropped, it would run on the wrong backend
+
+
+def test_a_plugin_declaring_variables_by_their_old_name_is_told_the_new_one():
+    entry = registry.Registry(registry.plugin_entries("old=tests.test_plugin:OldNamePlugin"))[("old", "default")]
+    assert "`environment` (its old name: declare `variables`)" in entry.error

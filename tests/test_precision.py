@@ -11,22 +11,25 @@ import pytest
 
 from framebench.core import registry
 from framebench.core.config import Sweep, precision_mismatch, resolve
-from framebench.core.gemm import with_efficiencies
-from framebench.driver.runner import JobState, Matrix, RunRequest, new_config, plan, summarize
+from framebench.driver.plan import Matrix, new_config, plan
+from framebench.driver.recorder import JobState, summarize
+from framebench.driver.request import RunRequest
 from framebench.errors import FrameBenchError
-from framebench.reports.precision import precision_table, verdict
+from framebench.reports.floors import with_efficiencies
+from framebench.reports.precision import precision_table
 from framebench.store.job import End, Job, Setup, accuracy_key_columns, columns
-from framebench.store.results import read_table
+from framebench.store.reader import read_table
+from framebench.studies.precision import verdict
 from framebench.testing import cases
 from tests.conftest import framebench, printed_directory
 
-TEMPLATE = Job(run_id="r", dataset="digits", data_dir=None, preset="mlp", config={}, seed=0, threads=1, target_acc=0.9)
+TEMPLATE = Job(run_id="r", dataset="digits", data_dir=None, preset="mlp", config={}, threads=1, target_acc=0.9)
 AXES = {"backend": ["numpy"], "variant": ["default"], "device": ["cpu"]}
 
 
 def planned(precisions: list[str], sweep: Sweep | None = None, repeats: int = 1) -> list[Job]:
     model, train = resolve("mlp", {}, {"epochs": 1})
-    return plan([Matrix({**AXES, "precision": precisions}, repeats, 0, False)], TEMPLATE, sweep or Sweep(), model, train)
+    return plan([Matrix({**AXES, "precision": precisions}, repeats)], TEMPLATE, sweep or Sweep(), model, train)
 
 
 def test_precisions_are_planned_innermost_and_interleave():
@@ -82,6 +85,7 @@ def gemm_rows(precision: str, seconds: float) -> list[dict]:
 def run_row(precision: str, epoch_s: float, acc: float) -> dict:
     return {
         "run_id": "r",
+        "seed": "0",
         "backend": "torch",
         "variant": "default",
         "device": "cpu",

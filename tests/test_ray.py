@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from framebench.core.gemm import with_efficiencies
-from framebench.store.results import load_results
+from framebench.reports.floors import load_with_floors, with_efficiencies
+from framebench.store.reader import load_results
 from tests.conftest import REPO
 
 pytestmark = [
@@ -100,7 +100,7 @@ def test_jobs_spread_over_both_nodes_with_their_own_floors_and_the_local_losses(
     assert result.returncode == 0, result.stderr
     local = framebench_run(tmp_path, *matrix, "--no-floors", "--run-id", "local")
     assert local.returncode == 0, local.stderr
-    tables, local_tables = load_results(tmp_path / "ray"), load_results(tmp_path / "local")
+    tables, local_tables = load_with_floors(tmp_path / "ray"), load_with_floors(tmp_path / "local")
     runs, gemm = tables["runs"], tables["gemm"]
     names = {node_name(n) for n in cluster.list_all_nodes()}
 
@@ -108,7 +108,7 @@ def test_jobs_spread_over_both_nodes_with_their_own_floors_and_the_local_losses(
     assert set(runs["host"]) == {socket.gethostname()}
     for name, rows in runs.sort_values("started_at").groupby("node"):
         assert (rows["ended_at"].to_numpy()[:-1] <= rows["started_at"].to_numpy()[1:]).all(), f"jobs overlapped on {name}"
-    nodes = tables["env"]["nodes"]
+    nodes = tables["machine"]["nodes"]
     assert set(nodes) == names and all({"cpu", "cores", "gpus", "libraries"} <= set(env) and env["cores"] for env in nodes.values())
 
     assert set(gemm["node"]) == names and set(gemm["probe"]) == {"start", "end"} and set(gemm["library"]) == {"numpy", "torch"}

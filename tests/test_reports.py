@@ -16,12 +16,13 @@ import os
 import pandas as pd
 import pytest
 
-from framebench.core.gemm import MAX_CREDIBLE_EFFICIENCY, PROBE_DISAGREEMENT, step_gemms
+from framebench.core.flops import step_gemms
 from framebench.errors import FrameBenchError
 from framebench.reports.compare import version_notes
+from framebench.reports.floors import MAX_CREDIBLE_EFFICIENCY, PROBE_DISAGREEMENT, load_with_floors
+from framebench.reports.summary import BUSY_FRACTION, busy_warnings
+from framebench.store.files import append_rows, write_json
 from framebench.store.job import columns
-from framebench.store.results import append_rows, load_results, write_json
-from framebench.store.tables import BUSY_FRACTION, busy_warnings
 from tests.conftest import cli, framebench
 
 SIZES, BATCH, SAMPLES = (64, 32, 10), 16, 1600  # a tiny network: 100 steps per epoch
@@ -33,9 +34,7 @@ CONFIG = {
     "threads": 2,
     "sweep": {"field": "", "values": [""]},
     "target_acc": 0.9,
-    "matrices": [
-        {"axes": {"backend": ["numpy", "jax"], "variant": ["default"], "device": ["cpu"]}, "repeats": 3, "seed": 0, "same_seed": False}
-    ],
+    "matrices": [{"axes": {"backend": ["numpy", "jax"], "variant": ["default"], "device": ["cpu"], "seed": ["0"]}, "repeats": 3}],
 }
 NODE = {"machine": "box", "cpu": "Some CPU", "cores": 2, "kernel_settings": {}, "gpus": [], "threads": 2}
 ENV = {**NODE, "nodes": {"box": NODE}, "command": "framebench run ...", "git_commit": "abc"}
@@ -53,7 +52,7 @@ def run_row(backend: str, repeat: int, epoch_s: float, acc: float, **changes) ->
         dataset="digits",
         preset="mlp",
         repeat=repeat,
-        seed=repeat,
+        seed="0",
         attempt=1,
         node="box",
         host="box",
@@ -101,7 +100,7 @@ def results(path, runs: list[dict], gemm: list[dict] | None = None, config: dict
     append_rows(path, "runs", runs)
     append_rows(path, "gemm", gemm or [])
     write_json(path, "config.json", config or CONFIG)
-    write_json(path, "env.json", env or ENV)
+    write_json(path, "machine.json", env or ENV)
     return path
 
 
@@ -112,7 +111,7 @@ def baseline_runs(numpy_s=(1.0, 1.01, 1.02), jax_s=(0.5, 0.505, 0.51), acc=0.95)
 def test_floors_and_efficiencies_are_derived_from_each_nodes_probes(tmp_path):
     """floor = fastest library's step time x steps per epoch; own floor = the backend's library's."""
     gemm = gemm_rows("numpy", 0.004) + gemm_rows("jax", 0.002) + gemm_rows("numpy", 0.0045, "end") + gemm_rows("jax", 0.0021, "end")
-    runs = load_results(results(tmp_path / "r", baseline_runs(), gemm))["runs"].set_index(["backend", "repeat"])
+    runs = load_with_floors(results(tmp_path / "r", baseline_runs(), gemm))["runs"].set_index(["backend", "repeat"])
     steps = SAMPLES / BATCH
     numpy_run = runs.loc[("numpy", 1)]
     assert numpy_run["floor_epoch_s"] == pytest.approx(0.002 * steps)  # the faster probe of the faster library
@@ -125,7 +124,7 @@ def test_floors_and_efficiencies_are_derived_from_each_nodes_probes(tmp_path):
 def test_disagreeing_probes_make_efficiencies_unreliable_not_wrong(tmp_path):
     slowed = PROBE_DISAGREEMENT * 1.1
     gemm = gemm_rows("numpy", 0.004) + gemm_rows("numpy", 0.004 * slowed, "end")
-    runs = load_results(results(tmp_path / "r", baseline_runs(), gemm))["runs"]
+    runs = load_with_floors(results(tmp_path / "r", baseline_runs(), gemm))["runs"]
     numpy_runs = runs[runs["backend"] == "numpy"]
     assert numpy_runs["efficiency"].isna().all() and numpy_runs["floor_epoch_s"].notna().all()
     assert numpy_runs["floor_note"].str.contains("disagree").all()
@@ -141,7 +140,7 @@ def test_a_disagreeing_own_floor_empties_only_the_overhead_efficiency(tmp_path):
         + gemm_rows("numpy", 0.004)
         + gemm_rows("numpy", 0.004 * PROBE_DISAGREEMENT * 1.2, "end")
     )
-    runs = load_results(results(tmp_path / "r", baseline_runs(), gemm))["runs"]
+    runs = load_with_floors(results(tmp_path / "r", baseline_runs(), gemm))["runs"]
     numpy_runs, jax_runs = runs[runs["backend"] == "numpy"], runs[runs["backend"] == "jax"]
     assert numpy_runs["efficiency"].notna().all() and numpy_runs["overhead_efficiency"].isna().all()
     assert numpy_runs["floor_note"].str.startswith("unreliable own floor").all()
@@ -152,12 +151,12 @@ def test_an_efficiency_above_the_credible_limit_is_left_empty(tmp_path):
     """A floor probe slowed by other work makes a run look faster than the hardware: say so, report nothing."""
     too_fast = 0.004 * SAMPLES / BATCH / (MAX_CREDIBLE_EFFICIENCY * 1.5)
     gemm = gemm_rows("numpy", 0.004) + gemm_rows("numpy", 0.004, "end")
-    runs = load_results(results(tmp_path / "r", [run_row("numpy", 0, too_fast, 0.9)], gemm))["runs"]
+    runs = load_with_floors(results(tmp_path / "r", [run_row("numpy", 0, too_fast, 0.9)], gemm))["runs"]
     assert math.isnan(runs["efficiency"][0]) and "above" in runs["floor_note"][0]
 
 
 def test_one_probe_is_noted(tmp_path):
-    runs = load_results(results(tmp_path / "r", baseline_runs(), gemm_rows("numpy", 0.004)))["runs"]
+    runs = load_with_floors(results(tmp_path / "r", baseline_runs(), gemm_rows("numpy", 0.004)))["runs"]
     assert (runs[runs["backend"] == "numpy"]["floor_note"] == "one GEMM probe (no end probe)").all()
 
 
@@ -208,7 +207,8 @@ def test_compare_a_busy_new_is_not_verified_and_the_json_says_the_same(tmp_path)
     assert result.returncode == 2 and "not verified (busy: NEW's jobs shared the CPU with other processes, 47%)" in result.stdout
     document = json.loads(output.read_text())
     numpy_row = next(k for k in document["keys"] if k["backend"] == "numpy")
-    assert document["exit_status"] == 2 and numpy_row["verdict"].startswith("not verified (busy") and numpy_row["time_ratio"] == 3.0
+    assert document["exit_status"] == 2 and numpy_row["decision"]["kind"] == "NOT_VERIFIED" and numpy_row["time_ratio"] == 3.0
+    assert numpy_row["decision"]["note"] == "busy: NEW's jobs shared the CPU with other processes, 47%"
 
 
 @pytest.mark.parametrize("status", ["failed", "diverged", "timeout", "unavailable", "unsupported", "interrupted", "lost"])
@@ -245,9 +245,9 @@ def test_compare_refuses_timings_across_machines_unless_allowed(tmp_path):
     other = {**NODE, "cpu": "Some Other CPU"}
     new = results(tmp_path / "new", baseline_runs(numpy_s=(3.0, 3.3, 3.6)), env={**ENV, "nodes": {"box": other}})
     refused = compare(base, new)
-    assert refused.returncode == 2 and "not verified" in refused.stdout and "--allow-env-diff" in refused.stdout
+    assert refused.returncode == 2 and "not verified" in refused.stdout and "--allow-machine-diff" in refused.stdout
     assert compare(base, new, "--accuracy-only").returncode == 0
-    allowed = compare(base, new, "--allow-env-diff")
+    allowed = compare(base, new, "--allow-machine-diff")
     assert allowed.returncode == 1 and "REGRESSION: time" in allowed.stdout
 
 
@@ -310,13 +310,14 @@ def test_check_passes_only_runs_it_verified(tmp_path):
     assert cli("check", str(directory), "--thresholds", good).returncode == 0
     partial = thresholds_file(tmp_path / "partial.csv", [("numpy", 0.9)])
     missing = cli("check", str(directory), "--thresholds", partial)
-    assert missing.returncode == 1 and "jax/default on cpu (mlp, digits, fp32, 3 epochs, repeat 1): no threshold" in missing.stdout
+    assert missing.returncode == 1 and "jax/default on cpu (mlp, digits, fp32, 3 epochs, seed 0, repeat 1): no threshold" in missing.stdout
     assert cli("check", str(directory), "--thresholds", partial, "--allow-missing").returncode == 0
     strict = thresholds_file(tmp_path / "strict.csv", [("numpy", 0.9), ("jax", 0.999)])
     result = cli("check", str(directory), "--thresholds", strict)
     assert (
         result.returncode == 1
-        and "FAIL: jax/default on cpu (mlp, digits, fp32, 3 epochs, repeat 1): test accuracy 0.9500 < threshold 0.9990" in result.stdout
+        and "FAIL: jax/default on cpu (mlp, digits, fp32, 3 epochs, seed 0, repeat 1): test accuracy 0.9500 < threshold 0.9990"
+        in result.stdout
     )
 
 
@@ -408,20 +409,20 @@ def test_perf_returns_the_worst_status_of_its_runs(tmp_path):
     """One preset whose only job fails: perf must say so in its exit status, and still write its report."""
     env = {**os.environ, "FRAMEBENCH_PLUGINS": "fake=tests.fake_backend:FakeClassifier", "FAKE_MODE": "raise"}
     result = framebench(
-        "perf", "--presets", "ci", "--backends", "fake", "--epochs", "2", "--repeats", "1", "--results-dir", str(tmp_path), env=env
+        "study", "perf", "--presets", "ci", "--backends", "fake", "--epochs", "2", "--repeats", "1", "--results-dir", str(tmp_path), env=env
     )
     assert result.returncode == 1, result.stderr
     assert "| ci | fake |" not in (tmp_path / "report.md").read_text()  # a failed run is no row of the speed table
 
 
 def test_perf_takes_the_run_flags_and_runs_one_request_per_preset(tmp_path, monkeypatch):
-    from framebench.driver import perf
+    from framebench.studies import perf
 
     requests = []
-    monkeypatch.setattr(perf, "run", lambda request, model, train: requests.append((request, train)) or 0)
+    monkeypatch.setattr(perf, "run_matrix", lambda request, model, train: requests.append((request, train)) or 0)
     monkeypatch.setattr(perf, "write_perf_report", lambda folder, directories: folder / "report.md")
-    flags = ["--timeout", "60", "--executor", "local", "--seed", "7", "--same-seed", "--no-floors", "--schedule-timeout", "9"]
-    result = cli("perf", "--presets", "mlp", "--backends", "numpy,torch", "--epochs", "2", "--results-dir", str(tmp_path), *flags)
+    flags = ["--timeout", "60", "--executor", "local", "--seed", "7", "--no-floors", "--schedule-timeout", "9"]
+    result = cli("study", "perf", "--presets", "mlp", "--backends", "numpy,torch", "--epochs", "2", "--results-dir", str(tmp_path), *flags)
     assert result.returncode == 0, result.stderr
     assert [(r.preset, r.backends, r.run_id) for r, _ in requests] == [
         ("mlp", "numpy,torch", "mlp"),
@@ -429,25 +430,18 @@ def test_perf_takes_the_run_flags_and_runs_one_request_per_preset(tmp_path, monk
         ("tutorial004", "torch", "tutorial004"),
     ]
     request, train = requests[0]
-    assert (request.timeout, request.executor, request.seed, request.same_seed, request.floors, request.schedule_timeout) == (
-        60,
-        "local",
-        7,
-        True,
-        False,
-        9,
-    )
+    assert (request.timeout, request.executor, request.seeds, request.floors, request.schedule_timeout) == (60, "local", "7", False, 9)
     assert (request.variants, request.repeats, request.results_dir, train) == ("all", 2, str(tmp_path), {"epochs": 2})
 
 
 @pytest.mark.parametrize("flag", ["--dataset", "--run-id", "--resume", "--sweep"])
 def test_perf_refuses_the_run_flags_it_sets_per_preset(flag):
-    result = cli("perf", flag, "x")
+    result = cli("study", "perf", flag, "x")
     assert result.returncode == 2 and f"unrecognized arguments: {flag} x" in result.stderr
 
 
 def test_the_perf_matrix_adds_each_tutorial_preset_for_its_own_backend():
-    from framebench.driver.perf import perf_matrix
+    from framebench.studies.perf import perf_matrix
 
     assert perf_matrix("mlp,tutorial000", "numpy,tf") == [("mlp", "numpy,tf"), ("tutorial000", "numpy,tf"), ("tutorial002", "numpy")]
     assert perf_matrix("tutorial003", "jax") == [("tutorial003", "jax")]  # keras's tutorial preset only with keras
@@ -501,7 +495,7 @@ def test_run_writes_figures_and_a_report_that_plot_redraws(measured):
     report = (measured / "report.md").read_text()
     assert "| numpy | default | cpu | current | fp32 | 2 |" in report and "![Steady-state epoch time per backend](epoch_time.png)" in report
     assert "speedup.png" not in report  # no GPU rows, no GPU-vs-CPU figure
-    tables = load_results(measured)
+    tables = load_with_floors(measured)
     assert set(tables["gemm"]["probe"]) == {"start", "end"} and tables["runs"]["floor_epoch_s"].notna().all()
 
 
@@ -512,10 +506,10 @@ def test_step_flops_follow_the_stated_formula():
 
 def test_the_perf_table_keeps_every_preset_of_a_backend(tmp_path):
     """Runs of the same backend and repeat in two presets' directories are two rows, not one."""
-    from framebench.store.tables import perf_table
+    from framebench.reports.summary import perf_table
 
-    first = load_results(results(tmp_path / "a", baseline_runs()))["runs"]
-    second = load_results(results(tmp_path / "b", [{**row, "run_id": "s", "preset": "tutorial000"} for row in baseline_runs()]))["runs"]
+    first = load_with_floors(results(tmp_path / "a", baseline_runs()))["runs"]
+    second = load_with_floors(results(tmp_path / "b", [{**row, "run_id": "s", "preset": "tutorial000"} for row in baseline_runs()]))["runs"]
     table = perf_table(pd.concat([first, second], ignore_index=True))
     assert table[["preset", "backend"]].values.tolist() == [
         ["mlp", "numpy"],

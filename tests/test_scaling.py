@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from framebench.core.config import Sweep, TrainConfig, resolve
-from framebench.core.gemm import with_efficiencies
-from framebench.driver.runner import Matrix, plan
+from framebench.driver.plan import Matrix, plan
 from framebench.errors import FrameBenchError
+from framebench.reports.floors import with_efficiencies
 from framebench.reports.scaling import (
     crossover,
     half_efficiency,
@@ -20,9 +20,9 @@ from framebench.reports.scaling import (
     scaling_figure,
     throughput,
 )
+from framebench.reports.summary import summary
 from framebench.store.job import Job, columns
-from framebench.store.results import load_results
-from framebench.store.tables import summary
+from framebench.store.reader import load_results
 from tests.conftest import framebench
 
 BATCHES = ["16", "64", "256"]
@@ -43,6 +43,7 @@ def run_row(
     """A runs.csv row with what framebench.reports.scaling reads; an epoch is 1000 samples."""
     return {
         "run_id": "sweep",
+        "seed": "0",
         "backend": backend,
         "variant": "default",
         "device": "cpu",
@@ -113,14 +114,14 @@ def test_every_table_row_carries_its_sweep_value():
 
 def test_jobs_interleave_repeat_by_repeat_value_by_value_backend_by_backend():
     model, train = resolve("scaling", {}, {})
-    template = Job(run_id="r", dataset="digits", data_dir=None, preset="scaling", config={}, seed=0, threads=2, target_acc=0.9)
-    matrix = Matrix({"backend": ["numpy", "jax"], "variant": ["default"], "device": ["cpu"]}, repeats=2, seed=5, same_seed=False)
+    template = Job(run_id="r", dataset="digits", data_dir=None, preset="scaling", config={}, threads=2, target_acc=0.9)
+    matrix = Matrix({"backend": ["numpy", "jax"], "variant": ["default"], "device": ["cpu"], "seed": ["5"]}, repeats=2)
     jobs = plan([matrix], template, Sweep.parse("batch_size=64,16"), model, train)
     assert [(j.repeat, j.sweep_value, j.backend) for j in jobs] == [
         (r, v, b) for r in (0, 1) for v in ("64", "16") for b in ("numpy", "jax")
     ]
     assert all(j.config["train"]["batch_size"] == int(j.sweep_value) and j.sweep_field == "batch_size" for j in jobs)
-    assert {j.seed for j in jobs if j.repeat == 1} == {6}  # one seed per repeat, the same for every value
+    assert {j.seed for j in jobs} == {"5"}  # every repeat and value reruns the seed
     threads = plan([matrix], template, Sweep.parse("threads=1,2"), model, train)
     assert [j.threads for j in threads if j.repeat == 0] == [1, 1, 2, 2]
 

@@ -45,15 +45,23 @@ class Classifier(ABC):
     precision_gaps: ClassVar[dict[str, str]] = {}
     # Whether two runs with the same seed give bit-identical losses on the CPU.
     deterministic_on_cpu: ClassVar[bool] = True
+    # Whether an epoch trained in chunks (--eval-every: one train_epoch call per slice of its order) draws
+    # the dropout masks of one call over the whole order; without dropout every class chunks exactly.
+    chunks_dropout_exactly: ClassVar[bool] = True
     # What a plugin (FRAMEBENCH_PLUGINS) needs, read from its class when its entry is first looked up
     # (the built-in backends declare theirs in `framebench.core.registry`, which imports none of them):
     # the devices it can run on at all (`available` says whether this machine has them), the
-    # environment its process must start with (e.g. {"KERAS_BACKEND": "torch"}; its module is imported
+    # environment variables its process must start with (e.g. {"KERAS_BACKEND": "torch"}; its module is imported
     # once without it, to read these), and the library whose matrix products it runs on, for its own
     # GEMM floor: numpy, torch, tf or jax.
     devices: ClassVar[tuple[str, ...]] = ("cpu", "gpu")
-    environment: ClassVar[dict[str, str]] = {}
+    variables: ClassVar[dict[str, str]] = {}
     gemm_library: ClassVar[str] = "numpy"
+    # Whether its process may wait between two epochs without that changing the next epoch's time
+    # (lockstep, `framebench gate`: two workers take turns epoch by epoch). Every backend the harness
+    # drives epoch by epoch can; one that keeps working between epochs (a background pipeline whose
+    # state a pause would change) says False, and its pairs alternate whole jobs instead.
+    pauses_between_epochs: ClassVar[bool] = True
 
     def __init__(
         self,

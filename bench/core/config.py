@@ -83,6 +83,7 @@ class TrainConfig:
     sampling: str = "permutation"  # permutation of the training set per epoch, or batches drawn with_replacement
     shuffle: bool = True  # permutation only: a fresh random order each epoch, else the stored order
     steps_per_epoch: int = 0  # with_replacement only: batches drawn per epoch
+    eval_every: int = 0  # also evaluate the test set every this many steps (0: at each epoch's end only), off the training clock
 
     def validate(self, model: ModelConfig) -> None:
         check_choices(self)
@@ -92,6 +93,8 @@ class TrainConfig:
         for name in ("batch_size", "epochs"):
             if getattr(self, name) <= 0:
                 raise FrameBenchError(f"{name} must be positive, got {getattr(self, name)}; fix {flag(name)}")
+        if self.eval_every < 0:
+            raise FrameBenchError(f"eval_every must be >= 0 steps (0: at each epoch's end only), got {self.eval_every}; fix --eval-every")
         for name in ("momentum", "beta1", "beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise FrameBenchError(f"{name} must be in [0, 1), got {getattr(self, name)}; fix {flag(name)}")

@@ -8,20 +8,24 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import os
 import struct
 import sys
 import tempfile
+import urllib.parse
 import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from framebench.errors import FrameBenchError
 
 DATASETS = ("mnist", "fashion-mnist", "digits")
+DOWNLOADED = ("mnist", "fashion-mnist")  # the datasets `framebench data` fetches (digits ships with scikit-learn)
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 SPLITS = {  # split -> (images file, labels file, number of samples)
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", 60_000),
@@ -44,6 +48,8 @@ MIRRORS = {  # dataset -> base URLs serving the gzipped upstream files
     ),
     "fashion-mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
 }
+MIRROR_VARIABLE = "FRAMEBENCH_DATA_MIRROR"  # an organisation's own mirror, URL/<dataset>/<file>.gz, tried first
+PROGRESS_STEP = 1 << 20  # bytes between two progress lines of a download
 IDX_MAGIC_UBYTE = 0x08  # type code of unsigned bytes in an IDX header
 DIGITS_TEST_FRACTION = 0.2  # held-out share of scikit-learn's digits
 DIGITS_SPLIT_SEED = 0  # fixed, so every run and every backend sees the same digits split
@@ -57,7 +63,7 @@ class Dataset:
     x_test: np.ndarray  # float32 (m, features) in [0, 1]
     y_test: np.ndarray  # int64 (m,)
     num_classes: int  # number of output units
-    source: str  # where the files were read from, recorded in env.json
+    source: str  # where the files were read from, recorded in config.json
 
     @property
     def input_size(self) -> int:
@@ -81,6 +87,17 @@ def parse_idx(raw: bytes, *, ndim: int, what: str) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
+def check_idx(raw: bytes, *, key: str, ndim: int, count: int, what: str) -> np.ndarray:
+    """Decode the decompressed bytes of upstream file `key` ('dataset/filename') and prove them the published ones."""
+    array = parse_idx(raw, ndim=ndim, what=what)
+    if array.shape[0] != count or (ndim == 3 and array.shape[1:] != (28, 28)):
+        raise FrameBenchError(f"{what}: has shape {array.shape}, expected {count} samples of 28x28")
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != SHA256[key]:
+        raise FrameBenchError(f"{what}: SHA-256 {digest[:12]}… does not match the published {SHA256[key][:12]}…")
+    return array
+
+
 def read_idx_file(path: Path, *, key: str, ndim: int, count: int) -> np.ndarray:
     """Read one upstream IDX file (gzipped or not), fully validated; `key` is 'dataset/filename'."""
     fix = "replace it (delete it to re-download, or point --data-dir at a good copy)"
@@ -91,15 +108,9 @@ def read_idx_file(path: Path, *, key: str, ndim: int, count: int) -> np.ndarray:
     except (OSError, EOFError, zlib.error) as exc:  # zlib.error: a damaged deflate stream inside valid gzip framing
         raise FrameBenchError(f"{path}: cannot be read or decompressed ({exc}); {fix}") from None
     try:
-        array = parse_idx(raw, ndim=ndim, what=str(path))
+        return check_idx(raw, key=key, ndim=ndim, count=count, what=str(path))
     except FrameBenchError as exc:
         raise FrameBenchError(f"{exc}; {fix}") from None
-    if array.shape[0] != count or (ndim == 3 and array.shape[1:] != (28, 28)):
-        raise FrameBenchError(f"{path}: has shape {array.shape}, expected {count} samples of 28x28; {fix}")
-    digest = hashlib.sha256(raw).hexdigest()
-    if digest != SHA256[key]:
-        raise FrameBenchError(f"{path}: SHA-256 {digest[:12]}… does not match the published {SHA256[key][:12]}…; {fix}")
-    return array
 
 
 def idx_layout(filename: str) -> dict:
@@ -130,35 +141,100 @@ def find_file(filename: str, dirs: list[Path]) -> Path | None:
     return None
 
 
+def where_to_get(name: str) -> str:
+    """The settings that give framebench `name`'s files, for the line saying they could not be had."""
+    return (
+        f"set FRAMEBENCH_DATA_DIR (or --data-dir) to a folder holding {name}/, "
+        f"or {MIRROR_VARIABLE} to a URL serving {name}/<upstream file>.gz"
+    )
+
+
+def mirror_urls(name: str) -> list[str]:
+    """Base URLs serving `name`'s gzipped files, in the order tried: $FRAMEBENCH_DATA_MIRROR's, then the public ones."""
+    mirror = os.environ.get(MIRROR_VARIABLE)
+    if not mirror:
+        return list(MIRRORS[name])
+    parts = urllib.parse.urlsplit(mirror)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise FrameBenchError(f"{MIRROR_VARIABLE}={mirror!r} is not an http(s) URL; set it to one serving {name}/<upstream file>.gz")
+    return [f"{mirror.rstrip('/')}/{name}/", *MIRRORS[name]]
+
+
+def fetch(url: str, out: BinaryIO) -> None:
+    """Copy `url`'s whole body into the open file `out`, its progress (bytes/total) on stderr."""
+    with urllib.request.urlopen(url, timeout=60) as response:
+        total = int(response.headers.get("Content-Length") or 0)
+        size = f"{total / 1e6:.1f}" if total else "?"
+        done = shown = 0
+        while chunk := response.read(1 << 16):
+            out.write(chunk)
+            done += len(chunk)
+            if done - shown >= PROGRESS_STEP or done == total:
+                shown = done
+                print(f"\rdownloading {url}: {done / 1e6:.1f}/{size} MB", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    if total and done != total:  # urllib returns a body cut short by a closed connection without a word
+        raise FrameBenchError(f"{url}: cut short at {done} of {total} bytes")
+
+
 def download(name: str, filename: str, target_dir: Path) -> Path:
-    """Fetch `filename`.gz from the first mirror that answers, verify it, and rename it into place."""
+    """Fetch `filename`.gz from the first source whose copy is the published file, and rename it into place:
+    a damaged or substituted copy is never kept, and a killed download leaves only a temporary file."""
     target_dir.mkdir(parents=True, exist_ok=True)
     target = target_dir / f"{filename}.gz"
     errors = []
-    for base in MIRRORS[name]:
+    for base in mirror_urls(name):
         url = f"{base}{filename}.gz"
-        fd, tmp = tempfile.mkstemp(dir=target_dir, suffix=".part.gz")
+        fd, tmp = tempfile.mkstemp(dir=target_dir, prefix=f".{filename}.", suffix=".part")
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-                total = int(response.headers.get("Content-Length") or 0)
-                done = 0
-                while chunk := response.read(1 << 16):
-                    out.write(chunk)
-                    done += len(chunk)
-                    print(f"\rdownloading {url}: {done / 1e6:.1f}/{total / 1e6:.1f} MB", end="", file=sys.stderr)
-            print(file=sys.stderr)
-            read_idx_file(Path(tmp), key=f"{name}/{filename}", **idx_layout(filename))
+            with os.fdopen(fd, "wb") as out:
+                fetch(url, out)
+            check_idx(gzip.decompress(Path(tmp).read_bytes()), key=f"{name}/{filename}", **idx_layout(filename), what=url)
             os.replace(tmp, target)
             return target
-        except (OSError, EOFError, zlib.error, FrameBenchError) as exc:
+        except FrameBenchError as exc:  # not the published file: never kept
+            errors.append(str(exc))
+        except (OSError, EOFError, zlib.error, http.client.HTTPException) as exc:  # HTTPException: e.g. a chunked body cut short
             errors.append(f"{url}: {exc}")
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+    raise FrameBenchError(f"could not download {name}/{filename} (tried {'; '.join(errors)}); {where_to_get(name)}")
+
+
+def locate(name: str, filename: str, dirs: list[Path], allow_download: bool) -> tuple[Path, bool]:
+    """Where `filename` of `name` is (searching `dirs`, then downloading into the cache if allowed), and whether it was downloaded."""
+    path = find_file(filename, dirs)
+    if path is not None:
+        return path, False
+    if allow_download:
+        return download(name, filename, default_cache_dir() / name), True
+    searched = ", ".join(str(d) for d in dirs)
     raise FrameBenchError(
-        f"could not download {name}/{filename} ({'; '.join(errors)}); "
-        f"put the files under --data-dir DIR/{name}/ or use --dataset digits offline"
+        f"{name} file {filename}[.gz] not found (searched {searched}; downloads are off); "
+        f"{where_to_get(name)}, or use --dataset digits offline"
     )
+
+
+def downloads_allowed() -> bool:
+    return not os.environ.get("FRAMEBENCH_NO_DOWNLOAD")
+
+
+def ensure_dataset(name: str, data_dir: str | None = None, *, allow_download: bool | None = None) -> str:
+    """Verify every file of `name` where the documented order finds it, downloading what is missing into the cache
+    (if allowed; default: unless $FRAMEBENCH_NO_DOWNLOAD), so later runs and tests need no network; the line saying where it is."""
+    dirs = search_dirs(name, data_dir)
+    allow_download = downloads_allowed() if allow_download is None else allow_download
+    folders, fetched = set(), 0
+    for images_name, labels_name, _ in SPLITS.values():
+        for filename in (images_name, labels_name):
+            path, downloaded = locate(name, filename, dirs, allow_download)
+            if not downloaded:  # a download is verified before it is renamed into place
+                read_idx_file(path, key=f"{name}/{filename}", **idx_layout(filename))
+            folders.add(str(path.parent.resolve()))
+            fetched += downloaded
+    how = f"{fetched} of {2 * len(SPLITS)} files downloaded" if fetched else "found"
+    return f"{name}: {', '.join(sorted(folders))} ({how}, verified)"
 
 
 def load_idx_dataset(name: str, data_dir: str | None, allow_download: bool) -> Dataset:
@@ -166,15 +242,7 @@ def load_idx_dataset(name: str, data_dir: str | None, allow_download: bool) -> D
     arrays, sources = {}, set()
     for images_name, labels_name, _ in SPLITS.values():
         for filename in (images_name, labels_name):
-            path = find_file(filename, dirs)
-            if path is None and allow_download:
-                path = download(name, filename, default_cache_dir() / name)
-            if path is None:
-                searched = ", ".join(str(d) for d in dirs)
-                raise FrameBenchError(
-                    f"{name} file {filename}[.gz] not found (searched {searched}; downloads are off); "
-                    f"pass --data-dir DIR holding {name}/, or use --dataset digits offline"
-                )
+            path, _ = locate(name, filename, dirs, allow_download)
             arrays[filename] = read_idx_file(path, key=f"{name}/{filename}", **idx_layout(filename))
             sources.add(str(path.parent.resolve()))
     train_images, train_labels, _ = SPLITS["train"]
@@ -219,6 +287,4 @@ def load_dataset(name: str, *, data_dir: str | None = None, allow_download: bool
         raise FrameBenchError(f"unknown dataset {name!r}; --dataset takes one of: {', '.join(DATASETS)}")
     if name == "digits":
         return load_digits_dataset()
-    if allow_download is None:
-        allow_download = not os.environ.get("FRAMEBENCH_NO_DOWNLOAD")
-    return load_idx_dataset(name, data_dir, allow_download)
+    return load_idx_dataset(name, data_dir, downloads_allowed() if allow_download is None else allow_download)

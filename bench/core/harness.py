@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import resource
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,14 +81,25 @@ def peak_rss_mb() -> float:
 
 
 @dataclass(frozen=True)
-class EpochResult:
-    epoch: int  # 1-based
-    epoch_s: float  # wall-clock seconds of train_epoch + sync
-    step_losses: np.ndarray  # per-step training losses as the backend reported them
-    train_loss: float  # mean of the step losses
+class EvaluationResult:
+    epoch: int  # 1-based epoch the evaluation falls in
+    step: int  # optimisation steps done since the start of training
+    train_s: float  # training seconds so far: every train_epoch + sync, nothing else
     test_loss: float  # mean test loss, by framebench.core.metrics
     test_acc: float  # test accuracy, by framebench.core.metrics
     eval_s: float  # wall-clock seconds of predict_logits on the test set
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    epoch: int  # 1-based
+    epoch_s: float  # wall-clock seconds of train_epoch + sync (summed over the epoch's chunks)
+    step_losses: np.ndarray  # per-step training losses as the backend reported them
+    train_loss: float  # mean of the step losses
+    test_loss: float  # mean test loss at the epoch's end, by framebench.core.metrics
+    test_acc: float  # test accuracy at the epoch's end, by framebench.core.metrics
+    eval_s: float  # wall-clock seconds of predict_logits on the test set at the epoch's end
+    evaluations: tuple[EvaluationResult, ...] = ()  # every evaluation of the epoch, in order; the last is its end
 
 
 class DivergedError(FrameBenchError):
@@ -115,32 +126,68 @@ def divergence(losses: np.ndarray, initial_loss: float, epoch: int) -> str | Non
     return None
 
 
-def train_epochs(classifier: Classifier, data: Dataset, model: ModelConfig, train: TrainConfig, seed: int) -> Iterator[EpochResult]:
-    """Train epoch by epoch, yielding each epoch's measurements as soon as it is done.
+def chunk_ends(steps_before: int, steps: int, eval_every: int) -> list[int]:
+    """Where an epoch of `steps` steps stops to evaluate, as step counts within it: after every step
+    whose number since the start of training is a multiple of `eval_every` (0: none), and at its end."""
+    if eval_every <= 0:
+        return [steps]
+    first = eval_every * (steps_before // eval_every + 1) - steps_before
+    return [*range(first, steps, eval_every), steps]
+
+
+def evaluate_test_set(classifier: Classifier, data: Dataset, model: ModelConfig, train: TrainConfig, epoch: int) -> tuple[float, ...]:
+    """(test loss, test accuracy, seconds the prediction took); DivergedError on non-finite predictions."""
+    start = time.perf_counter()
+    logits = np.asarray(classifier.predict_logits(data.x_test))
+    seconds = time.perf_counter() - start
+    if not np.isfinite(logits).all():
+        raise DivergedError(f"training diverged: non-finite test-set predictions (NaN or inf logits) in epoch {epoch}")
+    test_loss, test_acc = evaluate(logits, data.y_test, model, train)
+    return test_loss, test_acc, seconds
+
+
+def train_epochs(
+    classifier: Classifier,
+    data: Dataset,
+    model: ModelConfig,
+    train: TrainConfig,
+    seed: int,
+    before_epoch: Callable[[int], None] | None = None,
+) -> Iterator[EpochResult]:
+    """Train epoch by epoch, yielding each epoch's measurements (and its evaluations) as soon as it is done.
 
     Only `train_epoch` + `sync` are inside the clock; the order is drawn before it starts and the
-    test set is evaluated after it stops (and timed separately). Raises DivergedError, yielding
-    nothing for that epoch, when its losses say the run diverged.
+    test set is evaluated after it stops (and timed separately). With `train.eval_every` an epoch is
+    trained in chunks, one `train_epoch` call on each consecutive slice of its order, each timed with
+    its sync, and the test set is evaluated between them (a chunked epoch trains exactly as a whole
+    one: the conformance suite's `chunked` check). `before_epoch(epoch)` (1-based), where given, runs
+    before each epoch, outside the clock: a lockstep worker waits there for its turn. Raises
+    DivergedError, yielding nothing for that epoch, when its losses or predictions say the run diverged.
     """
-    initial_loss = math.inf
-    for epoch in range(train.epochs):
-        order = epoch_order(train, len(data.y_train), seed, epoch)
-        start = time.perf_counter()
-        losses = classifier.train_epoch(order, train.batch_size)
-        classifier.sync()
-        epoch_s = time.perf_counter() - start
-        losses = np.asarray(losses, dtype=np.float64)
-        if losses.shape != (steps_in(order, train.batch_size),):
-            raise FrameBenchError(f"backend returned {losses.shape} step losses for {steps_in(order, train.batch_size)} steps")
-        if epoch == 0:
-            initial_loss = float(abs(losses[0]))
-        reason = divergence(losses, initial_loss, epoch + 1)
-        if reason:
-            raise DivergedError(reason)
-        start = time.perf_counter()
-        logits = np.asarray(classifier.predict_logits(data.x_test))
-        eval_s = time.perf_counter() - start
-        if not np.isfinite(logits).all():
-            raise DivergedError(f"training diverged: non-finite test-set predictions (NaN or inf logits) after epoch {epoch + 1}")
-        test_loss, test_acc = evaluate(logits, data.y_test, model, train)
-        yield EpochResult(epoch + 1, epoch_s, losses, float(losses.mean()), test_loss, test_acc, eval_s)
+    initial_loss, steps_before, train_s = math.inf, 0, 0.0
+    for epoch in range(1, train.epochs + 1):
+        if before_epoch is not None:
+            before_epoch(epoch)
+        order = epoch_order(train, len(data.y_train), seed, epoch - 1)
+        steps = steps_in(order, train.batch_size)
+        chunks, evaluations, epoch_s, done = [], [], 0.0, 0
+        for end in chunk_ends(steps_before, steps, train.eval_every):
+            start = time.perf_counter()
+            losses = classifier.train_epoch(order[done * train.batch_size : end * train.batch_size], train.batch_size)
+            classifier.sync()
+            elapsed = time.perf_counter() - start
+            losses = np.asarray(losses, dtype=np.float64)
+            if losses.shape != (end - done,):
+                raise FrameBenchError(f"backend returned {losses.shape} step losses for {end - done} steps")
+            if not chunks and epoch == 1:
+                initial_loss = float(abs(losses[0]))
+            chunks.append(losses)
+            epoch_s, train_s, done = epoch_s + elapsed, train_s + elapsed, end
+            if end == steps and (reason := divergence(np.concatenate(chunks), initial_loss, epoch)):
+                raise DivergedError(reason)
+            test_loss, test_acc, eval_s = evaluate_test_set(classifier, data, model, train, epoch)
+            evaluations.append(EvaluationResult(epoch, steps_before + end, train_s, test_loss, test_acc, eval_s))
+        steps_before += steps
+        losses = np.concatenate(chunks)
+        last = evaluations[-1]  # the epoch's end
+        yield EpochResult(epoch, epoch_s, losses, float(losses.mean()), last.test_loss, last.test_acc, last.eval_s, tuple(evaluations))

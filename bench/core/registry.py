@@ -3,7 +3,7 @@
 A variant is a `Classifier` subclass of its backend's default class, registered under its own name.
 Entries name their class as a string and are imported only when loaded, so importing the harness
 never imports TensorFlow, PyTorch or JAX, and `framebench` never imports its backends statically.
-A plugin's class declares its own devices, environment and GEMM library: its module is imported
+A plugin's class declares its own devices, environment variables and GEMM library: its module is imported
 when its entry is first looked up (to plan its jobs), never when the registry is.
 """
 
@@ -24,6 +24,12 @@ from framebench.errors import FrameBenchError
 
 DEVICES = ("cpu", "gpu")
 PLUGINS_VARIABLE = "FRAMEBENCH_PLUGINS"
+GEMM_LIBRARIES = {  # a library whose matrix products are timed (a GEMM floor) -> the backend whose class sets it up (threads, precision)
+    "numpy": "numpy",
+    "torch": "torch",
+    "tf": "tf",
+    "jax": "jax",
+}
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")  # a backend or variant name: it becomes part of file names
 
 
@@ -33,11 +39,12 @@ class Entry:
     variant: str  # "default" (the backend's fastest honest implementation) or the variant's name
     target: str  # "module:Class" implementing it, imported only when the entry is loaded
     summary: str  # one line for `framebench list`
-    env: dict[str, str] = field(default_factory=dict)  # environment its process must start with
+    variables: dict[str, str] = field(default_factory=dict)  # environment variables its process must start with
     gemm_library: str = "numpy"  # library whose matrix products it runs on (its own GEMM floor)
     devices: tuple[str, ...] = DEVICES  # devices it can run on at all; `available()` checks this machine
     error: str = ""  # why it cannot be used at all (a malformed plugin entry); empty when usable
-    declared_by_class: bool = False  # a plugin whose class declares env, gemm_library and devices, not read yet
+    pauses: bool = True  # whether its worker may wait between epochs (Classifier.pauses_between_epochs: lockstep)
+    declared_by_class: bool = False  # a plugin whose class declares variables, gemm_library and devices, not read yet
 
     @property
     def name(self) -> str:
@@ -65,13 +72,13 @@ def backend(
     name: str,
     module: str,
     gemm_library: str,
-    env: dict[str, str] | None = None,
+    variables: dict[str, str] | None = None,
     devices: tuple[str, ...] = DEVICES,
     **variants: tuple[str, str] | tuple[str, str, tuple[str, ...]],
 ) -> list[Entry]:
     """One backend's entries: keyword `variant=(Class, summary[, devices])`, `default` first."""
     return [
-        Entry(name, variant, f"{module}:{spec[0]}", spec[1], dict(env or {}), gemm_library, spec[2] if len(spec) > 2 else devices)
+        Entry(name, variant, f"{module}:{spec[0]}", spec[1], dict(variables or {}), gemm_library, spec[2] if len(spec) > 2 else devices)
         for variant, spec in variants.items()
     ]
 
@@ -160,23 +167,30 @@ def plugin_entries(text: str) -> list[Entry]:
 
 
 def declared(entry: Entry) -> Entry:
-    """A plugin's entry completed with what its class declares (Classifier.devices, .environment,
-    .gemm_library), or carrying the reason it cannot be used."""
-    from framebench.core.gemm import LIBRARIES
-
+    """A plugin's entry completed with what its class declares (Classifier.devices, .variables,
+    .gemm_library, .pauses_between_epochs), or carrying the reason it cannot be used."""
     try:
         cls = load(dataclasses.replace(entry, declared_by_class=False))
     except FrameBenchError as exc:
         return dataclasses.replace(entry, error=str(exc), declared_by_class=False)
-    devices, env = tuple(cls.devices), dict(cls.environment)
+    devices, variables = tuple(cls.devices), dict(cls.variables)
     problems = [
         f"devices {devices} (not among {DEVICES})" if not devices or not set(devices) <= set(DEVICES) else "",
-        f"gemm_library {cls.gemm_library!r} (not one of {LIBRARIES})" if cls.gemm_library not in LIBRARIES else "",
-        "an environment that is not a dict of strings" if not all(isinstance(v, str) for v in (*env, *env.values())) else "",
+        f"gemm_library {cls.gemm_library!r} (not one of {tuple(GEMM_LIBRARIES)})" if cls.gemm_library not in GEMM_LIBRARIES else "",
+        "variables that are not a dict of strings" if not all(isinstance(v, str) for v in (*variables, *variables.values())) else "",
+        "`environment` (its old name: declare `variables`)" if "environment" in vars(cls) else "",
     ]
     wrong = "; ".join(filter(None, problems))
     error = f"{entry.name}: {cls.__name__} declares {wrong}; see Classifier's class attributes" if wrong else ""
-    return dataclasses.replace(entry, devices=devices, env=env, gemm_library=cls.gemm_library, error=error, declared_by_class=False)
+    return dataclasses.replace(
+        entry,
+        devices=devices,
+        variables=variables,
+        gemm_library=cls.gemm_library,
+        pauses=bool(cls.pauses_between_epochs),
+        error=error,
+        declared_by_class=False,
+    )
 
 
 class Registry(Mapping):
@@ -229,7 +243,7 @@ def load(entry: Entry):
     """
     if entry.error:
         raise FrameBenchError(entry.error)
-    for key, value in entry.env.items():
+    for key, value in entry.variables.items():
         current = os.environ.setdefault(key, value)
         if current != value:
             raise FrameBenchError(f"{entry.name} needs {key}={value} but this process has {key}={current}; run it in its own process")
@@ -237,12 +251,21 @@ def load(entry: Entry):
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise FrameBenchError(f"{entry.name} cannot be imported ({exc}); run `make install`") from None
+        raise FrameBenchError(f"{entry.name} cannot be imported ({last_line(exc)}); run `make install`") from None
+    except (Exception, SystemExit) as exc:  # a plugin's module failing as it runs spoils only its own entries
+        raise FrameBenchError(f"{entry.name} cannot be imported: {module_name} raised {last_line(exc)}") from None
     if not hasattr(module, class_name):
         raise FrameBenchError(f"{entry.name}: module {module_name} has no class {class_name}")
     return getattr(module, class_name)
 
 
+def last_line(exc: BaseException) -> str:
+    """An exception as one line: its type and the last line of its message (where a traceback's or a
+    SyntaxError's detail ends)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[-1]}" if lines else type(exc).__name__
+
+
 def needs_own_process(entry: Entry) -> bool:
     """Whether the entry's environment differs from this process's (it must then run in a child)."""
-    return any(os.environ.get(key) != value for key, value in entry.env.items())
+    return any(os.environ.get(key) != value for key, value in entry.variables.items())

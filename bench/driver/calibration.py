@@ -64,3 +64,15 @@ def steal_fraction(before: tuple[int, ...] | None, after: tuple[int, ...] | None
     if before is None or after is None or sum(after) <= sum(before):
         return None
     return (after[STEAL] - before[STEAL]) / (sum(after) - sum(before))
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds a live process and its waited-for children used so far, from /proc/PID/stat (None
+    where it is gone): a lockstep worker's share while its partner is still running."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    utime, stime, cutime, cstime = (int(v) for v in fields[11:15])  # fields 14-17 of proc(5), counted after the name
+    return (utime + stime + cutime + cstime) / os.sysconf("SC_CLK_TCK")

@@ -10,10 +10,10 @@ import socket
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
-from framebench.driver import node
-from framebench.driver.node import ProbeRequest
-from framebench.store.job import End, Job, Start, Submitted
-from framebench.store.results import gpu_info, node_environment
+from framebench.driver import lockstep, node
+from framebench.driver.machine import gpu_info, node_record
+from framebench.driver.probe import ProbeRequest, run_probe
+from framebench.store.job import End, Job, Start
 
 EXECUTORS = ("local", "ray")
 
@@ -55,30 +55,32 @@ def with_node(event, name: str):
 
 
 class LocalExecutor(Executor):
-    """This machine, one job at a time: timings never share the CPU with another job."""
+    """This machine, one job at a time: timings never share the CPU with another job. With `lockstep`,
+    two jobs that differ only in their environment run as a pair taking turns epoch by epoch
+    (framebench.driver.lockstep), still one epoch at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, lockstep: bool = False) -> None:
         self.name = socket.gethostname()
+        self.lockstep = lockstep  # pair the jobs that differ only in their environment
 
     def nodes(self, threads: int) -> dict[str, dict]:
-        return {self.name: node_environment(threads)}
+        return {self.name: node_record(threads)}
 
     def has_gpu(self) -> bool:
         return bool(gpu_info())
 
     def probe(self, request: ProbeRequest) -> Iterator[tuple[str, list[dict], list[str]]]:
-        rows, skipped = node.run_probe(request)
+        rows, skipped = run_probe(request)
         yield self.name, rows, skipped
 
     def run(self, jobs: list[Job], timeout_s: float) -> Iterator[tuple[Job, object]]:
-        for job in jobs:
-            yield job, Submitted()
-            events = node.execute(job, timeout_s)
+        for group in lockstep.groups(jobs) if self.lockstep else [[job] for job in jobs]:
+            events = lockstep.execute(group, timeout_s)
             try:
-                for event in events:
+                for job, event in events:
                     yield job, with_node(event, self.name)
             finally:
-                events.close()  # kills the worker if the driver stopped mid-job
+                events.close()  # kills the workers if the driver stopped mid-job
 
     def stop(self) -> None:
         node.kill_live_workers()

@@ -2,7 +2,7 @@
 profiler (`Classifier.profile_epoch`), each in a fresh process with the run's thread count and the
 environment a benchmark job of it gets, as JSON.
 
-    python -m framebench.driver.opprofile --backends tf,keras,jax,torch --precision fp32,bf16 \\
+    framebench ops --backends tf,keras,jax,torch --precision fp32,bf16 \\
         --preset scaling --batch-size 1024 --threads 1 --output ops.json
 
 A process trains the harness's first epoch untimed (compilation, warm-up), checks that its products
@@ -26,12 +26,12 @@ from pathlib import Path
 from framebench.core import registry
 from framebench.core.config import PRESETS, check_precisions, config_from_dict, precision_mismatch, resolve
 from framebench.core.harness import epoch_order, initial_weights, steps_in
-from framebench.driver.node import device_env
+from framebench.driver.node import device_variables
 from framebench.errors import FrameBenchError
+from framebench.store.files import replace_file
 
 DEVICE = "cpu"  # the profiles are of CPU epochs: a framework's host-side trace is where a CPU epoch's time goes
 PROFILED_EPOCH = 1  # the harness's epoch that is profiled (0-based); epoch 0 compiles and warms up
-CHILD_FLAG = "--child"
 TIMEOUT_S = 900.0  # one profile's process is killed after this long
 
 
@@ -103,7 +103,7 @@ def profile_one(request: ProfileRequest) -> Profile:
 
 
 def child_main() -> None:
-    """`python -m framebench.driver.opprofile --child`: a ProfileRequest on stdin, the Profile into its answer file."""
+    """`python -m framebench.driver.opprofile`: a ProfileRequest on stdin, the Profile into its answer file."""
     request = ProfileRequest(**json.loads(sys.stdin.read()))
     Path(request.answer).write_text(json.dumps(dataclasses.asdict(profile_one(request))))
 
@@ -113,10 +113,10 @@ def run_child(request: ProfileRequest, timeout_s: float) -> Profile:
     entry = registry.lookup(request.backend, request.variant)
     _, train = config_from_dict(request.config)
     failed = Profile(request.backend, request.variant, request.precision, train.batch_size, 0, request.threads, "failed")
-    env = {**device_env(DEVICE, request.threads), **entry.env}
+    env = {**device_variables(DEVICE, request.threads), **entry.variables}
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "framebench.driver.opprofile", CHILD_FLAG],
+            [sys.executable, "-m", "framebench.driver.opprofile"],
             input=json.dumps(dataclasses.asdict(request)),
             capture_output=True,
             text=True,
@@ -137,6 +137,7 @@ def profiles(
     precisions: list[str],
     preset: str,
     train_overrides: dict,
+    *,
     threads: int,
     dataset: str | None,
     data_dir: str | None,
@@ -169,58 +170,42 @@ def parse_entries(text: str) -> list[tuple[str, str]]:
     return entries
 
 
-def parser() -> argparse.ArgumentParser:
-    from framebench.driver.cli import Parser
-
-    parse = Parser(prog="python -m framebench.driver.opprofile", description=__doc__.split("\n\n")[0])
-    parse.add_argument("--backends", required=True, help="comma list of backend[:variant] (see `framebench list`)")
-    parse.add_argument("--precision", default="fp32,bf16", help="comma list of precisions (default fp32,bf16)")
-    parse.add_argument("--preset", default="mlp", choices=list(PRESETS), help="the configuration, as `framebench run --preset`")
-    parse.add_argument("--batch-size", type=int, default=None, help="the preset's batch size replaced")
-    parse.add_argument("--threads", type=int, default=1, help="CPU threads for every library (default 1)")
-    parse.add_argument("--dataset", default=None, help="default: the preset's")
-    parse.add_argument("--data-dir", default=None, help="where the dataset's files are (default: $FRAMEBENCH_DATA_DIR, the cache)")
-    parse.add_argument("--output", default=None, help="the JSON file to write (default: stdout)")
-    return parse
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`framebench ops`'s flags."""
+    parser.add_argument("--backends", required=True, help="comma list of backend[:variant] (see `framebench list`)")
+    parser.add_argument("--precision", default="fp32,bf16", help="comma list of precisions (default fp32,bf16)")
+    parser.add_argument("--preset", default="mlp", choices=list(PRESETS), help="the configuration, as `framebench run --preset`")
+    parser.add_argument("--batch-size", type=int, default=None, help="the preset's batch size replaced")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for every library (default 1)")
+    parser.add_argument("--dataset", default=None, help="default: the preset's")
+    parser.add_argument("--data-dir", default=None, help="where the dataset's files are (default: $FRAMEBENCH_DATA_DIR, the cache)")
+    parser.add_argument("--output", default=None, help="the JSON file to write (default: stdout)")
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv == [CHILD_FLAG]:
-        child_main()
-        return
-    try:
-        args = parser().parse_args(argv)
-        if args.threads < 1:
-            raise FrameBenchError("--threads must be at least 1")
-        overrides = {"batch_size": args.batch_size} if args.batch_size is not None else {}
-        found = profiles(
-            parse_entries(args.backends),
-            check_precisions(args.precision, "--precision"),
-            args.preset,
-            overrides,
-            args.threads,
-            args.dataset,
-            args.data_dir,
-        )
-        text = json.dumps([dataclasses.asdict(p) for p in found], indent=1) + "\n"
-        if args.output is None:
-            sys.stdout.write(text)
-        else:
-            write_output(Path(args.output), text)
-    except FrameBenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+def run_ops(args: argparse.Namespace) -> int:
+    """`framebench ops`: the profiles as JSON, on stdout or into --output."""
+    if args.threads < 1:
+        raise FrameBenchError("--threads must be at least 1")
+    overrides = {"batch_size": args.batch_size} if args.batch_size is not None else {}
+    entries, precisions = parse_entries(args.backends), check_precisions(args.precision, "--precision")
+    found = profiles(entries, precisions, args.preset, overrides, threads=args.threads, dataset=args.dataset, data_dir=args.data_dir)
+    if args.output is None:
+        sys.stdout.write(to_json(found))
+    else:
+        write_output(Path(args.output), to_json(found))
+    return 0
+
+
+def to_json(found: list[Profile]) -> str:
+    return json.dumps([dataclasses.asdict(p) for p in found], indent=1) + "\n"
 
 
 def write_output(path: Path, text: str) -> None:
-    from framebench.store.results import replace_file
-
     try:
         replace_file(path, text.encode())
     except OSError as exc:
         raise FrameBenchError(f"cannot write {path} ({exc.strerror or exc}); pass --output a writable file") from None
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # the child of run_child: python -m framebench.driver.opprofile --child
+    child_main()

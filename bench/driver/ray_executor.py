@@ -31,10 +31,10 @@ from pathlib import Path
 
 from framebench.driver import node
 from framebench.driver.executors import Executor, with_node
-from framebench.driver.node import ProbeRequest
+from framebench.driver.machine import node_record
+from framebench.driver.probe import ProbeRequest, run_probe
 from framebench.errors import FrameBenchError
 from framebench.store.job import End, Job, Submitted
-from framebench.store.results import node_environment
 
 SLOT = "framebench_slot"  # the custom resource a node advertises to take jobs, one at a time
 START_HEAD = "ray start --head --resources '{\"framebench_slot\": 1}'"
@@ -182,8 +182,8 @@ class RayExecutor(Executor):
                 f"no node of the Ray cluster at {address} advertises {SLOT}: start each node that should run "
                 f"jobs with --resources '{{\"{SLOT}\": 1}}' (the head: {START_HEAD})"
             )
-        self.environment_task = ray.remote(num_cpus=0)(node_environment)
-        self.probe_task = ray.remote(num_cpus=0, max_retries=0, resources={SLOT: 1})(node.run_probe)
+        self.environment_task = ray.remote(num_cpus=0)(node_record)
+        self.probe_task = ray.remote(num_cpus=0, max_retries=0, resources={SLOT: 1})(run_probe)
         self.job_task = ray.remote(num_cpus=0, max_retries=0, resources={SLOT: 1})(execute_here)
 
     def slot_nodes(self) -> dict[str, dict]:
@@ -215,7 +215,7 @@ class RayExecutor(Executor):
     def environment_of(node_id: str, ref) -> dict:
         try:
             return {**ray.get(ref), "ray_node_id": node_id}
-        except RayError as exc:  # the node left between the listing and the task: env.json says so
+        except RayError as exc:  # the node left between the listing and the task: the machine record says so
             return {"ray_node_id": node_id, "error": reason(exc)}
 
     def has_gpu(self) -> bool:

@@ -97,3 +97,29 @@ def detect(series: pd.DataFrame, metric: Metric) -> list[Change]:
         low, high = effect_interval(before, after, metric)
         changes.append(Change(metric, cut, b, a, a / b if metric.log else a - b, low, high))
     return changes
+
+
+@dataclass(frozen=True)
+class Found:
+    series: pd.DataFrame  # the series' runs, in order
+    change: Change  # what changed, at series.iloc[change.index]
+    latest: bool  # the last change of this metric in its series (what the series is like now)
+
+    @property
+    def first_after(self) -> pd.Series:
+        return self.series.iloc[self.change.index]
+
+    @property
+    def last_before(self) -> pd.Series:
+        return self.series.iloc[self.change.index - 1]
+
+
+def all_changes(runs: pd.DataFrame) -> list[Found]:
+    """Every change of every series, newest first."""
+    found = []
+    for _, series in runs.groupby("series", sort=False):
+        series = series.reset_index(drop=True)
+        for metric in METRICS:
+            changes = detect(series, metric)
+            found += [Found(series, change, i == len(changes) - 1) for i, change in enumerate(changes)]
+    return sorted(found, key=lambda f: f.first_after["run_time"], reverse=True)

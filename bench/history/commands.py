@@ -2,72 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import sys
 
 import pandas as pd
 
-from framebench.history.changes import METRICS, Change, Metric, detect
+from framebench.history.changes import Found, all_changes
 from framebench.history.series import History, export_parquet, load_history, series_key
-from framebench.store.job import DIMENSIONS
-from framebench.store.tables import format_table
-
-SPELLED_OUT = ("backend", "variant", "device", "sweep_value")  # the dimensions a label names in its own words
-
-
-@dataclass(frozen=True)
-class Found:
-    series: pd.DataFrame  # the series' runs, in order
-    change: Change  # what changed, at series.iloc[change.index]
-    latest: bool  # the last change of this metric in its series (what the series is like now)
-
-    @property
-    def first_after(self) -> pd.Series:
-        return self.series.iloc[self.change.index]
-
-    @property
-    def last_before(self) -> pd.Series:
-        return self.series.iloc[self.change.index - 1]
-
-
-def clean(text) -> str:
-    """Text from a results directory as one printable line (no line breaks or terminal escapes)."""
-    return " ".join("".join(ch if ch.isprintable() else " " for ch in str(text)).split())
-
-
-def short_commit(commit: str) -> str:
-    head, _, dirty = str(commit).partition("+")
-    return head[:10] + (f"+{dirty}" if dirty else "")
-
-
-def label(run: pd.Series) -> str:
-    """backend/variant device preset dataset [sweep] [every other dimension not at its default], as a
-    reader names a benchmark (`numpy/default cpu mlp mnist precision=bf16`)."""
-    sweep = f" {run['sweep_field']}={run['sweep_value']}" if run["sweep_field"] else ""
-    others = "".join(
-        f" {d.name}={run[d.name]}" for d in DIMENSIONS if d.name not in SPELLED_OUT and run.get(d.name, "") not in ("", d.default)
-    )
-    return clean(f"{run['backend']}/{run['variant']} {run['device']} {run['preset']} {run['dataset']}{sweep}{others}")
-
-
-def value(number: float, metric: Metric) -> str:
-    return f"{number:#.3g}{metric.unit}" if metric.log else f"{number:.4f}"
-
-
-def effect_text(change: Change) -> str:
-    if change.metric.log:
-        return f"×{change.effect:.2f} [{change.low:.2f}, {change.high:.2f}]"
-    return f"{change.effect:+.4f} [{change.low:+.4f}, {change.high:+.4f}]"
-
-
-def all_changes(runs: pd.DataFrame) -> list[Found]:
-    """Every change of every series, newest first."""
-    found = []
-    for _, series in runs.groupby("series", sort=False):
-        series = series.reset_index(drop=True)
-        for metric in METRICS:
-            changes = detect(series, metric)
-            found += [Found(series, change, i == len(changes) - 1) for i, change in enumerate(changes)]
-    return sorted(found, key=lambda f: f.first_after["run_time"], reverse=True)
+from framebench.history.site import write_site
+from framebench.history.text import clean, effect_text, label, short_commit, value
+from framebench.reports.markdown import format_table
+from framebench.reports.verdicts import FAIL, PASS, UNDECIDED
 
 
 def change_line(found: Found) -> str:
@@ -94,8 +38,7 @@ def series_table(runs: pd.DataFrame, found: list[Found]) -> pd.DataFrame:
 def run_history(paths: list[str], parquet: str | None) -> int:
     """Print every series with its latest values and number of changes; export the joined rows on request."""
     history = load_history(paths)
-    for line in history.skipped:
-        print(line)
+    warn_left_out(history)
     found = all_changes(history.runs)
     print(format_table(series_table(history.runs, found)))
     for machine, fingerprint in history.machines.items():
@@ -106,19 +49,29 @@ def run_history(paths: list[str], parquet: str | None) -> int:
     return 0
 
 
-def run_publish(paths: list[str], out: str, fail_on_regression: bool) -> int:
-    """Print the changes, write the site; 1 when asked to fail and a series' latest change is a regression."""
-    from framebench.history.site import write_site
-
-    history: History = load_history(paths)
+def warn_left_out(history: History) -> None:
+    """Each input or row the history left out, one warning line each (the site lists them too)."""
     for line in history.skipped:
-        print(line)
+        print(f"warning: {line}", file=sys.stderr)
+
+
+def run_publish(paths: list[str], out: str, fail_on_regression: bool) -> int:
+    """Print the changes, write the site. Asked to fail on a regression, it is a gate: 1 when a series'
+    latest change is a regression, else 2 when an input or a row was left out (what it could not read
+    might hold one), else 0."""
+    history: History = load_history(paths)
+    warn_left_out(history)
     found = all_changes(history.runs)
     for item in found:
         print(change_line(item))
-    print(f"{len(found)} change(s) in {history.runs['series'].nunique()} series; site: {write_site(history, found, out)}")
-    regressions = [f for f in found if f.latest and f.change.regression]
-    if fail_on_regression and regressions:
+    left_out = f" (inputs or rows left out: {len(history.skipped)} warning(s))" if history.skipped else ""
+    print(f"{len(found)} change(s) in {history.runs['series'].nunique()} series{left_out}; site: {write_site(history, found, out)}")
+    if not fail_on_regression:
+        return 0
+    if regressions := [f for f in found if f.latest and f.change.regression]:
         print(f"{len(regressions)} series' latest change is a regression (slower or less accurate)")
-        return 1
-    return 0
+        return FAIL
+    if history.skipped:
+        print("not verified: inputs or rows could not be read (the warnings name them), and a regression may be in them: refused")
+        return UNDECIDED
+    return PASS

@@ -1,4 +1,5 @@
-"""Many results directories as one record, queried with DuckDB where the tables lie (no server, no import).
+"""Many results directories as one record: every directory read by the store's one reader, the series
+and their per-run medians defined as the reports define them, exported to and read from Parquet by DuckDB.
 
 A series is one benchmark key on one machine under one training configuration: the key columns of
 `compare`, the node's machine fingerprint, and a hash of config.json's model and train sections (runs
@@ -8,7 +9,6 @@ in run time then git commit order; a point is the median over the run's ok repea
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -20,7 +20,7 @@ import pandas as pd
 from framebench.errors import FrameBenchError
 from framebench.reports.compare import TRAINING, fingerprints
 from framebench.store.job import columns, key_columns, series_columns
-from framebench.store.results import read_json
+from framebench.store.reader import checked_rows, latest_attempts, left_out_lines, load_results, medians_over_repeats, ok_results
 
 
 def series_key() -> list[str]:
@@ -33,12 +33,11 @@ def page_key() -> list[str]:
     return [*series_columns(), "config"]
 
 
+EXPORT_COLUMNS = ["directory", "config", "commit", "started_utc", "machine", "run_time"]  # what a Parquet export adds to runs.csv's
+
+
 def job_key() -> list[str]:
     return ["run_id", *key_columns()]
-
-
-NUMBERS = ["repeat", "attempt", "median_epoch_s", "final_test_acc", "started_at"]  # runs.csv columns read as numbers
-CSV_OPTIONS = "header=true, delim=',', quote='\"', escape='\"', new_line='\\n', strict_mode=false, auto_detect=false, filename=true"
 
 
 @dataclass
@@ -76,127 +75,111 @@ def is_results_directory(path: Path) -> bool:
     return (path / "config.json").is_file() and (path / "runs.csv").is_file()
 
 
-def directory_metadata(directory: Path) -> tuple[dict, list[dict]]:
-    """(the directory's row of metadata, one row per node with its machine id) from config.json and env.json."""
-    config = read_json(directory / "config.json")
-    env = read_json(directory / "env.json") if (directory / "env.json").exists() else {}
-    if not isinstance(config, dict) or not isinstance(env, dict):
-        raise FrameBenchError("config.json or env.json is not a JSON object")
-    try:
-        prints = fingerprints(env)
-    except (AttributeError, TypeError) as exc:
-        raise FrameBenchError(f"env.json's nodes are not framebench's ({exc})") from None
+def directory_metadata(directory: Path, tables: dict) -> tuple[dict, dict[str, str]]:
+    """(the directory's metadata, {node: its machine id}) from its config.json and machine record."""
     meta = {
         "directory": str(directory),
-        "config": short_hash({section: config.get(section) for section in TRAINING}),
-        "commit": str(env.get("git_commit") or ""),
-        "started_utc": str(env.get("started_utc") or ""),
+        "config": short_hash({section: tables["config"].get(section) for section in TRAINING}),
+        "commit": str(tables["machine"].get("git_commit") or ""),
+        "started_utc": str(tables["machine"].get("started_utc") or ""),
     }
-    nodes = [{"directory": str(directory), "node": node, "machine": short_hash(text), "fingerprint": text} for node, text in prints.items()]
-    return meta, nodes
+    return meta, fingerprints(tables["machine"])
 
 
-def check_header(path: Path, columns: list[str]) -> None:
-    try:
-        with path.open(newline="") as handle:
-            header = next(csv.reader(handle), None)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise FrameBenchError(f"{path.name} cannot be read ({exc})") from None
-    if header != columns:
-        raise FrameBenchError(f"{path.name} does not have framebench's columns")
-
-
-def read_csv(files: list[str], columns: list[str]) -> str:
-    """The SQL that reads framebench tables in place: every column as text (cast where used), whatever
-    a hostile file holds, and the header's CRLF ending tolerated."""
-    types = ", ".join(f"'{c}': 'VARCHAR'" for c in columns)
-    listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-    return f"read_csv([{listed}], columns={{{types}}}, {CSV_OPTIONS})"
+def directory_rows(directory: Path, machines: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """(each job's latest attempt joined with the directory's metadata and its node's machine id, the
+    epochs of those attempts, a line per row left out), read by the store's one reader; `machines` gains
+    the nodes' fingerprints. A job with no start time (runs.csv's nor the machine record's) has no place in a
+    series: it is left out with a line."""
+    tables = load_results(directory)
+    meta, prints = directory_metadata(directory, tables)
+    machines.update({short_hash(text): text for text in prints.values()})
+    rows = latest_attempts(tables["runs"]).assign(**meta)
+    rows["machine"] = [short_hash(prints[node]) if node in prints else f"node {node}" for node in rows["node"]]
+    started = pd.to_datetime(rows["started_at"], unit="s", utc=True, errors="coerce")
+    rows["run_time"] = started.fillna(pd.to_datetime(meta["started_utc"], utc=True, errors="coerce"))
+    left_out = left_out_lines(tables["refused"])
+    if untimed := int(rows["run_time"].isna().sum()):
+        left_out.append(f"{directory}: {untimed} job(s) without a start time (runs.csv's started_at, machine.json's started_utc); left out")
+        rows = rows[rows["run_time"].notna()]
+    epochs = tables["epochs"].merge(rows.loc[rows["status"] == "ok", ["directory", *job_key(), "attempt"]], on=[*job_key(), "attempt"])
+    return rows, epochs[["directory", *job_key(), "epoch", "train_loss", "test_loss"]], left_out
 
 
 def load_history(paths: list[str]) -> History:
     """Every input's latest attempts joined with their metadata, and the per-run medians of each series."""
     directories, parquets, skipped = results_directories(paths)
-    con = duckdb.connect()
-    metas, nodes, good = [], [], []
+    machines: dict[str, str] = {}
+    rows, epochs = [], []
     for directory in directories:
         try:
-            meta, machine_rows = directory_metadata(directory)
-            check_header(directory / "runs.csv", columns("runs"))
-            if (directory / "epochs.csv").exists():
-                check_header(directory / "epochs.csv", columns("epochs"))
-            con.sql(f"SELECT count(*) FROM {read_csv([str(directory / 'runs.csv')], columns('runs'))}").fetchall()
-        except (FrameBenchError, duckdb.Error) as exc:
+            found, losses, left_out = directory_rows(directory, machines)
+        except FrameBenchError as exc:
             skipped.append(f"skipped {directory}: {' '.join(str(exc).split())[:160]}")
             continue
-        metas.append(meta)
-        nodes += machine_rows
-        good.append(directory)
-    parts = [joined_rows(con, good, metas, nodes)] if good else []
-    parts += [f"SELECT * FROM read_parquet('{str(p).replace(chr(39), chr(39) * 2)}')" for p in parquets]
-    if not parts:
+        rows.append(found)
+        epochs.append(losses)
+        skipped += left_out
+    for path in parquets:
+        try:
+            found, left_out = read_parquet(path)
+        except FrameBenchError as exc:
+            skipped.append(f"skipped {path}: {' '.join(str(exc).split())[:160]}")
+            continue
+        rows.append(found)
+        skipped += left_out
+    if not rows:
         raise FrameBenchError("no results directory to read: " + "; ".join(skipped))
-    con.sql("CREATE TABLE rows AS " + " UNION ALL BY NAME ".join(parts))
-    epochs = latest_epochs(con, good) if good else pd.DataFrame(columns=["directory", *job_key(), "epoch", "train_loss", "test_loss"])
+    joined = pd.concat(rows, ignore_index=True)
+    no_epochs = pd.DataFrame(columns=["directory", *job_key(), "epoch", "train_loss", "test_loss"])
     return History(
-        rows=con.sql("SELECT * FROM rows").df(),
-        runs=per_run(con),
-        epochs=epochs,
-        machines={n["machine"]: n["fingerprint"] for n in nodes},
+        rows=joined,
+        runs=per_run(joined),
+        epochs=pd.concat(epochs, ignore_index=True) if epochs else no_epochs,
+        machines=machines,
         skipped=skipped,
     )
 
 
-def joined_rows(con: duckdb.DuckDBPyConnection, directories: list[Path], metas: list[dict], nodes: list[dict]) -> str:
-    """SQL of each job's latest attempt with its directory's metadata and its node's machine id."""
-    con.register("meta", pd.DataFrame(metas))
-    con.register("nodes", pd.DataFrame(nodes, columns=["directory", "node", "machine", "fingerprint"]))
-    files = [str(d / "runs.csv") for d in directories]
-    numbers = ", ".join(f"TRY_CAST(r.{c} AS DOUBLE) AS {c}" for c in NUMBERS)
-    texts = ", ".join(f"coalesce(r.{c}, '') AS {c}" for c in columns("runs") if c not in NUMBERS)  # an empty cell is text, not NULL
-    return f"""
-        SELECT {texts}, {numbers}, m.directory, m.config, m.commit,
-               coalesce(to_timestamp(TRY_CAST(r.started_at AS DOUBLE)), TRY_CAST(m.started_utc AS TIMESTAMPTZ)) AS run_time,
-               coalesce(n.machine, 'node ' || r.node) AS machine
-        FROM {read_csv(files, columns("runs"))} r
-        JOIN meta m ON r.filename = m.directory || '/runs.csv'
-        LEFT JOIN nodes n ON n.directory = m.directory AND n.node = r.node
-        QUALIFY row_number() OVER (PARTITION BY m.directory, {", ".join("r." + c for c in job_key())}
-                                   ORDER BY TRY_CAST(r.attempt AS DOUBLE) DESC) = 1"""
+def read_parquet(path: Path) -> tuple[pd.DataFrame, list[str]]:
+    """A history exported with --parquet, read back with DuckDB, its rows checked as a table's are
+    (store.reader.checked_rows), and a line per row left out; a file of another shape is one error."""
+    try:
+        rows = duckdb.sql(f"SELECT * FROM read_parquet('{str(path).replace(chr(39), chr(39) * 2)}')").df()
+    except duckdb.Error as exc:
+        raise FrameBenchError(f"{path} cannot be read as a history export ({' '.join(str(exc).split())[:160]})") from None
+    expected = [*columns("runs"), *EXPORT_COLUMNS]
+    if missing := [c for c in expected if c not in rows.columns]:
+        raise FrameBenchError(f"{path} is not a history export (no column {', '.join(missing[:3])}); pass one `history --parquet` wrote")
+    table, refused = checked_rows(rows[columns("runs")], path)
+    text = EXPORT_COLUMNS[:-1]
+    rows = pd.concat([table, rows.loc[table.index, text].fillna("").astype(str), rows.loc[table.index, ["run_time"]]], axis=1)
+    left_out = left_out_lines(refused)
+    rows["run_time"] = pd.to_datetime(rows["run_time"], utc=True, errors="coerce").dt.tz_convert("UTC")
+    if untimed := int(rows["run_time"].isna().sum()):
+        left_out.append(f"{path}: {untimed} row(s) whose run_time is no time; left out")
+    return rows[rows["run_time"].notna()].reset_index(drop=True), left_out
 
 
-def per_run(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    """One row per (series, run): medians and ranges over the run's ok repeats, in run time then commit order."""
-    keys = ", ".join(series_key())
-    runs = con.sql(f"""
-        SELECT {keys}, directory, any_value(run_id) AS run_id, any_value(commit) AS commit, min(run_time) AS run_time,
-               median(median_epoch_s) AS epoch_s, min(median_epoch_s) AS epoch_s_min, max(median_epoch_s) AS epoch_s_max,
-               median(final_test_acc) AS acc, min(final_test_acc) AS acc_min, max(final_test_acc) AS acc_max,
-               count(*) AS repeats, string_agg(DISTINCT framework_version, ' ') AS versions
-        FROM rows
-        WHERE status = 'ok' AND median_epoch_s > 0 AND final_test_acc IS NOT NULL
-        GROUP BY {keys}, directory
-        ORDER BY {keys}, run_time, commit""").df()
+def per_run(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per (series, run): the store's medians over the run's ok repeats, in run time then commit order."""
+    keys = [*series_key(), "directory"]
+    results = ok_results(rows)
+    runs = medians_over_repeats(results, keys)
+    grouped = results.groupby(keys, sort=False, dropna=False)
+    about = pd.DataFrame(
+        {
+            "run_id": grouped["run_id"].first(),
+            "commit": grouped["commit"].first(),
+            "run_time": grouped["run_time"].min(),
+            "versions": grouped["framework_version"].agg(lambda v: " ".join(sorted(set(v)))),
+        }
+    ).reset_index()
+    runs = runs.merge(about, on=keys).sort_values([*series_key(), "run_time", "commit"], kind="stable").reset_index(drop=True)
     runs["series"] = [short_hash(key) for key in runs[series_key()].itertuples(index=False)]
     runs["page"] = [short_hash(key) for key in runs[page_key()].itertuples(index=False)]
     runs["anchor"] = ["run-" + short_hash(d) for d in runs["directory"]]
     return runs
-
-
-def latest_epochs(con: duckdb.DuckDBPyConnection, directories: list[Path]) -> pd.DataFrame:
-    """Per-epoch losses of the latest attempts, for the loss curves."""
-    files = [str(d / "epochs.csv") for d in directories if (d / "epochs.csv").exists()]
-    if not files:
-        return pd.DataFrame(columns=["directory", *job_key(), "epoch", "train_loss", "test_loss"])
-    join = " AND ".join(f"coalesce(e.{c}, '') = CAST(r.{c} AS VARCHAR)" for c in job_key() if c not in NUMBERS)
-    return con.sql(f"""
-        SELECT r.directory, {", ".join("r." + c for c in job_key())}, TRY_CAST(e.epoch AS DOUBLE) AS epoch,
-               TRY_CAST(e.train_loss AS DOUBLE) AS train_loss, TRY_CAST(e.test_loss AS DOUBLE) AS test_loss
-        FROM {read_csv(files, columns("epochs"))} e
-        JOIN rows r ON e.filename = r.directory || '/epochs.csv' AND {join}
-             AND TRY_CAST(e.repeat AS DOUBLE) = r.repeat AND TRY_CAST(e.attempt AS DOUBLE) = r.attempt
-        WHERE r.status = 'ok'
-        ORDER BY r.directory, epoch""").df()
 
 
 def export_parquet(history_rows: pd.DataFrame, out: str) -> None:

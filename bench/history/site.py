@@ -14,14 +14,17 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
+from plotly.subplots import make_subplots
 
 from framebench.errors import FrameBenchError
-from framebench.history.changes import ACCURACY, TIME, Metric
-from framebench.history.commands import Found, clean, effect_text, label, short_commit, value
+from framebench.history.changes import ACCURACY, TIME, Found, Metric
 from framebench.history.series import History
+from framebench.history.text import clean, effect_text, label, short_commit, value
+from framebench.reports.profiles import R_MAX, TAUS, performance_ratios, rho, scores, times_to_target
 from framebench.store.job import key_columns, series_columns
 
 MARKER = ".framebench-site"  # marks a folder this module wrote, so --out never replaces anything else
@@ -211,6 +214,16 @@ def changes_page(found: list[Found]) -> str:
     return page("detected changes, newest first", cell_table(header, rows) if rows else "<p>no change detected</p>", depth=0)
 
 
+def frameworks_figure(names: list[str], rows: pd.DataFrame) -> go.Figure:
+    """Epoch time and accuracy of each backend side by side, each on an axis of its own (bars of two
+    quantities on overlaid axes hide one another)."""
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("epoch time (s)", "test accuracy"), horizontal_spacing=0.12)
+    figure.add_trace(go.Bar(x=names, y=rows["epoch_s"], name="epoch time (s)", hovertext=hover(rows), hoverinfo="text+y"), row=1, col=1)
+    figure.add_trace(go.Bar(x=names, y=rows["acc"], name="test accuracy", hovertext=hover(rows), hoverinfo="text+y"), row=1, col=2)
+    figure.update_layout(showlegend=False)
+    return figure
+
+
 def frameworks_page(history: History) -> str:
     """At each configuration's latest run, every backend side by side; the newest directory's failures listed."""
     latest = history.runs.groupby("series", sort=False).tail(1)
@@ -219,13 +232,7 @@ def frameworks_page(history: History) -> str:
     for number, (key, rows) in enumerate(latest.groupby(group, sort=False)):
         where = dict(zip(group, key, strict=True))
         names = [esc(f"{r.backend}/{r.variant}") for r in rows.itertuples()]
-        figure = go.Figure(
-            [
-                go.Bar(x=names, y=rows["epoch_s"], name="epoch time (s)", hovertext=hover(rows), hoverinfo="text+y"),
-                go.Bar(x=names, y=rows["acc"], name="test accuracy", yaxis="y2", hovertext=hover(rows), hoverinfo="text+y"),
-            ]
-        )
-        figure.update_layout(barmode="group", yaxis={"title": "epoch s"}, yaxis2={"title": "accuracy", "overlaying": "y", "side": "right"})
+        figure = frameworks_figure(names, rows)
         title = (
             " ".join(clean(where[name]) for name in group[:-2] if where[name]) + f" (machine {where['machine']}, config {where['config']})"
         )
@@ -236,7 +243,32 @@ def frameworks_page(history: History) -> str:
         rows = [[esc(f"{r.backend}/{r.variant}"), esc(r.device), esc(r.status), esc(r.error)] for r in problems.itertuples()]
         body += f"<h2>jobs of the newest run ({esc(newest['run_id'].iloc[0])}) that did not finish ok</h2>"
         body += cell_table(["backend", "device", "status", "error"], rows) if rows else "<p>none</p>"
-    return page("all backends at their latest run", body, depth=0)
+    return page("all backends at their latest run", body + profiles_section(history), depth=0)
+
+
+def profiles_section(history: History) -> str:
+    """Per machine, AlgoPerf's performance profile of every backend over the workloads (preset x dataset),
+    each at its newest run there: ρ(τ) and the score (framebench.reports.profiles). Empty where no run was timed to a target."""
+    if "time_to_target_s" not in history.rows:  # a Parquet export of an older framebench
+        return ""
+    rows = history.rows.assign(run_id=history.rows["directory"])  # each directory its own run, whatever its rows call it
+    body = ""
+    timed = set(rows.loc[rows["time_to_target_s"].astype(str) != "", "machine"])
+    for number, (machine, mine) in enumerate(rows[rows["machine"].isin(timed)].groupby("machine", sort=False)):
+        mine = mine.sort_values("run_time")
+        newest = mine.groupby(["preset", "dataset"])["directory"].transform("last")
+        ratios = performance_ratios(times_to_target(mine[mine["directory"] == newest], "seconds", precision_workloads=False))
+        taus, score = np.linspace(1.0, R_MAX, TAUS), scores(ratios)
+        curves = rho(ratios, taus)
+        figure = go.Figure(
+            [go.Scatter(x=taus, y=curves.loc[s], mode="lines", line={"shape": "hv"}, name=esc(f"{s} {score[s]:.3f}")) for s in score.index]
+        )
+        figure.update_layout(xaxis_title="τ: time to target over the fastest's", yaxis_title="ρ(τ)", yaxis_range=[-0.02, 1.02])
+        body += f"<h2>{esc(f'performance profiles over {ratios.shape[1]} workload(s), machine {machine}')}</h2><p>"
+        body += "AlgoPerf's: per workload each backend's median time to target over its seeds (∞: did not converge) over the "
+        body += f"fastest's; ratios above {R_MAX:g} get no credit; score: the normalised area under ρ(τ) from 1 to {R_MAX:g}.</p>"
+        body += chart(figure, f"profile-{number}")
+    return body
 
 
 def swap_in(staging: Path, target: Path) -> None:
@@ -278,6 +310,7 @@ def write_site(history: History, found: list[Found], out: str) -> str:
         (staging / MARKER).write_text("written by framebench publish; replaced whole on the next publish\n")
         swap_in(staging, target)
     except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
         raise FrameBenchError(f"cannot write --out {out} ({exc.strerror or exc}); nothing was changed there") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone once swapped in; never left behind on any other way out
     return str(target / "index.html")

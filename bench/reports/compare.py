@@ -1,7 +1,8 @@
 """`framebench compare BASE NEW`: accuracy and steady-state time of NEW against BASE, as a CI gate.
 
-A gate passes (exit 0) only what it verified. Every key (backend, variant, device, dataset, preset,
-sweep value) that ran ok in BASE must run ok in NEW. Time is the ratio of NEW's median steady-state
+A gate passes (exit 0) only what it verified. Every key (seed, backend, variant, device, dataset, preset,
+sweep value) that ran ok in BASE must run ok in NEW; a seed only one side ran (the other ran the same
+point at other seeds) is noted, `not compared`. Time is the ratio of NEW's median steady-state
 epoch to BASE's with a 95% interval from a hierarchical bootstrap (framebench.reports.stats), and the
 verdict reads the interval against --time-tol:
 
@@ -14,14 +15,20 @@ A time verdict is `not verified` instead when either side's jobs shared the CPU 
 (other_cpu_frac above BUSY_FRACTION), or when the machine's own speed (its calibration beside each
 job) differs between BASE and NEW by at least half the effect (or half the tolerance); with one
 repeat on a side the spread between processes is unknown, so the time verdict claims at most
-`no change` or `inconclusive`, never a regression. Accuracy is the difference of medians over repeats
+`no change` or `inconclusive`, never a regression. Accuracy, seed by seed, is the difference of medians over repeats
 with its interval (a regression: beyond --acc-tol and the interval below 0), or with one repeat
 today's tolerance rule. Accuracy is compared only between the same training configuration, and
 timings only between nodes with the same machine fingerprint. Exit status: 1 on a regression, else 2
 if anything was inconclusive or not verified (or nothing was verified at all), else 0.
 
 `compare_groups` decides two groups of tables, whichever directories they came from, so two
-environments inside one results directory compare exactly like two directories.
+environments inside one results directory compare like two directories, with two differences
+(`compare DIR --base-env A --new-env B`, and `framebench gate`): a change of the backend's code
+between them is what is measured, never "not comparable"; and where every repeat of a key ran in
+lockstep (framebench.driver.lockstep), time is judged from the pairs of adjacent epochs
+(stats.paired_ratio: the Hodges-Lehmann estimate of their log-ratios, repeats the outer level of the
+bootstrap) against the same band, with no busy or machine-speed guard: both epochs of a pair saw the
+same neighbours and the same host state.
 """
 
 from __future__ import annotations
@@ -35,14 +42,15 @@ import numpy as np
 import pandas as pd
 
 from framebench.errors import FrameBenchError
-from framebench.reports.stats import Interval, difference_of_medians, ratio_of_medians, repeats_to_settle
-from framebench.store.job import NOT_RUN, key_columns, point_names, series_columns
-from framebench.store.results import load_results, node_environments
-from framebench.store.tables import BUSY_FRACTION, escape_markdown, format_table, latest_attempts, to_markdown
+from framebench.reports.markdown import escape_markdown, format_table, to_markdown
+from framebench.reports.stats import Interval, difference_of_medians, median_difference, paired_ratio, ratio_of_medians, repeats_to_settle
+from framebench.reports.summary import BUSY_FRACTION
+from framebench.reports.verdicts import FAIL, PASS, UNDECIDED, Kind, Verdict, exit_status, worst
+from framebench.store.job import NOT_RUN, PAIRED, columns, key_columns, point_names, replicate_names, series_columns
+from framebench.store.reader import latest_attempts, load_results, node_records, refuse_unreadable
 
 TRAINING = ("model", "train")  # config.json sections that decide what accuracy a run reaches
 ONE_REPEAT = "1 repeat: the spread between processes is unknown; use --repeats 3"
-VERIFIED = ("no change", "improved")  # verdicts that verified a key
 TABLE_COLUMNS = ["verdict", "time", "accuracy", "repeats", "note"]
 FIGURE_COLUMNS = [
     "epoch_s_base",
@@ -60,6 +68,7 @@ FIGURE_COLUMNS = [
     "machine_ratio",
     "busy_base",
     "busy_new",
+    "pairs",
 ]
 
 
@@ -80,7 +89,7 @@ class Group:
 
     runs: pd.DataFrame  # runs.csv rows (every attempt; the latest of each job counts)
     epochs: pd.DataFrame  # epochs.csv rows of those runs (may be empty: each job then counts by its median_epoch_s)
-    env: dict  # env.json: the nodes whose fingerprints decide which timings are comparable
+    machine: dict  # the machine record: the nodes whose fingerprints decide which timings are comparable
     label: str  # how verdicts name this side ("BASE", "NEW", an environment's name)
 
 
@@ -89,10 +98,12 @@ class Options:
     tolerances: Tolerances  # --acc-tol and --time-tol
     compare_accuracy: bool  # whether the training configurations allow comparing accuracy
     compare_time: bool  # whether timings are compared at all (not with --accuracy-only)
-    any_machine: bool = False  # --allow-env-diff: timings compared whatever the nodes' fingerprints
+    any_machine: bool = False  # --allow-machine-diff: timings compared whatever the nodes' fingerprints
+    paired: bool = False  # the groups are two environments of one run: where they ran in lockstep, time is judged from epoch pairs
+    judge_code_changes: bool = False  # a change of the backend's code between the groups is what is measured (a gate), not refused
 
 
-def fingerprints(env: dict) -> dict[str, str]:
+def fingerprints(machine: dict) -> dict[str, str]:
     """{node: what makes its timings comparable}: host, CPU, cores, kernel settings and GPUs."""
     return {
         name: json.dumps(
@@ -105,7 +116,7 @@ def fingerprints(env: dict) -> dict[str, str]:
             ],
             sort_keys=True,
         )
-        for name, node in node_environments(env).items()
+        for name, node in node_records(machine).items()
     }
 
 
@@ -113,7 +124,7 @@ def prepared(group: Group, any_machine: bool) -> pd.DataFrame:
     """Latest attempts, each with its node's fingerprint (threads included), whether it is a usable ok,
     its steady-state epoch times (first epoch excluded) and its calibration."""
     runs = latest_attempts(group.runs).copy()
-    prints = fingerprints(group.env)
+    prints = fingerprints(group.machine)
     runs["fingerprint"] = (
         "any"
         if any_machine
@@ -121,21 +132,52 @@ def prepared(group: Group, any_machine: bool) -> pd.DataFrame:
     )
     runs["usable"] = (runs["status"] == "ok") & runs["final_test_acc"].notna() & runs["median_epoch_s"].notna()
     runs["steady"] = steady_epochs(runs, group.epochs)
+    runs["slotted"] = slotted_epochs(runs, group.epochs)
     runs["calibration"] = runs[["calib_before_s", "calib_after_s"]].mean(axis=1)
     return runs
+
+
+def job_epochs(runs: pd.DataFrame, epochs: pd.DataFrame) -> list[pd.DataFrame]:
+    """Per run, its attempt's epochs.csv rows in epoch order (none where the table holds none of it)."""
+    join = ["run_id", *key_columns(), "attempt"]
+    grouped = dict(iter(epochs.groupby(join, sort=False))) if not epochs.empty else {}
+    empty = pd.DataFrame(columns=columns("epochs"))
+    return [grouped.get(tuple(key), empty).sort_values("epoch") for key in runs[join].itertuples(index=False)]
 
 
 def steady_epochs(runs: pd.DataFrame, epochs: pd.DataFrame) -> list[np.ndarray]:
     """Per run, its attempt's epoch times after the first (all of them if it has only one), or its
     median_epoch_s where epochs.csv holds none of it."""
-    join = ["run_id", *key_columns(), "attempt"]
-    grouped = epochs.groupby(join, sort=False) if not epochs.empty else []
-    by_job = {key: rows.sort_values("epoch")["epoch_s"].to_numpy(float) for key, rows in grouped}
     steady = []
-    for row in runs[join + ["median_epoch_s"]].itertuples(index=False):
-        times = by_job.get(tuple(row[:-1]), np.array([]))
-        steady.append(times[1:] if len(times) > 1 else times if len(times) else np.array([row[-1]], float))
+    for rows, median in zip(job_epochs(runs, epochs), runs["median_epoch_s"], strict=True):
+        times = rows["epoch_s"].to_numpy(float)
+        steady.append(times[1:] if len(times) > 1 else times if len(times) else np.array([median], float))
     return steady
+
+
+def slotted_epochs(runs: pd.DataFrame, epochs: pd.DataFrame) -> list[dict[int, tuple[float, float]]]:
+    """Per run, {epoch: (seconds, slot)} of its steady-state epochs that ran in lockstep (those with a slot)."""
+    return [
+        {int(r.epoch): (float(r.epoch_s), float(r.slot)) for r in rows.itertuples() if r.epoch > 1 and not math.isnan(r.slot)}
+        for rows in job_epochs(runs, epochs)
+    ]
+
+
+def paired_log_ratios(base_ok: pd.DataFrame, new_ok: pd.DataFrame) -> list[np.ndarray] | None:
+    """Per repeat, log(NEW / BASE) of the steady-state epochs the two sides ran in adjacent slots of one
+    lockstep pair; None unless every repeat on both sides ran paired to its end (then the unpaired rule
+    judges the key)."""
+    sides = [rows.set_index("repeat") for rows in (base_ok, new_ok)]
+    if set(sides[0].index) != set(sides[1].index) or not all((rows["lockstep"] == PAIRED).all() for rows in sides):
+        return None
+    ratios = []
+    for repeat in sorted(sides[0].index):
+        base, new = (rows.loc[repeat, "slotted"] for rows in sides)
+        adjacent = [e for e in sorted(base.keys() & new.keys()) if abs(base[e][1] - new[e][1]) == 1]
+        if not adjacent:
+            return None
+        ratios.append(np.log([new[e][0] / base[e][0] for e in adjacent]))
+    return ratios
 
 
 def outcome(rows: pd.DataFrame) -> str:
@@ -156,58 +198,72 @@ def compare_groups(base: Group, new: Group, options: Options) -> pd.DataFrame:
     rows = []
     for key in pd.concat([b[keys], n[keys]]).drop_duplicates().itertuples(index=False):
         in_base, in_new = b[(b[keys] == list(key)).all(axis=1)], n[(n[keys] == list(key)).all(axis=1)]
-        rows.append({**key._asdict(), **decide(in_base, in_new, options, (base.label, new.label))})
+        one_sided = seed_of_one_side(key._asdict(), (b, n), (in_base, in_new), (base.label, new.label))
+        decided = render({"repeats_base": len(in_base), "repeats_new": len(in_new), "verdict": one_sided}) if one_sided else None
+        rows.append({**key._asdict(), **(decided or decide(in_base, in_new, options, (base.label, new.label)))})
     return pd.DataFrame(rows, columns=keys + TABLE_COLUMNS + FIGURE_COLUMNS)
+
+
+def seed_of_one_side(key: dict, sides: tuple[pd.DataFrame, ...], rows: tuple[pd.DataFrame, ...], labels: tuple[str, str]) -> Verdict | None:
+    """A key one side lacks while it ran the same point at other seeds: that seed is noted, not compared
+    (accuracy is compared seed by seed, and a seed only one side ran has nothing to pair with)."""
+    pooled = [c for c in key if c not in replicate_names()]
+    (base, new), (in_base, in_new), (base_label, new_label) = sides, rows, labels
+    for side, mine, ran_only_in in ((base, in_base, new_label), (new, in_new, base_label)):
+        if mine.empty and not side.empty and (side[pooled] == [key[c] for c in pooled]).all(axis=1).any():
+            seeds = ", ".join(f"{name} {key[name]}" for name in replicate_names())
+            return Verdict(Kind.NOT_COMPARED, note=f"{seeds} ran only in {ran_only_in}")
+    return None
 
 
 def decide(b: pd.DataFrame, n: pd.DataFrame, options: Options, labels: tuple[str, str]) -> dict:
     """The verdict of one key and its figures."""
     base_ok, new_ok = b[b["usable"]], n[n["usable"]]
     figures = {"repeats_base": len(base_ok), "repeats_new": len(new_ok)}
-    status = presence(b, n, labels)
-    if status:
-        return render({**figures, "verdict": status})
-    if changed := code_change(base_ok, new_ok):
-        return render({**figures, "verdict": f"not comparable: {changed}"})
-    accuracy = accuracy_effect(base_ok, new_ok, options.tolerances)
+    if absent := presence(b, n, labels):
+        return render({**figures, "verdict": absent})
+    if not options.judge_code_changes and (changed := code_change(base_ok, new_ok)):
+        return render({**figures, "verdict": Verdict(Kind.NOT_COMPARABLE, changed)})
+    accuracy = accuracy_effect(base_ok, new_ok, options.tolerances, options.paired)
     figures.update(accuracy)
-    timing = time_effect(base_ok, new_ok, options, labels) if options.compare_time else {"time_verdict": "not compared"}
+    timing = time_effect(base_ok, new_ok, options, labels) if options.compare_time else {}
     figures.update(timing)
+    time = timing.get("time_verdict")
     regressed = [
         what
         for what, bad in (
             ("accuracy", accuracy["acc_regressed"] and options.compare_accuracy),
-            ("time", timing["time_verdict"] == "REGRESSION"),
+            ("time", time is not None and time.kind is Kind.REGRESSION),
         )
         if bad
     ]
     if regressed:
-        verdict = "REGRESSION: " + " and ".join(regressed)
-    elif not options.compare_time:
-        verdict = "no change (accuracy only)" if options.compare_accuracy else "not verified"
-    elif not options.compare_accuracy and timing["time_verdict"] in VERIFIED:
-        verdict = f"{timing['time_verdict']} (time only)"
+        verdict = Verdict(Kind.REGRESSION, " and ".join(regressed))
+    elif time is None:
+        verdict = Verdict(Kind.NO_CHANGE, note="accuracy only") if options.compare_accuracy else Verdict(Kind.NOT_VERIFIED)
+    elif not options.compare_accuracy and time.kind.verified:
+        verdict = Verdict(time.kind, note="time only")
     else:
-        verdict = timing["time_verdict"]
+        verdict = time
     return render({**figures, "verdict": verdict})
 
 
-def presence(b: pd.DataFrame, n: pd.DataFrame, labels: tuple[str, str]) -> str:
-    """The verdict of a key that did not run ok on both sides ("" when it did)."""
+def presence(b: pd.DataFrame, n: pd.DataFrame, labels: tuple[str, str]) -> Verdict | None:
+    """The verdict of a key that did not run ok on both sides (None when it did)."""
     base_label, new_label = labels
     declined = lambda rows: not rows.empty and rows["status"].isin(NOT_RUN).all()  # noqa: E731
     if n.empty:
-        return f"REGRESSION: missing in {new_label}" if not b.empty and not declined(b) else "not run in either"
+        return Verdict(Kind.REGRESSION, f"missing in {new_label}") if not b.empty and not declined(b) else Verdict(Kind.NOT_RUN)
     new_outcome = outcome(n)
     if new_outcome != "ok":
         if declined(n) and (b.empty or declined(b)):
-            return f"not run in either ({n['status'].iloc[0]})"
-        return f"REGRESSION: {new_label} {new_outcome}"
+            return Verdict(Kind.NOT_RUN, note=n["status"].iloc[0])
+        return Verdict(Kind.REGRESSION, f"{new_label} {new_outcome}")
     if b.empty:
-        return "new"
+        return Verdict(Kind.NEW)
     if not b["usable"].any():
-        return f"fixed ({base_label} {outcome(b)})"
-    return ""
+        return Verdict(Kind.FIXED, note=f"{base_label} {outcome(b)}")
+    return None
 
 
 def code_change(base_ok: pd.DataFrame, new_ok: pd.DataFrame) -> str:
@@ -219,10 +275,16 @@ def code_change(base_ok: pd.DataFrame, new_ok: pd.DataFrame) -> str:
     return f"the {base_ok['backend'].iloc[0]} backend's code changed ({', '.join(sorted(before))} -> {', '.join(sorted(after))})"
 
 
-def accuracy_effect(base_ok: pd.DataFrame, new_ok: pd.DataFrame, tolerances: Tolerances) -> dict:
+def accuracy_effect(base_ok: pd.DataFrame, new_ok: pd.DataFrame, tolerances: Tolerances, paired: bool = False) -> dict:
     """Difference of the median final accuracies with an interval over repeats (>= 2 a side); a drop
-    beyond --acc-tol whose interval lies below 0 regresses. With one repeat: the tolerance rule alone."""
-    effect = difference_of_medians(base_ok["final_test_acc"].to_numpy(float), new_ok["final_test_acc"].to_numpy(float))
+    beyond --acc-tol whose interval lies below 0 regresses. With one repeat: the tolerance rule alone.
+    `paired` (two environments of one run, every repeat on both sides with the same seed): the median
+    of each repeat's difference instead, so equal arithmetic gives exactly 0 whatever the seeds' spread."""
+    base, new = (rows.set_index("repeat")[["seed", "final_test_acc"]] for rows in (base_ok, new_ok))
+    if paired and set(base.index) == set(new.index) and base["seed"].equals(new.loc[base.index, "seed"]):
+        effect = median_difference((new.loc[base.index, "final_test_acc"] - base["final_test_acc"]).to_numpy(float))
+    else:
+        effect = difference_of_medians(base_ok["final_test_acc"].to_numpy(float), new_ok["final_test_acc"].to_numpy(float))
     one_repeat = min(len(base_ok), len(new_ok)) < 2
     regressed = effect.estimate < -tolerances.acc_tol and (one_repeat or effect.high < 0)
     return {
@@ -239,15 +301,15 @@ def time_effect(base_ok: pd.DataFrame, new_ok: pd.DataFrame, options: Options, l
     """The time verdict on the nodes both sides share (the worst where they share several)."""
     shared = sorted(set(base_ok["fingerprint"]) & set(new_ok["fingerprint"]))
     if not shared:
-        return {"time_verdict": f"not verified: no node of {labels[1]} has the machine fingerprint of {labels[0]}'s"}
-    judged = [
-        time_verdict(base_ok[base_ok["fingerprint"] == f], new_ok[new_ok["fingerprint"] == f], options.tolerances.time_tol, labels)
-        for f in shared
-    ]
-    return max(judged, key=lambda j: SEVERITY.index(j["time_verdict"].split(":")[0].split(" (")[0]))
-
-
-SEVERITY = ["no change", "improved", "inconclusive", "not verified", "REGRESSION"]  # the worst wins across nodes
+        return {"time_verdict": Verdict(Kind.NOT_VERIFIED, f"no node of {labels[1]} has the machine fingerprint of {labels[0]}'s")}
+    judged = []
+    for fingerprint in shared:
+        base, new = base_ok[base_ok["fingerprint"] == fingerprint], new_ok[new_ok["fingerprint"] == fingerprint]
+        pairs = paired_log_ratios(base, new) if options.paired else None
+        tol = options.tolerances.time_tol
+        judged.append(paired_time_verdict(base, new, pairs, tol) if pairs else time_verdict(base, new, tol, labels))
+    most_severe = worst(j["time_verdict"] for j in judged)
+    return next(j for j in judged if j["time_verdict"] is most_severe)
 
 
 def time_verdict(base_ok: pd.DataFrame, new_ok: pd.DataFrame, tol: float, labels: tuple[str, str]) -> dict:
@@ -266,38 +328,55 @@ def time_verdict(base_ok: pd.DataFrame, new_ok: pd.DataFrame, tol: float, labels
         "busy_new": new_ok["other_cpu_frac"].max(),
         "one_repeat": repeats < 2,
     }
-    verdict = band_verdict(effect, tol, repeats)
-    held = held_back(figures, tol, labels)
-    return {**figures, "time_verdict": held or verdict}
+    return {**figures, "time_verdict": held_back(figures, tol, labels) or band_verdict(effect, tol, repeats)}
 
 
-def band_verdict(effect: Interval, tol: float, repeats: int) -> str:
+def paired_time_verdict(base_ok: pd.DataFrame, new_ok: pd.DataFrame, pairs: list[np.ndarray], tol: float) -> dict:
+    """The effect from the lockstep pairs' log-ratios (stats.paired_ratio) read against the tolerance
+    band. No guard holds it back: a busy neighbour or a slow host state hits both epochs of a pair."""
+    effect = paired_ratio(pairs)
+    figures = {
+        "epoch_s_base": float(np.median(np.concatenate(list(base_ok["steady"])))),
+        "epoch_s_new": float(np.median(np.concatenate(list(new_ok["steady"])))),
+        "time_ratio": effect.estimate,
+        "time_low": effect.low,
+        "time_high": effect.high,
+        "machine_ratio": math.nan,  # both sides ran on the same machine states: nothing to tell apart
+        "busy_base": base_ok["other_cpu_frac"].max(),
+        "busy_new": new_ok["other_cpu_frac"].max(),
+        "one_repeat": len(pairs) < 2,
+        "pairs": sum(len(p) for p in pairs),
+    }
+    return {**figures, "time_verdict": band_verdict(effect, tol, len(pairs))}
+
+
+def band_verdict(effect: Interval, tol: float, repeats: int) -> Verdict:
     """The interval read against [1 / (1 + tol), 1 + tol] (see the module's docstring)."""
     upper, lower = 1 + tol, 1 / (1 + tol)
     if lower <= effect.low and effect.high <= upper:
-        return "no change"
+        return Verdict(Kind.NO_CHANGE)
     if repeats < 2:  # the interval knows only the epochs of one process: too narrow to claim an effect
-        return "inconclusive"
+        return Verdict(Kind.INCONCLUSIVE)
     if effect.low > 1 and effect.estimate > upper:
-        return "REGRESSION"
+        return Verdict(Kind.REGRESSION, "time")
     if effect.high < 1 and effect.estimate < lower:
-        return "improved"
+        return Verdict(Kind.IMPROVED)
     bound = upper if effect.estimate > 1 else lower
     needed = repeats_to_settle(effect, repeats, bound)
-    return "inconclusive: " + (f"about {needed} repeats a side would settle it" if needed else "the effect sits on the tolerance")
+    return Verdict(Kind.INCONCLUSIVE, f"about {needed} repeats a side would settle it" if needed else "the effect sits on the tolerance")
 
 
-def held_back(figures: dict, tol: float, labels: tuple[str, str]) -> str:
-    """'not verified (...)' when either side ran busy or the machine's speed differed by at least half
-    the effect (or half the tolerance, for an effect smaller than it); "" otherwise."""
+def held_back(figures: dict, tol: float, labels: tuple[str, str]) -> Verdict | None:
+    """Not verified when either side ran busy or the machine's speed differed by at least half the
+    effect (or half the tolerance, for an effect smaller than it); None otherwise."""
     for side, label in (("busy_new", labels[1]), ("busy_base", labels[0])):
         if figures[side] > BUSY_FRACTION:
-            return f"not verified (busy: {label}'s jobs shared the CPU with other processes, {figures[side]:.0%})"
+            return Verdict(Kind.NOT_VERIFIED, note=f"busy: {label}'s jobs shared the CPU with other processes, {figures[side]:.0%}")
     speed = figures["machine_ratio"]
     if not math.isnan(speed) and abs(math.log(speed)) >= max(abs(math.log(figures["time_ratio"])), math.log1p(tol)) / 2:
         direction = f"×{speed:.2f} slower" if speed > 1 else f"×{1 / speed:.2f} faster"
-        return f"not verified: the machine ran {direction} during {labels[1]}"
-    return ""
+        return Verdict(Kind.NOT_VERIFIED, f"the machine ran {direction} during {labels[1]}")
+    return None
 
 
 def render(decided: dict) -> dict:
@@ -310,7 +389,9 @@ def render(decided: dict) -> dict:
         else f"{d_acc:+.4f}" + ("" if math.isnan(decided["d_acc_low"]) else f" [{decided['d_acc_low']:+.4f}, {decided['d_acc_high']:+.4f}]")
     )
     decided["repeats"] = f"{decided['repeats_base']}/{decided['repeats_new']}"
-    decided["note"] = ONE_REPEAT if decided.get("one_repeat") else ""
+    pairs = decided.get("pairs", math.nan)
+    notes = [ONE_REPEAT if decided.get("one_repeat") else "", f"paired: {pairs} epoch pairs in lockstep" if pairs > 0 else ""]
+    decided["note"] = "; ".join(filter(None, notes))
     return {name: decided.get(name, math.nan) for name in TABLE_COLUMNS + FIGURE_COLUMNS}
 
 
@@ -322,7 +403,7 @@ def differences(base: dict, new: dict) -> tuple[list[str], list[str], list[str]]
         if base["config"].get(section) != new["config"].get(section)
     ]
     machine = []
-    base_prints, new_prints = set(fingerprints(base["env"]).values()), set(fingerprints(new["env"]).values())
+    base_prints, new_prints = set(fingerprints(base["machine"]).values()), set(fingerprints(new["machine"]).values())
     if base_prints != new_prints:
         machine.append(f"nodes: {sorted(base_prints - new_prints)} in BASE only, {sorted(new_prints - base_prints)} in NEW only")
     return config, machine, version_notes(base["runs"], new["runs"])
@@ -338,35 +419,59 @@ def version_notes(base: pd.DataFrame, new: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(f"{r.backend}: {r.framework_version_base} -> {r.framework_version_new}" for r in changed.itertuples()))
 
 
-def exit_status(table: pd.DataFrame, fully_compared: bool) -> tuple[int, str]:
-    """1 on a regression, else 2 if anything was left unverified (or nothing verified), else 0; with the line saying so."""
-    verdicts = table["verdict"]
-    regressions = verdicts.str.startswith("REGRESSION").sum()
-    if regressions:
-        return 1, f"{regressions} regression(s)"
-    verified = verdicts.str.startswith(VERIFIED).any()
-    unsettled = verdicts.str.startswith(("inconclusive", "not verified", "not comparable")).sum()
-    if not verified and not unsettled:
-        return 2, "nothing was verified: no key ran ok in BASE and in NEW (a BASE whose runs all failed is no baseline): refused"
+def conclusion(verdicts: list[Verdict], fully_compared: bool) -> tuple[int, str]:
+    """The exit status of the verdicts (framebench.reports.verdicts.exit_status), refusing a comparison
+    that verified nothing or compared only part of what it was asked to; with the line saying so."""
+    kinds = [v.kind for v in verdicts]
+    status = exit_status(kinds)
+    if status == FAIL:
+        return FAIL, f"{kinds.count(Kind.REGRESSION)} regression(s)"
+    unsettled = sum(kind.exit_status == UNDECIDED for kind in kinds)
+    if not unsettled and not any(kind.verified for kind in kinds):
+        return UNDECIDED, "nothing was verified: no key ran ok in BASE and in NEW (a BASE whose runs all failed is no baseline): refused"
     if unsettled or not fully_compared:
         missing = "" if fully_compared else "; accuracy or timings not compared"
         return (
-            2,
+            UNDECIDED,
             f"no regression found, but not everything was verified ({unsettled} key(s) inconclusive or not verified{missing}): refused",
         )
-    return 0, "no regression"
+    return PASS, "no regression"
 
 
 def run_compare_envs(
-    directory: str, base_env: str, new_env: str, tolerances: Tolerances, *, accuracy_only: bool, markdown: str | None, json_file=None
+    directory: str,
+    base_env: str,
+    new_env: str,
+    tolerances: Tolerances,
+    *,
+    accuracy_only: bool,
+    markdown: str | None,
+    json_file=None,
+    sides: dict[str, str] | None = None,
+    notes: list[str] | tuple[str, ...] = (),
 ) -> int:
     """`compare DIR --base-env A --new-env B`: the gate between two environments of one run (same machine,
-    same configuration, interleaved), each group's rows keyed alike by giving both environments one name."""
+    same configuration, interleaved; paired where they ran in lockstep), each group's rows keyed alike
+    by giving both environments one name. A change of the backend's code between them is what is
+    measured (`framebench gate` runs two revisions so). `sides` describes BASE and NEW (default: the
+    environments' names), `notes` come first among the printed lines."""
     tolerances.validate()
-    tables = load_results(directory)
-    groups = []
     if base_env == new_env:
         raise FrameBenchError(f"--base-env and --new-env both name {base_env}: name two environments of {directory}")
+    tables = load_results(directory)
+    refuse_unreadable(tables["refused"])
+    groups = environment_groups(tables, base_env, new_env, directory)
+    options = Options(tolerances, compare_accuracy=True, compare_time=not accuracy_only, paired=True, judge_code_changes=True)
+    table = compare_groups(*groups, options)
+    versions = [f"note: {line}" for line in version_notes(groups[0].runs, groups[1].runs)]
+    sides = sides or {"base": f"environment {base_env} of {directory}", "new": f"environment {new_env}"}
+    return finish_comparison(table, [*notes, *versions], sides, options, accuracy_only, markdown, json_file)
+
+
+def environment_groups(tables: dict, base_env: str, new_env: str, directory: str | Path) -> list[Group]:
+    """BASE and NEW as the two environments of one results directory's tables, their rows keyed alike
+    (both environments renamed BASE->NEW) so that compare_groups matches them key by key."""
+    groups = []
     for flag, name, label in (("--base-env", base_env, "BASE"), ("--new-env", new_env, "NEW")):
         runs = tables["runs"][tables["runs"]["env"] == name]
         if runs.empty:
@@ -374,12 +479,8 @@ def run_compare_envs(
             raise FrameBenchError(f"{flag} {name}: {directory} has no runs in that environment (it has: {known})")
         epochs = tables["epochs"][tables["epochs"]["env"] == name]
         both = f"{base_env}->{new_env}"
-        groups.append(Group(runs.assign(env=both), epochs.assign(env=both), tables["env"], label))
-    options = Options(tolerances, compare_accuracy=True, compare_time=not accuracy_only)
-    table = compare_groups(*groups, options)
-    versions = [f"note: {line}" for line in version_notes(groups[0].runs, groups[1].runs)]
-    sides = {"base": f"environment {base_env} of {directory}", "new": f"environment {new_env}"}
-    return finish_comparison(table, versions, sides, options, accuracy_only, markdown, json_file)
+        groups.append(Group(runs.assign(env=both), epochs.assign(env=both), tables["machine"], label))
+    return groups
 
 
 def run_compare(
@@ -387,7 +488,7 @@ def run_compare(
     new_dir: str,
     tolerances: Tolerances,
     *,
-    allow_env_diff: bool,
+    allow_machine_diff: bool,
     allow_config_diff: bool,
     accuracy_only: bool,
     markdown: str | None,
@@ -396,6 +497,7 @@ def run_compare(
     """Print the comparison of two results directories; the exit status of `exit_status`."""
     tolerances.validate()
     base, new = load_results(base_dir), load_results(new_dir)
+    refuse_unreadable(base["refused"] + new["refused"])
     if base["runs"].empty:
         raise FrameBenchError(f"{base_dir} holds no runs; there is nothing to compare against")
     config_diff, machine_diff, notes = differences(base, new)
@@ -403,24 +505,24 @@ def run_compare(
         tolerances,
         compare_accuracy=not config_diff or allow_config_diff,
         compare_time=not accuracy_only,
-        any_machine=allow_env_diff,
+        any_machine=allow_machine_diff,
     )
     table = compare_groups(
-        Group(base["runs"], base["epochs"], base["env"], "BASE"), Group(new["runs"], new["epochs"], new["env"], "NEW"), options
+        Group(base["runs"], base["epochs"], base["machine"], "BASE"), Group(new["runs"], new["epochs"], new["machine"], "NEW"), options
     )
     lines = [f"configuration differs: {d}" for d in config_diff] + [f"environment differs: {d}" for d in machine_diff]
     lines += [f"note: {line}" for line in notes]
     if config_diff and not allow_config_diff:
         lines.append("accuracy is not compared across training configurations; pass --allow-config-diff to compare it anyway")
-    if machine_diff and not allow_env_diff and not accuracy_only:
+    if machine_diff and not allow_machine_diff and not accuracy_only:
         lines.append(
-            "timings are compared only between nodes of the same machine fingerprint; pass --allow-env-diff to compare "
+            "timings are compared only between nodes of the same machine fingerprint; pass --allow-machine-diff to compare "
             "them anyway, or --accuracy-only"
         )
-    if options.compare_time and (unknown := [label for label, tables in (("BASE", base), ("NEW", new)) if not tables["env"]]):
+    if options.compare_time and (unknown := [label for label, tables in (("BASE", base), ("NEW", new)) if not tables["machine"]]):
         lines.append(
-            f"{' and '.join(unknown)} has no env.json, so its machine is unknown and no timing can be matched: "
-            "pass --accuracy-only or --allow-env-diff"
+            f"{' and '.join(unknown)} has no machine record (machine.json), so its machine is unknown and no timing can be matched: "
+            "pass --accuracy-only or --allow-machine-diff"
         )
     sides = {"base": base_dir, "new": new_dir}
     return finish_comparison(table, lines, sides, options, accuracy_only, markdown, json_file)
@@ -431,12 +533,12 @@ def finish_comparison(
 ) -> int:
     """Print the decided table (and write it as Markdown and JSON where asked); the exit status of `exit_status`."""
     tolerances = options.tolerances
-    status, conclusion = exit_status(table, options.compare_accuracy and (options.compare_time or accuracy_only))
-    shown = table[series_columns() + TABLE_COLUMNS]
+    status, concluded = conclusion(list(table["verdict"]), options.compare_accuracy and (options.compare_time or accuracy_only))
+    shown = table[series_columns() + TABLE_COLUMNS].assign(verdict=table["verdict"].map(str))
     for line in lines:
         print(line)
     print(format_table(shown))
-    print(conclusion)
+    print(concluded)
     rule = (
         f"accuracy tolerance {tolerances.acc_tol:g}; time tolerance {tolerances.time_tol:.0%}: a regression's 95% interval lies above 1 "
         f"and its ratio beyond {1 + tolerances.time_tol:g}; no change: the interval inside the tolerance band"
@@ -444,10 +546,12 @@ def finish_comparison(
     if markdown:
         header = ["## framebench compare", "", f"BASE {escape_markdown(sides['base'])}, NEW {escape_markdown(sides['new'])}; {rule}", ""]
         notes = [f"- {escape_markdown(line)}" for line in lines]
-        write_output(markdown, "--markdown", "\n".join(header + notes + [""]) + to_markdown(shown) + f"\n{conclusion}\n")
+        write_output(markdown, "--markdown", "\n".join(header + notes + [""]) + to_markdown(shown) + f"\n{concluded}\n")
     if json_file:
-        document = {**sides, "rule": rule, "notes": lines, "exit_status": status, "conclusion": conclusion}
-        document["keys"] = json.loads(table.to_json(orient="records"))
+        document = {**sides, "rule": rule, "notes": lines, "exit_status": status, "conclusion": concluded}
+        document["keys"] = json.loads(table.assign(verdict=table["verdict"].map(str)).to_json(orient="records"))
+        for key, verdict in zip(document["keys"], table["verdict"], strict=True):
+            key["decision"] = verdict.to_json()
         write_output(json_file, "--json", json.dumps(document, indent=2) + "\n")
     return status
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import pandas as pd
 
 from framebench.core.metrics import TRAJECTORY_RTOL
-from framebench.reports.compare import steady_epochs
-from framebench.reports.stats import Interval, ratio_of_medians
+from framebench.reports.compare import paired_log_ratios, slotted_epochs, steady_epochs
+from framebench.reports.markdown import escape_markdown, to_markdown
+from framebench.reports.stats import Interval, paired_ratio, ratio_of_medians
 from framebench.store.job import OK, point_names
-from framebench.store.tables import latest_attempts, to_markdown
+from framebench.store.reader import latest_attempts
 
 COLUMNS = ["env", "framework_version", "runs_ok", "epoch_s", "time_ratio", "time_95", "test_acc", "d_acc", "diverges_at"]
 
@@ -26,8 +27,10 @@ def compared_point() -> list[str]:
 
 def time_ratio(base: pd.DataFrame, new: pd.DataFrame, epochs: pd.DataFrame) -> Interval:
     """New's steady-state epoch time over base's with the gate's 95% interval (framebench.reports.stats:
-    repeats, then epochs within each, resampled)."""
-    return ratio_of_medians(steady_epochs(base, epochs), steady_epochs(new, epochs))
+    repeats, then epochs within each, resampled); from the pairs of adjacent epochs where the two
+    environments ran in lockstep, as compare judges them."""
+    pairs = paired_log_ratios(*(rows.assign(slotted=slotted_epochs(rows, epochs)) for rows in (base, new)))
+    return paired_ratio(pairs) if pairs else ratio_of_medians(steady_epochs(base, epochs), steady_epochs(new, epochs))
 
 
 def tolerance(step: int, optimizer: str) -> float:
@@ -60,7 +63,7 @@ def side_by_side(tables: dict) -> pd.DataFrame:
     ok = runs[runs["status"] == OK]
     point = compared_point()
     steps = tables["steps"].merge(ok[[*point, "env", "repeat", "attempt"]], how="inner")
-    order = list(dict.fromkeys(runs["env"]))
+    order = [env for env in dict.fromkeys([*tables["config"].get("envs", {}), *runs["env"]]) if env in set(runs["env"])]  # as planned
     optimizer = tables["config"].get("train", {}).get("optimizer", "adam")
     rows = []
     for key, group in runs.groupby(point, sort=False):
@@ -101,11 +104,15 @@ def report_section(tables: dict) -> list[str]:
         "## Framework environments",
         "",
         "Each backend in each environment, side by side: the steady-state epoch time (median over repeats) and its ratio "
-        "to the first environment's (with a 95% interval: repeats, then epochs, resampled), the test accuracy and its "
+        "to the first environment's (with a 95% interval: repeats, then epochs, resampled; from the pairs of adjacent epochs "
+        "where they ran in lockstep), the test accuracy and its "
         "difference, and the first training step (repeat 1) whose loss differs from the first environment's beyond the "
         "conformance suite's tolerance (same weights, same batches: a difference there is the framework's arithmetic).",
         "",
-        *[f"- `{name}`: {'; '.join(f'`{r}`' for r in requirements) or 'the lock as it is'}" for name, requirements in specs.items()],
+        *[
+            f"- {escape_markdown(name)}: {escape_markdown('; '.join(requirements)) or 'the lock as it is'}"  # config.json's: inert text
+            for name, requirements in specs.items()
+        ],
         "",
         to_markdown(side_by_side(tables)),
     ]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from framebench.errors import FrameBenchError
-from framebench.store.tables import escape_markdown, to_markdown
+from framebench.reports.markdown import escape_markdown, to_markdown
 
 TOP_OPS = 5  # ops listed per (backend, variant, precision)
 BASELINE = "fp32"

@@ -15,8 +15,9 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from framebench.core import registry  # noqa: E402
 from framebench.reports import environments  # noqa: E402
-from framebench.store.results import replace_file, swept_field  # noqa: E402
-from framebench.store.tables import precision_series  # noqa: E402
+from framebench.reports.summary import precision_series  # noqa: E402
+from framebench.store.files import replace_file  # noqa: E402
+from framebench.store.reader import swept_field  # noqa: E402
 
 PALETTE = plt.get_cmap("tab10").colors
 LINESTYLES = ["-", "--", ":", "-."]
@@ -33,23 +34,32 @@ def save_figure(fig, path: Path) -> None:
     replace_file(Path(path), buffer.getvalue())
 
 
+def pick(options: list, known: list[str], name: str):
+    """The option of `name`'s place in `known`, or one fixed by its letters where it is not there (a
+    name only a results directory from elsewhere has)."""
+    return options[(known.index(name) if name in known else sum(map(ord, name))) % len(options)]
+
+
 def colour(backend: str):
-    names = registry.backend_names()
-    return PALETTE[(names.index(backend) if backend in names else sum(map(ord, backend))) % len(PALETTE)]
+    return pick(PALETTE, registry.backend_names(), backend)
 
 
 def style(backend: str, variant: str, device: str, variants: list[str]) -> dict:
     return {
         "color": colour(backend),
-        "linestyle": LINESTYLES[variants.index(variant) % len(LINESTYLES)],
+        "linestyle": pick(LINESTYLES, variants, variant),
         "marker": MARKERS.get(device, "^"),
         "label": f"{backend}/{variant} ({device})" if len(variants) > 1 else f"{backend} ({device})",
     }
 
 
 def first_repeat(table: pd.DataFrame) -> pd.DataFrame:
-    """Curves show repeat 0 of each series: one line each, no averaging across different seeds."""
-    return table[table["repeat"] == table["repeat"].min()] if not table.empty else table
+    """Curves show the first repeat at the first seed of each series: one line each, no averaging across seeds."""
+    if table.empty:
+        return table
+    first_seed = min(table["seed"], key=lambda seed: (len(str(seed)), str(seed)))  # numerically, whatever the column's type
+    table = table[table["seed"] == first_seed]
+    return table[table["repeat"] == table["repeat"].min()]
 
 
 def plot_losses(steps: pd.DataFrame, epochs: pd.DataFrame, variants: list[str], path: Path) -> None:

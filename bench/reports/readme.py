@@ -8,9 +8,11 @@ import re
 from pathlib import Path
 
 from framebench.core import registry
+from framebench.core.checkout import source_checkout
 from framebench.errors import FrameBenchError
-from framebench.store.results import load_results, source_checkout
-from framebench.store.tables import summary, to_markdown
+from framebench.reports.floors import load_with_floors
+from framebench.reports.markdown import to_markdown
+from framebench.reports.summary import summary
 
 BUILTIN = "framebench.impls."  # plugins are the user's, not the README's
 COLUMNS = [
@@ -37,7 +39,7 @@ def checkout() -> Path:
 
 
 def example_table() -> str:
-    return to_markdown(summary(load_results(checkout() / "results" / "example")["runs"])[COLUMNS])
+    return to_markdown(summary(load_with_floors(checkout() / "results" / "example")["runs"])[COLUMNS])
 
 
 def backends_table() -> str:

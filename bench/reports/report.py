@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
-from framebench.core.gemm import unreliable_warnings
-from framebench.errors import FrameBenchError
-from framebench.reports import environments, precision
+from framebench.reports import convergence, environments, precision
+from framebench.reports.floors import load_with_floors, unreliable_warnings
+from framebench.reports.markdown import escape_markdown, to_markdown, write_markdown
 from framebench.reports.plots import draw_all
 from framebench.reports.scaling import report_section
-from framebench.store.results import load_results, node_environments, replace_file, seeds_text, swept_field
-from framebench.store.tables import busy_warnings, calibration_warnings, escape_markdown, not_run, summary, to_markdown
+from framebench.reports.summary import busy_warnings, calibration_warnings, not_run, summary
+from framebench.store.reader import left_out_lines, node_records, seeds_text, swept_field
 
 FIGURE_CAPTIONS = {
     "loss.png": "Training loss per step and test loss per epoch",
@@ -22,10 +23,10 @@ FIGURE_CAPTIONS = {
 }
 
 
-def environment_lines(env: dict) -> list[str]:
-    """The environment as Markdown list items, every value escaped (env.json may come from anyone)."""
+def machine_lines(machine: dict) -> list[str]:
+    """The machine record as Markdown list items, every value escaped (it may come from anyone)."""
     lines = []
-    for name, node in node_environments(env).items():
+    for name, node in node_records(machine).items():
         gpus = "; ".join(f"{g.get('name')} (driver {g.get('driver')}, CUDA {g.get('cuda')})" for g in node.get("gpus", [])) or "none"
         libraries = ", ".join(f"{library} {version}" for library, version in node.get("libraries", {}).items())
         kernels = ", ".join(f"{k}={v}" for k, v in node.get("kernel_settings", {}).items()) or "none set"
@@ -37,9 +38,9 @@ def environment_lines(env: dict) -> list[str]:
         ]
     earlier = [
         f"- earlier into this directory: {e.get('command')} (commit {e.get('git_commit')}, {e.get('started_utc')})"
-        for e in env.get("earlier", [])
+        for e in machine.get("earlier", [])
     ]
-    lines += [f"- framebench commit: {env.get('git_commit')}", f"- command: {env.get('command')}", *earlier]
+    lines += [f"- framebench commit: {machine.get('git_commit')}", f"- command: {machine.get('command')}", *earlier]
     return [escape_markdown(line) for line in lines]
 
 
@@ -52,14 +53,18 @@ def matrix_line(config: dict) -> str:
     return escape_markdown(
         f"Preset {config.get('preset')} on {config.get('dataset')}, {repeats} repeat(s), seeds {seeds}{swept}; "
         f"{config.get('threads')} threads; "
-        f"time-to-accuracy target {config.get('target_acc')}."
+        f"time-to-target accuracy {config.get('target_acc')}."
     )
 
 
 def write_report(directory: str | Path) -> Path:
-    """Redraw the figures and rewrite report.md from the tables on disk (the tables stay as they are)."""
+    """Redraw the figures and rewrite report.md from the tables on disk (the tables stay as they are);
+    rows that cannot be read are left out, each with a warning here and a line in report.md."""
     directory = Path(directory)
-    tables = load_results(directory)
+    tables = load_with_floors(directory)
+    left_out = left_out_lines(tables["refused"])
+    for line in left_out:
+        print(f"warning: {line}", file=sys.stderr)
     table = summary(tables["runs"])
     figures = draw_all(directory, tables, table)
     config = tables["config"]
@@ -76,12 +81,14 @@ def write_report(directory: str | Path) -> Path:
         "",
         to_markdown(table),
         *[f"- not run: {escape_markdown(line)}" for line in not_run(tables["runs"])],
+        *[f"- left out: {escape_markdown(line)}" for line in left_out],
         *[
             f"- warning: {escape_markdown(line)}"
             for line in unreliable_warnings(tables["runs"]) + busy_warnings(tables["runs"]) + calibration_warnings(tables["runs"])
         ],
         "",
         *precision.report_section(tables["runs"]),
+        *convergence.report_section(directory, tables),
         *(report_section(directory, tables) if swept_field(config) else []),
         *environments.report_section(tables),
         *(["## Figures", "", *[f"![{FIGURE_CAPTIONS[name]}]({name})\n" for name in figures]] if figures else []),
@@ -91,21 +98,12 @@ def write_report(directory: str | Path) -> Path:
         json.dumps({k: config.get(k) for k in ("model", "train")}, indent=2),
         "```",
         "",
-        *environment_section(tables["env"]),
+        *machine_section(tables["machine"]),
     ]
     return write_markdown(
         directory / "report.md", lines, f"the tables are complete: rerun `framebench plot {directory}` where it can be written"
     )
 
 
-def environment_section(env: dict) -> list[str]:
-    return ["## Environment", "", *environment_lines(env), ""]
-
-
-def write_markdown(path: Path, lines: list[str], fix: str) -> Path:
-    """Write a report; a folder that cannot take it is one line saying what to do."""
-    try:
-        replace_file(path, "\n".join(lines).encode())
-    except OSError as exc:
-        raise FrameBenchError(f"cannot write {path} ({exc.strerror or exc}); {fix}") from None
-    return path
+def machine_section(machine: dict) -> list[str]:
+    return ["## Machine", "", *machine_lines(machine), ""]

@@ -18,8 +18,10 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import NullLocator  # noqa: E402
 
+from framebench.reports.markdown import to_markdown  # noqa: E402
 from framebench.reports.plots import save_figure, style  # noqa: E402
-from framebench.store.tables import latest_attempts, precision_series, to_markdown  # noqa: E402
+from framebench.reports.summary import precision_series  # noqa: E402
+from framebench.store.reader import latest_attempts  # noqa: E402
 
 SERIES = ["backend", "variant", "device"]
 POINT = SERIES + ["sweep_value"]

@@ -1,7 +1,8 @@
 """Accuracy thresholds: `framebench thresholds` derives them from measured runs, `framebench check`
 holds a results directory to them. A threshold is the lowest final test accuracy measured for its
-(preset, dataset, backend, precision, epochs, sweep value) across the runs given, minus a stated margin; it is
-regenerated from new measurements, never edited down to make a check pass.
+(preset, dataset, backend, precision, epochs, sweep value) across the runs given, every seed's its own
+run, minus a stated margin, and holds for a run at any seed; it is regenerated from new measurements,
+never edited down to make a check pass.
 
 `check` passes only what it verified: a run that did not finish ok fails whatever the thresholds say,
 and a run without a threshold fails too unless --allow-missing is given.
@@ -15,16 +16,18 @@ from pathlib import Path
 import pandas as pd
 
 from framebench.errors import FrameBenchError
+from framebench.reports.markdown import format_table
 from framebench.store.job import accuracy_key_columns, text_columns
-from framebench.store.results import load_results, seeds_text, swept_field
-from framebench.store.tables import format_table, latest_attempts
+from framebench.store.reader import latest_attempts, load_results, refuse_unreadable, seeds_text, swept_field
 
 DEFAULT_FILE = Path(__file__).resolve().parent / "thresholds.csv"
 
 
 def runs_with_epochs(directory: str) -> pd.DataFrame:
-    """The latest attempt of each job, with the configured epoch count (from config.json) as a column."""
+    """The latest attempt of each job, with the configured epoch count (from config.json) as a column;
+    a row that cannot be read refuses the whole directory (check and thresholds decide on every run)."""
     tables = load_results(directory)
+    refuse_unreadable(tables["refused"])
     runs = latest_attempts(tables["runs"]).copy()
     epochs, by_value = tables["config"]["train"]["epochs"], swept_field(tables["config"]) == "epochs"
     runs["epochs"] = [int(v) if by_value else epochs for v in runs["sweep_value"]]
@@ -100,7 +103,7 @@ def check(directory: str, thresholds_path: Path, *, allow_missing: bool) -> tupl
         sweep = f", {run.sweep_field}={run.sweep_value}" if run.sweep_field else ""
         where = (
             f"{run.backend}/{run.variant} on {run.device} ({run.preset}, {run.dataset}, {run.precision}, {run.epochs} epochs{sweep}, "
-            f"repeat {run.repeat + 1})"
+            f"seed {run.seed}, repeat {run.repeat + 1})"
         )
         if run.status == "unsupported":  # the configuration alone declines it: nothing to verify, ever
             notes.append(f"{where}: unsupported ({run.error})")
@@ -139,7 +142,7 @@ def run_check(directory: str, thresholds_path: Path, *, allow_missing: bool) -> 
 
 def measured_by(directories: list[str]) -> list[str]:
     """The command that measured each results directory, with its seeds."""
-    return [f"{t['env'].get('command', '?')}  (seeds {seeds_text(t['config']) or '?'})" for t in map(load_results, directories)]
+    return [f"{t['machine'].get('command', '?')}  (seeds {seeds_text(t['config']) or '?'})" for t in map(load_results, directories)]
 
 
 def thresholds_text(table: pd.DataFrame, command: str, measured: list[str]) -> str:

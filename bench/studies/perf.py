@@ -1,9 +1,10 @@
-"""`framebench perf` (`make bench-perf`): the speed study. One results directory per preset under
+"""The speed study (`framebench study perf`, `make bench-perf`). One results directory per preset under
 --results-dir (every backend x variant, floors probed), then one report over all of them:
 report.md with the table and perf.png. Measured numbers live only in that generated report."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from pathlib import Path
 
@@ -11,11 +12,33 @@ import pandas as pd
 
 from framebench.core import registry
 from framebench.core.config import PRESETS
-from framebench.driver.runner import RunRequest, run, split_names
+from framebench.driver.arguments import RUN_CHOICES, add_fields, add_seed_aliases, given
+from framebench.driver.request import RunRequest, split_names
+from framebench.driver.session import run as run_matrix
+from framebench.reports.floors import load_with_floors
+from framebench.reports.markdown import to_markdown
 from framebench.reports.plots import plot_perf
-from framebench.reports.report import environment_section, write_markdown
-from framebench.store.results import load_results
-from framebench.store.tables import perf_table, to_markdown
+from framebench.reports.report import machine_section, write_markdown
+from framebench.reports.summary import perf_table
+
+HELP = "every backend x variant on several presets, with GEMM floors: results/perf/report.md"
+PER_PRESET = ("preset", "dataset", "run_id", "resume", "sweep", "target_acc")  # run flags the study sets per preset
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--presets",
+        default="tutorial000,tutorial003,mlp",
+        help="comma-separated presets; each tutorial's own preset is added for its backend",
+    )
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per job (the first is excluded from the steady state)")
+    add_fields(parser.add_argument_group("the runs"), RunRequest, RUN_CHOICES, skip=PER_PRESET)
+    add_seed_aliases(parser)
+    parser.set_defaults(backends="all", variants="all", repeats=2, results_dir="results/perf")
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_perf(args.presets, RunRequest(**given(args, RunRequest)), epochs=args.epochs)
 
 
 def perf_matrix(presets: str, backends: str) -> list[tuple[str, str]]:
@@ -33,7 +56,7 @@ def run_perf(presets: str, request: RunRequest, *, epochs: int) -> int:
     worst = 0
     directories = []
     for preset, preset_backends in perf_matrix(presets, request.backends):
-        status = run(dataclasses.replace(request, backends=preset_backends, preset=preset, run_id=preset), {}, {"epochs": epochs})
+        status = run_matrix(dataclasses.replace(request, backends=preset_backends, preset=preset, run_id=preset), {}, {"epochs": epochs})
         directories.append(Path(request.results_dir) / preset)
         if status >= 128:
             return status
@@ -43,13 +66,13 @@ def run_perf(presets: str, request: RunRequest, *, epochs: int) -> int:
 
 
 def write_perf_report(folder: Path, directories: list[Path]) -> Path:
-    tables = [load_results(d) for d in directories]
+    tables = [load_with_floors(d) for d in directories]
     table = perf_table(pd.concat([t["runs"] for t in tables], ignore_index=True))
     figure = ["![Epoch time per backend and variant, with the GEMM floor](perf.png)"] if plot_perf(table, folder / "perf.png") else []
     lines = [
         "# framebench perf",
         "",
-        f"`{tables[0]['env'].get('command', 'framebench perf')}` (the command that measured it); one results directory per preset: "
+        f"`{tables[0]['machine'].get('command', 'framebench perf')}` (the command that measured it); one results directory per preset: "
         + ", ".join(f"`{d.name}/`" for d in directories)
         + ".",
         "",
@@ -61,6 +84,6 @@ def write_perf_report(folder: Path, directories: list[Path]) -> Path:
         to_markdown(table),
         *figure,
         "",
-        *environment_section(tables[0]["env"]),
+        *machine_section(tables[0]["machine"]),
     ]
     return write_markdown(folder / "report.md", lines, "pass a writable --results-dir")

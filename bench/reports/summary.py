@@ -1,4 +1,4 @@
-"""The summary table: one row per (backend, variant, device[, sweep value]), aggregated over repeats.
+"""The summary table: one row per point of the matrix (backend, variant, device, ...[, sweep value]), aggregated over repeats and seeds.
 
 Only each job's latest attempt counts (a retry or a resume supersedes it), and only `ok` runs give
 times and accuracies; every other outcome is shown with its count and reason, never as a figure.
@@ -9,24 +9,30 @@ from __future__ import annotations
 import pandas as pd
 
 from framebench.store import job
-from framebench.store.job import NOT_RUN, key_columns, point_names
+from framebench.store.job import NOT_RUN, summary_names
+from framebench.store.reader import latest_attempts, medians_over_repeats, ok_results
 
 BUSY_FRACTION = 0.15  # other processes used more than this share of the CPUs during a job: its time is suspect
 CALIBRATION_DRIFT = (
     0.2  # a job's calibrations differ by more than this ratio (before vs after, or vs the run's usual): the machine changed speed
 )
-MEDIANS = {  # summary column -> runs.csv column whose median over ok repeats it shows
-    "median_epoch_s": "median_epoch_s",
+MEDIANS = {  # summary column -> runs.csv column whose median over ok repeats it shows, beside the store's medians_over_repeats
     "first_epoch_s": "first_epoch_s",
     "setup_s": "setup_s",
     "samples_per_s": "samples_per_s",
-    "test_acc": "final_test_acc",
     "test_loss": "final_test_loss",
     "time_to_target_s": "time_to_target_s",
     "floor_epoch_s": "floor_epoch_s",
     "efficiency": "efficiency",
     "own_floor_epoch_s": "own_floor_epoch_s",
     "overhead_efficiency": "overhead_efficiency",
+}
+OVER_REPEATS = {
+    "repeats": "runs_ok",
+    "epoch_s": "median_epoch_s",
+    "epoch_s_min": "min_epoch_s",
+    "epoch_s_max": "max_epoch_s",
+    "acc": "test_acc",
 }
 SUMMARY_COLUMNS = [
     "runs_ok",
@@ -49,24 +55,18 @@ SUMMARY_COLUMNS = [
 ]
 
 
-def latest_attempts(runs: pd.DataFrame) -> pd.DataFrame:
-    """Each job's last attempt, in the order the jobs were written."""
-    if runs.empty:
-        return runs
-    return runs.sort_values("attempt", kind="stable").drop_duplicates(["run_id", *key_columns()], keep="last").sort_index()
-
-
 def group_columns(runs: pd.DataFrame) -> list[str]:
-    """Rows are per point of the matrix (backend, variant, device, ...), and per sweep value when the runs sweep a field."""
-    return point_names() + (["sweep_field", "sweep_value"] if runs["sweep_field"].astype(bool).any() else [])
+    """Rows are per point of the matrix (backend, variant, device, ...; seeds pooled), and per sweep value when the runs sweep a field."""
+    return summary_names() + (["sweep_field", "sweep_value"] if runs["sweep_field"].astype(bool).any() else [])
 
 
-def point_label(row) -> str:
-    """E.g. "numpy/default on cpu, env=old": the row's point, dimensions at their default left out (as a job's label)."""
+def point_label(row, pooled: bool = False) -> str:
+    """E.g. "numpy/default on cpu, env=old": the row's point, dimensions at their default left out (as a
+    job's label); `pooled` leaves out the replicates (the seed) too, for a row that stands for all of them."""
     extra = "".join(
         f", {d.name}={getattr(row, d.name)}"
         for d in job.DIMENSIONS
-        if d.name not in job.LABEL_NAMED and getattr(row, d.name, d.default) not in (d.default, "")
+        if d.name not in job.LABEL_NAMED and not (pooled and d.replicate) and getattr(row, d.name, d.default) not in (d.default, "")
     )
     return f"{row.backend}/{row.variant} on {row.device}{extra}"
 
@@ -74,8 +74,8 @@ def point_label(row) -> str:
 def not_run(runs: pd.DataFrame) -> list[str]:
     """One line per (backend, variant, device) that did not run here, with the reason."""
     skipped = latest_attempts(runs)
-    skipped = skipped[skipped["status"].isin(NOT_RUN)].drop_duplicates(point_names() + ["status", "error"])
-    return [f"{point_label(r)}: {r.status}: {r.error}" for r in skipped.itertuples()]
+    skipped = skipped[skipped["status"].isin(NOT_RUN)].drop_duplicates(summary_names() + ["status", "error"])
+    return [f"{point_label(r, pooled=True)}: {r.status}: {r.error}" for r in skipped.itertuples()]
 
 
 def busy_warnings(runs: pd.DataFrame) -> list[str]:
@@ -102,7 +102,7 @@ def calibration_warnings(runs: pd.DataFrame) -> list[str]:
     usual = own.median()
     lines = []
     for row, calibration in zip(jobs.itertuples(), own, strict=True):
-        where = f"{row.backend}/{row.variant} on {row.device}, repeat {row.repeat + 1} ({row.node})"
+        where = f"{point_label(row)}, repeat {row.repeat + 1} ({row.node})"
         if calibration_drifted(row.calib_before_s, row.calib_after_s):
             lines.append(
                 f"{where}: the machine changed speed during it (calibration {row.calib_before_s:.3g} s before, "
@@ -122,11 +122,11 @@ def summary(runs: pd.DataFrame) -> pd.DataFrame:
     keys = group_columns(runs)
     if runs.empty:
         return pd.DataFrame(columns=keys + SUMMARY_COLUMNS)
-    ok = runs[runs["status"] == "ok"].groupby(keys, sort=False)
-    table = pd.DataFrame({"runs_ok": ok.size()})
+    results = ok_results(runs)
+    table = medians_over_repeats(results, keys).set_index(keys)[list(OVER_REPEATS)].rename(columns=OVER_REPEATS)
+    ok = results.groupby(keys, sort=False)
     for column, source in MEDIANS.items():
         table[column] = ok[source].median()
-    table["min_epoch_s"], table["max_epoch_s"] = ok["median_epoch_s"].min(), ok["median_epoch_s"].max()
     table["peak_rss_mb"] = ok["peak_rss_mb"].max()
     problems = (
         runs[runs["status"] != "ok"]
@@ -149,34 +149,6 @@ def precision_series(table: pd.DataFrame, swept: str) -> pd.DataFrame:
     if table.empty or swept == "precision" or table["precision"].nunique() < 2:
         return table
     return table.assign(device=table["device"] + " " + table["precision"])
-
-
-def format_table(table: pd.DataFrame) -> str:
-    if table.empty:
-        return "(no runs)"
-    return table.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-")
-
-
-MARKDOWN_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "\\|", "`": "&#96;", "\n": " ", "\r": " "})
-
-
-def escape_markdown(text: str) -> str:
-    """Text from a results directory (an error message, a name) as inert Markdown: no raw HTML, no
-    code span, no extra table cell, one line."""
-    return str(text).translate(MARKDOWN_ESCAPES)
-
-
-def to_markdown(table: pd.DataFrame) -> str:
-    """GitHub-flavoured Markdown without the optional `tabulate` dependency; every cell escaped."""
-    if table.empty:
-        return "(no runs)\n"
-    cells = [
-        ["-" if pd.isna(v) else f"{v:.4g}" if isinstance(v, float) else escape_markdown(v) for v in row]
-        for row in table.itertuples(index=False)
-    ]
-    lines = ["| " + " | ".join(map(escape_markdown, table.columns)) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(row) + " |" for row in cells]
-    return "\n".join(lines) + "\n"
 
 
 def perf_table(runs: pd.DataFrame) -> pd.DataFrame:

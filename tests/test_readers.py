@@ -1,0 +1,610 @@
+"""Sense, not only shape: every cell of every table is read against what its column can hold (the job
+contract's Cell), a report leaves out a row that breaks it with one line naming it, and a gate never
+passes on it. The walk at the end takes every column of every table, each bad value and every reading
+command; the tests before it are the false greens and tracebacks found on earlier versions, one each.
+
+Directories are built here row by row (store.files.append_rows): no training runs."""
+
+from __future__ import annotations
+
+import html as html_module
+import io
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pytest
+from markdown_it import MarkdownIt
+
+from framebench.driver.plan import new_config
+from framebench.driver.request import RunRequest
+from framebench.history.site import frameworks_figure
+from framebench.reports.markdown import escape_markdown
+from framebench.reports.report import FIGURE_CAPTIONS
+from framebench.store import job as contract
+from framebench.store.files import append_rows, write_json
+from framebench.store.reader import load_results, read_rows
+from tests.conftest import REPO, cli
+from tests.test_history import step_history
+from tests.test_reports import ENV, gemm_rows
+
+BACKENDS = {"numpy": 1.0, "jax": 0.5}  # backend: its steady epoch seconds
+STARTED = 1.8e9  # Unix time of a directory's first job
+
+
+def config(repeats: int) -> dict:
+    """config.json as `framebench run --backends numpy,jax --repeats N` writes it (no floors: nothing to probe)."""
+    request = RunRequest(backends="numpy,jax", dataset="digits", preset="mlp", repeats=repeats, floors=False, threads=2)
+    written = new_config(request, {"hidden": (32,)}, {"epochs": 3, "batch_size": 16})
+    axes = {"seed": ["0"], "backend": list(BACKENDS), "variant": ["default"], "device": ["cpu"], "env": ["current"], "precision": ["fp32"]}
+    return {**json.loads(json.dumps(written)), "matrices": [{"axes": axes, "repeats": repeats}]}
+
+
+def run_row(backend: str, repeat: int, seconds: float, started: float, acc: float = 0.95) -> dict:
+    """A runs.csv row of an ok job, every column filled as the recorder fills it."""
+    return {
+        **job_key(backend, repeat),
+        "node": "box",
+        "host": "box",
+        "status": "ok",
+        "error": "",
+        "epochs_done": 3,
+        "setup_s": 0.2,
+        "first_epoch_s": 2 * seconds,
+        "median_epoch_s": seconds,
+        "total_train_s": 4 * seconds,
+        "samples_per_epoch": 1600,
+        "batch_size": 16,
+        "samples_per_s": 1600 / seconds,
+        "final_test_acc": acc,
+        "final_test_loss": 0.2,
+        "target_acc": 0.9,
+        "time_to_target_s": 2 * seconds,
+        "gemm_library": backend,
+        "compute_dtype": "float32",
+        "implementation": f"{backend}-code",
+        "peak_rss_mb": 300.0,
+        "peak_gpu_mb": None,
+        "framework_version": "1.0",
+        "threads": 2,
+        "loadavg_1m": 0.5,
+        "other_cpu_frac": 0.01,
+        "calib_before_s": 0.1,
+        "calib_after_s": 0.1,
+        "steal_frac": 0.0,
+        "started_at": started + 10 * repeat,
+        "ended_at": started + 10 * repeat + 5,
+    }
+
+
+def job_key(backend: str, repeat: int, attempt: int = 1) -> dict:
+    dimensions = {"backend": backend, "variant": "default", "device": "cpu", "env": "current", "precision": "fp32", "sweep_value": ""}
+    rest = {"run_id": "r", "dataset": "digits", "preset": "mlp", "sweep_field": "", "repeat": repeat, "seed": "0", "attempt": attempt}
+    return {**dimensions, **rest}
+
+
+def results_directory(path: Path, repeats: int = 2, started: float = STARTED, slower: float = 1.0) -> Path:
+    """A finished run of numpy and jax, `repeats` each, three epochs of two steps, both probed at start and end."""
+    path.mkdir(parents=True)
+    write_json(path, "config.json", config(repeats))
+    write_json(path, "machine.json", {**ENV, "started_utc": "2027-01-15T08:00:00+00:00"})
+    runs, epochs, steps, evals = [], [], [], []
+    for backend, seconds in BACKENDS.items():
+        for repeat in range(repeats):
+            time = seconds * slower * (1 + 0.01 * repeat)
+            runs.append(run_row(backend, repeat, time, started))
+            key = job_key(backend, repeat)
+            epochs += [
+                {
+                    **key,
+                    "epoch": e,
+                    "epoch_s": time * (2 if e == 1 else 1),
+                    "train_loss": 1 / e,
+                    "test_loss": 1.1 / e,
+                    "test_acc": 0.9,
+                    "eval_s": 0.01,
+                }
+                for e in (1, 2, 3)
+            ]
+            steps += [
+                {**{k: key[k] for k in contract.step_key_columns()}, "epoch": e, "step": s, "loss": 1 / s}
+                for e in (1, 2, 3)
+                for s in (1, 2)
+            ]
+            evals += [
+                {**key, "epoch": e, "step": 2 * e, "train_s": e * time, "test_loss": 1.1 / e, "test_acc": 0.9, "eval_s": 0.01}
+                for e in (1, 2, 3)
+            ]
+    append_rows(path, "runs", runs)
+    append_rows(path, "evals", evals)
+    append_rows(path, "epochs", epochs)
+    append_rows(path, "steps", steps)
+    append_rows(path, "gemm", [row for library in BACKENDS for probe in ("start", "end") for row in gemm_rows(library, 0.004, probe)])
+    return path
+
+
+def rewrite(directory: Path, table: str, change) -> None:
+    """Rewrite `table`.csv with `change(rows)` (a list of row dicts), cells written as given (text in a number column too)."""
+    rows, refused = read_rows(directory, table)
+    assert refused == []
+    (directory / f"{table}.csv").unlink()
+    append_rows(directory, table, change(rows.to_dict("records")))
+
+
+def with_cell(directory: Path, table: str, column: str, value, row: int = 0) -> Path:
+    rewrite(directory, table, lambda rows: [{**r, column: value} if i == row else r for i, r in enumerate(rows)])
+    return directory
+
+
+@pytest.fixture
+def pair(tmp_path) -> tuple[Path, Path]:
+    """BASE and NEW: the same run twice, NEW an hour later."""
+    return results_directory(tmp_path / "base"), results_directory(tmp_path / "new", started=STARTED + 3600)
+
+
+@pytest.fixture(scope="module")
+def thresholds(tmp_path_factory) -> str:
+    """Thresholds every clean run meets."""
+    folder = tmp_path_factory.mktemp("thresholds")
+    path = folder / "thresholds.csv"
+    assert cli("thresholds", str(results_directory(folder / "r")), "--output", str(path)).returncode == 0
+    return str(path)
+
+
+# The contract
+
+
+def test_every_column_of_every_table_says_what_it_holds():
+    for table in contract.TABLE_NAMES:
+        for column in contract.columns(table):
+            spec = contract.cell(column)
+            assert spec.kind in ("text", "int", "float") and spec.rule, (table, column)
+    assert contract.cell("final_test_acc").rule == "a finite number in [0, 1] (or empty)"
+    assert contract.cell("attempt").rule == "an integer in [1, 9007199254740992]"
+    assert contract.text_columns() == {c for t in contract.TABLE_NAMES for c in contract.columns(t) if contract.cell(c).kind == "text"}
+
+
+def test_a_bad_cell_is_one_line_naming_file_row_column_and_the_value_escaped_and_clipped(tmp_path):
+    directory = with_cell(results_directory(tmp_path / "r"), "runs", "median_epoch_s", "\x1b[31m" + "9" * 100, row=2)
+    rows, refused = read_rows(directory, "runs")
+    assert len(rows) == 3 and [r.row for r in refused] == [3]
+    assert str(refused[0]) == (
+        f"{directory / 'runs.csv'}: row 3, column median_epoch_s: '\\x1b[31m{'9' * 35}...' is not a finite number in "
+        "[1e-09, 31622400] (or empty)"
+    )
+
+
+def test_integer_columns_read_as_integers_and_text_stays_text(tmp_path):
+    directory = with_cell(results_directory(tmp_path / "r"), "runs", "sweep_value", "")
+    runs = load_results(directory)["runs"]
+    assert runs["repeat"].dtype == "int64" and runs["attempt"].dtype == "int64" and runs["peak_gpu_mb"].isna().all()
+    assert runs["error"].tolist() == [""] * 4
+
+
+# False greens: each passed a gate on an earlier version
+
+
+@pytest.mark.parametrize("accuracy", ["inf", "-inf", "2.5", "abc"])
+def test_compare_and_check_refuse_an_impossible_accuracy(pair, thresholds, accuracy):
+    base, new = pair
+    with_cell(new, "runs", "final_test_acc", accuracy)
+    for args in (["compare", str(base), str(new)], ["check", str(new), "--thresholds", thresholds]):
+        result = cli(*args)
+        assert result.returncode == 2 and result.stdout == "", (args, result.stdout)
+        assert result.stderr.splitlines() == [result.stderr.strip()] and "row 1, column final_test_acc" in result.stderr
+
+
+@pytest.mark.parametrize("seconds", [0, -1])
+def test_compare_refuses_new_epoch_times_of_zero_or_less(pair, seconds):
+    base, new = pair
+    rewrite(new, "epochs", lambda rows: [{**r, "epoch_s": seconds} for r in rows])
+    rewrite(new, "runs", lambda rows: [{**r, "median_epoch_s": seconds, "first_epoch_s": seconds} for r in rows])
+    result = cli("compare", str(base), str(new))
+    assert result.returncode == 2 and "improved" not in result.stdout and "column first_epoch_s" in result.stderr
+
+
+@pytest.mark.parametrize("calibration, status", [(0, 2), ("nan", 0)])
+def test_compare_takes_zero_and_empty_calibrations_in_one_line(pair, calibration, status):
+    """A calibration of 0 s was not timed (refused); an empty one was not measured (the machine is not compared)."""
+    base, new = pair
+    for directory in pair:
+        rewrite(directory, "runs", lambda rows: [{**r, "calib_before_s": calibration, "calib_after_s": calibration} for r in rows])
+    result = cli("compare", str(base), str(new))
+    assert result.returncode == status and len(result.stderr.splitlines()) == (1 if status else 0), result.stderr
+
+
+def slowed_history(root: Path, metric: str = "median_epoch_s") -> list[Path]:
+    """Eight runs of numpy and jax, numpy 50% slower (or 5 points less accurate) from the fifth on."""
+    directories = [results_directory(root / f"r{i:02d}", started=STARTED + 3600 * i) for i in range(8)]
+    worse = {"median_epoch_s": lambda v: v * 1.5, "final_test_acc": lambda v: v - 0.05}[metric]
+    for path in directories[4:]:
+        rewrite(path, "runs", lambda rows: [{**r, metric: worse(r[metric])} if r["backend"] == "numpy" else r for r in rows])
+    return directories
+
+
+@pytest.mark.parametrize("column", ["median_epoch_s", "final_test_acc"])
+def test_one_infinite_cell_does_not_disable_the_history_gate(tmp_path, column):
+    directories = slowed_history(tmp_path / "runs", metric=column)
+    with_cell(directories[5], "runs", column, "inf")
+    result = cli("publish", str(tmp_path / "runs"), "--out", str(tmp_path / "site"), "--fail-on-regression")
+    assert result.returncode == 1 and "0 change(s)" not in result.stdout
+    assert result.stdout.splitlines()[-1] == "1 series' latest change is a regression (slower or less accurate)"
+    assert result.stderr.splitlines() == [
+        f"warning: {directories[5] / 'runs.csv'}: row 1, column {column}: 'inf' is not a finite number in "
+        f"{'[1e-09, 31622400]' if column == 'median_epoch_s' else '[0, 1]'} (or empty); the row is left out"
+    ]
+
+
+def test_runs_the_history_cannot_read_refuse_the_gate_rather_than_pass_it(tmp_path):
+    directories = slowed_history(tmp_path / "runs")
+    for directory in directories[4:]:  # every run that carries the slowdown
+        (directory / "runs.csv").write_bytes(b"\x00garbage\n")
+    result = cli("publish", str(tmp_path / "runs"), "--out", str(tmp_path / "site"), "--fail-on-regression")
+    assert result.returncode == 2 and result.stdout.startswith("0 change(s) in 2 series (inputs or rows left out: 4 warning(s))")
+    assert result.stdout.splitlines()[-1].startswith("not verified: inputs or rows could not be read")
+    assert len(result.stderr.splitlines()) == 4 and all(line.startswith("warning: skipped ") for line in result.stderr.splitlines())
+
+
+def test_the_history_reads_a_byte_order_mark_and_framebench_s_own_long_error_cells(tmp_path):
+    """A spreadsheet's save (a UTF-8 BOM) and a job whose one-line exception is over 2 MB (a directory
+    framebench itself writes) are read: the regression they carry is found."""
+    directories = slowed_history(tmp_path / "runs")
+    for directory in directories[4:6]:
+        (directory / "runs.csv").write_bytes(b"\xef\xbb\xbf" + (directory / "runs.csv").read_bytes())
+    failed = {**job_key("jax", 2), "node": "box", "status": "failed", "error": "RuntimeError: " + "x" * 3_000_000}
+    append_rows(directories[6], "runs", [failed])
+    result = cli("publish", str(tmp_path / "runs"), "--out", str(tmp_path / "site"), "--fail-on-regression")
+    assert result.returncode == 1 and result.stderr == "" and "numpy/default cpu mlp digits" in result.stdout
+    append_rows(directories[4], "runs", [{**job_key("jax", 2), "node": "box", "status": "failed"}])  # a writer appends after the mark
+    assert (directories[4] / "runs.csv").read_bytes().startswith(b"\xef\xbb\xbf") and len(load_results(directories[4])["runs"]) == 5
+
+
+# Tracebacks: each was one on an earlier version
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"sweep": {"field": "epochs", "values": ["abc"]}}, "'abc' is not a valid value"),
+        ({"sweep": {"field": "no_such_field", "values": ["1"]}}, "not a field a sweep can vary"),
+        ({"target_acc": math.inf}, "target_acc is inf"),
+        ({"threads": 0}, "threads is 0"),
+        ({"train": {"epochs": -3}}, "epochs must be positive"),
+        ({"train": {"lr": math.nan}}, "lr must be a finite number > 0"),
+    ],
+)
+def test_config_values_that_cannot_be_are_one_line_in_every_command(pair, thresholds, tmp_path, change, field):
+    base, new = pair
+    data = json.loads((new / "config.json").read_text())
+    data.update({k: {**data[k], **v} if k == "train" else v for k, v in change.items()})
+    (new / "config.json").write_text(json.dumps(data))
+    commands = [
+        ["plot", str(new)],
+        ["check", str(new), "--thresholds", thresholds],
+        ["compare", str(base), str(new)],
+        ["thresholds", str(new)],
+        ["run", "--resume", str(new)],
+    ]
+    for args in commands:
+        result = cli(*args)
+        assert result.returncode == 2 and result.stderr.splitlines() == [result.stderr.strip()] and field in result.stderr, (
+            args,
+            result.stderr,
+        )
+
+
+def test_a_sweep_value_the_config_never_had_is_left_out_of_reports_and_refused_by_gates(pair, thresholds):
+    base, new = pair
+    data = json.loads((new / "config.json").read_text())
+    data["sweep"], data["train"]["epochs"] = {"field": "epochs", "values": ["3"]}, 3
+    (new / "config.json").write_text(json.dumps(data))
+    rewrite(new, "runs", lambda rows: [{**r, "sweep_field": "epochs", "sweep_value": "abc" if i == 0 else "3"} for i, r in enumerate(rows)])
+    check = cli("check", str(new), "--thresholds", thresholds)
+    assert check.returncode == 2 and "row 1, column sweep_value: 'abc' is not a value of config.json's sweep (epochs: 3)" in check.stderr
+    plot = cli("plot", str(new))
+    assert plot.returncode == 0 and plot.stderr.count("the row is left out") == 1
+
+
+@pytest.mark.parametrize("start", ["nan", "absent", "huge"])
+def test_history_and_publish_take_a_job_without_a_usable_start_time_in_one_line(tmp_path, start):
+    directory = results_directory(tmp_path / "runs" / "r")
+    rewrite(directory, "runs", lambda rows: [{**r, "started_at": 1e30 if start == "huge" else None} for r in rows])
+    if start == "absent":
+        write_json(directory, "machine.json", ENV)  # no started_utc either
+    results_directory(tmp_path / "runs" / "s", started=STARTED + 3600)
+    for args in (["history", str(tmp_path / "runs")], ["publish", str(tmp_path / "runs"), "--out", str(tmp_path / "site")]):
+        result = cli(*args)
+        assert result.returncode == 0 and len(result.stderr.splitlines()) == (1 if start != "nan" else 0), result.stderr
+    if start == "absent":
+        assert "4 job(s) without a start time" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "site"]  # no staging folder left behind
+
+
+def test_a_site_that_fails_mid_write_leaves_no_staging_folder(tmp_path, monkeypatch):
+    results_directory(tmp_path / "runs" / "r")
+    monkeypatch.setattr("framebench.history.site.frameworks_page", lambda history: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        cli("publish", str(tmp_path / "runs"), "--out", str(tmp_path / "site"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+
+
+def test_a_parquet_file_of_another_shape_is_one_line_and_refuses_the_gate(tmp_path):
+    results_directory(tmp_path / "runs" / "r")
+    other, exported, damaged = tmp_path / "other.parquet", tmp_path / "history.parquet", tmp_path / "damaged.parquet"
+    duckdb.sql(f"COPY (SELECT 1 AS a, 'x' AS b) TO '{other}' (FORMAT parquet)")
+    assert cli("history", str(tmp_path / "runs"), "--parquet", str(exported)).returncode == 0
+    duckdb.sql(f"COPY (SELECT * REPLACE (2.5 AS final_test_acc) FROM read_parquet('{exported}')) TO '{damaged}' (FORMAT parquet)")
+    for path, warning in ((other, "is not a history export (no column run_id"), (damaged, "column final_test_acc: '2.5' is not")):
+        result = cli("publish", str(tmp_path / "runs"), str(path), "--out", str(tmp_path / "site"), "--fail-on-regression")
+        assert result.returncode == 2 and len(result.stderr.splitlines()) == 1 and warning in result.stderr, result.stderr
+
+
+def test_a_clean_parquet_export_reads_back_as_the_directories(tmp_path):
+    results_directory(tmp_path / "runs" / "r")
+    exported = tmp_path / "history.parquet"
+    assert cli("history", str(tmp_path / "runs"), "--parquet", str(exported)).returncode == 0
+    result = cli("publish", str(exported), "--out", str(tmp_path / "site"), "--fail-on-regression")
+    assert result.returncode == 0 and result.stderr == ""
+
+
+# Markdown, pipes, interrupts, the frameworks chart
+
+
+BEACON = "![b](http://host/t.png) @everyone"
+
+
+def rendered(markdown: str) -> str:
+    """GitHub-flavoured Markdown's core (CommonMark, with tables) rendered to HTML."""
+    return MarkdownIt("commonmark").enable("table").render(markdown)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        BEACON,
+        "[click](javascript:alert(1)) [ref][1]\n[1]: http://evil.example",
+        "<http://evil.example> www.evil.example https://evil.example/x mailto:a@evil.example",
+        "fixes #12 and owner/repo#3, @org/team",
+        "a\\| b \\[x](y)",
+    ],
+)
+def test_text_from_results_renders_as_text_without_images_links_or_mentions(text):
+    cell = escape_markdown(text)
+    html = rendered(f"| a |\n|---|\n| {cell} |\n")
+    assert "<img" not in html and "<a " not in html and html.count("<td>") == 1, html
+    for live in (
+        "http://",
+        "https://",
+        "www.",
+        "@everyone",
+        "@org",
+        "@evil",
+        "#12",
+        "#3",
+    ):  # what GitHub links after parsing (GFM's extended autolinks, mentions, references)
+        assert live not in html
+    shown = html_module.unescape(re.sub(r"<[^>]+>", "", html.split("<td>")[1].split("</td>")[0])).replace("\u2060", "")
+    assert shown == text.replace("\n", " ")  # it reads as written
+
+
+def test_report_and_compare_markdown_keep_a_beacon_inert(pair, tmp_path):
+    base, new = pair
+    append_rows(new, "runs", [{**job_key("numpy", 0, attempt=2), "node": "box", "status": "failed", "error": BEACON}])
+    assert cli("plot", str(new)).returncode == 0
+    markdown = tmp_path / "compare.md"
+    assert cli("compare", str(base), str(new), "--markdown", str(markdown)).returncode == 1
+    for text in ((new / "report.md").read_text(), markdown.read_text()):
+        html = rendered(text)
+        assert "t.png" in html and set(re.findall(r'<img src="([^"]*)"', html)) <= {*FIGURE_CAPTIONS, "profile.png"}, (
+            html
+        )  # only the report's own figures
+        assert "@everyone" not in html and "http://host" not in html
+
+
+def test_a_closed_stdout_ends_publish_quietly_after_its_work(tmp_path):
+    """`framebench publish ... | head`: the site is written, then the process ends as one killed by SIGPIPE would
+    (status 141), with no message claiming a path or permission problem and no traceback."""
+    step_history(tmp_path / "runs", runs=4)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line
+    try:
+        process = subprocess.run(
+            [sys.executable, "-m", "framebench", "publish", str(tmp_path / "runs"), "--out", str(tmp_path / "site")],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert process.returncode == 141 and process.stderr == "" and (tmp_path / "site" / "index.html").is_file()
+
+
+def test_a_closed_stdout_in_process_is_status_141_without_a_message(tmp_path, monkeypatch):
+    class ClosedPipe(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    results_directory(tmp_path / "r")
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    with pytest.raises(SystemExit) as exited:
+        from framebench.cli import main
+
+        main(["check", str(tmp_path / "r"), "--allow-missing"])
+    assert exited.value.code == 141
+
+
+@pytest.mark.parametrize(
+    "command, handler, words",
+    [
+        ("publish", "framebench.history.commands.run_publish", "interrupted; the site at --out is only ever replaced whole"),
+        ("history", "framebench.history.commands.run_history", "interrupted"),
+    ],
+)
+def test_ctrl_c_says_what_is_true_of_the_command_interrupted(tmp_path, monkeypatch, command, handler, words):
+    def interrupted(*_, **__):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(handler, interrupted)
+    result = cli(command, str(tmp_path), *(["--out", str(tmp_path / "site")] if command == "publish" else []))
+    assert result.returncode == 130 and result.stderr == words + "\n"
+
+
+def test_the_frameworks_chart_gives_each_quantity_an_axis_of_its_own():
+    rows = pd.DataFrame({"epoch_s": [1.0, 0.5], "acc": [0.95, 0.96], "run_id": ["r", "r"], "commit": ["c", "c"]})
+    rows["run_time"], rows["versions"], rows["repeats"] = pd.Timestamp("2027-01-01", tz="UTC"), "1.0", 2
+    figure = frameworks_figure(["numpy/default", "jax/default"], rows)
+    time, accuracy = figure.data
+    assert list(time.y) == [1.0, 0.5] and list(accuracy.y) == [0.95, 0.96]
+    domains = [figure.layout[f"xaxis{'' if axis.xaxis == 'x' else axis.xaxis[1:]}"].domain for axis in (time, accuracy)]
+    assert time.xaxis != accuracy.xaxis and domains[0][1] < domains[1][0]  # side by side, not overlaid
+
+
+# The walk: every column of every table, each bad value, every reading command
+
+
+BAD_VALUES = {"text": "abc", "nan": "nan", "inf": "inf", "-inf": "-inf", "negative": "-1", "zero": "0", "huge": "1e300"}
+
+
+def impossible(table: str, column: str, written: str) -> bool:
+    """Whether the contract says no measurement can be `written` in `column` (the oracle of the walk,
+    stated apart from the reader's code)."""
+    spec = contract.cell(column)
+    if table == "runs" and column in ("sweep_field", "sweep_value"):
+        return written != ""  # config.json's sweep is none
+    if spec.kind == "text":
+        return bool(spec.choices) and written not in spec.choices
+    try:
+        number = float(written)
+    except ValueError:
+        return True
+    if math.isnan(number):
+        return spec.required
+    return not (math.isfinite(number) and spec.low <= number <= spec.high and (spec.kind == "float" or number.is_integer()))
+
+
+def damaged(root: Path, name: str, table: str, cells: list[tuple[str, str]]) -> Path:
+    """A clean directory with each (column, value) of `cells` written into a row of its own of `table`.
+    A runs.csv cell goes into a new attempt of its own job (the job's latest then carries it, and a
+    damaged key names a job nobody planned, so resume has nothing to run); other tables' cells replace
+    the cell of an existing row."""
+    directory = results_directory(root / name, repeats=max(2, math.ceil(len(cells) / len(BACKENDS))), started=STARTED + 3600)
+    if table == "runs":
+        rows = read_rows(directory, "runs")[0].to_dict("records")[: len(cells)]  # a job per cell
+        append_rows(directory, "runs", [{**row, "attempt": 2, column: value} for row, (column, value) in zip(rows, cells, strict=True)])
+    else:
+        by_row = dict(enumerate(cells))
+        rewrite(directory, table, lambda rows: [{**r, **dict([by_row[i]])} if i in by_row else r for i, r in enumerate(rows)])
+    return directory
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A command that reads results directories: its arguments, and the tables on which it is a gate
+    (an impossible cell there never lets it exit 0); of any other table it leaves the row out with a warning."""
+
+    name: str
+    args: object  # (clean directory, damaged directory, thresholds file, scratch folder) -> argv
+    refuses: tuple[str, ...] = ()  # the tables on which it is a gate
+
+    def __call__(self, clean: Path, bad: Path, thresholds: str, scratch: Path):
+        return cli(*self.args(clean, bad, thresholds, scratch))
+
+
+ALL = contract.TABLE_NAMES
+READINGS = [  # a new reading command is one line here
+    Reading("plot", lambda c, b, t, s: ["plot", str(b)]),
+    Reading("check", lambda c, b, t, s: ["check", str(b), "--thresholds", t], refuses=ALL),
+    Reading("thresholds", lambda c, b, t, s: ["thresholds", str(b)], refuses=ALL),
+    Reading("compare NEW", lambda c, b, t, s: ["compare", str(c), str(b)], refuses=ALL),
+    Reading("compare BASE", lambda c, b, t, s: ["compare", str(b), str(c)], refuses=ALL),
+    Reading("history", lambda c, b, t, s: ["history", str(c), str(b)]),
+    Reading("publish", lambda c, b, t, s: ["publish", str(c), str(b), "--out", str(s / "site")]),
+    Reading("publish gate", lambda c, b, t, s: ["publish", str(c), str(b), "--out", str(s / "gate"), "--fail-on-regression"], refuses=ALL),
+    Reading(
+        "resume", lambda c, b, t, s: ["run", "--resume", str(b)], refuses=("runs", "epochs", "steps", "evals")
+    ),  # last: it rewrites the report
+]
+
+
+def walk(tmp_path: Path, thresholds: str, table: str, value: str, kind: str) -> None:
+    """Every column of `table` with `value`, those it is impossible in (kind "impossible") or those it is
+    possible in ("possible") at once, each in a row of its own, through every reading command."""
+    cells = [(c, value) for c in contract.columns(table) if impossible(table, c, value) == (kind == "impossible")]
+    if not cells:
+        pytest.skip(f"{value!r} is {'possible' if kind == 'impossible' else 'impossible'} in every column of {table}.csv")
+    clean = results_directory(tmp_path / "clean")
+    bad = damaged(tmp_path, "damaged", table, cells)
+    assert {r.column for r in load_results(bad)["refused"]} == ({c for c, _ in cells} if kind == "impossible" else set())
+    for reading in READINGS:
+        result = reading(clean, bad, thresholds, tmp_path)  # a traceback fails the test here
+        lines = result.stderr.splitlines()
+        left_out = [line for line in lines if "left out" in line]
+        where = (reading.name, result.returncode, result.stderr[-2000:], result.stdout[-500:])
+        assert result.returncode in (0, 1, 2), where
+        changes = [line for line in result.stdout.splitlines() if "0 change(s)" in line]
+        assert kind == "possible" or all("left out" in line for line in changes), where  # never "0 change(s)" hiding what was not read
+        if kind == "possible":
+            assert left_out == [] and (len(lines) <= 1 or reading.name == "resume"), where
+            assert "0 to run" in result.stderr or reading.name != "resume", where  # nothing planned went missing: no training
+        elif table in reading.refuses:
+            assert result.returncode != 0, where  # never a pass on an impossible value
+            if reading.name != "publish gate":  # which prints its changes, then says why it refuses
+                assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "column " in lines[0], where
+        else:
+            named = {line.split(", column ")[1].split(":")[0] for line in left_out}
+            assert result.returncode == 0 and named == {c for c, _ in cells} and len(left_out) == len(cells), where
+
+
+WALKED = [(table, value, kind) for table in contract.TABLE_NAMES for value in BAD_VALUES for kind in ("impossible", "possible")]
+FAST = {("runs", "inf", "impossible"), ("epochs", "nan", "possible")}  # the rest is the slow, exhaustive part
+
+
+@pytest.mark.parametrize(
+    "table, value, kind",
+    [pytest.param(*case, marks=() if case in FAST else pytest.mark.slow, id="-".join(case)) for case in WALKED],
+)
+def test_every_column_of_every_table_with_every_bad_value_through_every_reading_command(tmp_path, thresholds, table, value, kind):
+    walk(tmp_path, thresholds, table, BAD_VALUES[value], kind)
+
+
+@pytest.mark.parametrize("table", contract.TABLE_NAMES)
+def test_the_reader_refuses_exactly_the_cells_the_contract_calls_impossible(tmp_path, table):
+    """Every column with every bad value, each in a row of its own, in one read: fast and exhaustive."""
+    for name, value in BAD_VALUES.items():
+        cells = [(c, value) for c in contract.columns(table) if c not in ("run_id", "attempt") or table != "runs"]
+        directory = damaged(tmp_path, name, table, cells)
+        refused = load_results(directory)["refused"]
+        expected = {c for c, v in cells if impossible(table, c, v)}
+        assert {r.column for r in refused} == expected, (name, {r.column for r in refused} ^ expected)
+        assert all(r.value in (value, "" if value == "abc" else str(float(value)), "") for r in refused), [str(r) for r in refused]
+
+
+def test_many_bad_rows_of_one_column_are_one_line_in_a_report(tmp_path):
+    """Many bad rows of one column are one line in a report, naming the first and counting the rest."""
+    directory = results_directory(tmp_path / "r")
+    rewrite(directory, "epochs", lambda rows: [{**r, "test_acc": 7} for r in rows])
+    result = cli("plot", str(directory))
+    assert result.returncode == 0 and result.stderr.splitlines() == [
+        f"warning: {directory / 'epochs.csv'}: row 1, column test_acc: '7.0' is not a finite number in [0, 1] (or empty); "
+        "the row is left out, and 11 more row(s) with a bad test_acc"
+    ]
+    assert "- left out: " in (directory / "report.md").read_text()
+
+
+def test_a_directory_written_before_the_machine_record_s_rename_is_read_and_compared_alike(tmp_path):
+    """Older results name their machine record env.json: it is read in place, and compare matches its timings."""
+    current = results_directory(tmp_path / "current")
+    older = results_directory(tmp_path / "older")
+    (older / "machine.json").rename(older / "env.json")
+    assert load_results(older)["machine"] == load_results(current)["machine"] != {}
+    result = cli("compare", str(current), str(older))
+    assert result.returncode == 0 and "no machine record" not in result.stdout, result.stdout
