@@ -73,7 +73,7 @@ test: lint data  ## lint, the datasets (make data), then the whole test suite: w
 test-fast: lint data  ## lint, the datasets (make data), then every test not marked slow: the edit-test loop (a few minutes)
 	$(BIN)/python -m pytest -q -m "not slow"
 
-readme:  ## README.md's generated tables, the example results (from results/example) and the backends (from the registry)
+readme:  ## the generated tables: README.md's example results (from results/example), docs/backends.md's backends (from the registry)
 	$(BIN)/framebench readme
 
 clean:
