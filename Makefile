@@ -53,12 +53,12 @@ bench-precision: data  ## fp32 against bf16 on every backend, one thread, at bat
 bench-versions: data  ## one backend under two framework minors, interleaved: NumPy, JAX, TensorFlow (each against the lock) into results/versions
 	$(BIN)/framebench study versions
 
-bench-convergence:  ## RCPs, MLPerf's convergence check of every backend and AlgoPerf profiles over ci (MNIST, Fashion-MNIST) and tutorial003, 10 seeds, and a mislearning backend: results/convergence (quiet machine: the profile in seconds)
+bench-convergence: data  ## RCPs, MLPerf's convergence check of every backend and AlgoPerf profiles over ci (MNIST, Fashion-MNIST) and tutorial003, 10 seeds, and a mislearning backend: results/convergence (quiet machine: the profile in seconds)
 	$(BIN)/framebench study convergence
 
 BENCH_STEPS := $(BIN)/python -m pytest benchmarks -q --benchmark-only --benchmark-autosave --benchmark-columns=min,median,max,rounds
 
-bench-steps:  ## pytest-benchmark micro-benchmarks (train step, prediction) per backend; saved for --benchmark-compare
+bench-steps: data  ## pytest-benchmark micro-benchmarks (train step, prediction) per backend; saved for --benchmark-compare
 	$(BENCH_STEPS) --benchmark-storage=.benchmarks/main
 	KERAS_BACKEND=torch $(BENCH_STEPS) -k keras-torch --benchmark-storage=.benchmarks/keras-torch
 	KERAS_BACKEND=jax $(BENCH_STEPS) -k keras-jax --benchmark-storage=.benchmarks/keras-jax
@@ -73,7 +73,7 @@ test: lint data  ## lint, the datasets (make data), then the whole test suite: w
 test-fast: lint data  ## lint, the datasets (make data), then every test not marked slow: the edit-test loop (a few minutes)
 	$(BIN)/python -m pytest -q -m "not slow"
 
-readme:  ## README.md's generated tables, the example results (from results/example) and the backends (from the registry)
+readme:  ## the generated tables: README.md's example results (from results/example), docs/backends.md's backends (from the registry)
 	$(BIN)/framebench readme
 
 clean:

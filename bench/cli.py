@@ -129,9 +129,11 @@ def build_parser() -> Parser:
         "--fail-on-regression", action="store_true", help="exit 1 when a series' latest change is a slowdown or accuracy drop"
     )
     readme = commands.add_parser(
-        "readme", help="rewrite README.md's generated tables: the example results (results/example) and the backends (the registry)"
+        "readme",
+        help="rewrite the generated tables: the example results (results/example) in README.md, "
+        "the backends (the registry) in docs/backends.md",
     )
-    readme.add_argument("--check", action="store_true", help="only say whether README.md is up to date (exit 1 if not)")
+    readme.add_argument("--check", action="store_true", help="only say whether both pages are up to date (exit 1 if not)")
     fetching = commands.add_parser(
         "data",
         help="find and verify MNIST and Fashion-MNIST, downloading what is missing into the cache ($FRAMEBENCH_DATA_MIRROR first)",

@@ -1,2 +1,3 @@
 """History: many results directories as one queryable record (series), step changes detected over
-it (changes), and a static dashboard (site). DuckDB reads the tables in place; nothing is imported."""
+it (changes), and a static dashboard (site). Directories are read through the store's one reader (framebench.store.reader); DuckDB runs
+the queries over them and writes the Parquet export."""
