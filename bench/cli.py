@@ -305,7 +305,7 @@ def command_ops(args: argparse.Namespace) -> int:
 
 
 def command_envs(args: argparse.Namespace) -> int:
-    from framebench.driver.envs import run_envs
+    from framebench.driver.envlist import run_envs
 
     return run_envs(prune=args.prune)
 
