@@ -9,14 +9,9 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
-import queue
 import signal
 import sys
-import tempfile
-import threading
-import uuid
 from pathlib import Path
 
 from framebench import studies
@@ -29,8 +24,6 @@ from framebench.driver.gate import GATE_TIME_TOL
 from framebench.driver.request import PRECISION_SWEPT, RunRequest
 from framebench.errors import FrameBenchError
 
-DESCRIBE_TIMEOUT_S = 120.0  # how long `framebench list` waits for one entry's answer
-ANSWER_CAP_BYTES = 1 << 20  # the longest answer it reads
 RESUMABLE = {"resume", "timeout", "executor", "address", "schedule_timeout", "data_dir", "trust_environments"}  # flags --resume takes
 GATE_SETS = ("env", "lockstep", "executor", "address", "schedule_timeout")  # run's flags a gate sets itself (lockstep runs here)
 
@@ -190,42 +183,9 @@ def command_gate(args: argparse.Namespace) -> int:
     return run_gate(args.base, args.new, RunRequest(**flags), model, train, outputs, Path.cwd())
 
 
-def describe(entry: registry.Entry) -> dict:
-    """Ask a fresh process (with the entry's environment) what the entry supports here; its answer
-    comes on the worker's event channel, whatever the backend prints. A process that does not answer
-    within DESCRIBE_TIMEOUT_S (an import or an available() that hangs) is killed with all it started,
-    and it dies with this one."""
-    timeout_s = DESCRIBE_TIMEOUT_S
-    from framebench.driver.node import read_lines, start_worker, stop_job, worker_process
-    from framebench.driver.worker import JOB_TOKEN_VARIABLE, PARENT_PID_VARIABLE
-
-    token = uuid.uuid4().hex
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **entry.variables, PARENT_PID_VARIABLE: str(os.getpid()), JOB_TOKEN_VARIABLE: token}
-    lines: queue.Queue = queue.Queue(1)
-    done = threading.Event()
-    with tempfile.TemporaryFile() as log:
-        process, channel = start_worker(worker_process(sys.executable, "--describe", entry.backend, entry.variant), env, log)
-        process.stdin.close()
-        threading.Thread(target=read_lines, args=(channel, lines, ANSWER_CAP_BYTES, done), daemon=True).start()
-        try:
-            _, answer = lines.get(timeout=timeout_s)
-        except queue.Empty:
-            return {"error": f"no answer within {timeout_s:g} s (its import or available() hangs); killed"}
-        finally:
-            done.set()
-            stop_job(process, token)
-        log.seek(0)
-        printed = log.read().decode("utf-8", errors="replace")
-    try:
-        info = json.loads(answer.decode("utf-8")) if isinstance(answer, bytes) else None
-    except ValueError:
-        info = None
-    if isinstance(info, dict) and (set(info) == {"error"} or set(info) == {"devices", "adam_form", "presets", "precisions"}):
-        return info
-    return {"error": (printed.strip().splitlines() or ["no answer"])[-1]}  # it died first, or said something else: its last line says why
-
-
 def command_list(_: argparse.Namespace) -> int:
+    from framebench.driver.capabilities import describe
+
     print("backends (backend:variant, what it is, devices here):")
     for entry in registry.REGISTRY.values():
         print(f"  {entry.name:<22} {entry.summary}")
@@ -307,7 +267,7 @@ def command_ops(args: argparse.Namespace) -> int:
 
 
 def command_envs(args: argparse.Namespace) -> int:
-    from framebench.driver.envs import run_envs
+    from framebench.driver.envlist import run_envs
 
     return run_envs(prune=args.prune)
 

@@ -85,7 +85,7 @@ class SoftmaxWithLoss:
 
 
 class NumpyClassifier(Classifier):
-    # float64 in the oracle (framebench.testing) and the finite-difference tests, where float32
+    # float64 in the oracle (framebench.testing.oracle) and the finite-difference tests, where float32
     # rounding would swamp the comparison.
     dtype = np.float32
     precision_gaps = dict.fromkeys(

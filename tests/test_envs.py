@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from framebench.cli import build_parser
-from framebench.driver import envs, session
+from framebench.driver import envbuild, envs, session
 from framebench.driver.executors import LocalExecutor
 from framebench.driver.plan import matrix_of, merged_envs, new_config, recorded_jobs
 from framebench.driver.request import RunRequest
@@ -314,9 +314,9 @@ def test_prune_removes_only_what_framebench_built(envs_folder, tmp_path):
 def test_a_damaged_environment_is_reported_with_its_fix_and_never_used(envs_folder, monkeypatch):
     path = envs.location([OLD])
     environment_folder(path.parent, path.name, text='{"name": "old"')
-    monkeypatch.setattr(envs, "build", lambda *_: pytest.fail("a damaged environment must not be rebuilt over"))
+    monkeypatch.setattr(envbuild, "build", lambda *_: pytest.fail("a damaged environment must not be rebuilt over"))
     with pytest.raises(envs.EnvironmentUnavailable, match=r"is not a usable environment .* remove it \(`rm -r "):
-        envs.ensure("old", [OLD])
+        envbuild.ensure("old", [OLD])
 
 
 @pytest.mark.parametrize("failure", [KeyboardInterrupt, envs.EnvironmentUnavailable, OSError])
@@ -330,9 +330,9 @@ def test_a_build_leaves_no_staging_folder_however_it_ends(envs_folder, monkeypat
         environment_folder(staging.parent, staging.name)
         raise failure("scripted")
 
-    monkeypatch.setattr(envs, "make_venv", failing_venv)
+    monkeypatch.setattr(envbuild, "make_venv", failing_venv)
     with pytest.raises(failure):
-        envs.ensure("old", [OLD])
+        envbuild.ensure("old", [OLD])
     assert list(envs_folder.iterdir()) == []
 
 
@@ -352,7 +352,7 @@ def test_uv_is_killed_with_what_it_started_when_the_build_is_interrupted(tmp_pat
     try:
         signal.setitimer(signal.ITIMER_REAL, 1.0)
         with pytest.raises(KeyboardInterrupt):
-            envs.uv("pip", "install", "numpy")
+            envbuild.uv("pip", "install", "numpy")
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
@@ -368,7 +368,7 @@ def test_a_stop_signal_during_a_build_is_handled_like_one_during_jobs(envs_folde
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # the signal arrives long before
 
-    monkeypatch.setattr(envs, "make_venv", stopped_venv)
+    monkeypatch.setattr(envbuild, "make_venv", stopped_venv)
     request = RunRequest(
         backends="numpy", dataset="digits", floors=False, results_dir=str(tmp_path), run_id="r", threads=1, env=(f"old={OLD}",)
     )
@@ -416,7 +416,7 @@ def foreign(numpy_run, tmp_path, requirements: list[str]):
 )
 def test_a_foreign_directory_builds_nothing_its_config_names_unchecked(numpy_run, tmp_path, monkeypatch, requirements, message):
     directory = foreign(numpy_run, tmp_path, requirements)
-    monkeypatch.setattr(envs, "ensure", lambda *_: pytest.fail("nothing may be built"))
+    monkeypatch.setattr(envbuild, "ensure", lambda *_: pytest.fail("nothing may be built"))
     extend = ["run", "--backends", "numpy", "--dataset", "digits", "--no-floors", "--epochs", "1", "--threads", "1"]
     for args in (["run", "--resume", str(directory)], [*extend, "--results-dir", str(tmp_path), "--run-id", "r"]):
         result = cli(*args)
@@ -432,7 +432,7 @@ def test_a_trusted_foreign_url_requirement_is_built(numpy_run, tmp_path, monkeyp
         built.append(requirements)
         raise envs.EnvironmentUnavailable(f"environment {name} cannot be built: no server at 127.0.0.1:9")
 
-    monkeypatch.setattr(envs, "ensure", unbuildable)
+    monkeypatch.setattr(envbuild, "ensure", unbuildable)
     result = cli("run", "--resume", str(directory), "--trust-environments")
     assert result.returncode == 0, result.stderr
     assert built == [["numpy @ http://127.0.0.1:9/numpy-9.9-py3-none-any.whl"]]

@@ -20,7 +20,8 @@ from framebench.reports.stats import Interval, paired_ratio, ratio_of_medians, r
 from framebench.reports.summary import calibration_warnings
 from framebench.reports.verdicts import Kind, Verdict, exit_status, worst
 from framebench.store.job import DIMENSIONS, columns
-from framebench.studies import gate as study
+from framebench.studies.gate_report import goals
+from framebench.studies.gate_rounds import RULES, Settings, check_same_study
 from framebench.studies.slowdown import slower_source
 from tests.conftest import REPO
 
@@ -306,7 +307,7 @@ def test_the_study_reads_each_goal_against_its_exact_bound_and_says_the_distance
     rows += verdicts("A/A busy", "gate", [Kind.NO_CHANGE] * 20)
     rows += verdicts("+5%", "gate", [Kind.REGRESSION] * 17 + [Kind.INCONCLUSIVE] * 3)
     rows += verdicts("A/A quiet", "separate", [Kind.NOT_VERIFIED] * 60, wall_s=40.0)
-    lines = study.goals(pd.DataFrame(rows))
+    lines = goals(pd.DataFrame(rows))
     assert lines[0] == "- A/A quiet, REGRESSION <= 5% (one-sided 95% upper bound): 0/60 (0%; 95% CI 0%-6%): met"
     assert lines[1].endswith("not met: the bound is 13.9%; 20 verdicts are too few to bound it at 5% (59 clean ones would)")
     assert lines[2] == "- A/A quiet, not verified + inconclusive <= 10%: 1/60 (2%; 95% CI 0%-9%): met"
@@ -315,8 +316,8 @@ def test_the_study_reads_each_goal_against_its_exact_bound_and_says_the_distance
 
 
 def test_a_study_directory_measures_one_revision_one_way(tmp_path):
-    settings = study.Settings(3, 3, None, "tutorial000", "digits", "4096", 1, (0.05,), 2, 0.03, 60.0, tmp_path, None, study.RULES)
-    study.check_same_study(settings, "abc")
-    study.check_same_study(dataclasses.replace(settings, rounds=60, time_tol=0.05), "abc")  # more rounds, another reading: the same study
+    settings = Settings(3, 3, None, "tutorial000", "digits", "4096", 1, (0.05,), 2, 0.03, 60.0, tmp_path, None, RULES)
+    check_same_study(settings, "abc")
+    check_same_study(dataclasses.replace(settings, rounds=60, time_tol=0.05), "abc")  # more rounds, another reading: the same study
     with pytest.raises(FrameBenchError, match="holds a study with another base, repeats; pass another --directory"):
-        study.check_same_study(dataclasses.replace(settings, repeats=5), "def")
+        check_same_study(dataclasses.replace(settings, repeats=5), "def")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from framebench.driver import envs, gate, revisions
+from framebench.driver import envbuild, envs, gate, revisions
 from framebench.errors import FrameBenchError
 from framebench.store.job import PROTOCOL_VERSION
 from framebench.store.reader import load_results
@@ -139,7 +139,7 @@ def test_a_side_whose_worker_speaks_another_protocol_is_refused(tiny_repo, monke
     (tmp_path / envs.MARKER).write_text(json.dumps({"packages": []}))
     built = envs.Environment("base", (), tmp_path, reused=True)
     monkeypatch.setattr(envs, "is_built", lambda requirements: True)
-    monkeypatch.setattr(envs, "ensure", lambda name, requirements: built)
+    monkeypatch.setattr(envbuild, "ensure", lambda name, requirements: built)
     with pytest.raises(FrameBenchError, match=re.escape(f"cannot be gated: its framebench's worker speaks {said}")):
         gate.prepare_side("base", revisions.resolve("main", tiny_repo))
     assert envs.worker_protocol(Path(sys.executable)) == str(PROTOCOL_VERSION)

@@ -16,7 +16,7 @@ import pytest
 from framebench.core.config import ModelConfig, TrainConfig
 from framebench.core.harness import initial_weights
 from framebench.core.losses import NUMPY, loss_function
-from framebench.testing import float64_oracle
+from framebench.testing.oracle import float64_oracle
 
 STEP = 1e-6
 TOLERANCE = 1e-6

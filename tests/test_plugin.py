@@ -252,12 +252,12 @@ def hanging_available(tmp_path, monkeypatch):
 
 
 def test_list_bounds_an_available_that_hangs_and_leaves_no_process(hanging_available, monkeypatch):
-    from framebench import cli as commands
+    from framebench.driver import capabilities
     from tests.conftest import cli
     from tests.test_faults import alive
 
     monkeypatch.setattr(registry, "REGISTRY", registry.Registry(registry.plugin_entries("fake=tests.fake_backend:FakeClassifier")))
-    monkeypatch.setattr(commands, "DESCRIBE_TIMEOUT_S", 3.0)
+    monkeypatch.setattr(capabilities, "DESCRIBE_TIMEOUT_S", 3.0)
     listed = cli("list")
     assert listed.returncode == 0 and "not usable: no answer within 3 s (its import or available() hangs); killed" in listed.stdout
     pids = [int(p.name) for p in hanging_available.iterdir()]
@@ -267,10 +267,8 @@ def test_list_bounds_an_available_that_hangs_and_leaves_no_process(hanging_avail
 def test_a_describe_worker_dies_with_the_list_that_started_it(hanging_available):
     from tests.test_faults import alive, wait_for
 
-    lister = subprocess.Popen(
-        [sys.executable, "-c", "from framebench import cli; from framebench.core import registry; cli.describe(registry.lookup('fake'))"],
-        cwd=REPO,
-    )
+    code = "from framebench.core import registry; from framebench.driver.capabilities import describe; describe(registry.lookup('fake'))"
+    lister = subprocess.Popen([sys.executable, "-c", code], cwd=REPO)
     try:
         wait_for(lambda: any(hanging_available.iterdir()), "the describe worker's available()", timeout=60)
     finally:

@@ -2,7 +2,7 @@
 
 BASE and NEW are revisions (framebench.driver.revisions: `origin/main`, a SHA, a checkout's folder;
 NEW defaults to the working tree). Each becomes an environment built from its own revision, its own
-framebench, backends and requirements.lock (framebench.driver.envs, cached, never timed), named
+framebench, backends and requirements.lock (framebench.driver.envbuild, cached, never timed), named
 `base` and `new`. The matrix then runs once with both, in lockstep (framebench.driver.lockstep): for
 each point and repeat, one worker per side, taking turns epoch by epoch in ABBA order, so every
 machine state is seen by both. The results directory is an ordinary one (config.json records each
@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from framebench.driver import envs, revisions, session
+from framebench.driver import envbuild, envs, revisions, session
 from framebench.driver.request import RunRequest
 from framebench.errors import FrameBenchError
 from framebench.reports.compare import Tolerances, run_compare_envs
@@ -96,7 +96,7 @@ def prepare_side(name: str, revision: revisions.Revision) -> None:
     if not envs.is_built(requirements):
         print(f"building the environment of {label} with uv (not timed)", file=sys.stderr, flush=True)
     try:
-        environment = envs.ensure(name, requirements)
+        environment = envbuild.ensure(name, requirements)
     except envs.EnvironmentUnavailable as exc:
         raise FrameBenchError(f"{label} cannot be gated: {exc}") from None
     spoken = environment.protocol()

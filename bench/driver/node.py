@@ -34,7 +34,8 @@ from dataclasses import dataclass
 
 from framebench.core import registry
 from framebench.driver.calibration import busy_seconds, calibrate, cpu_ticks, steal_fraction
-from framebench.driver.envs import CURRENT, EnvironmentUnavailable, ensure
+from framebench.driver.envbuild import ensure
+from framebench.driver.envs import CURRENT, EnvironmentUnavailable
 from framebench.driver.worker import CHANNEL_VARIABLE, CONTROL_VARIABLE, JOB_TOKEN_VARIABLE, PARENT_PID_VARIABLE
 from framebench.store.job import RULE_ORDER, End, Job, MalformedEvent, Sense, SenseViolation, from_wire, most_samples_per_epoch
 

@@ -6,7 +6,7 @@ A working tree with changes is taken as a commit of its own, made without touchi
 user has: its files (untracked ones too, less what .gitignore ignores) are added to a temporary copy
 of the index, written as a tree and committed with a fixed date, so the same changes always give
 the same commit, on no branch. Either way a side is one commit SHA of one repository, which an
-environment is built from (framebench.driver.envs) and which config.json records as the requirement
+environment is built from (framebench.driver.envbuild) and which config.json records as the requirement
 `framebench @ git+file://REPOSITORY@SHA`.
 """
 

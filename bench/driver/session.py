@@ -16,7 +16,7 @@ from pathlib import Path
 
 from framebench.core.config import config_from_dict, layer_sizes
 from framebench.core.data import load_dataset
-from framebench.driver import envs
+from framebench.driver import envbuild, envs
 from framebench.driver.executors import Executor, LocalExecutor
 from framebench.driver.machine import machine_record
 from framebench.driver.plan import (
@@ -198,7 +198,7 @@ def prepare_environments(specs: dict[str, list[str]], jobs: list[Job]) -> tuple[
         if not envs.is_built(requirements):
             print(f"building environment {name} ({'; '.join(requirements) or 'the lock'}) with uv", file=sys.stderr, flush=True)
         try:
-            built_env = envs.ensure(name, requirements)
+            built_env = envbuild.ensure(name, requirements)
         except envs.EnvironmentUnavailable as exc:
             print(f"{exc}; its jobs are unavailable", file=sys.stderr, flush=True)
             broken[name] = str(exc)

@@ -1,41 +1,20 @@
-"""The conformance suite, shipped: a backend against the float64 NumPy oracle, check by check.
-
-Same initial weights and batches go in; the same numbers must come out, within float32 tolerances
-stated (and justified) next to each check. A backend's own tests run every check that applies to
-it with one line, as scikit-learn's `parametrize_with_checks` does for an estimator:
-
-    test_my_backend = framebench.testing.conformance_test(MyClassifier)
-
-A check is generated only where it applies: for a class whose `lacks()` is None for the
-configuration the check uses and whose `lacks_precision()` is None for the precision it trains at.
-Items are named `<backend>-<check>[<parameter>]`, e.g. `numpy:tutorial-logits[relu]` or
-`torch-trajectory-bf16[adam]`, so `-k` selects by backend, variant, check or precision.
-
-Registry entries may be given instead of classes. An entry whose environment differs from this
-process's (Keras on torch or JAX needs KERAS_BACKEND set before Keras is imported) runs in a child
-pytest started with that environment: the first such item runs every selected item of that
-environment in one child (`-p framebench.testing` makes the child record each outcome), and each
-item then reports the outcome its child measured.
+"""The float64 oracle and the checks against it (framebench.testing): what a backend must compute,
+each check with its tolerance stated and justified beside it. Apart from the suite's generation of
+pytest items (framebench.testing) because these are plain functions of a subject and a configuration,
+which other tests call too (the finite-difference gradients use the oracle).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import os
-import subprocess
-import sys
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import pytest
 
 from framebench.core import registry
 from framebench.core.classifier import Classifier
-from framebench.core.config import PRESETS, ModelConfig, TrainConfig, precision_mismatch
+from framebench.core.config import ModelConfig, TrainConfig, precision_mismatch
 from framebench.core.data import Dataset, load_dataset
 from framebench.core.harness import epoch_order, initial_weights
 from framebench.core.metrics import TRAJECTORY_RTOL
@@ -66,10 +45,7 @@ PRECISION_MULTIPLIER = 3.0
 PRECISION_ROUNDOFFS = 8
 UNIT_ROUNDOFF = {"tf32": 2.0**-11, "bf16": 2.0**-8, "fp16": 2.0**-11}
 PRECISION_RTOL = {precision: PRECISION_ROUNDOFFS * u for precision, u in UNIT_ROUNDOFF.items()}
-MLP = PRESETS["mlp"]
 TEST_SAMPLES = 2000  # test images whose logits are compared
-CHILD_REPORT = "FRAMEBENCH_CONFORMANCE_REPORT"  # set in a child pytest: where it records outcomes
-OUTCOMES = pytest.StashKey[dict]()  # per session: environment -> {node id: (outcome, message)}
 
 
 @functools.cache
@@ -269,210 +245,3 @@ def check_dropout(subject: Subject, model: ModelConfig, train: TrainConfig) -> N
     assert abs(kept.mean() - mean) < 5 * stderr, f"kept {kept.mean():.2f} of {hidden}, expected {mean:.2f}"
     assert kept.std() > 0, "the same units were kept at every step"
     np.testing.assert_allclose(classifier.predict_logits(x[:5])[:, 0], 1.0, rtol=1e-6)
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    run: Callable[[Subject, ModelConfig, TrainConfig], None]
-    configs: dict[str | None, tuple[ModelConfig, TrainConfig]]  # parameter (None: none) -> the configuration it uses
-    applies: Callable[[type[Classifier]], bool] = lambda cls: True  # beyond `lacks()`
-    precision: str = "fp32"  # the precision it trains at (a class whose `lacks_precision` names it gets no item)
-    slow: bool = False  # marked `slow` (the fast tier, `make test-fast`, leaves it out)
-
-
-def with_optimizer(optimizer: str, lr: float) -> TrainConfig:
-    return dataclasses.replace(MLP.train, optimizer=optimizer, lr=lr)
-
-
-CHECKS = (
-    # Logits need no training; SGD, which every backend has, keeps the check applicable to all.
-    Check(
-        name="logits",
-        run=check_logits,
-        configs={
-            a: (dataclasses.replace(MLP.model, hidden_activation=a), with_optimizer("sgd", 0.05)) for a in ("relu", "sigmoid", "tanh")
-        },
-    ),
-    Check(
-        name="optimizer",
-        run=check_optimizer_steps,
-        configs={o: (MLP.model, with_optimizer(o, 1e-3 if o == "adam" else 0.05)) for o in ("sgd", "momentum", "adam")},
-    ),
-    Check(
-        name="trajectory",
-        run=check_trajectory,
-        configs={o: (MLP.model, with_optimizer(o, 1e-3 if o == "adam" else 0.05)) for o in ("sgd", "adam")},
-        slow=True,
-    ),
-    Check(name="preset", run=check_preset, configs={p: (PRESETS[p].model, PRESETS[p].train) for p in PRESETS if p != "mlp"}, slow=True),
-    Check(
-        name="determinism",
-        run=check_determinism,
-        configs={None: (dataclasses.replace(MLP.model, dropout=0.2), MLP.train)},
-        applies=lambda cls: cls.deterministic_on_cpu,
-        slow=True,
-    ),
-    Check(
-        name="chunked",
-        run=check_chunked,
-        configs={o: (MLP.model, with_optimizer(o, 1e-3 if o == "adam" else 0.05)) for o in ("momentum", "adam")},
-        applies=lambda cls: cls.deterministic_on_cpu,
-        slow=True,
-    ),
-    Check(
-        name="chunked-dropout",
-        run=check_chunked,
-        configs={None: (dataclasses.replace(MLP.model, dropout=0.2), MLP.train)},
-        applies=lambda cls: cls.deterministic_on_cpu and cls.chunks_dropout_exactly,
-        slow=True,
-    ),
-    Check(
-        name="dropout",
-        run=check_dropout,
-        configs={
-            None: (
-                ModelConfig(hidden=(64,), dropout=0.3),  # its weights are set by the check
-                TrainConfig(optimizer="sgd", lr=1e-30, loss="mse", batch_size=1),
-            )
-        },
-    ),
-    *(
-        Check(
-            name=f"trajectory-{precision}",
-            run=functools.partial(check_precision, precision=precision),
-            configs={"adam": (MLP.model, with_optimizer("adam", 1e-3))},
-            precision=precision,
-            slow=True,
-        )
-        for precision in UNIT_ROUNDOFF
-    ),
-)
-
-
-@dataclass(frozen=True)
-class Case:
-    """One check of one subject with one parameter: one pytest item."""
-
-    subject: Subject
-    check: Check | None  # None: the subject could not be loaded, and the case reports why
-    parameter: str | None = None
-
-    @property
-    def slow(self) -> bool:
-        """A long check, or any check of a subject only a child pytest can host."""
-        return not self.subject.hosted or (self.check is not None and self.check.slow)
-
-    @property
-    def id(self) -> str:
-        check = self.check.name if self.check else "load"
-        return f"{self.subject.name}-{check}" + (f"[{self.parameter}]" if self.parameter else "")
-
-    def run(self) -> None:
-        if self.check is None:
-            raise FrameBenchError(self.subject.error)
-        if self.subject.device == "gpu":
-            usable, why = self.subject.cls.available("gpu")
-            if not usable:
-                pytest.skip(f"needs a GPU: {why}")
-        self.check.run(self.subject, *self.check.configs[self.parameter])
-
-
-def cases(*targets: type[Classifier] | registry.Entry) -> list[Case]:
-    """Every check that applies to each target (a Classifier subclass or a registry entry)."""
-    found = []
-    for item in map(subject_of, targets):
-        if item.cls is None:
-            found.append(Case(subject=item, check=None))
-            continue
-        found += [
-            Case(subject=item, check=check, parameter=parameter)
-            for check in CHECKS
-            if check.applies(item.cls)
-            for parameter, (model, train) in check.configs.items()
-            if item.cls.lacks(model, train) is None and item.cls.lacks_precision(check.precision, item.device) is None
-        ]
-    return found
-
-
-def conformance_test(*targets: type[Classifier] | registry.Entry) -> Callable:
-    """A pytest test function, parametrised over every check that applies to each target; assign
-    it to a `test_...` name in a test module. Long items carry the `slow` mark (`-m "not slow"`
-    leaves them out; register the marker where pytest runs with --strict-markers)."""
-    found = cases(*targets)
-    generated = {case.id: case for case in found}
-    if len(generated) != len(found):
-        raise ValueError("two targets share a name; give each class a distinct name")
-    params = [pytest.param(case, id=name, marks=[pytest.mark.slow] if case.slow else []) for name, case in generated.items()]
-
-    @pytest.mark.parametrize("case", params)
-    def test_conformance(case: Case, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
-        if case.subject.hosted:
-            case.run()
-        else:
-            report_child_outcome(case, request, tmp_path_factory)
-
-    test_conformance.conformance_cases = generated
-    return test_conformance
-
-
-def case_of(item: pytest.Item) -> Case | None:
-    """The conformance case an item runs, if it is one of `conformance_test`'s."""
-    generated = getattr(getattr(item, "function", None), "conformance_cases", None)
-    if generated is None:
-        return None
-    return generated.get(item.name[len(item.originalname) + 1 : -1])
-
-
-def report_child_outcome(case: Case, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Report the outcome a child pytest with the case's environment measured for this item,
-    starting that child (for every selected item of the environment) if none has run yet."""
-    env_key = tuple(sorted(case.subject.variables.items()))
-    outcomes = request.config.stash.setdefault(OUTCOMES, {})
-    if env_key not in outcomes:
-        node_ids = [
-            item.nodeid
-            for item in request.session.items
-            if (other := case_of(item)) and not other.subject.hosted and other.subject.variables == case.subject.variables
-        ]
-        outcomes[env_key] = run_child(node_ids, case.subject.variables, request.config, tmp_path_factory)
-    outcome, message = outcomes[env_key][request.node.nodeid]
-    if outcome == "skipped":
-        pytest.skip(message)
-    if outcome != "passed":
-        pytest.fail(f"in a child pytest with {case.subject.variables}: {message}", pytrace=False)
-
-
-def run_child(
-    node_ids: list[str], env: dict[str, str], config: pytest.Config, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, tuple[str, str]]:
-    """Run `node_ids` in one child pytest with `env` added to this environment; {node id: (outcome,
-    message)}, where the outcome is the first of an item's phases that did not pass."""
-    report = tmp_path_factory.mktemp("conformance-child") / "outcomes.jsonl"
-    command = [sys.executable, "-m", "pytest", "-p", __name__, "-p", "no:cacheprovider", "-q", f"--rootdir={config.rootpath}", *node_ids]
-    child = subprocess.run(
-        command, cwd=config.rootpath, env={**os.environ, **env, CHILD_REPORT: str(report)}, capture_output=True, text=True
-    )
-    lines = report.read_text().splitlines() if report.exists() else []
-    outcomes: dict[str, tuple[str, str]] = {}
-    for node_id, outcome, message in map(json.loads, lines):
-        if outcomes.get(node_id, ("passed",))[0] == "passed":
-            outcomes[node_id] = (outcome, message)
-    tail = (child.stdout + child.stderr)[-3000:]
-    return {
-        node_id: outcomes.get(node_id, ("failed", f"the child pytest did not run this item; its output ends:\n{tail}"))
-        for node_id in node_ids
-    }
-
-
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    """In a child pytest (`-p framebench.testing`), record every phase's outcome for the parent."""
-    path = os.environ.get(CHILD_REPORT)
-    if not path:
-        return
-    if report.skipped and isinstance(report.longrepr, tuple):
-        message = report.longrepr[2].removeprefix("Skipped: ")
-    else:
-        message = report.longreprtext
-    with Path(path).open("a") as out:
-        out.write(json.dumps([report.nodeid, report.outcome, message]) + "\n")
