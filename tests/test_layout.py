@@ -24,7 +24,7 @@ ALLOWED = {
     "impls": {"core", "store"},
     "testing": {"core", "store"},
 }
-FOLDERS = {"impls": REPO / "impls", "testing": REPO / "bench" / "testing.py", "cli": REPO / "bench" / "cli.py"}
+FOLDERS = {"impls": REPO / "impls", "cli": REPO / "bench" / "cli.py"}
 
 
 def modules(package: str) -> list[Path]:
