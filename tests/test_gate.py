@@ -19,7 +19,8 @@ from framebench.reports.compare import ONE_REPEAT, Group, Options, Tolerances, c
 from framebench.reports.stats import Interval, paired_ratio, ratio_of_medians, repeats_to_settle, walsh_median
 from framebench.reports.summary import calibration_warnings
 from framebench.reports.verdicts import Kind, Verdict, exit_status, worst
-from framebench.store.job import DIMENSIONS, columns
+from framebench.store.job import DIMENSIONS
+from framebench.store.schema import columns
 from framebench.studies import gate as study
 from framebench.studies.slowdown import slower_source
 from tests.conftest import REPO

@@ -25,8 +25,8 @@ from framebench.errors import FrameBenchError
 from framebench.reports.compare import Tolerances, run_compare_envs
 from framebench.reports.environments import side_by_side
 from framebench.reports.summary import point_label
+from framebench.store.events import PROTOCOL_VERSION
 from framebench.store.files import new_run_id
-from framebench.store.job import PROTOCOL_VERSION
 from framebench.store.reader import load_results, read_config
 
 SIDES = {"base": "BASE", "new": "NEW"}  # environment name -> how the gate names the side

@@ -46,8 +46,9 @@ from framebench.reports.markdown import escape_markdown, format_table, to_markdo
 from framebench.reports.stats import Interval, difference_of_medians, median_difference, paired_ratio, ratio_of_medians, repeats_to_settle
 from framebench.reports.summary import BUSY_FRACTION
 from framebench.reports.verdicts import FAIL, PASS, UNDECIDED, Kind, Verdict, exit_status, worst
-from framebench.store.job import NOT_RUN, PAIRED, columns, key_columns, point_names, replicate_names, series_columns
+from framebench.store.job import NOT_RUN, PAIRED, key_columns, point_names, replicate_names, series_columns
 from framebench.store.reader import latest_attempts, load_results, node_records, refuse_unreadable
+from framebench.store.schema import columns
 
 TRAINING = ("model", "train")  # config.json sections that decide what accuracy a run reaches
 ONE_REPEAT = "1 repeat: the spread between processes is unknown; use --repeats 3"

@@ -1,6 +1,6 @@
 """Reading a results directory: the one reader every report, gate and the history go through.
 
-Every table is read against the job contract's columns (framebench.store.job): a torn last row is left
+Every table is read against the job contract's columns (framebench.store.schema): a torn last row is left
 out with a warning, anything that is not a framebench table is one clear error, config.json and the
 machine record are checked for shape (CONFIG_SHAPE, MACHINE_SHAPE) before any command reads them.
 What a result *is* is defined here once: a job's latest attempt (`latest_attempts`) and the medians
@@ -24,7 +24,7 @@ import pandas as pd
 from framebench.core.config import SWEEPABLE, ModelConfig, Sweep, TrainConfig
 from framebench.core.seeds import compact_seeds
 from framebench.errors import FrameBenchError
-from framebench.store import job
+from framebench.store import job, schema
 
 
 def read_json(path: Path) -> dict:
@@ -134,9 +134,9 @@ def config_error(config: dict) -> str | None:
     """What in config.json (already of its shape) cannot be: the training configuration and each sweep
     value checked as `framebench run` checks them, the target accuracy, threads, repeats and seeds in
     range. None when it all makes sense."""
-    ranges = [("target_acc", config.get("target_acc"), job.SHARE), ("threads", config.get("threads"), job.SIZE)]
+    ranges = [("target_acc", config.get("target_acc"), schema.SHARE), ("threads", config.get("threads"), schema.SIZE)]
     for i, matrix in enumerate(config.get("matrices", [])):
-        ranges.append((f"matrices[{i}].repeats", matrix.get("repeats"), job.SIZE))
+        ranges.append((f"matrices[{i}].repeats", matrix.get("repeats"), schema.SIZE))
         if bad := [seed for seed in matrix.get("axes", {}).get("seed", []) if not (seed.isascii() and seed.isdigit())]:
             return f"matrices[{i}].axes.seed holds {bad[0][:20]!r}, not a seed (an integer >= 0)"
     for where, value, spec in ranges:
@@ -170,7 +170,7 @@ NAN_SPELLINGS = ["", "nan", "NaN", "-nan"]  # an empty number cell, however a wr
 
 @dataclass(frozen=True)
 class Refused:
-    """A table row a reader left out: one of its cells breaks its column's rule (framebench.store.job.Cell)."""
+    """A table row a reader left out: one of its cells breaks its column's rule (framebench.store.schema.Cell)."""
 
     path: Path  # the table (or export) it is a row of
     row: int  # 1-based, the header not counted
@@ -189,7 +189,7 @@ def read_rows(directory: Path, table: str) -> tuple[pd.DataFrame, list[Refused]]
     column's rule. A torn last line is left out with a warning; anything that is not a framebench table
     (another header, not CSV, not UTF-8) is one clear error. A UTF-8 byte order mark (a spreadsheet's
     save) is accepted."""
-    columns = job.columns(table)
+    columns = schema.columns(table)
     path = directory / f"{table}.csv"
     if not path.exists():
         return empty_table(columns), []
@@ -206,7 +206,7 @@ def read_rows(directory: Path, table: str) -> tuple[pd.DataFrame, list[Refused]]
         if header not in (columns, older_columns(table)):
             raise ValueError(f"columns {header[:4]}… are not {table}.csv's")
         rows = parse_rows(text, columns)
-        rows = rows.assign(**{c: "" if job.cell(c).kind == "text" else math.nan for c in columns if c not in header})[columns]
+        rows = rows.assign(**{c: "" if schema.cell(c).kind == "text" else math.nan for c in columns if c not in header})[columns]
     except StopIteration:
         raise FrameBenchError(f"{path} is not a framebench table (no header line); pass a directory `framebench run` wrote") from None
     except (UnicodeDecodeError, ValueError, pd.errors.ParserError) as exc:
@@ -220,7 +220,7 @@ def read_rows(directory: Path, table: str) -> tuple[pd.DataFrame, list[Refused]]
 def parse_rows(text: str, columns: list[str]) -> pd.DataFrame:
     """The table's cells, number columns as numbers where every cell of them is one, else as the text
     written (checked_rows then names the cell that is not)."""
-    numbers = [c for c in columns if job.cell(c).kind != "text"]
+    numbers = [c for c in columns if schema.cell(c).kind != "text"]
     empty = {c: NAN_SPELLINGS if c in numbers else [""] for c in columns}
     read = lambda dtypes: pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=empty, dtype=dtypes)  # noqa: E731
     try:
@@ -233,10 +233,10 @@ def parse_rows(text: str, columns: list[str]) -> pd.DataFrame:
 
 def checked_rows(rows: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, list[Refused]]:
     """`rows` (a table's columns; number columns as numbers or as text) without the rows a cell of which
-    breaks its column's rule (job.cell), typed: numbers as floats, integer columns without an empty cell
+    breaks its column's rule (schema.cell), typed: numbers as floats, integer columns without an empty cell
     as integers, text with "" for empty. Returns them and a Refused per row left out."""
     columns = list(rows.columns)
-    specs = [job.cell(c) for c in columns]
+    specs = [schema.cell(c) for c in columns]
     numbers = [i for i, spec in enumerate(specs) if spec.kind != "text"]
     values, empty = number_cells(rows[[columns[i] for i in numbers]])
     rules = [specs[i] for i in numbers]
@@ -280,7 +280,7 @@ def number_cells(written: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return values, empty
 
 
-def breaks_text(written: pd.Series, spec: job.Cell) -> pd.Series:
+def breaks_text(written: pd.Series, spec: schema.Cell) -> pd.Series:
     """Per cell of a text column, whether it breaks `spec` (required, or not one of its choices)."""
     empty = written.isna() | (written.astype(str) == "")
     bad = empty & spec.required
@@ -297,7 +297,7 @@ def refusals(rows: pd.DataFrame, bad: np.ndarray, path: Path) -> list[Refused]:
         first = int(np.argmax(flags))
         readable = keys is not None and not flags[keys].any()
         key = tuple(int(float(cells[i])) if columns[i] == "repeat" else text_of(cells[i]) for i in keys) if readable else None
-        refused.append(Refused(path, int(index) + 1, columns[first], text_of(cells[first]), job.cell(columns[first]).rule, key))
+        refused.append(Refused(path, int(index) + 1, columns[first], text_of(cells[first]), schema.cell(columns[first]).rule, key))
     return refused
 
 
@@ -314,8 +314,8 @@ def read_table(directory: Path, table: str) -> pd.DataFrame:
 
 
 def older_columns(table: str) -> list[str]:
-    """The header `table`.csv had before the columns of job.ADDED_COLUMNS: such a table reads with them empty."""
-    return [c for c in job.columns(table) if c not in job.ADDED_COLUMNS.get(table, [])]
+    """The header `table`.csv had before the columns of schema.ADDED_COLUMNS: such a table reads with them empty."""
+    return [c for c in schema.columns(table) if c not in schema.ADDED_COLUMNS.get(table, [])]
 
 
 def refuse_unreadable(refused: list[Refused]) -> None:
@@ -340,7 +340,7 @@ def left_out_lines(refused: list[Refused]) -> list[str]:
 
 
 def empty_table(columns: list[str]) -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype=str if c in job.text_columns() else float) for c in columns})
+    return pd.DataFrame({c: pd.Series(dtype=str if c in schema.text_columns() else float) for c in columns})
 
 
 def load_results(directory: str | Path) -> dict:
@@ -354,10 +354,10 @@ def load_results(directory: str | Path) -> dict:
             raise FrameBenchError(f"{directory} is not a results directory (no {required}); pass the folder `framebench run` printed")
     tables: dict = {}
     refused = []
-    for table in job.TABLE_NAMES:
+    for table in schema.TABLE_NAMES:
         tables[table], left_out = read_rows(directory, table)
         refused += left_out
-    for table in job.TABLE_NAMES:  # a renamed or copied directory reads as itself: its rows may carry the old name
+    for table in schema.TABLE_NAMES:  # a renamed or copied directory reads as itself: its rows may carry the old name
         if "run_id" in tables[table]:
             tables[table]["run_id"] = directory.name
     tables["config"] = read_config(directory)
