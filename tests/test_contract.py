@@ -12,7 +12,7 @@ import pytest
 from framebench.core.config import Sweep, resolve
 from framebench.driver.plan import Matrix, done_keys, plan
 from framebench.driver.recorder import JobState, summarize
-from framebench.reports.compare import Group, Options, Tolerances, compare_groups
+from framebench.reports.comparison import Group, Options, Tolerances, compare_groups
 from framebench.reports.verdicts import Kind, Verdict
 from framebench.store import job as contract
 from framebench.store import schema

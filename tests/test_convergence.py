@@ -16,7 +16,7 @@ from framebench.core.config import Sweep, resolve
 from framebench.core.seeds import compact_seeds, seed_count, seed_values
 from framebench.driver.plan import Matrix, done_keys, plan
 from framebench.history.series import load_history
-from framebench.reports.compare import Group, Options, Tolerances, compare_groups
+from framebench.reports.comparison import Group, Options, Tolerances, compare_groups
 from framebench.reports.convergence import MIN_SEEDS, bounds, decide
 from framebench.reports.profiles import R_MAX, performance_ratios, rho, scores, times_to_target
 from framebench.reports.thresholds import check, derive

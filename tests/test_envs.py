@@ -25,7 +25,8 @@ from framebench.driver.plan import matrix_of, merged_envs, new_config, recorded_
 from framebench.driver.request import RunRequest
 from framebench.errors import FrameBenchError
 from framebench.reports import environments
-from framebench.reports.compare import Tolerances, run_compare_envs
+from framebench.reports.compare import run_compare_envs
+from framebench.reports.comparison import Tolerances
 from framebench.reports.floors import load_with_floors
 from framebench.reports.plots import draw_all
 from framebench.reports.summary import summary

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from framebench.errors import FrameBenchError
-from framebench.reports.compare import ONE_REPEAT, Group, Options, Tolerances, compare_groups
+from framebench.reports.comparison import ONE_REPEAT, Group, Options, Tolerances, compare_groups
 from framebench.reports.stats import Interval, paired_ratio, ratio_of_medians, repeats_to_settle, walsh_median
 from framebench.reports.summary import calibration_warnings
 from framebench.reports.verdicts import Kind, Verdict, exit_status, worst
