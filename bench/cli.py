@@ -284,13 +284,13 @@ def command_thresholds(args: argparse.Namespace) -> int:
 
 
 def command_rcp(args: argparse.Namespace) -> int:
-    from framebench.reports.convergence import run_rcp
+    from framebench.reports.converge import run_rcp
 
     return run_rcp(args.directories, backend=args.backend, output=args.output)
 
 
 def command_converge(args: argparse.Namespace) -> int:
-    from framebench.reports.convergence import run_converge
+    from framebench.reports.converge import run_converge
 
     return run_converge(args.directory, reference=args.reference, base=args.base, markdown=args.markdown, json_file=args.json_file)
 

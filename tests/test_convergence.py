@@ -223,7 +223,7 @@ def test_converge_passes_a_backend_like_the_reference_and_fails_a_slower_one(tmp
 
 
 def test_the_shipped_rcp_file_reads_and_names_the_command_that_measured_it():
-    from framebench.reports.convergence import DEFAULT_FILE, load_rcps
+    from framebench.reports.converge import DEFAULT_FILE, load_rcps
 
     rcps = load_rcps(DEFAULT_FILE)
     assert set(rcps["dataset"]) == {"mnist", "fashion-mnist"} and set(rcps["preset"]) == {"ci"}
