@@ -28,7 +28,8 @@ from framebench.reports.environments import side_by_side
 from framebench.reports.summary import point_label
 from framebench.store.events import PROTOCOL_VERSION
 from framebench.store.files import new_run_id
-from framebench.store.reader import load_results, read_config
+from framebench.store.metadata import read_config
+from framebench.store.reader import load_results
 
 SIDES = {"base": "BASE", "new": "NEW"}  # environment name -> how the gate names the side
 GATE_REPEATS = 3  # --repeats unless given: one repeat cannot call a regression (comparison.ONE_REPEAT)

@@ -28,7 +28,8 @@ from framebench.store.files import (
     append_rows,
 )
 from framebench.store.job import OK, Job, key_columns
-from framebench.store.reader import read_config, read_machine, read_table
+from framebench.store.metadata import read_config, read_machine
+from framebench.store.reader import read_table
 from framebench.store.schema import EPOCH_FIELDS, FORMAT_VERSION
 
 # A results directory holds one experiment: appending with any of these different is refused.

@@ -47,7 +47,7 @@ from framebench.store.files import (
     write_json,
 )
 from framebench.store.job import NOT_RUN, OK, Job
-from framebench.store.reader import MACHINE_FILE, read_config, read_machine
+from framebench.store.metadata import MACHINE_FILE, read_config, read_machine
 from framebench.store.schema import TABLE_NAMES
 
 STEP_ROW_BYTES = 80  # a steps.csv row, generously, for the free-space check before a matrix starts

@@ -49,7 +49,8 @@ from framebench.reports.stats import Interval, difference_of_medians, median_dif
 from framebench.reports.summary import BUSY_FRACTION
 from framebench.reports.verdicts import Kind, Verdict, worst
 from framebench.store.job import NOT_RUN, replicate_names, series_columns
-from framebench.store.reader import latest_attempts, node_records
+from framebench.store.metadata import node_records
+from framebench.store.reader import latest_attempts
 
 TRAINING = ("model", "train")  # config.json sections that decide what accuracy a run reaches
 ONE_REPEAT = "1 repeat: the spread between processes is unknown; use --repeats 3"

@@ -29,7 +29,8 @@ from framebench.reports.convergence import (
 from framebench.reports.markdown import escape_markdown, format_table, to_markdown
 from framebench.reports.verdicts import FAIL, PASS, UNDECIDED, Verdict, exit_status
 from framebench.store.job import NOT_RUN
-from framebench.store.reader import latest_attempts, load_results, refuse_unreadable, seeds_text, swept_field
+from framebench.store.metadata import seeds_text, swept_field
+from framebench.store.reader import latest_attempts, load_results, refuse_unreadable
 
 DEFAULT_FILE = Path(__file__).resolve().parent / "rcps.csv"
 WORKLOAD = ["preset", "dataset", "target_acc", "eval_every", "training"]  # what an RCP is per

@@ -53,7 +53,8 @@ from framebench.reports import profiles
 from framebench.reports.markdown import escape_markdown, to_markdown
 from framebench.reports.verdicts import Kind, Verdict
 from framebench.store.job import NOT_RUN, OK, summary_names
-from framebench.store.reader import latest_attempts, swept_field
+from framebench.store.metadata import swept_field
+from framebench.store.reader import latest_attempts
 
 ALPHA = 0.05  # the t-test's level, as MLPerf's
 SEARCH_TOLERANCE = 1e-4  # epochs: where the binary search for a bound stops, as MLPerf's
