@@ -171,7 +171,7 @@ def command_run(args: argparse.Namespace) -> int:
 
 def command_gate(args: argparse.Namespace) -> int:
     from framebench.driver.gate import GATE_REPEATS, Outputs, run_gate
-    from framebench.reports.compare import Tolerances
+    from framebench.reports.comparison import Tolerances
 
     flags = run_flags(args)
     if flags.get("resume") and (args.base or args.new):
@@ -217,7 +217,8 @@ def command_plot(args: argparse.Namespace) -> int:
 
 
 def command_compare(args: argparse.Namespace) -> int:
-    from framebench.reports.compare import Tolerances, run_compare, run_compare_envs
+    from framebench.reports.compare import run_compare, run_compare_envs
+    from framebench.reports.comparison import Tolerances
 
     tolerances = Tolerances(acc_tol=args.acc_tol, time_tol=args.time_tol)
     outputs = {"accuracy_only": args.accuracy_only, "markdown": args.markdown, "json_file": args.json_file}
@@ -245,13 +246,13 @@ def command_thresholds(args: argparse.Namespace) -> int:
 
 
 def command_rcp(args: argparse.Namespace) -> int:
-    from framebench.reports.convergence import run_rcp
+    from framebench.reports.converge import run_rcp
 
     return run_rcp(args.directories, backend=args.backend, output=args.output)
 
 
 def command_converge(args: argparse.Namespace) -> int:
-    from framebench.reports.convergence import run_converge
+    from framebench.reports.converge import run_converge
 
     return run_converge(args.directory, reference=args.reference, base=args.base, markdown=args.markdown, json_file=args.json_file)
 

@@ -15,7 +15,7 @@ import os
 import sys
 import time
 
-from framebench.store.job import End, Epoch, Setup, Start, to_wire
+from framebench.store.events import End, Epoch, Setup, Start, to_wire
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 only says what is true) in the tests of what the node believes: `python tests/scripted_worker.py
 SCRIPT` reads its job on stdin like the real one and runs the steps the JSON file SCRIPT lists, in order:
 
-  {"send": EVENT}              one event line (EVENT a dict, as framebench.store.job.to_wire gives it)
+  {"send": EVENT}              one event line (EVENT a dict, as framebench.store.events.to_wire gives it)
   {"send": EVENT, "times": N}  the same line N times
   {"raw": TEXT}                TEXT on the channel as it is, no newline added
   {"fork": true}               fork without exec: the child keeps the channel and sleeps (its pid in $SCRIPT_PID_DIR)

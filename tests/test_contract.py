@@ -1,5 +1,6 @@
-"""The job contract (framebench.store.job): a dimension is one entry in one place, and a worker's
-messages are held to the contract before the driver believes them."""
+"""The job contract (framebench.store.job, the tables' schema and the events beside it): a dimension
+is one entry in one place, and a worker's messages are held to the contract before the driver
+believes them."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ import pytest
 from framebench.core.config import Sweep, resolve
 from framebench.driver.plan import Matrix, done_keys, plan
 from framebench.driver.recorder import JobState, summarize
-from framebench.reports.compare import Group, Options, Tolerances, compare_groups
+from framebench.reports.comparison import Group, Options, Tolerances, compare_groups
 from framebench.reports.verdicts import Kind, Verdict
 from framebench.store import job as contract
+from framebench.store import schema
+from framebench.store.events import End, Epoch, MalformedEvent, Setup, from_wire, to_wire
 from framebench.store.files import append_rows
-from framebench.store.job import Dimension, End, Epoch, Job, MalformedEvent, Setup, from_wire, to_wire
+from framebench.store.job import Dimension, Job
 from framebench.store.reader import read_table
 
 TEMPLATE = Job(run_id="r", dataset="digits", data_dir=None, preset="mlp", config={}, threads=1, target_acc=0.9)
@@ -54,7 +57,7 @@ def test_a_new_dimension_is_planned_innermost_and_interleaves(flavour):
 
 def test_a_new_dimension_is_a_column_of_every_job_table_and_of_each_row(flavour, tmp_path):
     for table in ("runs", "epochs", "steps"):
-        assert "flavour" in contract.columns(table)
+        assert "flavour" in schema.columns(table)
     job = planned()[1]
     row = ok_row(job, 0.9)
     assert row["flavour"] == "sour"

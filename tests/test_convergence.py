@@ -16,12 +16,13 @@ from framebench.core.config import Sweep, resolve
 from framebench.core.seeds import compact_seeds, seed_count, seed_values
 from framebench.driver.plan import Matrix, done_keys, plan
 from framebench.history.series import load_history
-from framebench.reports.compare import Group, Options, Tolerances, compare_groups
+from framebench.reports.comparison import Group, Options, Tolerances, compare_groups
 from framebench.reports.convergence import MIN_SEEDS, bounds, decide
 from framebench.reports.profiles import R_MAX, performance_ratios, rho, scores, times_to_target
 from framebench.reports.thresholds import check, derive
 from framebench.reports.verdicts import Kind, Verdict
 from framebench.store import job as contract
+from framebench.store import schema
 from framebench.store.files import append_rows, write_json
 from framebench.store.job import Job
 from tests.conftest import cli, framebench, printed_directory
@@ -48,7 +49,7 @@ def config(seeds: list[str], dataset: str = "digits", target: float = 0.9, train
 def run_row(seed, epochs: float | None, *, backend="numpy", variant="default", acc=0.95, status="ok", seconds=None, repeat=0) -> dict:
     """A runs.csv row: `epochs` to the target (None: did not reach it); 10 steps per epoch."""
     return {
-        **{c: "" if c in contract.text_columns() else math.nan for c in contract.columns("runs")},
+        **{c: "" if c in schema.text_columns() else math.nan for c in schema.columns("runs")},
         **{d.name: d.default for d in contract.DIMENSIONS},
         "run_id": "r",
         "seed": str(seed),
@@ -94,7 +95,7 @@ def test_seed_is_one_dimension_of_the_contract_and_a_column_of_every_job_table()
     seed = next(d for d in contract.DIMENSIONS if d.name == "seed")
     assert (seed.request_field, seed.default, seed.replicate) == ("seeds", "0", True)
     for table in ("runs", "epochs", "steps", "evals"):
-        assert contract.columns(table).count("seed") == 1
+        assert schema.columns(table).count("seed") == 1
     assert "seed" in contract.key_columns() and "seed" in contract.series_columns() and "seed" not in contract.summary_names()
 
 
@@ -133,7 +134,7 @@ def test_compare_pairs_accuracy_seed_by_seed_and_notes_a_seed_one_side_lacks():
     base = [run_row(0, 1.0, acc=0.95, repeat=r) for r in range(3)] + [run_row(1, 1.0, acc=0.97, repeat=r) for r in range(3)]
     new = [run_row(0, 1.0, acc=0.95, repeat=r) for r in range(3)]
     options = Options(Tolerances(0.005, 0.1), compare_accuracy=True, compare_time=False)
-    side = lambda rows, label: Group(pd.DataFrame(rows, columns=contract.columns("runs")), pd.DataFrame(), {}, label)  # noqa: E731
+    side = lambda rows, label: Group(pd.DataFrame(rows, columns=schema.columns("runs")), pd.DataFrame(), {}, label)  # noqa: E731
     table = compare_groups(side(base, "BASE"), side(new, "NEW"), options)
     verdicts = dict(zip(table["seed"], table["verdict"], strict=True))
     assert verdicts == {"0": Verdict(Kind.NO_CHANGE, note="accuracy only"), "1": Verdict(Kind.NOT_COMPARED, note="seed 1 ran only in BASE")}
@@ -222,7 +223,7 @@ def test_converge_passes_a_backend_like_the_reference_and_fails_a_slower_one(tmp
 
 
 def test_the_shipped_rcp_file_reads_and_names_the_command_that_measured_it():
-    from framebench.reports.convergence import DEFAULT_FILE, load_rcps
+    from framebench.reports.converge import DEFAULT_FILE, load_rcps
 
     rcps = load_rcps(DEFAULT_FILE)
     assert set(rcps["dataset"]) == {"mnist", "fashion-mnist"} and set(rcps["preset"]) == {"ci"}

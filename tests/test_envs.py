@@ -25,12 +25,14 @@ from framebench.driver.plan import matrix_of, merged_envs, new_config, recorded_
 from framebench.driver.request import RunRequest
 from framebench.errors import FrameBenchError
 from framebench.reports import environments
-from framebench.reports.compare import Tolerances, run_compare_envs
+from framebench.reports.compare import run_compare_envs
+from framebench.reports.comparison import Tolerances
 from framebench.reports.floors import load_with_floors
 from framebench.reports.plots import draw_all
 from framebench.reports.summary import summary
-from framebench.store.job import Job, columns, key_columns
+from framebench.store.job import Job, key_columns
 from framebench.store.reader import load_results
+from framebench.store.schema import columns
 from tests.conftest import cli, framebench, printed_directory
 from tests.test_faults import alive, wait_for
 

@@ -1,5 +1,5 @@
 """What the node believes of a worker: every event held to the job contract's rules of sense
-(framebench.store.job.Sense), everything a worker says bounded (a line's length, the lines waiting,
+(framebench.store.sense.Sense), everything a worker says bounded (a line's length, the lines waiting,
 the job's time however much it talks), and the worker's exit, not its channel's end, ending the job.
 A scripted worker (tests/scripted_worker.py) says what each case needs; no framework runs."""
 
@@ -21,8 +21,9 @@ import pytest
 from framebench.core.config import ModelConfig, TrainConfig
 from framebench.driver import node, session
 from framebench.driver.request import RunRequest
-from framebench.store import job as contract
-from framebench.store.job import End, Epoch, Evaluation, Job, Setup, to_wire
+from framebench.store import sense
+from framebench.store.events import End, Epoch, Evaluation, Setup, Start, to_wire
+from framebench.store.job import Job
 from framebench.store.reader import load_results
 from tests.test_faults import alive, wait_for
 
@@ -97,52 +98,52 @@ def test_a_true_worker_s_events_pass_whole(scripted):
 @pytest.mark.parametrize(
     "said, rule",
     [
-        ([start(), setup(), epoch(2), epoch(1)], contract.RULE_EPOCHS),  # backwards
-        ([start(), setup(), epoch(10**9)], contract.RULE_EPOCHS),
-        ([start(), setup(), epoch(10**30)], contract.RULE_EPOCHS),
-        ([start(), setup(), epoch(0)], contract.RULE_EPOCHS),
-        ([start(), setup(), epoch(-3)], contract.RULE_EPOCHS),
-        ([start(), setup(), epoch(1), epoch(1), epoch(2), end()], contract.RULE_EPOCHS),  # a forked worker: epoch 1 twice
-        ([start(), setup(), epoch(1), epoch(2), epoch(3)], contract.RULE_EPOCHS),  # beyond the planned count
-        ([start(), setup(), epoch(1, epoch_s=-1.0)], contract.RULE_TIMES),
-        ([start(), setup(), epoch(1, epoch_s=math.nan)], contract.RULE_TIMES),
-        ([start(), setup(), epoch(1, eval_s=math.inf)], contract.RULE_TIMES),
-        ([start(), setup(setup_s=-0.5)], contract.RULE_TIMES),
-        ([start(), setup(), epoch(1), epoch(2), end(cpu_s=-1.0)], contract.RULE_TIMES),
-        ([start(), setup(), epoch(1, test_acc=5.0)], contract.RULE_ACCURACY),
-        ([start(), setup(), epoch(1, test_acc=-0.1)], contract.RULE_ACCURACY),
-        ([start(), setup(), epoch(1, test_loss=math.inf)], contract.RULE_LOSSES),
-        ([start(), setup(), epoch(1, step_losses=[0.3, math.nan, 0.1])], contract.RULE_LOSSES),
-        ([start(), setup(), epoch(1, step_losses=[0.2])], contract.RULE_STEPS),
-        ([start(), setup(), epoch(1, train_loss=7.0)], contract.RULE_STEPS),
-        ([start(), setup(samples_per_epoch=0)], contract.RULE_SAMPLES),
-        ([start(), setup(samples_per_epoch=10**12)], contract.RULE_SAMPLES),
-        ([start(), setup(), epoch(1), epoch(2), end(), end("failed", error="RuntimeError: the real exception")], contract.RULE_ORDER),
-        ([start(), setup(), epoch(1), end()], contract.RULE_COMPLETE),
-        ([setup(), epoch(1), epoch(2), end()], contract.RULE_ORDER),  # nothing before start
-        ([start(), start()], contract.RULE_ORDER),
-        ([start(), {"type": "submitted"}], contract.RULE_ORDER),
-        ([start(), setup(), setup()], contract.RULE_ORDER),
-        ([start(), epoch(1)], contract.RULE_ORDER),  # an epoch before setup
-        ([start(), setup(), epoch(1), epoch(2), end("failed", retried=True)], contract.RULE_DRIVER_FIELDS),
-        ([start(), setup(), epoch(1), epoch(2), end(node="elsewhere")], contract.RULE_DRIVER_FIELDS),
-        ([start(), setup(), epoch(1), epoch(2), end(calib_before_s=1.0, started_at=0.0)], contract.RULE_DRIVER_FIELDS),
-        ([{"type": "start", "node": "forged"}], contract.RULE_DRIVER_FIELDS),
-        ([start(), setup(), epoch(1), epoch(2), end("lost")], contract.RULE_STATUSES),
-        ([start(), setup(), epoch(1), epoch(2), end("timeout")], contract.RULE_STATUSES),
-        ([start(), setup(), epoch(1), end("unavailable", error="no GPU")], contract.RULE_NOT_RUN),  # after training
-        ([start(), setup(), epoch(1), epoch(2), end(compute_dtype="bfloat16")], contract.RULE_DTYPE),  # an fp32 job
-        ([start(), setup(), epoch(1), epoch(2), end(compute_dtype="")], contract.RULE_DTYPE),
-        ([start(), setup(), epoch(1), end("failed", compute_dtype="int4")], contract.RULE_DTYPE),
-        ([start(), end("failed", compute_dtype="float32")], contract.RULE_DTYPE),  # claimed with nothing trained
-        ([start(), evaluation(1, 2)], contract.RULE_ORDER),  # an evaluation before setup
-        ([start(), setup(), evaluation(1, 2), evaluation(1, 1)], contract.RULE_EVALUATIONS),  # steps backwards
-        ([start(), setup(), evaluation(1, 4)], contract.RULE_EVALUATIONS),  # beyond the epoch's 3 steps
-        ([start(), setup(), epoch(1), evaluation(1, 3)], contract.RULE_EVALUATIONS),  # in an epoch already sent
-        ([start(), setup(), evaluation(1, 2), evaluation(1, 3, train_s=0.1)], contract.RULE_EVALUATIONS),  # the clock backwards
-        ([start(), setup(), evaluation(1, 2, test_acc=1.5)], contract.RULE_ACCURACY),
-        ([start(), setup(), evaluation(1, 2, test_loss=math.nan)], contract.RULE_LOSSES),
-        ([start(), setup(), evaluation(1, 2, eval_s=-1.0)], contract.RULE_TIMES),
+        ([start(), setup(), epoch(2), epoch(1)], sense.RULE_EPOCHS),  # backwards
+        ([start(), setup(), epoch(10**9)], sense.RULE_EPOCHS),
+        ([start(), setup(), epoch(10**30)], sense.RULE_EPOCHS),
+        ([start(), setup(), epoch(0)], sense.RULE_EPOCHS),
+        ([start(), setup(), epoch(-3)], sense.RULE_EPOCHS),
+        ([start(), setup(), epoch(1), epoch(1), epoch(2), end()], sense.RULE_EPOCHS),  # a forked worker: epoch 1 twice
+        ([start(), setup(), epoch(1), epoch(2), epoch(3)], sense.RULE_EPOCHS),  # beyond the planned count
+        ([start(), setup(), epoch(1, epoch_s=-1.0)], sense.RULE_TIMES),
+        ([start(), setup(), epoch(1, epoch_s=math.nan)], sense.RULE_TIMES),
+        ([start(), setup(), epoch(1, eval_s=math.inf)], sense.RULE_TIMES),
+        ([start(), setup(setup_s=-0.5)], sense.RULE_TIMES),
+        ([start(), setup(), epoch(1), epoch(2), end(cpu_s=-1.0)], sense.RULE_TIMES),
+        ([start(), setup(), epoch(1, test_acc=5.0)], sense.RULE_ACCURACY),
+        ([start(), setup(), epoch(1, test_acc=-0.1)], sense.RULE_ACCURACY),
+        ([start(), setup(), epoch(1, test_loss=math.inf)], sense.RULE_LOSSES),
+        ([start(), setup(), epoch(1, step_losses=[0.3, math.nan, 0.1])], sense.RULE_LOSSES),
+        ([start(), setup(), epoch(1, step_losses=[0.2])], sense.RULE_STEPS),
+        ([start(), setup(), epoch(1, train_loss=7.0)], sense.RULE_STEPS),
+        ([start(), setup(samples_per_epoch=0)], sense.RULE_SAMPLES),
+        ([start(), setup(samples_per_epoch=10**12)], sense.RULE_SAMPLES),
+        ([start(), setup(), epoch(1), epoch(2), end(), end("failed", error="RuntimeError: the real exception")], sense.RULE_ORDER),
+        ([start(), setup(), epoch(1), end()], sense.RULE_COMPLETE),
+        ([setup(), epoch(1), epoch(2), end()], sense.RULE_ORDER),  # nothing before start
+        ([start(), start()], sense.RULE_ORDER),
+        ([start(), {"type": "submitted"}], sense.RULE_ORDER),
+        ([start(), setup(), setup()], sense.RULE_ORDER),
+        ([start(), epoch(1)], sense.RULE_ORDER),  # an epoch before setup
+        ([start(), setup(), epoch(1), epoch(2), end("failed", retried=True)], sense.RULE_DRIVER_FIELDS),
+        ([start(), setup(), epoch(1), epoch(2), end(node="elsewhere")], sense.RULE_DRIVER_FIELDS),
+        ([start(), setup(), epoch(1), epoch(2), end(calib_before_s=1.0, started_at=0.0)], sense.RULE_DRIVER_FIELDS),
+        ([{"type": "start", "node": "forged"}], sense.RULE_DRIVER_FIELDS),
+        ([start(), setup(), epoch(1), epoch(2), end("lost")], sense.RULE_STATUSES),
+        ([start(), setup(), epoch(1), epoch(2), end("timeout")], sense.RULE_STATUSES),
+        ([start(), setup(), epoch(1), end("unavailable", error="no GPU")], sense.RULE_NOT_RUN),  # after training
+        ([start(), setup(), epoch(1), epoch(2), end(compute_dtype="bfloat16")], sense.RULE_DTYPE),  # an fp32 job
+        ([start(), setup(), epoch(1), epoch(2), end(compute_dtype="")], sense.RULE_DTYPE),
+        ([start(), setup(), epoch(1), end("failed", compute_dtype="int4")], sense.RULE_DTYPE),
+        ([start(), end("failed", compute_dtype="float32")], sense.RULE_DTYPE),  # claimed with nothing trained
+        ([start(), evaluation(1, 2)], sense.RULE_ORDER),  # an evaluation before setup
+        ([start(), setup(), evaluation(1, 2), evaluation(1, 1)], sense.RULE_EVALUATIONS),  # steps backwards
+        ([start(), setup(), evaluation(1, 4)], sense.RULE_EVALUATIONS),  # beyond the epoch's 3 steps
+        ([start(), setup(), epoch(1), evaluation(1, 3)], sense.RULE_EVALUATIONS),  # in an epoch already sent
+        ([start(), setup(), evaluation(1, 2), evaluation(1, 3, train_s=0.1)], sense.RULE_EVALUATIONS),  # the clock backwards
+        ([start(), setup(), evaluation(1, 2, test_acc=1.5)], sense.RULE_ACCURACY),
+        ([start(), setup(), evaluation(1, 2, test_loss=math.nan)], sense.RULE_LOSSES),
+        ([start(), setup(), evaluation(1, 2, eval_s=-1.0)], sense.RULE_TIMES),
     ],
 )
 def test_an_event_that_cannot_be_true_fails_the_job_naming_the_rule(scripted, said, rule):
@@ -150,7 +151,7 @@ def test_an_event_that_cannot_be_true_fails_the_job_naming_the_rule(scripted, sa
     last = events[-1]
     assert isinstance(last, End) and last.status == "failed", last
     assert f"cannot be true of this job: {rule}" in last.error
-    assert not last.retried and all(isinstance(e, contract.Start | Setup | Evaluation | Epoch) for e in events[:-1])
+    assert not last.retried and all(isinstance(e, Start | Setup | Evaluation | Epoch) for e in events[:-1])
     assert all(e.epoch_s >= 0 and 0 <= e.test_acc <= 1 for e in events if isinstance(e, Epoch))
 
 
@@ -181,13 +182,13 @@ def test_an_end_setting_retried_is_a_failure_counted_in_the_exit_status(monkeypa
     request = RunRequest(backends="numpy", dataset="digits", floors=False, results_dir=str(tmp_path), run_id="r", threads=1, repeats=2)
     assert session.run(request, {}, train) == 1
     runs = load_results(tmp_path / "r")["runs"]
-    assert runs["status"].tolist() == ["ok", "failed"] and contract.RULE_DRIVER_FIELDS in runs["error"][1]
+    assert runs["status"].tolist() == ["ok", "failed"] and sense.RULE_DRIVER_FIELDS in runs["error"][1]
 
 
 def test_a_flood_of_lines_stops_at_the_first_epoch_beyond_the_plan(scripted):
     """100,003 epoch rows once ran a --timeout 20 job for 173 s."""
     events, seconds = scripted([*sends(start(), setup(), epoch(1), epoch(2)), {"send": epoch(3), "times": 100_000}])
-    assert events[-1].status == "failed" and contract.RULE_EPOCHS in events[-1].error
+    assert events[-1].status == "failed" and sense.RULE_EPOCHS in events[-1].error
     assert sum(isinstance(e, Epoch) for e in events) == 2 and seconds < 30
 
 

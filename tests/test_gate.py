@@ -15,11 +15,12 @@ import pandas as pd
 import pytest
 
 from framebench.errors import FrameBenchError
-from framebench.reports.compare import ONE_REPEAT, Group, Options, Tolerances, compare_groups
+from framebench.reports.comparison import ONE_REPEAT, Group, Options, Tolerances, compare_groups
 from framebench.reports.stats import Interval, paired_ratio, ratio_of_medians, repeats_to_settle, walsh_median
 from framebench.reports.summary import calibration_warnings
 from framebench.reports.verdicts import Kind, Verdict, exit_status, worst
-from framebench.store.job import DIMENSIONS, columns
+from framebench.store.job import DIMENSIONS
+from framebench.store.schema import columns
 from framebench.studies.gate_report import goals
 from framebench.studies.gate_rounds import RULES, Settings, check_same_study
 from framebench.studies.slowdown import slower_source

@@ -22,7 +22,7 @@ import pytest
 
 from framebench.driver import envbuild, envs, gate, revisions
 from framebench.errors import FrameBenchError
-from framebench.store.job import PROTOCOL_VERSION
+from framebench.store.events import PROTOCOL_VERSION
 from framebench.store.reader import load_results
 from framebench.studies.slowdown import slower_revision, slower_source
 from tests.conftest import REPO, cli

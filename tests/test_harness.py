@@ -18,8 +18,10 @@ from framebench.core.harness import divergence, epoch_order, initial_weights
 from framebench.driver.recorder import JobState, reached_target, summarize
 from framebench.errors import FrameBenchError
 from framebench.reports.floors import load_with_floors
-from framebench.store.job import End, Evaluation, Job, Setup, columns
+from framebench.store.events import End, Evaluation, Setup
+from framebench.store.job import Job
 from framebench.store.reader import load_results
+from framebench.store.schema import columns
 from tests.conftest import REPO, cli, framebench, printed_directory
 
 TIME_COLUMNS = [

@@ -23,7 +23,7 @@ from framebench.history.text import label
 from framebench.reports.floors import load_with_floors
 from framebench.reports.summary import summary
 from framebench.store.files import append_rows, write_json
-from framebench.store.job import columns
+from framebench.store.schema import columns
 
 NODE = {"machine": "ci-1", "cpu": "Test CPU", "cores": 2, "kernel_settings": {}, "gpus": [], "libraries": {}}
 TRAIN = {"optimizer": "sgd", "lr": 0.001, "batch_size": 128, "epochs": 2}

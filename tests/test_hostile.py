@@ -27,8 +27,9 @@ from framebench.driver.plan import new_config, recorded_jobs
 from framebench.driver.request import RunRequest, plan_size
 from framebench.reports.markdown import escape_markdown, to_markdown
 from framebench.store import files as results
+from framebench.store.events import MalformedEvent
 from framebench.store.files import append_rows
-from framebench.store.job import Job, MalformedEvent
+from framebench.store.job import Job
 from framebench.store.reader import latest_attempts, load_results, read_table
 from tests.conftest import framebench
 from tests.test_faults import alive, env_for, run_args, run_fake, started, wait_for

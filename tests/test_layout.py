@@ -1,7 +1,8 @@
 """The package's layers import only downwards: shared definitions (core) know nothing of the store,
 the store nothing of reports or the driver, reports nothing of the driver, the driver nothing of the
 studies, nothing of the command line (the edge), and the backends only the shared definitions and
-the contract. Read from the source, so a new back-edge fails here."""
+the contract; and no module grows past MAX_LINES, where it holds more than one meaning. Read from
+the source, so a new back-edge or an outgrown module fails here."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ ALLOWED = {
     "testing": {"core", "store"},
 }
 FOLDERS = {"impls": REPO / "impls", "cli": REPO / "bench" / "cli.py"}
+MAX_LINES = 420  # a module longer than this holds more than one meaning: split it along them (issue 27)
 
 
 def modules(package: str) -> list[Path]:
@@ -62,3 +64,22 @@ def test_the_layer_check_sees_a_back_edge(tmp_path):
 def test_no_module_finds_the_checkout_through_its_own_file():
     offenders = [p for p in (REPO / "bench").rglob("*.py") if "parent.parent" in p.read_text()]
     assert not offenders, offenders
+
+
+def modules_over(limit: int, *folders: Path) -> dict[Path, int]:
+    """Every module under `folders` (at any depth) longer than `limit` lines, with its line count."""
+    counts = {path: len(path.read_text().splitlines()) for folder in folders for path in sorted(folder.rglob("*.py"))}
+    return {path: lines for path, lines in counts.items() if lines > limit}
+
+
+def test_no_module_is_longer_than_the_line_limit():
+    over = {str(path.relative_to(REPO)): lines for path, lines in modules_over(MAX_LINES, REPO / "bench", REPO / "impls").items()}
+    listed = ", ".join(f"{name} ({lines})" for name, lines in sorted(over.items()))
+    assert not over, f"over {MAX_LINES} lines, split along their meanings: {listed}"
+
+
+def test_the_line_limit_sees_a_long_module(tmp_path):
+    (tmp_path / "deep").mkdir()
+    (tmp_path / "short.py").write_text("x = 1\n" * MAX_LINES)
+    (tmp_path / "deep" / "long.py").write_text("x = 1\n" * (MAX_LINES + 1))
+    assert modules_over(MAX_LINES, tmp_path) == {tmp_path / "deep" / "long.py": MAX_LINES + 1}

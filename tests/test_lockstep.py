@@ -21,8 +21,10 @@ from framebench.driver.executors import LocalExecutor
 from framebench.driver.session import make_executor
 from framebench.driver.worker import GO, turn_taker
 from framebench.errors import FrameBenchError
-from framebench.store.job import ADDED_COLUMNS, DIMENSIONS, End, Epoch, Job, Setup, Submitted, columns
+from framebench.store.events import End, Epoch, Setup, Submitted
+from framebench.store.job import DIMENSIONS, Job
 from framebench.store.reader import read_table
+from framebench.store.schema import ADDED_COLUMNS, columns
 
 FAKE_WORKER = Path(__file__).with_name("fake_worker.py")
 EPOCHS = 4

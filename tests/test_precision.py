@@ -17,8 +17,10 @@ from framebench.driver.request import RunRequest
 from framebench.errors import FrameBenchError
 from framebench.reports.floors import with_efficiencies
 from framebench.reports.precision import precision_table
-from framebench.store.job import End, Job, Setup, accuracy_key_columns, columns
+from framebench.store.events import End, Setup
+from framebench.store.job import Job, accuracy_key_columns
 from framebench.store.reader import read_table
+from framebench.store.schema import columns
 from framebench.studies.precision import verdict
 from framebench.testing import cases
 from tests.conftest import framebench, printed_directory

@@ -28,8 +28,9 @@ from framebench.driver.request import RunRequest
 from framebench.history.site import frameworks_figure
 from framebench.reports.markdown import escape_markdown
 from framebench.reports.report import FIGURE_CAPTIONS
-from framebench.store import job as contract
+from framebench.store import schema
 from framebench.store.files import append_rows, write_json
+from framebench.store.job import step_key_columns
 from framebench.store.reader import load_results, read_rows
 from tests.conftest import REPO, cli
 from tests.test_history import step_history
@@ -113,11 +114,7 @@ def results_directory(path: Path, repeats: int = 2, started: float = STARTED, sl
                 }
                 for e in (1, 2, 3)
             ]
-            steps += [
-                {**{k: key[k] for k in contract.step_key_columns()}, "epoch": e, "step": s, "loss": 1 / s}
-                for e in (1, 2, 3)
-                for s in (1, 2)
-            ]
+            steps += [{**{k: key[k] for k in step_key_columns()}, "epoch": e, "step": s, "loss": 1 / s} for e in (1, 2, 3) for s in (1, 2)]
             evals += [
                 {**key, "epoch": e, "step": 2 * e, "train_s": e * time, "test_loss": 1.1 / e, "test_acc": 0.9, "eval_s": 0.01}
                 for e in (1, 2, 3)
@@ -162,13 +159,13 @@ def thresholds(tmp_path_factory) -> str:
 
 
 def test_every_column_of_every_table_says_what_it_holds():
-    for table in contract.TABLE_NAMES:
-        for column in contract.columns(table):
-            spec = contract.cell(column)
+    for table in schema.TABLE_NAMES:
+        for column in schema.columns(table):
+            spec = schema.cell(column)
             assert spec.kind in ("text", "int", "float") and spec.rule, (table, column)
-    assert contract.cell("final_test_acc").rule == "a finite number in [0, 1] (or empty)"
-    assert contract.cell("attempt").rule == "an integer in [1, 9007199254740992]"
-    assert contract.text_columns() == {c for t in contract.TABLE_NAMES for c in contract.columns(t) if contract.cell(c).kind == "text"}
+    assert schema.cell("final_test_acc").rule == "a finite number in [0, 1] (or empty)"
+    assert schema.cell("attempt").rule == "an integer in [1, 9007199254740992]"
+    assert schema.text_columns() == {c for t in schema.TABLE_NAMES for c in schema.columns(t) if schema.cell(c).kind == "text"}
 
 
 def test_a_bad_cell_is_one_line_naming_file_row_column_and_the_value_escaped_and_clipped(tmp_path):
@@ -477,7 +474,7 @@ BAD_VALUES = {"text": "abc", "nan": "nan", "inf": "inf", "-inf": "-inf", "negati
 def impossible(table: str, column: str, written: str) -> bool:
     """Whether the contract says no measurement can be `written` in `column` (the oracle of the walk,
     stated apart from the reader's code)."""
-    spec = contract.cell(column)
+    spec = schema.cell(column)
     if table == "runs" and column in ("sweep_field", "sweep_value"):
         return written != ""  # config.json's sweep is none
     if spec.kind == "text":
@@ -519,7 +516,7 @@ class Reading:
         return cli(*self.args(clean, bad, thresholds, scratch))
 
 
-ALL = contract.TABLE_NAMES
+ALL = schema.TABLE_NAMES
 READINGS = [  # a new reading command is one line here
     Reading("plot", lambda c, b, t, s: ["plot", str(b)]),
     Reading("check", lambda c, b, t, s: ["check", str(b), "--thresholds", t], refuses=ALL),
@@ -538,7 +535,7 @@ READINGS = [  # a new reading command is one line here
 def walk(tmp_path: Path, thresholds: str, table: str, value: str, kind: str) -> None:
     """Every column of `table` with `value`, those it is impossible in (kind "impossible") or those it is
     possible in ("possible") at once, each in a row of its own, through every reading command."""
-    cells = [(c, value) for c in contract.columns(table) if impossible(table, c, value) == (kind == "impossible")]
+    cells = [(c, value) for c in schema.columns(table) if impossible(table, c, value) == (kind == "impossible")]
     if not cells:
         pytest.skip(f"{value!r} is {'possible' if kind == 'impossible' else 'impossible'} in every column of {table}.csv")
     clean = results_directory(tmp_path / "clean")
@@ -564,7 +561,7 @@ def walk(tmp_path: Path, thresholds: str, table: str, value: str, kind: str) -> 
             assert result.returncode == 0 and named == {c for c, _ in cells} and len(left_out) == len(cells), where
 
 
-WALKED = [(table, value, kind) for table in contract.TABLE_NAMES for value in BAD_VALUES for kind in ("impossible", "possible")]
+WALKED = [(table, value, kind) for table in schema.TABLE_NAMES for value in BAD_VALUES for kind in ("impossible", "possible")]
 FAST = {("runs", "inf", "impossible"), ("epochs", "nan", "possible")}  # the rest is the slow, exhaustive part
 
 
@@ -576,11 +573,11 @@ def test_every_column_of_every_table_with_every_bad_value_through_every_reading_
     walk(tmp_path, thresholds, table, BAD_VALUES[value], kind)
 
 
-@pytest.mark.parametrize("table", contract.TABLE_NAMES)
+@pytest.mark.parametrize("table", schema.TABLE_NAMES)
 def test_the_reader_refuses_exactly_the_cells_the_contract_calls_impossible(tmp_path, table):
     """Every column with every bad value, each in a row of its own, in one read: fast and exhaustive."""
     for name, value in BAD_VALUES.items():
-        cells = [(c, value) for c in contract.columns(table) if c not in ("run_id", "attempt") or table != "runs"]
+        cells = [(c, value) for c in schema.columns(table) if c not in ("run_id", "attempt") or table != "runs"]
         directory = damaged(tmp_path, name, table, cells)
         refused = load_results(directory)["refused"]
         expected = {c for c, v in cells if impossible(table, c, v)}

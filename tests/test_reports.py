@@ -22,7 +22,7 @@ from framebench.reports.compare import version_notes
 from framebench.reports.floors import MAX_CREDIBLE_EFFICIENCY, PROBE_DISAGREEMENT, load_with_floors
 from framebench.reports.summary import BUSY_FRACTION, busy_warnings
 from framebench.store.files import append_rows, write_json
-from framebench.store.job import columns
+from framebench.store.schema import columns
 from tests.conftest import cli, framebench
 
 SIZES, BATCH, SAMPLES = (64, 32, 10), 16, 1600  # a tiny network: 100 steps per epoch

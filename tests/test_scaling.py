@@ -21,8 +21,9 @@ from framebench.reports.scaling import (
     throughput,
 )
 from framebench.reports.summary import summary
-from framebench.store.job import Job, columns
+from framebench.store.job import Job
 from framebench.store.reader import load_results
+from framebench.store.schema import columns
 from tests.conftest import framebench
 
 BATCHES = ["16", "64", "256"]

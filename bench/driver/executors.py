@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from framebench.driver import lockstep, node
 from framebench.driver.machine import gpu_info, node_record
 from framebench.driver.probe import ProbeRequest, run_probe
-from framebench.store.job import End, Job, Start
+from framebench.store.events import End, Start
+from framebench.store.job import Job
 
 EXECUTORS = ("local", "ray")
 
@@ -36,7 +37,7 @@ class Executor(ABC):
     @abstractmethod
     def run(self, jobs: list[Job], timeout_s: float) -> Iterator[tuple[Job, object]]:
         """Run `jobs` (in this order where the executor has a choice) and yield (job, event) as events come
-        (framebench.store.job's events): first `Submitted` (the job is in flight from then on), last its `End`,
+        (framebench.store.events): first `Submitted` (the job is in flight from then on), last its `End`,
         carrying `node` and `host` where it reached a node. A job retried after its node died ends with
         status `lost` and comes back as a copy with the next `attempt`."""
 

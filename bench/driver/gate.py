@@ -22,15 +22,17 @@ from pathlib import Path
 from framebench.driver import envbuild, envs, revisions, session
 from framebench.driver.request import RunRequest
 from framebench.errors import FrameBenchError
-from framebench.reports.compare import Tolerances, run_compare_envs
+from framebench.reports.compare import run_compare_envs
+from framebench.reports.comparison import Tolerances
 from framebench.reports.environments import side_by_side
 from framebench.reports.summary import point_label
+from framebench.store.events import PROTOCOL_VERSION
 from framebench.store.files import new_run_id
-from framebench.store.job import PROTOCOL_VERSION
-from framebench.store.reader import load_results, read_config
+from framebench.store.metadata import read_config
+from framebench.store.reader import load_results
 
 SIDES = {"base": "BASE", "new": "NEW"}  # environment name -> how the gate names the side
-GATE_REPEATS = 3  # --repeats unless given: one repeat cannot call a regression (compare.ONE_REPEAT)
+GATE_REPEATS = 3  # --repeats unless given: one repeat cannot call a regression (comparison.ONE_REPEAT)
 GATE_TIME_TOL = 0.03  # --time-tol unless given: below the +5% a gate is meant to catch (compare's default is 0.10)
 
 

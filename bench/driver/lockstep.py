@@ -35,7 +35,9 @@ from framebench.driver import node
 from framebench.driver.calibration import process_cpu_seconds
 from framebench.driver.envs import EnvironmentUnavailable
 from framebench.driver.worker import GO
-from framebench.store.job import OK, PAIRED, End, Epoch, Job, MalformedEvent, Sense, SenseViolation, Setup, Submitted, key_columns
+from framebench.store.events import End, Epoch, MalformedEvent, Setup, Submitted
+from framebench.store.job import OK, PAIRED, Job, key_columns
+from framebench.store.sense import Sense, SenseViolation
 
 
 def partners(a: Job, b: Job) -> bool:
@@ -96,7 +98,7 @@ class Side:
 
     job: Job  # the job
     budget_s: float  # its own running time left before it times out
-    sense: Sense  # what its worker's events may say (framebench.store.job)
+    sense: Sense  # what its worker's events may say (framebench.store.sense)
     worker: node.Worker | None = None  # its worker, once started
     end: End | None = None  # its last event, once it ended
     epochs_done: int = 0  # epoch events received

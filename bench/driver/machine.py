@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from framebench.core.checkout import source_checkout
-from framebench.store.reader import node_records
+from framebench.store.metadata import node_records
 
 LIBRARIES = ("numpy", "pandas", "scikit-learn", "threadpoolctl", "tensorflow", "tensorflow-cpu", "keras", "torch", "jax", "jaxlib", "ray")
 

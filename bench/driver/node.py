@@ -5,7 +5,7 @@ table: events go back to the driver, which alone writes the results directory.
 Events come on a pipe of their own (the worker's "event channel"), never on stdout or stderr: both of
 those go to the job's log, whatever a backend or framework prints there, in whatever bytes. A message
 on the channel that is not an event of the job contract, or an event that cannot be true of the job
-(framebench.store.job.Sense), ends the job `failed`; nothing of the job (a process it started with
+(framebench.store.sense.Sense), ends the job `failed`; nothing of the job (a process it started with
 setsid, or forked without exec, included) outlives it. Everything a worker says is bounded: a line's
 length (event_line_cap), the lines waiting to be recorded (QUEUE_LINES), and the job's time, however
 much it talks. A job ends when its worker closes the channel after its end, or when the worker exits
@@ -37,7 +37,9 @@ from framebench.driver.calibration import busy_seconds, calibrate, cpu_ticks, st
 from framebench.driver.envbuild import ensure
 from framebench.driver.envs import CURRENT, EnvironmentUnavailable
 from framebench.driver.worker import CHANNEL_VARIABLE, CONTROL_VARIABLE, JOB_TOKEN_VARIABLE, PARENT_PID_VARIABLE
-from framebench.store.job import RULE_ORDER, End, Job, MalformedEvent, Sense, SenseViolation, from_wire, most_samples_per_epoch
+from framebench.store.events import End, MalformedEvent, from_wire
+from framebench.store.job import Job
+from framebench.store.sense import RULE_ORDER, Sense, SenseViolation, most_samples_per_epoch
 
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
 LOG_TAIL_BYTES = 64_000  # the end of a worker's stderr kept in logs/ (a traceback, framework warnings)

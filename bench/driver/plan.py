@@ -23,19 +23,14 @@ from framebench.driver.recorder import JobState, summarize
 from framebench.driver.request import RunRequest, check_threads, resolve_devices, split_names
 from framebench.errors import FrameBenchError
 from framebench.store import job as contract
+from framebench.store.events import End, Epoch
 from framebench.store.files import (
     append_rows,
 )
-from framebench.store.job import (
-    EPOCH_FIELDS,
-    FORMAT_VERSION,
-    OK,
-    End,
-    Epoch,
-    Job,
-    key_columns,
-)
-from framebench.store.reader import read_config, read_machine, read_table
+from framebench.store.job import OK, Job, key_columns
+from framebench.store.metadata import read_config, read_machine
+from framebench.store.reader import read_table
+from framebench.store.schema import EPOCH_FIELDS, FORMAT_VERSION
 
 # A results directory holds one experiment: appending with any of these different is refused.
 IDENTITY = ("preset", "dataset", "model", "train", "threads", "sweep", "target_acc", "floors")

@@ -34,7 +34,8 @@ from framebench.driver.executors import Executor, with_node
 from framebench.driver.machine import node_record
 from framebench.driver.probe import ProbeRequest, run_probe
 from framebench.errors import FrameBenchError
-from framebench.store.job import End, Job, Submitted
+from framebench.store.events import End, Submitted
+from framebench.store.job import Job
 
 SLOT = "framebench_slot"  # the custom resource a node advertises to take jobs, one at a time
 START_HEAD = "ray start --head --resources '{\"framebench_slot\": 1}'"

@@ -17,20 +17,14 @@ from pathlib import Path
 from framebench.core import registry
 from framebench.driver.executors import Executor
 from framebench.reports.summary import BUSY_FRACTION, calibration_drifted
+from framebench.store.events import End, Epoch, Evaluation, Setup, Start
 from framebench.store.files import (
     append_rows,
     replace_file,
     write_failure,
 )
-from framebench.store.job import (
-    EPOCH_FIELDS,
-    End,
-    Epoch,
-    Evaluation,
-    Job,
-    Setup,
-    Start,
-)
+from framebench.store.job import Job
+from framebench.store.schema import EPOCH_FIELDS
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 

@@ -36,6 +36,7 @@ from framebench.driver.recorder import STOP_SIGNALS, Interrupts, Stopped, finish
 from framebench.driver.request import RunRequest, check_plan_size
 from framebench.errors import FrameBenchError
 from framebench.reports.floors import load_with_floors
+from framebench.store.events import End
 from framebench.store.files import (
     DirectoryLock,
     append_rows,
@@ -45,14 +46,9 @@ from framebench.store.files import (
     remove_empty_directory,
     write_json,
 )
-from framebench.store.job import (
-    NOT_RUN,
-    OK,
-    TABLE_NAMES,
-    End,
-    Job,
-)
-from framebench.store.reader import MACHINE_FILE, read_config, read_machine
+from framebench.store.job import NOT_RUN, OK, Job
+from framebench.store.metadata import MACHINE_FILE, read_config, read_machine
+from framebench.store.schema import TABLE_NAMES
 
 STEP_ROW_BYTES = 80  # a steps.csv row, generously, for the free-space check before a matrix starts
 

@@ -7,7 +7,7 @@ in whatever bytes, cannot be mistaken for a result.
 In lockstep (framebench.driver.lockstep) the node passes a second pipe, the control pipe
 ($FRAMEBENCH_CONTROL_FD, read here): before each epoch, outside the epoch's clock, the worker waits
 for a GO line on it, so two workers alive at once take turns epoch by epoch. `--protocol` prints
-the version of this wire (store.job.PROTOCOL_VERSION): a driver runs only workers that speak its own."""
+the version of this wire (store.events.PROTOCOL_VERSION): a driver runs only workers that speak its own."""
 
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ from framebench.core.config import config_from_dict, precision_mismatch, samples
 from framebench.core.data import load_dataset
 from framebench.core.harness import DivergedError, initial_weights, peak_rss_mb, train_epochs
 from framebench.errors import FrameBenchError
-from framebench.store.job import DRIVER_OWNED, EPOCH_FIELDS, PROTOCOL_VERSION, End, Epoch, Evaluation, Job, Setup, Start, to_wire
+from framebench.store.events import DRIVER_OWNED, PROTOCOL_VERSION, End, Epoch, Evaluation, Setup, Start, to_wire
+from framebench.store.job import Job
+from framebench.store.schema import EPOCH_FIELDS
 
 CHANNEL_VARIABLE = "FRAMEBENCH_EVENT_FD"  # the write end of the event channel, set by the node
 CONTROL_VARIABLE = "FRAMEBENCH_CONTROL_FD"  # the read end of the control pipe, set by the node in lockstep only

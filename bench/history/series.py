@@ -18,9 +18,10 @@ import duckdb
 import pandas as pd
 
 from framebench.errors import FrameBenchError
-from framebench.reports.compare import TRAINING, fingerprints
-from framebench.store.job import columns, key_columns, series_columns
+from framebench.reports.comparison import TRAINING, fingerprints
+from framebench.store.job import key_columns, series_columns
 from framebench.store.reader import checked_rows, latest_attempts, left_out_lines, load_results, medians_over_repeats, ok_results
+from framebench.store.schema import columns
 
 
 def series_key() -> list[str]:

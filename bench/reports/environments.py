@@ -11,7 +11,7 @@ from __future__ import annotations
 import pandas as pd
 
 from framebench.core.metrics import TRAJECTORY_RTOL
-from framebench.reports.compare import paired_log_ratios, slotted_epochs, steady_epochs
+from framebench.reports.epoch_times import paired_log_ratios, slotted_epochs, steady_epochs
 from framebench.reports.markdown import escape_markdown, to_markdown
 from framebench.reports.stats import Interval, paired_ratio, ratio_of_medians
 from framebench.store.job import OK, point_names

@@ -17,7 +17,7 @@ from framebench.core import registry  # noqa: E402
 from framebench.reports import environments  # noqa: E402
 from framebench.reports.summary import precision_series  # noqa: E402
 from framebench.store.files import replace_file  # noqa: E402
-from framebench.store.reader import swept_field  # noqa: E402
+from framebench.store.metadata import swept_field  # noqa: E402
 
 PALETTE = plt.get_cmap("tab10").colors
 LINESTYLES = ["-", "--", ":", "-."]

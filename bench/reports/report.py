@@ -12,7 +12,8 @@ from framebench.reports.markdown import escape_markdown, to_markdown, write_mark
 from framebench.reports.plots import draw_all
 from framebench.reports.scaling import report_section
 from framebench.reports.summary import busy_warnings, calibration_warnings, not_run, summary
-from framebench.store.reader import left_out_lines, node_records, seeds_text, swept_field
+from framebench.store.metadata import node_records, seeds_text, swept_field
+from framebench.store.reader import left_out_lines
 
 FIGURE_CAPTIONS = {
     "loss.png": "Training loss per step and test loss per epoch",

@@ -17,8 +17,10 @@ import pandas as pd
 
 from framebench.errors import FrameBenchError
 from framebench.reports.markdown import format_table
-from framebench.store.job import accuracy_key_columns, text_columns
-from framebench.store.reader import latest_attempts, load_results, refuse_unreadable, seeds_text, swept_field
+from framebench.store.job import accuracy_key_columns
+from framebench.store.metadata import seeds_text, swept_field
+from framebench.store.reader import latest_attempts, load_results, refuse_unreadable
+from framebench.store.schema import text_columns
 
 DEFAULT_FILE = Path(__file__).resolve().parent / "thresholds.csv"
 

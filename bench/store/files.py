@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from framebench.errors import FrameBenchError
-from framebench.store import job
+from framebench.store import schema
 
 LOCK_FILE = ".lock"
 NO_HARD_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK)  # os.link on vfat, exFAT, some mounts
@@ -103,7 +103,7 @@ def append_rows(directory: Path, table: str, rows: list[dict]) -> None:
     A previous writer killed mid-row leaves a last line without a newline: it is cut off before
     appending, so no row is ever glued to a torn one. A failed write is undone to the last whole row.
     """
-    columns = job.columns(table)
+    columns = schema.columns(table)
     path = directory / f"{table}.csv"
     buffer = io.StringIO()
     csv.DictWriter(buffer, fieldnames=columns, extrasaction="raise", lineterminator="\n").writerows(map(one_line, rows))
@@ -186,7 +186,7 @@ def write_json(directory: Path, name: str, data: dict) -> None:
 def check_no_symlinks(directory: Path) -> None:
     """Refuse a results directory in which a file framebench writes is a symbolic link: a directory
     from elsewhere could point it at any file of the user's."""
-    written = [f"{t}.csv" for t in job.TABLE_NAMES] + ["config.json", "machine.json", LOCK_FILE, "logs", "report.md"]
+    written = [f"{t}.csv" for t in schema.TABLE_NAMES] + ["config.json", "machine.json", LOCK_FILE, "logs", "report.md"]
     for name in written:
         if (directory / name).is_symlink():
             raise FrameBenchError(f"{directory / name} is a symbolic link; framebench never writes through one: remove it")

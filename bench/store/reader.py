@@ -1,8 +1,8 @@
 """Reading a results directory: the one reader every report, gate and the history go through.
 
-Every table is read against the job contract's columns (framebench.store.job): a torn last row is left
+Every table is read against the tables' schema (framebench.store.schema): a torn last row is left
 out with a warning, anything that is not a framebench table is one clear error, config.json and the
-machine record are checked for shape (CONFIG_SHAPE, MACHINE_SHAPE) before any command reads them.
+machine record are checked for shape (framebench.store.metadata) before any command reads them.
 What a result *is* is defined here once: a job's latest attempt (`latest_attempts`) and the medians
 over a group's ok repeats (`medians_over_repeats`).
 """
@@ -10,9 +10,7 @@ over a group's ok repeats (`medians_over_repeats`).
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
-import json
 import math
 import sys
 from dataclasses import dataclass
@@ -21,156 +19,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from framebench.core.config import SWEEPABLE, ModelConfig, Sweep, TrainConfig
-from framebench.core.seeds import compact_seeds
 from framebench.errors import FrameBenchError
-from framebench.store import job
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise FrameBenchError(f"{path} cannot be read ({exc}); it is not a framebench results file") from None
-
-
-NUMBER = (int, float)
-STRINGS = "list of strings"
-FIELD_SHAPES = {"int": int, "float": NUMBER, "str": str, "bool": bool, "tuple[int, ...]": [int]}  # a config dataclass field's JSON
-
-
-def fields_shape(cls) -> dict:
-    """The JSON shape of a configuration dataclass as config.json holds it (dataclasses.asdict)."""
-    return {f.name: FIELD_SHAPES[f.type] for f in dataclasses.fields(cls)}
-
-
-CONFIG_SHAPE = {  # config.json's fields and what each holds (a field missing is older framebench's, and allowed)
-    "format_version": int,
-    "framebench_version": str,
-    "preset": str,
-    "dataset": str,
-    "data_dir": (str, type(None)),
-    "data_source": str,
-    "model": fields_shape(ModelConfig),
-    "train": fields_shape(TrainConfig),
-    "threads": int,
-    "sweep": {"field": str, "values": STRINGS},
-    "target_acc": NUMBER,
-    "floors": bool,
-    "lockstep": bool,
-    "matrices": [{"axes": {"*": STRINGS}, "repeats": int}],
-    "envs": {"*": STRINGS},
-}
-MACHINE_FILE = "machine.json"  # the machine record of a results directory: every node's Python, libraries, CPU, ... and each session
-LEGACY_MACHINE_FILE = "env.json"  # its name before framebench 0.2 (read where machine.json is absent)
-NODE_SHAPE = {  # one node's record in the machine record
-    "python": str,
-    "libraries": {"*": str},
-    "cpu": str,
-    "cores": (int, type(None)),
-    "threads": int,
-    "os": str,
-    "machine": str,
-    "gpus": [dict],
-    "kernel_settings": {"*": str},
-}
-MACHINE_SHAPE = {  # the machine record's fields this framebench reads and what each holds (others are kept, unread)
-    **NODE_SHAPE,
-    "git_commit": str,
-    "command": str,
-    "started_utc": str,
-    "nodes": {"*": NODE_SHAPE},
-    "earlier": [dict],
-    "environments": {"*": dict},
-}
-
-
-def shape_error(value, shape, where: str, closed: bool = False) -> str | None:
-    """Where `value` departs from `shape` (a type, a tuple of types, STRINGS, a {field: shape} dict
-    whose fields are optional and whose "*" is any other field's, or a one-item list: a list of that
-    shape), or None. `closed`: a field a {field: shape} without "*" does not name is an error (a newer
-    framebench's field, which this one would misread)."""
-    if isinstance(shape, dict):
-        if not isinstance(value, dict):
-            return f"{where} holds {str(value)[:60]!r}, not an object"
-        if closed and "*" not in shape and (unknown := sorted(set(value) - set(shape))):
-            return f"{where}.{unknown[0]} is a field this framebench does not know"
-        fields = ((k, v, shape.get(k, shape.get("*"))) for k, v in value.items())
-        return next((e for k, v, inner in fields if inner is not None and (e := shape_error(v, inner, f"{where}.{k}", closed))), None)
-    if isinstance(shape, list):
-        if not isinstance(value, list):
-            return f"{where} holds {str(value)[:60]!r}, not a list"
-        return next((e for i, v in enumerate(value) if (e := shape_error(v, shape[0], f"{where}[{i}]", closed))), None)
-    if shape == STRINGS:
-        return shape_error(value, [str], where)
-    types = shape if isinstance(shape, tuple) else (shape,)
-    if isinstance(value, bool) != (bool in types) or not isinstance(value, types):
-        return f"{where} holds {str(value)[:60]!r}, not {' or '.join(t.__name__ for t in types)}"
-    return None
-
-
-def read_metadata(path: Path, shape: dict, known_only: bool) -> dict:
-    """config.json or the machine record, checked against its shape; `known_only` refuses fields this
-    framebench does not know (a newer framebench's). Anything else is one line naming the field."""
-    data = read_json(path)
-    fix = "it is damaged or from another framebench version; rerun the matrix with this one"
-    if not isinstance(data, dict):
-        raise FrameBenchError(f"{path} holds {str(data)[:60]!r}, not an object; {fix}")
-    if error := shape_error(data, shape, path.name, closed=known_only):
-        raise FrameBenchError(f"{path}: {error}; {fix}")
-    return data
-
-
-def read_config(directory: Path) -> dict:
-    """config.json, of its shape and making sense (config_error)."""
-    path = directory / "config.json"
-    data = read_metadata(path, CONFIG_SHAPE, known_only=True)
-    if error := config_error(data):
-        raise FrameBenchError(f"{path}: {error}; it is damaged or from another framebench version; rerun the matrix with this one")
-    return data
-
-
-def config_error(config: dict) -> str | None:
-    """What in config.json (already of its shape) cannot be: the training configuration and each sweep
-    value checked as `framebench run` checks them, the target accuracy, threads, repeats and seeds in
-    range. None when it all makes sense."""
-    ranges = [("target_acc", config.get("target_acc"), job.SHARE), ("threads", config.get("threads"), job.SIZE)]
-    for i, matrix in enumerate(config.get("matrices", [])):
-        ranges.append((f"matrices[{i}].repeats", matrix.get("repeats"), job.SIZE))
-        if bad := [seed for seed in matrix.get("axes", {}).get("seed", []) if not (seed.isascii() and seed.isdigit())]:
-            return f"matrices[{i}].axes.seed holds {bad[0][:20]!r}, not a seed (an integer >= 0)"
-    for where, value, spec in ranges:
-        if value is not None and not (math.isfinite(value) and spec.low <= value <= spec.high):
-            return f"{where} is {value!r}, not {spec.rule.removesuffix(' (or empty)')}"
-    model, train = config.get("model", {}), config.get("train", {})
-    try:
-        model = ModelConfig(**{**model, **({"hidden": tuple(model["hidden"])} if "hidden" in model else {})})
-        model.validate()
-        TrainConfig(**train).validate(model)
-        sweep = Sweep(config.get("sweep", {}).get("field", ""), tuple(config.get("sweep", {}).get("values", [""])))
-        if sweep.field not in ("", *SWEEPABLE):
-            return f"sweep.field is {sweep.field[:60]!r}, not a field a sweep can vary"
-        for value in sweep.values:
-            sweep.apply(model, TrainConfig(**train), config.get("threads", 1), value)
-    except FrameBenchError as exc:
-        return f"its training configuration cannot be ({exc})"
-    return None
-
-
-def read_machine(directory: Path) -> dict:
-    """The machine record (machine.json, or env.json as older directories name it), or {} where the directory has none."""
-    for name in (MACHINE_FILE, LEGACY_MACHINE_FILE):
-        if (directory / name).exists():
-            return read_metadata(directory / name, MACHINE_SHAPE, known_only=False)
-    return {}
-
+from framebench.store import job, schema
+from framebench.store.metadata import read_config, read_machine
 
 NAN_SPELLINGS = ["", "nan", "NaN", "-nan"]  # an empty number cell, however a writer spelled it
 
 
 @dataclass(frozen=True)
 class Refused:
-    """A table row a reader left out: one of its cells breaks its column's rule (framebench.store.job.Cell)."""
+    """A table row a reader left out: one of its cells breaks its column's rule (framebench.store.schema.Cell)."""
 
     path: Path  # the table (or export) it is a row of
     row: int  # 1-based, the header not counted
@@ -189,7 +47,7 @@ def read_rows(directory: Path, table: str) -> tuple[pd.DataFrame, list[Refused]]
     column's rule. A torn last line is left out with a warning; anything that is not a framebench table
     (another header, not CSV, not UTF-8) is one clear error. A UTF-8 byte order mark (a spreadsheet's
     save) is accepted."""
-    columns = job.columns(table)
+    columns = schema.columns(table)
     path = directory / f"{table}.csv"
     if not path.exists():
         return empty_table(columns), []
@@ -206,7 +64,7 @@ def read_rows(directory: Path, table: str) -> tuple[pd.DataFrame, list[Refused]]
         if header not in (columns, older_columns(table)):
             raise ValueError(f"columns {header[:4]}… are not {table}.csv's")
         rows = parse_rows(text, columns)
-        rows = rows.assign(**{c: "" if job.cell(c).kind == "text" else math.nan for c in columns if c not in header})[columns]
+        rows = rows.assign(**{c: "" if schema.cell(c).kind == "text" else math.nan for c in columns if c not in header})[columns]
     except StopIteration:
         raise FrameBenchError(f"{path} is not a framebench table (no header line); pass a directory `framebench run` wrote") from None
     except (UnicodeDecodeError, ValueError, pd.errors.ParserError) as exc:
@@ -220,7 +78,7 @@ def read_rows(directory: Path, table: str) -> tuple[pd.DataFrame, list[Refused]]
 def parse_rows(text: str, columns: list[str]) -> pd.DataFrame:
     """The table's cells, number columns as numbers where every cell of them is one, else as the text
     written (checked_rows then names the cell that is not)."""
-    numbers = [c for c in columns if job.cell(c).kind != "text"]
+    numbers = [c for c in columns if schema.cell(c).kind != "text"]
     empty = {c: NAN_SPELLINGS if c in numbers else [""] for c in columns}
     read = lambda dtypes: pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=empty, dtype=dtypes)  # noqa: E731
     try:
@@ -233,10 +91,10 @@ def parse_rows(text: str, columns: list[str]) -> pd.DataFrame:
 
 def checked_rows(rows: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, list[Refused]]:
     """`rows` (a table's columns; number columns as numbers or as text) without the rows a cell of which
-    breaks its column's rule (job.cell), typed: numbers as floats, integer columns without an empty cell
+    breaks its column's rule (schema.cell), typed: numbers as floats, integer columns without an empty cell
     as integers, text with "" for empty. Returns them and a Refused per row left out."""
     columns = list(rows.columns)
-    specs = [job.cell(c) for c in columns]
+    specs = [schema.cell(c) for c in columns]
     numbers = [i for i, spec in enumerate(specs) if spec.kind != "text"]
     values, empty = number_cells(rows[[columns[i] for i in numbers]])
     rules = [specs[i] for i in numbers]
@@ -280,7 +138,7 @@ def number_cells(written: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return values, empty
 
 
-def breaks_text(written: pd.Series, spec: job.Cell) -> pd.Series:
+def breaks_text(written: pd.Series, spec: schema.Cell) -> pd.Series:
     """Per cell of a text column, whether it breaks `spec` (required, or not one of its choices)."""
     empty = written.isna() | (written.astype(str) == "")
     bad = empty & spec.required
@@ -297,7 +155,7 @@ def refusals(rows: pd.DataFrame, bad: np.ndarray, path: Path) -> list[Refused]:
         first = int(np.argmax(flags))
         readable = keys is not None and not flags[keys].any()
         key = tuple(int(float(cells[i])) if columns[i] == "repeat" else text_of(cells[i]) for i in keys) if readable else None
-        refused.append(Refused(path, int(index) + 1, columns[first], text_of(cells[first]), job.cell(columns[first]).rule, key))
+        refused.append(Refused(path, int(index) + 1, columns[first], text_of(cells[first]), schema.cell(columns[first]).rule, key))
     return refused
 
 
@@ -314,8 +172,8 @@ def read_table(directory: Path, table: str) -> pd.DataFrame:
 
 
 def older_columns(table: str) -> list[str]:
-    """The header `table`.csv had before the columns of job.ADDED_COLUMNS: such a table reads with them empty."""
-    return [c for c in job.columns(table) if c not in job.ADDED_COLUMNS.get(table, [])]
+    """The header `table`.csv had before the columns of schema.ADDED_COLUMNS: such a table reads with them empty."""
+    return [c for c in schema.columns(table) if c not in schema.ADDED_COLUMNS.get(table, [])]
 
 
 def refuse_unreadable(refused: list[Refused]) -> None:
@@ -340,7 +198,7 @@ def left_out_lines(refused: list[Refused]) -> list[str]:
 
 
 def empty_table(columns: list[str]) -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype=str if c in job.text_columns() else float) for c in columns})
+    return pd.DataFrame({c: pd.Series(dtype=str if c in schema.text_columns() else float) for c in columns})
 
 
 def load_results(directory: str | Path) -> dict:
@@ -354,10 +212,10 @@ def load_results(directory: str | Path) -> dict:
             raise FrameBenchError(f"{directory} is not a results directory (no {required}); pass the folder `framebench run` printed")
     tables: dict = {}
     refused = []
-    for table in job.TABLE_NAMES:
+    for table in schema.TABLE_NAMES:
         tables[table], left_out = read_rows(directory, table)
         refused += left_out
-    for table in job.TABLE_NAMES:  # a renamed or copied directory reads as itself: its rows may carry the old name
+    for table in schema.TABLE_NAMES:  # a renamed or copied directory reads as itself: its rows may carry the old name
         if "run_id" in tables[table]:
             tables[table]["run_id"] = directory.name
     tables["config"] = read_config(directory)
@@ -390,22 +248,6 @@ def rows_of_the_sweep(runs: pd.DataFrame, config: dict, path: Path) -> tuple[pd.
         for column in ["sweep_field" if row["sweep_field"] != field else "sweep_value"]
     ]
     return runs[~bad], refused
-
-
-def node_records(machine: dict) -> dict[str, dict]:
-    """{node name: its record} from a machine record (one written before nodes were recorded is its own node)."""
-    return machine.get("nodes") or {machine.get("machine", ""): machine}
-
-
-def swept_field(config: dict) -> str:
-    """The field config.json's sweep varies ("" when the run is no sweep)."""
-    return config.get("sweep", {}).get("field", "")
-
-
-def seeds_text(config: dict) -> str:
-    """The seeds config.json's matrices ran, e.g. "0-9" ("" when none is recorded)."""
-    default = next(d.default for d in job.DIMENSIONS if d.name == "seed")
-    return compact_seeds([seed for m in config.get("matrices", []) for seed in m["axes"].get("seed", [default])])
 
 
 def latest_attempts(runs: pd.DataFrame) -> pd.DataFrame:

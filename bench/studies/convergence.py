@@ -29,16 +29,8 @@ import pandas as pd
 
 from framebench.core.seeds import seed_count
 from framebench.errors import FrameBenchError
-from framebench.reports.convergence import (
-    REFERENCE,
-    bounds,
-    converge_table,
-    derive_rcps,
-    load_rcps,
-    rcp_text,
-    reference_epochs,
-    workload_of,
-)
+from framebench.reports.converge import converge_table, derive_rcps, load_rcps, rcp_text, reference_epochs
+from framebench.reports.convergence import REFERENCE, bounds, workload_of
 from framebench.reports.markdown import escape_markdown, to_markdown
 from framebench.reports.plots import colour, save_figure
 from framebench.reports.profiles import performance_ratios, profile_figure, profile_table, times_to_target

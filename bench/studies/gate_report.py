@@ -15,7 +15,7 @@ import pandas as pd
 from scipy.stats import binomtest
 
 from framebench.errors import FrameBenchError
-from framebench.reports.compare import Group, Options, Tolerances, compare_groups, environment_groups, held_back
+from framebench.reports.comparison import Group, Options, Tolerances, compare_groups, environment_groups, held_back
 from framebench.reports.markdown import to_markdown
 from framebench.reports.plots import save_figure
 from framebench.reports.summary import BUSY_FRACTION
