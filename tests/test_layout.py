@@ -2,7 +2,7 @@
 the store nothing of reports or the driver, reports nothing of the driver, the driver nothing of the
 studies, nothing of the command line (the edge), and the backends only the shared definitions and
 the contract; and no module grows past MAX_LINES, where it holds more than one meaning. Read from
-the source, so a new back-edge or an outgrown module fails here."""
+the source, so a new back-edge, an import circle or an outgrown module fails here."""
 
 from __future__ import annotations
 
@@ -83,3 +83,52 @@ def test_the_line_limit_sees_a_long_module(tmp_path):
     (tmp_path / "short.py").write_text("x = 1\n" * MAX_LINES)
     (tmp_path / "deep" / "long.py").write_text("x = 1\n" * (MAX_LINES + 1))
     assert modules_over(MAX_LINES, tmp_path) == {tmp_path / "deep" / "long.py": MAX_LINES + 1}
+
+
+def module_graph(root: Path, package: str) -> dict[str, set[str]]:
+    """{module: the modules of the same tree it imports, lazily too}, modules named as installed."""
+    names = {
+        path: ".".join([package, *path.relative_to(root).with_suffix("").parts]).removesuffix(".__init__") for path in root.rglob("*.py")
+    }
+    graph = {}
+    for path, name in names.items():
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+            elif isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+        graph[name] = (imported & set(names.values())) - {name}
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every import circle a depth-first walk meets, each as the path round it."""
+    state, path, found = {}, [], []
+
+    def visit(module: str) -> None:
+        state[module] = "open"
+        path.append(module)
+        for imported in sorted(graph[module]):
+            if state.get(imported) == "open":
+                found.append(path[path.index(imported) :] + [imported])
+            elif imported not in state:
+                visit(imported)
+        path.pop()
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module)
+    return found
+
+
+def test_no_modules_import_each_other_round_a_circle():
+    found = circles(module_graph(REPO / "bench", "framebench"))
+    assert not found, "import circles: " + "; ".join(" -> ".join(circle) for circle in found)
+
+
+def test_the_circle_check_sees_a_lazy_circle(tmp_path):
+    (tmp_path / "a.py").write_text("from pkg import b\n")
+    (tmp_path / "b.py").write_text("def f():\n    from pkg.a import x\n")
+    assert circles(module_graph(tmp_path, "pkg")) == [["pkg.a", "pkg.b", "pkg.a"]]

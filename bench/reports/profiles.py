@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from framebench.errors import FrameBenchError
-from framebench.reports.markdown import escape_markdown, format_table, to_markdown
+from framebench.reports.markdown import escape_markdown, format_table, to_markdown, write_markdown
 from framebench.store.job import NOT_RUN, OK
 from framebench.store.reader import latest_attempts, load_results
 
@@ -147,8 +147,6 @@ def run_profile(directories: list[str], *, measure: str, precision_workloads: bo
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise FrameBenchError(f"cannot write --out {out} ({exc.strerror or exc})") from None
-        from framebench.reports.report import write_markdown
-
         profile_figure(ratios, folder / "profile.png", f"Performance profiles, {len(times.columns)} workload(s), time in {measure}")
         sources = [f"- {escape_markdown(d)}" for d in directories]
         command = escape_markdown(" ".join(["framebench", *sys.argv[1:]]))

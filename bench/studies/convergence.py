@@ -31,10 +31,10 @@ from framebench.core.seeds import seed_count
 from framebench.errors import FrameBenchError
 from framebench.reports.converge import converge_table, derive_rcps, load_rcps, rcp_text, reference_epochs
 from framebench.reports.convergence import REFERENCE, bounds, workload_of
-from framebench.reports.markdown import escape_markdown, to_markdown
+from framebench.reports.markdown import escape_markdown, to_markdown, write_markdown
 from framebench.reports.plots import colour, save_figure
 from framebench.reports.profiles import performance_ratios, profile_figure, profile_table, times_to_target
-from framebench.reports.report import machine_section, write_markdown
+from framebench.reports.report import machine_section
 from framebench.reports.summary import not_run
 from framebench.reports.thresholds import DEFAULT_FILE as THRESHOLDS
 from framebench.reports.thresholds import check

@@ -16,9 +16,9 @@ from framebench.driver.arguments import RUN_CHOICES, add_fields, add_seed_aliase
 from framebench.driver.request import RunRequest, split_names
 from framebench.driver.session import run as run_matrix
 from framebench.reports.floors import load_with_floors
-from framebench.reports.markdown import to_markdown
+from framebench.reports.markdown import to_markdown, write_markdown
 from framebench.reports.plots import plot_perf
-from framebench.reports.report import machine_section, write_markdown
+from framebench.reports.report import machine_section
 from framebench.reports.summary import perf_table
 
 HELP = "every backend x variant on several presets, with GEMM floors: results/perf/report.md"

@@ -16,11 +16,11 @@ from framebench.driver import opprofile
 from framebench.driver.request import RunRequest
 from framebench.driver.session import run as run_matrix
 from framebench.reports.floors import load_with_floors
-from framebench.reports.markdown import to_markdown
+from framebench.reports.markdown import to_markdown, write_markdown
 from framebench.reports.opprofile import read_profiles, report_lines
 from framebench.reports.plots import save_figure
 from framebench.reports.precision import precision_table
-from framebench.reports.report import machine_section, write_markdown
+from framebench.reports.report import machine_section
 from framebench.reports.summary import not_run
 
 HELP = "fp32 against bf16 on every backend, one thread, at several batch sizes, with op profiles: results/precision/report.md"
