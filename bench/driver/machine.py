@@ -112,7 +112,11 @@ def machine_record(threads: int, nodes: dict[str, dict], earlier: dict | None) -
     """machine.json: the driver's machine (where the tables were written) and every node's. Extending
     a directory (`earlier`, its machine record) keeps the nodes and commands recorded before: its earlier
     rows came from them."""
-    session = {"git_commit": git_commit(), "command": " ".join(sys.argv), "started_utc": datetime.now(UTC).isoformat(timespec="seconds")}
+    session = {
+        "git_commit": git_commit(),
+        "command": " ".join(["framebench", *sys.argv[1:]]),
+        "started_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
     if not earlier:
         return {**node_record(threads), **session, "nodes": nodes}
     sessions = earlier.get("earlier", []) + [{key: earlier.get(key) for key in session}]

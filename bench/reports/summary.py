@@ -171,3 +171,11 @@ def perf_table(runs: pd.DataFrame) -> pd.DataFrame:
     keys = list(zip(table["preset"], table["backend"], table["device"], strict=True))
     table["speedup_vs_tutorial"] = [tutorial.get(k, float("nan")) for k in keys] / table["median_epoch_s"]
     return table
+
+
+def machine_load(runs: pd.DataFrame) -> str:
+    """How busy the machine was while the study ran, from the runs' own records."""
+    return (
+        f"load average at job start {runs['loadavg_1m'].min():.1f}-{runs['loadavg_1m'].max():.1f}; other processes used "
+        f"{runs['other_cpu_frac'].median():.0%} of the CPUs (median over jobs, {runs['other_cpu_frac'].max():.0%} at most)"
+    )

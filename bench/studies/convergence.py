@@ -35,7 +35,7 @@ from framebench.reports.markdown import escape_markdown, to_markdown, write_mark
 from framebench.reports.plots import colour, save_figure
 from framebench.reports.profiles import performance_ratios, profile_figure, profile_table, times_to_target
 from framebench.reports.report import machine_section
-from framebench.reports.summary import not_run
+from framebench.reports.summary import machine_load, not_run
 from framebench.reports.thresholds import DEFAULT_FILE as THRESHOLDS
 from framebench.reports.thresholds import check
 from framebench.store.reader import latest_attempts, load_results
@@ -256,7 +256,8 @@ def write_study(folder: Path, workloads: list[Workload]) -> Path:
         "",
         "Per backend, the median over seeds of the time to target on each workload (∞: did not converge), its ratio to the "
         "fastest backend's, ∞ above 4; the score is the normalised area under ρ(τ) from 1 to 4. Seconds are training seconds "
-        "(evaluation excluded) and need a quiet machine; epochs do not.",
+        "(evaluation excluded) and need a quiet machine; epochs do not. While these runs trained: "
+        f"{machine_load(all_runs)}.",
         "",
         *profiles,
         "![Performance profiles in training seconds](profile.png)",

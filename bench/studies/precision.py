@@ -21,7 +21,7 @@ from framebench.reports.opprofile import read_profiles, report_lines
 from framebench.reports.plots import save_figure
 from framebench.reports.precision import precision_table
 from framebench.reports.report import machine_section
-from framebench.reports.summary import not_run
+from framebench.reports.summary import machine_load, not_run
 
 HELP = "fp32 against bf16 on every backend, one thread, at several batch sizes, with op profiles: results/precision/report.md"
 CONFIGURATIONS = {  # results directory -> (preset, training overrides): batch 128 (mlp), 1024 and 4096 at a fixed step count
@@ -119,14 +119,6 @@ def plot_study(tables: dict[str, pd.DataFrame], path: Path) -> bool:
     save_figure(fig, path)
     plt.close(fig)
     return True
-
-
-def machine_load(runs: pd.DataFrame) -> str:
-    """How busy the machine was while the study ran, from the runs' own records."""
-    return (
-        f"load average at job start {runs['loadavg_1m'].min():.1f}-{runs['loadavg_1m'].max():.1f}; other processes used "
-        f"{runs['other_cpu_frac'].median():.0%} of the CPUs (median over jobs, {runs['other_cpu_frac'].max():.0%} at most)"
-    )
 
 
 def profile_section(directory: Path) -> list[str]:
