@@ -15,6 +15,7 @@ import pytest
 
 from framebench.cli import main
 from framebench.core.data import load_dataset
+from tests.training_guard import pytest_runtest_call, pytest_runtest_setup, pytest_runtest_teardown  # noqa: F401  (the fast tier trains nothing)
 
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # this process hosts the `keras` backend; children host the others

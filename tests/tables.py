@@ -135,11 +135,13 @@ def gemm_rows(library: str, step_s: float, probe: str = "start", **fields) -> li
     return [checked("gemm.csv", contract.columns("gemm"), probed | product, fields) for product in products]
 
 
-def run_config(backends=tuple(BACKENDS), repeats: int = 2, seeds=("0",), *, train: dict | None = None, **request) -> dict:
+def run_config(backends=tuple(BACKENDS), repeats=2, seeds=("0",), *, model=None, train=None, **request) -> dict:
     """config.json as `framebench run --backends B --repeats N --seeds S` writes it for the default job's
-    training (`train` replacing any of its fields; `request`, any RunRequest field), with its matrix recorded."""
+    network and training (`model`, `train` replacing the preset's fields instead; `request`, any RunRequest
+    field), with its matrix recorded."""
     asked = RunRequest(**{"backends": ",".join(backends), "dataset": "digits", "preset": "mlp", "floors": False, "threads": 2} | request)
-    written = new_config(asked, {"hidden": (SIZES[1],)}, {"epochs": EPOCHS, "batch_size": BATCH} | (train or {}))
+    model = {"hidden": (SIZES[1],)} if model is None else model
+    written = new_config(asked, model, {"epochs": EPOCHS, "batch_size": BATCH} if train is None else train)
     axes = {d.name: [d.default] for d in contract.DIMENSIONS if d.name in contract.point_names()} | {
         "seed": list(seeds),
         "backend": list(backends),
@@ -160,12 +162,15 @@ def results_directory(
     return path
 
 
-def finished_run(path: Path, repeats: int = 2, started: float = STARTED, slower: float = 1.0) -> Path:
-    """A whole finished run of numpy and jax (BACKENDS), `repeats` each (repeat r 1% slower per r, all
-    `slower` times), every table written as a run writes it, both libraries probed at start and end; all
-    its jobs are done, so resuming it has nothing to run."""
+def finished_run(
+    path: Path, repeats: int = 2, started: float = STARTED, slower: float = 1.0, backends: dict = BACKENDS, config: dict | None = None
+) -> Path:
+    """A whole finished run of `backends` ({backend: its steady epoch seconds}; numpy and jax), `repeats`
+    each (repeat r 1% slower per r, all `slower` times), every table written as a run writes it, each
+    library probed at start and end, under `config` (or run_config's for them); all its jobs are done, so
+    resuming it has nothing to run."""
     runs, epochs, steps, evals = [], [], [], []
-    for backend, seconds in BACKENDS.items():
+    for backend, seconds in backends.items():
         for repeat in range(repeats):
             job = {"backend": backend, "repeat": repeat}
             epoch_s = seconds * slower * (1 + 0.01 * repeat)
@@ -173,5 +178,6 @@ def finished_run(path: Path, repeats: int = 2, started: float = STARTED, slower:
             epochs += epoch_rows(epoch_s=epoch_s, **job)
             steps += step_rows(**job)
             evals += eval_rows(epoch_s=epoch_s, **job)
-    gemm = [row for library in BACKENDS for probe in ("start", "end") for row in gemm_rows(library, 0.004, probe)]
-    return results_directory(path, runs, epochs=epochs, steps=steps, evals=evals, gemm=gemm, config=run_config(repeats=repeats))
+    gemm = [row for library in backends for probe in ("start", "end") for row in gemm_rows(library, 0.004, probe)]
+    config = run_config(tuple(backends), repeats=repeats) if config is None else config
+    return results_directory(path, runs, epochs=epochs, steps=steps, evals=evals, gemm=gemm, config=config)

@@ -32,6 +32,7 @@ from framebench.reports.summary import summary
 from framebench.store.job import Job, columns, key_columns
 from framebench.store.reader import load_results
 from tests.conftest import cli, framebench, printed_directory
+from tests.tables import finished_run, run_config
 from tests.test_faults import alive, wait_for
 
 OLD, NEW = "numpy==2.3.5", "numpy==2.4.6"  # two NumPy minors the registry serves for Python 3.11
@@ -388,11 +389,9 @@ def test_the_command_line_s_own_url_requirement_is_taken_as_the_readme_shows():
 
 @pytest.fixture(scope="module")
 def numpy_run(tmp_path_factory):
-    """One finished numpy run on digits, for the tests that make a foreign copy of it."""
-    parent = tmp_path_factory.mktemp("numpy")
-    request = RunRequest(backends="numpy", dataset="digits", floors=False, results_dir=str(parent), run_id="r", threads=1)
-    assert session.run(request, {}, {"epochs": 1}) == 0
-    return parent / "r"
+    """One finished numpy run on digits of one epoch on one thread (written row by row), for the tests that make a foreign copy of it."""
+    config = run_config(("numpy",), repeats=1, model={}, train={"epochs": 1}, threads=1)
+    return finished_run(tmp_path_factory.mktemp("numpy") / "r", repeats=1, backends={"numpy": 1.0}, config=config)
 
 
 def foreign(numpy_run, tmp_path, requirements: list[str]):

@@ -20,6 +20,7 @@ from framebench.driver.recorder import STOP_SIGNALS, Interrupts, Stopped
 from framebench.store.files import append_rows
 from framebench.store.reader import load_results, read_table
 from tests.conftest import REPO, cli, framebench
+from tests.tables import finished_run
 
 PLUGIN = "fake=tests.fake_backend:FakeClassifier"
 
@@ -205,8 +206,14 @@ def finished_once(tmp_path_factory):
 
 @pytest.fixture
 def finished(finished_once, tmp_path):
-    """A copy of the finished run (under tmp_path/r) for one test to damage."""
+    """A copy of the finished run (under tmp_path/r) for one test to damage and append to."""
     return Path(shutil.copytree(finished_once, tmp_path / "r"))
+
+
+@pytest.fixture
+def synthetic(tmp_path):
+    """A finished run written row by row (tests.tables: nothing trains) for one test to damage."""
+    return finished_run(tmp_path / "r")
 
 
 @pytest.mark.slow
@@ -282,37 +289,37 @@ def test_an_empty_steps_table_gets_its_header_back(finished):
     ],
 )
 @pytest.mark.parametrize("args", [["plot"], ["compare", "BASE"], ["check"], ["thresholds"]])
-def test_garbage_tables_are_one_line_errors_in_every_command(finished, content, message, args):
-    (finished / "runs.csv").write_bytes(content)
-    argv = [a.replace("BASE", str(finished)) for a in args] + [str(finished)]
+def test_garbage_tables_are_one_line_errors_in_every_command(synthetic, content, message, args):
+    (synthetic / "runs.csv").write_bytes(content)
+    argv = [a.replace("BASE", str(synthetic)) for a in args] + [str(synthetic)]
     result = cli(*argv)
     assert result.returncode == 2 and result.stderr.startswith("error: ") and message in result.stderr
     assert len(result.stderr.splitlines()) == 1
 
 
 @pytest.mark.parametrize("content", [b"", None])
-def test_empty_or_header_only_runs_say_so(finished, content):
-    runs = finished / "runs.csv"
+def test_empty_or_header_only_runs_say_so(synthetic, content):
+    runs = synthetic / "runs.csv"
     runs.write_bytes(content if content is not None else runs.read_bytes().splitlines(keepends=True)[0])
-    assert cli("plot", str(finished)).returncode == 0
-    for args in (["check", str(finished)], ["thresholds", str(finished), "--output", str(finished / "t.csv")]):
+    assert cli("plot", str(synthetic)).returncode == 0
+    for args in (["check", str(synthetic)], ["thresholds", str(synthetic), "--output", str(synthetic / "t.csv")]):
         result = cli(*args)
         assert result.returncode == 2 and "runs" in result.stderr and len(result.stderr.splitlines()) == 1
-    compared = cli("compare", str(finished), str(finished))
+    compared = cli("compare", str(synthetic), str(synthetic))
     assert compared.returncode == 2 and "nothing" in (compared.stdout + compared.stderr)
 
 
-def test_a_directory_without_config_is_one_line(finished):
-    (finished / "config.json").unlink()
-    for args in (["plot", str(finished)], ["check", str(finished)], ["compare", str(finished), str(finished)]):
+def test_a_directory_without_config_is_one_line(synthetic):
+    (synthetic / "config.json").unlink()
+    for args in (["plot", str(synthetic)], ["check", str(synthetic)], ["compare", str(synthetic), str(synthetic)]):
         result = cli(*args)
         assert result.returncode == 2 and "not a results directory (no config.json)" in result.stderr
 
 
-def test_an_unwritable_output_path_is_one_line(finished, tmp_path):
-    result = cli("compare", str(finished), str(finished), "--markdown", str(tmp_path / "missing" / "x.md"))
+def test_an_unwritable_output_path_is_one_line(synthetic, tmp_path):
+    result = cli("compare", str(synthetic), str(synthetic), "--markdown", str(tmp_path / "missing" / "x.md"))
     assert result.returncode == 2 and "cannot write --markdown" in result.stderr
-    result = cli("thresholds", str(finished), "--output", str(tmp_path / "missing" / "t.csv"))
+    result = cli("thresholds", str(synthetic), "--output", str(tmp_path / "missing" / "t.csv"))
     assert result.returncode == 2 and "cannot write --output" in result.stderr
 
 
