@@ -9,12 +9,14 @@ node "box"; its first epoch takes twice the steady one, and it reaches the 0.9 t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
 
 from framebench.core.flops import step_gemms
-from framebench.driver.plan import new_config
+from framebench.driver.executors import LocalExecutor
+from framebench.driver.plan import matrix_of, new_config
 from framebench.driver.request import RunRequest
 from framebench.store import job as contract
 from framebench.store.files import append_rows, write_json
@@ -138,15 +140,12 @@ def gemm_rows(library: str, step_s: float, probe: str = "start", **fields) -> li
 def run_config(backends=tuple(BACKENDS), repeats=2, seeds=("0",), *, model=None, train=None, **request) -> dict:
     """config.json as `framebench run --backends B --repeats N --seeds S` writes it for the default job's
     network and training (`model`, `train` replacing the preset's fields instead; `request`, any RunRequest
-    field), with its matrix recorded."""
-    asked = RunRequest(**{"backends": ",".join(backends), "dataset": "digits", "preset": "mlp", "floors": False, "threads": 2} | request)
+    field), its matrix recorded as the run records it."""
+    asked = {"backends": ",".join(backends), "seeds": ",".join(seeds), "repeats": repeats, "dataset": "digits", "preset": "mlp"}
+    asked = RunRequest(**asked | {"device": "cpu", "floors": False, "threads": 2} | request)
     model = {"hidden": (SIZES[1],)} if model is None else model
     written = new_config(asked, model, {"epochs": EPOCHS, "batch_size": BATCH} if train is None else train)
-    axes = {d.name: [d.default] for d in contract.DIMENSIONS if d.name in contract.point_names()} | {
-        "seed": list(seeds),
-        "backend": list(backends),
-    }
-    return json.loads(json.dumps(written)) | {"matrices": [{"axes": axes, "repeats": repeats}]}
+    return json.loads(json.dumps({**written, "matrices": [dataclasses.asdict(matrix_of(asked, LocalExecutor()))]}))
 
 
 def results_directory(

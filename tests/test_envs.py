@@ -15,7 +15,6 @@ import signal
 import subprocess
 import time
 
-import pandas as pd
 import pytest
 
 from framebench.cli import build_parser
@@ -31,6 +30,7 @@ from framebench.reports.plots import draw_all
 from framebench.reports.summary import summary
 from framebench.store.job import Job, columns, key_columns
 from framebench.store.reader import load_results
+from tests import tables
 from tests.conftest import cli, framebench, printed_directory
 from tests.tables import finished_run, run_config
 from tests.test_faults import alive, wait_for
@@ -104,50 +104,18 @@ def test_the_address_changes_with_the_overrides_and_the_lock_leaves_out_what_the
 def synthetic_run(tmp_path, new_losses: list[float], new_time: float, new_acc: float, precisions: dict[str, float] | None = None):
     """A results directory with numpy in environments old and new (2 repeats), as the driver writes it;
     at each of `precisions` ({precision: its time factor}; fp32 alone by default)."""
-    directory = tmp_path / "run"
-    directory.mkdir()
     runs, steps = [], []
     for repeat, (precision, factor), (env, losses, seconds, acc, version) in itertools.product(
         range(2),
         (precisions or {"fp32": 1.0}).items(),
         (("old", [1.0, 0.9, 0.8], 1.0, 0.95, "2.3.5"), ("new", new_losses, new_time, new_acc, "2.4.6")),
     ):
-        seconds *= factor
-        key = {
-            "run_id": "run",
-            "backend": "numpy",
-            "variant": "default",
-            "device": "cpu",
-            "env": env,
-            "precision": precision,
-            "sweep_value": "",
-            "repeat": repeat,
-            "seed": "0",
-        }
-        runs.append(
-            {
-                **key,
-                "dataset": "digits",
-                "preset": "ci",
-                "sweep_field": "",
-                "attempt": 1,
-                "node": "n",
-                "status": "ok",
-                "median_epoch_s": seconds * (1 + repeat / 100),
-                "final_test_acc": acc,
-                "framework_version": version,
-                "threads": 1,
-                "implementation": "abc",
-            }
-        )
-        steps += [{**key, "attempt": 1, "epoch": 1, "step": s, "loss": loss} for s, loss in enumerate(losses, start=1)]
-    for table, rows in (("runs", runs), ("steps", steps)):
-        pd.DataFrame(rows).reindex(columns=columns(table)).to_csv(directory / f"{table}.csv", index=False)
-    pd.DataFrame(columns=columns("epochs")).to_csv(directory / "epochs.csv", index=False)
-    config = {"train": {"optimizer": "adam"}, "envs": {"old": [OLD], "new": [NEW]}}
-    (directory / "config.json").write_text(json.dumps(config))
-    (directory / "machine.json").write_text(json.dumps({"nodes": {"n": {"machine": "m"}}}))
-    return directory
+        job = {"run_id": "run", "env": env, "precision": precision, "repeat": repeat}
+        measured = {"final_test_acc": acc, "framework_version": version, "node": "n", "threads": 1, "implementation": "abc"}
+        runs.append(tables.run_row(**job, preset="ci", epoch_s=seconds * factor * (1 + repeat / 100), **measured))
+        steps += [{**row, "loss": loss} for row, loss in zip(tables.step_rows(**job, epochs=1, steps=len(losses)), losses, strict=True)]
+    config = tables.run_config(("numpy",), env=(f"old={OLD}", f"new={NEW}"), preset="ci", model={}, train={"optimizer": "adam"}, threads=1)
+    return tables.results_directory(tmp_path / "run", runs, steps=steps, config=config, machine={"nodes": {"n": tables.NODE}})
 
 
 def test_side_by_side_gives_ratio_difference_and_first_divergent_step(tmp_path):
