@@ -230,17 +230,29 @@ def test_the_cap_leaves_room_for_the_longest_epoch_a_job_can_draw(scripted):
     assert events[-1].status == "ok", events[-1].error
 
 
+class Watched(queue.Queue):
+    """A queue that says when a line is put while it is full (the putter then waits, or drops the line)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.put_while_full = threading.Event()
+
+    def put(self, item, block=True, timeout=None) -> None:
+        if self.full():
+            self.put_while_full.set()
+        super().put(item, block, timeout)
+
+
 def test_lines_waiting_to_be_recorded_are_bounded_and_none_is_lost():
     read_fd, write_fd = os.pipe()
-    lines: queue.Queue = queue.Queue(2)
+    lines = Watched(2)
     done = threading.Event()
     reader = threading.Thread(target=node.read_lines, args=(os.fdopen(read_fd, "rb"), lines, 100, done), daemon=True)
     reader.start()
     with os.fdopen(write_fd, "wb") as channel:
         channel.write(b"".join(b"%d\n" % n for n in range(50)))
-    wait_for(lambda: lines.full(), "the queue to fill", timeout=10)
-    time.sleep(0.2)
-    assert lines.qsize() == 2 and reader.is_alive()  # the rest waits in the pipe
+    assert lines.put_while_full.wait(timeout=10), "the reader never reached the full queue"
+    assert lines.qsize() == 2 and reader.is_alive()  # the reader waits with its third line, the rest waits in the pipe
     got = [lines.get(timeout=10) for _ in range(51)]
     assert got == [(None, b"%d\n" % n) for n in range(50)] + [(None, None)]
     done.set()
