@@ -139,7 +139,9 @@ def test_accuracy_with_repeats_has_an_interval_and_one_repeat_falls_back_to_the_
     assert row["verdict"] == Verdict(Kind.REGRESSION, "accuracy") and row["d_acc"] == pytest.approx(-0.01)
     assert row["accuracy"] == "-0.0100 [-0.0100, -0.0100]"
     single = decided(group("BASE", 1.0, repeats=1, acc=0.95), group("NEW", 1.0, repeats=1, seed=1, acc=0.947))
-    assert single["accuracy"] == "-0.0030" and single["verdict"].kind is not Kind.REGRESSION
+    assert single["accuracy"] == "-0.0030" and single["verdict"] == Verdict(Kind.NO_CHANGE) and single["note"] == ONE_REPEAT
+    beyond = decided(group("BASE", 1.0, repeats=1, acc=0.95), group("NEW", 1.0, repeats=1, seed=1, acc=0.94))
+    assert beyond["accuracy"] == "-0.0100" and beyond["verdict"] == Verdict(Kind.REGRESSION, "accuracy")  # beyond the 0.005 tolerance
 
 
 def test_the_interval_is_the_same_every_time():
