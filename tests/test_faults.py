@@ -20,7 +20,7 @@ from framebench.driver.recorder import STOP_SIGNALS, Interrupts, Stopped
 from framebench.store.files import append_rows
 from framebench.store.reader import load_results, read_table
 from tests.conftest import REPO, cli, framebench
-from tests.tables import finished_run
+from tests.tables import epoch_rows, finished_run
 
 PLUGIN = "fake=tests.fake_backend:FakeClassifier"
 
@@ -233,20 +233,6 @@ def test_a_torn_last_row_is_ignored_when_read_and_cut_before_the_next_append(fin
     assert len(table) == 4 and set(table["status"]) == {"ok"}
 
 
-def epoch_row(epoch: int, **changes) -> dict:
-    return {
-        "run_id": "r",
-        "backend": "fake",
-        "variant": "default",
-        "device": "cpu",
-        "repeat": 0,
-        "attempt": 1,
-        "epoch": epoch,
-        "epoch_s": 1.0,
-        **changes,
-    }
-
-
 def test_a_table_cut_at_any_byte_reads_as_its_whole_rows_even_with_line_breaks_in_a_cell(tmp_path):
     """Rows are one line each (line breaks in text become spaces), so a kill at any byte leaves whole rows."""
     job = {"run_id": "r", "repeat": 0, "attempt": 1}
@@ -262,11 +248,12 @@ def test_a_table_cut_at_any_byte_reads_as_its_whole_rows_even_with_line_breaks_i
 
 
 def test_a_torn_row_longer_than_one_read_block_keeps_every_whole_row(tmp_path):
-    append_rows(tmp_path, "epochs", [epoch_row(1), epoch_row(2)])
+    epochs = epoch_rows(backend="fake")
+    append_rows(tmp_path, "epochs", epochs[:2])
     path = tmp_path / "epochs.csv"
     whole = path.read_bytes()
     path.write_bytes(whole + b"r," + b"x" * 200_000)
-    append_rows(tmp_path, "epochs", [epoch_row(3)])
+    append_rows(tmp_path, "epochs", epochs[2:])
     assert path.read_bytes().startswith(whole) and read_table(tmp_path, "epochs")["epoch"].tolist() == [1, 2, 3]
 
 
