@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 
 import pytest
 
@@ -94,7 +95,9 @@ def test_extending_a_directory_adds_environments_but_never_redefines_one(tmp_pat
 def test_the_address_changes_with_the_overrides_and_the_lock_leaves_out_what_they_override():
     root = envs.checkout()
     assert envs.address(root, [OLD]) != envs.address(root, [NEW])
-    assert envs.address(root, [OLD]) == envs.address(root, [OLD])
+    code = f"from framebench.driver import envs; print(envs.address(envs.checkout(), ({OLD!r},)))"
+    elsewhere = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "1"})
+    assert elsewhere.stdout.strip() == envs.address(root, [OLD])  # the folder a later run, in another process, finds again
     base = envs.base_requirements(root, [OLD])
     assert not any(line.lower().startswith("numpy==") for line in base)
     assert any(line.startswith("pandas==") for line in base)
