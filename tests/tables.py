@@ -161,18 +161,16 @@ def results_directory(
     return path
 
 
-def finished_run(
-    path: Path, repeats: int = 2, started: float = STARTED, slower: float = 1.0, backends: dict = BACKENDS, config: dict | None = None
-) -> Path:
+def finished_run(path: Path, repeats: int = 2, started: float = STARTED, backends: dict = BACKENDS, config: dict | None = None) -> Path:
     """A whole finished run of `backends` ({backend: its steady epoch seconds}; numpy and jax), `repeats`
-    each (repeat r 1% slower per r, all `slower` times), every table written as a run writes it, each
-    library probed at start and end, under `config` (or run_config's for them); all its jobs are done, so
-    resuming it has nothing to run."""
+    each (repeat r 1% slower per r), its first job started at `started`, every table written as a run
+    writes it, each library probed at start and end, under `config` (or run_config's for them); all its
+    jobs are done, so resuming it has nothing to run."""
     runs, epochs, steps, evals = [], [], [], []
     for backend, seconds in backends.items():
         for repeat in range(repeats):
             job = {"backend": backend, "repeat": repeat}
-            epoch_s = seconds * slower * (1 + 0.01 * repeat)
+            epoch_s = seconds * (1 + 0.01 * repeat)
             runs.append(run_row(epoch_s=epoch_s, **job, started_at=started + 10 * repeat, ended_at=started + 10 * repeat + 5))
             epochs += epoch_rows(epoch_s=epoch_s, **job)
             steps += step_rows(**job)
