@@ -15,6 +15,8 @@ import pytest
 
 from framebench.cli import main
 from framebench.core.data import load_dataset
+from framebench.testing import case_of
+from tests.training_guard import pytest_runtest_call, pytest_runtest_setup, pytest_runtest_teardown  # noqa: F401  (the fast tier trains nothing)
 
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # this process hosts the `keras` backend; children host the others
@@ -51,6 +53,16 @@ def mnist_folder() -> Path:
 @pytest.fixture(scope="session")
 def mnist():
     return load_dataset("mnist", allow_download=False)
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by the marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The fast tier checks each backend's conformance on its default variant; the other variants' items
+    (tutorial, graph, compile, auto: the same checks on code they mostly share with it) are the slow tier's."""
+    for item in items:
+        case = case_of(item)
+        if case is not None and ":" in case.subject.name:  # a registry name is backend[:variant]
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)

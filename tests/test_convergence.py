@@ -23,62 +23,31 @@ from framebench.reports.thresholds import check, derive
 from framebench.reports.verdicts import Kind, Verdict
 from framebench.store import job as contract
 from framebench.store import schema
-from framebench.store.files import append_rows, write_json
+from framebench.store.files import append_rows
 from framebench.store.job import Job
+from tests import tables
 from tests.conftest import cli, framebench, printed_directory
 
-TRAINING = {"model": {"hidden": [32]}, "train": {"epochs": 2, "batch_size": 100, "eval_every": 10, "lr": 0.001}}
-NODE = {"machine": "box", "cpu": "Some CPU", "cores": 2, "kernel_settings": {}, "gpus": [], "threads": 2}
-ENV = {**NODE, "nodes": {"box": NODE}, "command": "framebench run ...", "git_commit": "abc", "started_utc": "2026-01-01T00:00:00+00:00"}
+TRAINING = {"model": {"hidden": (32,)}, "train": {"epochs": 2, "batch_size": 100, "eval_every": 10, "lr": 0.001}}
 MLPERF_128 = [16, 14, 16, 17, 16, 16, 15, 16, 15, 16]  # training_rules.adoc, "Appendix: RCP Examples": batch 128
 MLPERF_256 = [20, 21, 21, 20, 22, 22, 21, 21, 20, 20]  # and batch 256
 
 
-def config(seeds: list[str], dataset: str = "digits", target: float = 0.9, training: dict = TRAINING) -> dict:
-    return {
-        "preset": "ci",
-        "dataset": dataset,
-        **json.loads(json.dumps(training)),
-        "threads": 2,
-        "sweep": {"field": "", "values": [""]},
-        "target_acc": target,
-        "matrices": [{"axes": {"backend": ["numpy"], "variant": ["default"], "device": ["cpu"], "seed": seeds}, "repeats": 1}],
-    }
+def run_row(seed, epochs: float | None, *, acc=0.95, seconds=None, **fields) -> dict:
+    """A runs.csv row of the ci preset at `seed`: `epochs` to the target (None: did not reach it); 10 steps per epoch."""
+    reached = {"epochs_to_target": epochs, "steps_to_target": epochs * 10, "time_to_target_s": epochs * 2.0} if epochs is not None else {}
+    reached = {**dict.fromkeys(["epochs_to_target", "steps_to_target", "time_to_target_s"], math.nan), **reached}
+    if seconds is not None:
+        reached["time_to_target_s"] = seconds
+    return tables.run_row(seed=str(seed), preset="ci", final_test_acc=acc, **reached, **fields)
 
 
-def run_row(seed, epochs: float | None, *, backend="numpy", variant="default", acc=0.95, status="ok", seconds=None, repeat=0) -> dict:
-    """A runs.csv row: `epochs` to the target (None: did not reach it); 10 steps per epoch."""
-    return {
-        **{c: "" if c in schema.text_columns() else math.nan for c in schema.columns("runs")},
-        **{d.name: d.default for d in contract.DIMENSIONS},
-        "run_id": "r",
-        "seed": str(seed),
-        "backend": backend,
-        "variant": variant,
-        "dataset": "digits",
-        "preset": "ci",
-        "repeat": repeat,
-        "attempt": 1,
-        "node": "box",
-        "status": status,
-        "final_test_acc": acc,
-        "median_epoch_s": 1.0,
-        "started_at": 1.8e9,
-        "implementation": "abc",
-        "threads": 2,
-        "epochs_to_target": epochs,
-        "steps_to_target": None if epochs is None else epochs * 10,
-        "time_to_target_s": seconds if seconds is not None else (None if epochs is None else epochs * 2.0),
-    }
-
-
-def results(path, rows: list[dict], seeds=None, **config_changes):
-    path.mkdir(parents=True)
-    append_rows(path, "runs", [{**row, "dataset": config_changes.get("dataset", "digits")} for row in rows])
-    append_rows(path, "evals", [])
-    write_json(path, "config.json", config(seeds or sorted({r["seed"] for r in rows}, key=int), **config_changes))
-    write_json(path, "machine.json", ENV)
-    return str(path)
+def results(path, rows: list[dict], seeds=None, dataset: str = "digits", target: float = 0.9, training: dict = TRAINING) -> str:
+    """A results directory of `rows` (of `dataset`) run with the ci preset's `training`, its matrix numpy's at `seeds` (or the rows')."""
+    seeds = seeds or sorted({r["seed"] for r in rows}, key=int)
+    request = {"preset": "ci", "dataset": dataset, "target_acc": target}
+    config = tables.run_config(("numpy",), repeats=1, seeds=seeds, model=training["model"], train=training["train"], **request)
+    return str(tables.results_directory(path, [{**row, "dataset": dataset} for row in rows], config=config))
 
 
 # --- seeds as a dimension ---------------------------------------------------------------------------

@@ -13,9 +13,8 @@ import os
 import shutil
 import signal
 import subprocess
-import time
+import sys
 
-import pandas as pd
 import pytest
 
 from framebench.cli import build_parser
@@ -33,7 +32,9 @@ from framebench.reports.summary import summary
 from framebench.store.job import Job, key_columns
 from framebench.store.reader import load_results
 from framebench.store.schema import columns
+from tests import tables
 from tests.conftest import cli, framebench, printed_directory
+from tests.tables import finished_run, run_config
 from tests.test_faults import alive, wait_for
 
 OLD, NEW = "numpy==2.3.5", "numpy==2.4.6"  # two NumPy minors the registry serves for Python 3.11
@@ -96,7 +97,9 @@ def test_extending_a_directory_adds_environments_but_never_redefines_one(tmp_pat
 def test_the_address_changes_with_the_overrides_and_the_lock_leaves_out_what_they_override():
     root = envs.checkout()
     assert envs.address(root, [OLD]) != envs.address(root, [NEW])
-    assert envs.address(root, [OLD]) == envs.address(root, [OLD])
+    code = f"from framebench.driver import envs; print(envs.address(envs.checkout(), ({OLD!r},)))"
+    elsewhere = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "1"})
+    assert elsewhere.stdout.strip() == envs.address(root, [OLD])  # the folder a later run, in another process, finds again
     base = envs.base_requirements(root, [OLD])
     assert not any(line.lower().startswith("numpy==") for line in base)
     assert any(line.startswith("pandas==") for line in base)
@@ -105,50 +108,18 @@ def test_the_address_changes_with_the_overrides_and_the_lock_leaves_out_what_the
 def synthetic_run(tmp_path, new_losses: list[float], new_time: float, new_acc: float, precisions: dict[str, float] | None = None):
     """A results directory with numpy in environments old and new (2 repeats), as the driver writes it;
     at each of `precisions` ({precision: its time factor}; fp32 alone by default)."""
-    directory = tmp_path / "run"
-    directory.mkdir()
     runs, steps = [], []
     for repeat, (precision, factor), (env, losses, seconds, acc, version) in itertools.product(
         range(2),
         (precisions or {"fp32": 1.0}).items(),
         (("old", [1.0, 0.9, 0.8], 1.0, 0.95, "2.3.5"), ("new", new_losses, new_time, new_acc, "2.4.6")),
     ):
-        seconds *= factor
-        key = {
-            "run_id": "run",
-            "backend": "numpy",
-            "variant": "default",
-            "device": "cpu",
-            "env": env,
-            "precision": precision,
-            "sweep_value": "",
-            "repeat": repeat,
-            "seed": "0",
-        }
-        runs.append(
-            {
-                **key,
-                "dataset": "digits",
-                "preset": "ci",
-                "sweep_field": "",
-                "attempt": 1,
-                "node": "n",
-                "status": "ok",
-                "median_epoch_s": seconds * (1 + repeat / 100),
-                "final_test_acc": acc,
-                "framework_version": version,
-                "threads": 1,
-                "implementation": "abc",
-            }
-        )
-        steps += [{**key, "attempt": 1, "epoch": 1, "step": s, "loss": loss} for s, loss in enumerate(losses, start=1)]
-    for table, rows in (("runs", runs), ("steps", steps)):
-        pd.DataFrame(rows).reindex(columns=columns(table)).to_csv(directory / f"{table}.csv", index=False)
-    pd.DataFrame(columns=columns("epochs")).to_csv(directory / "epochs.csv", index=False)
-    config = {"train": {"optimizer": "adam"}, "envs": {"old": [OLD], "new": [NEW]}}
-    (directory / "config.json").write_text(json.dumps(config))
-    (directory / "machine.json").write_text(json.dumps({"nodes": {"n": {"machine": "m"}}}))
-    return directory
+        job = {"run_id": "run", "env": env, "precision": precision, "repeat": repeat}
+        measured = {"final_test_acc": acc, "framework_version": version, "node": "n", "threads": 1, "implementation": "abc"}
+        runs.append(tables.run_row(**job, preset="ci", epoch_s=seconds * factor * (1 + repeat / 100), **measured))
+        steps += [{**row, "loss": loss} for row, loss in zip(tables.step_rows(**job, epochs=1, steps=len(losses)), losses, strict=True)]
+    config = tables.run_config(("numpy",), env=(f"old={OLD}", f"new={NEW}"), preset="ci", model={}, train={"optimizer": "adam"}, threads=1)
+    return tables.results_directory(tmp_path / "run", runs, steps=steps, config=config, machine={"nodes": {"n": tables.NODE}})
 
 
 def test_side_by_side_gives_ratio_difference_and_first_divergent_step(tmp_path):
@@ -367,8 +338,8 @@ def test_a_stop_signal_during_a_build_is_handled_like_one_during_jobs(envs_folde
 
     def stopped_venv(staging):
         environment_folder(staging.parent, staging.name)
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(5)  # the signal arrives long before
+        os.kill(os.getpid(), signal.SIGTERM)  # its handler runs before os.kill returns: the build stops here
+        raise AssertionError("SIGTERM did not stop the build")
 
     monkeypatch.setattr(envbuild, "make_venv", stopped_venv)
     request = RunRequest(
@@ -390,11 +361,9 @@ def test_the_command_line_s_own_url_requirement_is_taken_as_the_readme_shows():
 
 @pytest.fixture(scope="module")
 def numpy_run(tmp_path_factory):
-    """One finished numpy run on digits, for the tests that make a foreign copy of it."""
-    parent = tmp_path_factory.mktemp("numpy")
-    request = RunRequest(backends="numpy", dataset="digits", floors=False, results_dir=str(parent), run_id="r", threads=1)
-    assert session.run(request, {}, {"epochs": 1}) == 0
-    return parent / "r"
+    """One finished numpy run on digits of one epoch on one thread (written row by row), for the tests that make a foreign copy of it."""
+    config = run_config(("numpy",), repeats=1, model={}, train={"epochs": 1}, threads=1)
+    return finished_run(tmp_path_factory.mktemp("numpy") / "r", repeats=1, backends={"numpy": 1.0}, config=config)
 
 
 def foreign(numpy_run, tmp_path, requirements: list[str]):

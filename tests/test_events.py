@@ -170,15 +170,29 @@ def test_what_a_true_job_may_say_is_not_refused(scripted):
         assert scripted(sends(*said), job)[0][-1].error == said[-1].get("error", ""), said
 
 
+# The training a scripted job's epochs (three steps each) are true to, and a true job of it
+SCRIPTED_TRAIN = {"epochs": EPOCHS, "batch_size": 512, "sampling": "with_replacement", "steps_per_epoch": 3}
+TRUE_JOB = [start(), setup(samples_per_epoch=3 * 512), epoch(1), epoch(2), end()]
+
+
+def scripted_jobs(monkeypatch, folder: Path, script=lambda job: TRUE_JOB) -> dict:
+    """Every job a run starts gets a scripted worker sending the events `script(job)` lists (no framework
+    runs, nothing trains): the training overrides whose plan they are true to (SCRIPTED_TRAIN)."""
+    monkeypatch.setattr(node, "calibrate", lambda threads: 0.01)  # the machine's speed is not what is tested
+
+    def command(job: Job) -> list[str]:
+        path = folder / f"script-{len(list(folder.glob('script-*.json')))}.json"
+        path.write_text(json.dumps(sends(*script(job))))
+        return [sys.executable, str(SCRIPTED), str(path)]
+
+    monkeypatch.setattr(node, "worker_command", command)
+    return SCRIPTED_TRAIN
+
+
 def test_an_end_setting_retried_is_a_failure_counted_in_the_exit_status(monkeypatch, tmp_path):
     """It once left the failed row out of the exit status: exit 0 with a job failed."""
-    monkeypatch.setattr(node, "calibrate", lambda threads: 0.01)
-    train = {"epochs": EPOCHS, "batch_size": 512, "sampling": "with_replacement", "steps_per_epoch": 3}  # the scripted epochs' 3 steps
-    true = [start(), setup(samples_per_epoch=3 * 512), epoch(1), epoch(2)]
-    scripts = {0: sends(*true, end()), 1: sends(*true, end("failed", error="scripted", retried=True))}
-    for repeat, steps in scripts.items():
-        (tmp_path / f"script{repeat}.json").write_text(json.dumps(steps))
-    monkeypatch.setattr(node, "worker_command", lambda job: [sys.executable, str(SCRIPTED), str(tmp_path / f"script{job.repeat}.json")])
+    retried = [*TRUE_JOB[:-1], end("failed", error="scripted", retried=True)]
+    train = scripted_jobs(monkeypatch, tmp_path, lambda job: retried if job.repeat == 1 else TRUE_JOB)
     request = RunRequest(backends="numpy", dataset="digits", floors=False, results_dir=str(tmp_path), run_id="r", threads=1, repeats=2)
     assert session.run(request, {}, train) == 1
     runs = load_results(tmp_path / "r")["runs"]
@@ -217,17 +231,29 @@ def test_the_cap_leaves_room_for_the_longest_epoch_a_job_can_draw(scripted):
     assert events[-1].status == "ok", events[-1].error
 
 
+class Watched(queue.Queue):
+    """A queue that says when a line is put while it is full (the putter then waits, or drops the line)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.put_while_full = threading.Event()
+
+    def put(self, item, block=True, timeout=None) -> None:
+        if self.full():
+            self.put_while_full.set()
+        super().put(item, block, timeout)
+
+
 def test_lines_waiting_to_be_recorded_are_bounded_and_none_is_lost():
     read_fd, write_fd = os.pipe()
-    lines: queue.Queue = queue.Queue(2)
+    lines = Watched(2)
     done = threading.Event()
     reader = threading.Thread(target=node.read_lines, args=(os.fdopen(read_fd, "rb"), lines, 100, done), daemon=True)
     reader.start()
     with os.fdopen(write_fd, "wb") as channel:
         channel.write(b"".join(b"%d\n" % n for n in range(50)))
-    wait_for(lambda: lines.full(), "the queue to fill", timeout=10)
-    time.sleep(0.2)
-    assert lines.qsize() == 2 and reader.is_alive()  # the rest waits in the pipe
+    assert lines.put_while_full.wait(timeout=10), "the reader never reached the full queue"
+    assert lines.qsize() == 2 and reader.is_alive()  # the reader waits with its third line, the rest waits in the pipe
     got = [lines.get(timeout=10) for _ in range(51)]
     assert got == [(None, b"%d\n" % n) for n in range(50)] + [(None, None)]
     done.set()

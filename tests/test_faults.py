@@ -20,6 +20,7 @@ from framebench.driver.recorder import STOP_SIGNALS, Interrupts, Stopped
 from framebench.store.files import append_rows
 from framebench.store.reader import load_results, read_table
 from tests.conftest import REPO, cli, framebench
+from tests.tables import epoch_rows, finished_run
 
 PLUGIN = "fake=tests.fake_backend:FakeClassifier"
 
@@ -205,8 +206,14 @@ def finished_once(tmp_path_factory):
 
 @pytest.fixture
 def finished(finished_once, tmp_path):
-    """A copy of the finished run (under tmp_path/r) for one test to damage."""
+    """A copy of the finished run (under tmp_path/r) for one test to damage and append to."""
     return Path(shutil.copytree(finished_once, tmp_path / "r"))
+
+
+@pytest.fixture
+def synthetic(tmp_path):
+    """A finished run written row by row (tests.tables: nothing trains) for one test to damage."""
+    return finished_run(tmp_path / "r")
 
 
 @pytest.mark.slow
@@ -226,20 +233,6 @@ def test_a_torn_last_row_is_ignored_when_read_and_cut_before_the_next_append(fin
     assert len(table) == 4 and set(table["status"]) == {"ok"}
 
 
-def epoch_row(epoch: int, **changes) -> dict:
-    return {
-        "run_id": "r",
-        "backend": "fake",
-        "variant": "default",
-        "device": "cpu",
-        "repeat": 0,
-        "attempt": 1,
-        "epoch": epoch,
-        "epoch_s": 1.0,
-        **changes,
-    }
-
-
 def test_a_table_cut_at_any_byte_reads_as_its_whole_rows_even_with_line_breaks_in_a_cell(tmp_path):
     """Rows are one line each (line breaks in text become spaces), so a kill at any byte leaves whole rows."""
     job = {"run_id": "r", "repeat": 0, "attempt": 1}
@@ -255,11 +248,12 @@ def test_a_table_cut_at_any_byte_reads_as_its_whole_rows_even_with_line_breaks_i
 
 
 def test_a_torn_row_longer_than_one_read_block_keeps_every_whole_row(tmp_path):
-    append_rows(tmp_path, "epochs", [epoch_row(1), epoch_row(2)])
+    epochs = epoch_rows(backend="fake")
+    append_rows(tmp_path, "epochs", epochs[:2])
     path = tmp_path / "epochs.csv"
     whole = path.read_bytes()
     path.write_bytes(whole + b"r," + b"x" * 200_000)
-    append_rows(tmp_path, "epochs", [epoch_row(3)])
+    append_rows(tmp_path, "epochs", epochs[2:])
     assert path.read_bytes().startswith(whole) and read_table(tmp_path, "epochs")["epoch"].tolist() == [1, 2, 3]
 
 
@@ -282,37 +276,37 @@ def test_an_empty_steps_table_gets_its_header_back(finished):
     ],
 )
 @pytest.mark.parametrize("args", [["plot"], ["compare", "BASE"], ["check"], ["thresholds"]])
-def test_garbage_tables_are_one_line_errors_in_every_command(finished, content, message, args):
-    (finished / "runs.csv").write_bytes(content)
-    argv = [a.replace("BASE", str(finished)) for a in args] + [str(finished)]
+def test_garbage_tables_are_one_line_errors_in_every_command(synthetic, content, message, args):
+    (synthetic / "runs.csv").write_bytes(content)
+    argv = [a.replace("BASE", str(synthetic)) for a in args] + [str(synthetic)]
     result = cli(*argv)
     assert result.returncode == 2 and result.stderr.startswith("error: ") and message in result.stderr
     assert len(result.stderr.splitlines()) == 1
 
 
 @pytest.mark.parametrize("content", [b"", None])
-def test_empty_or_header_only_runs_say_so(finished, content):
-    runs = finished / "runs.csv"
+def test_empty_or_header_only_runs_say_so(synthetic, content):
+    runs = synthetic / "runs.csv"
     runs.write_bytes(content if content is not None else runs.read_bytes().splitlines(keepends=True)[0])
-    assert cli("plot", str(finished)).returncode == 0
-    for args in (["check", str(finished)], ["thresholds", str(finished), "--output", str(finished / "t.csv")]):
+    assert cli("plot", str(synthetic)).returncode == 0
+    for args in (["check", str(synthetic)], ["thresholds", str(synthetic), "--output", str(synthetic / "t.csv")]):
         result = cli(*args)
         assert result.returncode == 2 and "runs" in result.stderr and len(result.stderr.splitlines()) == 1
-    compared = cli("compare", str(finished), str(finished))
+    compared = cli("compare", str(synthetic), str(synthetic))
     assert compared.returncode == 2 and "nothing" in (compared.stdout + compared.stderr)
 
 
-def test_a_directory_without_config_is_one_line(finished):
-    (finished / "config.json").unlink()
-    for args in (["plot", str(finished)], ["check", str(finished)], ["compare", str(finished), str(finished)]):
+def test_a_directory_without_config_is_one_line(synthetic):
+    (synthetic / "config.json").unlink()
+    for args in (["plot", str(synthetic)], ["check", str(synthetic)], ["compare", str(synthetic), str(synthetic)]):
         result = cli(*args)
         assert result.returncode == 2 and "not a results directory (no config.json)" in result.stderr
 
 
-def test_an_unwritable_output_path_is_one_line(finished, tmp_path):
-    result = cli("compare", str(finished), str(finished), "--markdown", str(tmp_path / "missing" / "x.md"))
+def test_an_unwritable_output_path_is_one_line(synthetic, tmp_path):
+    result = cli("compare", str(synthetic), str(synthetic), "--markdown", str(tmp_path / "missing" / "x.md"))
     assert result.returncode == 2 and "cannot write --markdown" in result.stderr
-    result = cli("thresholds", str(finished), "--output", str(tmp_path / "missing" / "t.csv"))
+    result = cli("thresholds", str(synthetic), "--output", str(tmp_path / "missing" / "t.csv"))
     assert result.returncode == 2 and "cannot write --output" in result.stderr
 
 

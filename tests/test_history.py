@@ -22,8 +22,8 @@ from framebench.history.series import export_parquet, load_history
 from framebench.history.text import label
 from framebench.reports.floors import load_with_floors
 from framebench.reports.summary import summary
-from framebench.store.files import append_rows, write_json
 from framebench.store.schema import columns
+from tests import tables
 
 NODE = {"machine": "ci-1", "cpu": "Test CPU", "cores": 2, "kernel_settings": {}, "gpus": [], "libraries": {}}
 TRAIN = {"optimizer": "sgd", "lr": 0.001, "batch_size": 128, "epochs": 2}
@@ -92,22 +92,18 @@ def write_run(
     train: dict | None = None,
     extra: list[dict] = (),
 ) -> Path:
-    """A results directory as `framebench run` writes it: {backend: epoch seconds per repeat}."""
-    directory = root / run_id
-    directory.mkdir(parents=True)
-    write_json(directory, "config.json", {"preset": "tutorial000", "model": {"hidden": [512]}, "train": train or TRAIN})
-    write_json(directory, "machine.json", {"git_commit": commit, "started_utc": "2026-01-01T00:00:00+00:00", "nodes": {"n1": NODE}})
-    common = {"run_id": run_id, "variant": "default", "device": "cpu", "dataset": "mnist", "preset": "tutorial000"}
-    rows, epochs = [], []
-    for backend, repeats in seconds.items():
-        for repeat, value in enumerate(repeats):
-            job = {**common, "backend": backend, "repeat": repeat, "seed": "0", "attempt": 1}
-            measured = {"median_epoch_s": value, "final_test_acc": acc, "framework_version": "1.0", "started_at": started}
-            rows.append({**job, "node": "n1", "status": "ok", **measured})
-            epochs += [{**job, "epoch": e, "epoch_s": value, "train_loss": 1.0 / e, "test_loss": 1.2 / e} for e in (1, 2)]
-    append_rows(directory, "runs", rows + [{**common, "node": "n1", **row} for row in extra])
-    append_rows(directory, "epochs", epochs)
-    return directory
+    """A results directory of tutorial000 on mnist as `framebench run` writes it: {backend: steady epoch
+    seconds per repeat}, two epochs each, node n1; `extra` runs.csv rows after them (this run's otherwise)."""
+    run = {"run_id": run_id, "dataset": "mnist", "preset": "tutorial000"}
+    jobs = [(backend, repeat, value) for backend, repeats in seconds.items() for repeat, value in enumerate(repeats)]
+    runs = [tables.run_row(**run, backend=b, repeat=r, epoch_s=v, final_test_acc=acc, node="n1", started_at=started) for b, r, v in jobs]
+    epochs = [row for b, r, v in jobs for row in tables.epoch_rows(**run, backend=b, repeat=r, epoch_s=v, epochs=2)]
+    config = tables.run_config(
+        tuple(seconds) or ("numpy",), repeats=2, preset="tutorial000", dataset="mnist", model={}, train=train or TRAIN
+    )
+    machine = {"git_commit": commit, "started_utc": "2026-01-01T00:00:00+00:00", "nodes": {"n1": NODE}}
+    extras = [tables.run_row(**run, node="n1", started_at=started, **row) for row in extra]
+    return tables.results_directory(root / run_id, runs + extras, epochs=epochs, config=config, machine=machine)
 
 
 def step_history(root: Path, runs: int = 8, step_at: int = 4) -> list[Path]:

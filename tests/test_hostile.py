@@ -32,7 +32,9 @@ from framebench.store.files import append_rows
 from framebench.store.job import Job
 from framebench.store.reader import latest_attempts, load_results, read_table
 from tests.conftest import framebench
-from tests.test_faults import alive, env_for, run_args, run_fake, started, wait_for
+from tests.tables import finished_run
+from tests.test_events import scripted_jobs
+from tests.test_faults import alive, env_for, run_args, started, wait_for
 
 
 def run_mode(tmp_path, mode: str, *args: str, extra_env: dict | None = None) -> pd.DataFrame:
@@ -45,6 +47,7 @@ def run_mode(tmp_path, mode: str, *args: str, extra_env: dict | None = None) -> 
     return load_results(tmp_path / "r")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["dots", "bytes", "close-stdout"])
 def test_what_a_backend_prints_changes_no_row(tmp_path, mode):
     """Dots without a newline once swallowed the next event; invalid UTF-8 killed the reader (a
@@ -54,6 +57,7 @@ def test_what_a_backend_prints_changes_no_row(tmp_path, mode):
     assert tables["epochs"]["epoch"].tolist() == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_a_forged_event_line_is_only_log_text(tmp_path):
     tables = run_mode(tmp_path, "forge")
     runs = tables["runs"]
@@ -61,6 +65,7 @@ def test_a_forged_event_line_is_only_log_text(tmp_path):
     assert '@framebench-event {"type": "end"' in next((tmp_path / "r" / "logs").iterdir()).read_text()
 
 
+@pytest.mark.slow
 def test_a_malformed_message_fails_its_job_and_the_matrix_goes_on(tmp_path):
     tables = run_mode(tmp_path, "malformed", "--backends", "fake,numpy")
     runs = tables["runs"].set_index("backend")
@@ -76,6 +81,7 @@ def test_every_malformed_channel_line_is_one_malformed_event(line):
         decode_event(line)
 
 
+@pytest.mark.slow
 def test_non_finite_predictions_are_diverged_not_ok(tmp_path):
     runs = run_mode(tmp_path, "nan-logits")["runs"]
     assert runs[["status", "epochs_done"]].values.tolist() == [["diverged", 1]] and "non-finite test-set predictions" in runs["error"][0]
@@ -86,6 +92,7 @@ def test_a_first_step_loss_of_zero_is_no_divergence():
     assert "non-finite" in divergence(np.array([0.0, np.nan]), 0.0, 1)
 
 
+@pytest.mark.slow
 def test_a_process_that_leaves_the_job_s_session_does_not_outlive_it(tmp_path):
     strays = tmp_path / "strays"
     strays.mkdir()
@@ -101,6 +108,7 @@ def test_a_process_that_leaves_the_job_s_session_does_not_outlive_it(tmp_path):
                 os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGUSR1])
 def test_a_closed_terminal_or_another_signal_stops_the_driver_like_sigint(tmp_path, signum):
     pids = tmp_path / "pids"
@@ -112,18 +120,10 @@ def test_a_closed_terminal_or_another_signal_stops_the_driver_like_sigint(tmp_pa
     assert load_results(tmp_path / "r")["runs"]["status"].tolist() == ["interrupted"]
 
 
-@pytest.fixture(scope="module")
-def original(tmp_path_factory):
-    parent = tmp_path_factory.mktemp("original")
-    result = run_fake(parent, "--backends", "fake", "--epochs", "2", "--repeats", "2", "--run-id", "r")
-    assert result.returncode == 0, result.stderr
-    return parent / "r"
-
-
 @pytest.fixture
-def finished(original, tmp_path):
-    """A copy of a finished fake run, free to be damaged."""
-    return shutil.copytree(original, tmp_path / "r", symlinks=True)
+def finished(tmp_path):
+    """A finished run (written row by row: nothing trains), free to be damaged."""
+    return finished_run(tmp_path / "r")
 
 
 def command(capsys, *args: str) -> tuple[int, str, str]:
@@ -192,7 +192,8 @@ def test_a_renamed_directory_reads_its_rows_as_its_own(finished, tmp_path):
     append_rows(finished, "runs", [{**read_table(finished, "runs").iloc[0].to_dict(), "run_id": "elsewhere", "attempt": 2}])
     moved = finished.rename(tmp_path / "moved")
     runs = latest_attempts(load_results(moved)["runs"])
-    assert set(runs["run_id"]) == {"moved"} and runs.sort_values("repeat")["attempt"].tolist() == [2, 1]
+    attempts = runs.set_index(["backend", "repeat"])["attempt"].to_dict()
+    assert set(runs["run_id"]) == {"moved"} and attempts == {("numpy", 0): 2, ("numpy", 1): 1, ("jax", 0): 1, ("jax", 1): 1}
 
 
 HOSTILE = "<script>alert(1)</script> | a | b |\n`code`"
@@ -217,16 +218,14 @@ def test_text_from_results_is_inert_markdown(finished, tmp_path, capsys):
 def test_writing_a_results_directory_never_follows_a_symbolic_link(finished, tmp_path, capsys):
     target = tmp_path / "precious.txt"
     target.write_text("keep me")
-    (finished / "report.md").unlink()
     (finished / "report.md").symlink_to(target)
-    (finished / "loss.png").unlink()
     (finished / "loss.png").symlink_to(target)
     assert command(capsys, "plot", str(finished))[0] == 0
     assert target.read_text() == "keep me" and not (finished / "report.md").is_symlink() and not (finished / "loss.png").is_symlink()
     (finished / ".lock").unlink(missing_ok=True)
     (finished / ".lock").symlink_to(target)
-    resumed = framebench("run", "--resume", str(finished), env=env_for("ok"))
-    assert resumed.returncode == 2 and "symbolic link" in resumed.stderr and target.read_text() == "keep me"
+    status, _, err = command(capsys, "run", "--resume", str(finished))
+    assert status == 2 and "symbolic link" in err and target.read_text() == "keep me"
 
 
 @pytest.mark.parametrize("code", [errno.EPERM, errno.ENOTSUP, errno.EXDEV])
@@ -313,8 +312,9 @@ def test_a_signal_while_the_final_report_is_written_says_how_to_make_it(tmp_path
         os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr("framebench.reports.report.write_report", stopped_report)
+    train = scripted_jobs(monkeypatch, tmp_path)  # a job that says it trained: nothing trains
     request = RunRequest(backends="numpy", dataset="digits", floors=False, results_dir=str(tmp_path), run_id="r", threads=1)
-    assert session.run(request, {}, {"epochs": 1}) == 128 + signal.SIGTERM
+    assert session.run(request, {}, train) == 128 + signal.SIGTERM
     err = capsys.readouterr().err
     assert f"framebench plot {tmp_path / 'r'}" in err and load_results(tmp_path / "r")["runs"]["status"].tolist() == ["ok"]
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

@@ -23,6 +23,7 @@ from framebench.store.reader import read_table
 from framebench.store.schema import columns
 from framebench.studies.precision import verdict
 from framebench.testing import cases
+from tests import tables
 from tests.conftest import framebench, printed_directory
 
 TEMPLATE = Job(run_id="r", dataset="digits", data_dir=None, preset="mlp", config={}, threads=1, target_acc=0.9)
@@ -76,37 +77,14 @@ def test_precision_and_compute_dtype_are_columns():
     assert (row["precision"], row["compute_dtype"]) == ("bf16", "bfloat16")
 
 
-def gemm_rows(precision: str, seconds: float) -> list[dict]:
-    return [
-        {"node": "n", "library": "torch", "device": "cpu", "precision": precision, "threads": 1, "sweep_value": "", "probe": probe}
-        | {"kind": "forward", "layer": 1, "m": 1, "k": 1, "n": 1, "seconds": seconds, "gflops": 1.0}
-        for probe in ("start", "end")
-    ]
+def gemm_rows(precision: str, step_s: float) -> list[dict]:
+    """torch's GEMM probes at `precision` (start and end) whose step adds up to `step_s`."""
+    return [row for probe in ("start", "end") for row in tables.gemm_rows("torch", step_s, probe, precision=precision)]
 
 
 def run_row(precision: str, epoch_s: float, acc: float) -> dict:
-    return {
-        "run_id": "r",
-        "seed": "0",
-        "backend": "torch",
-        "variant": "default",
-        "device": "cpu",
-        "env": "current",
-        "precision": precision,
-        "sweep_field": "",
-        "sweep_value": "",
-        "repeat": 0,
-        "attempt": 1,
-        "status": "ok",
-        "error": "",
-        "node": "n",
-        "gemm_library": "torch",
-        "samples_per_epoch": 100,
-        "batch_size": 10,
-        "median_epoch_s": epoch_s,
-        "final_test_acc": acc,
-        "other_cpu_frac": 0.0,
-    } | dict.fromkeys(["first_epoch_s", "setup_s", "samples_per_s", "final_test_loss", "time_to_target_s", "peak_rss_mb"], 1.0)
+    """A runs.csv row of torch at `precision`: epochs of 10 steps."""
+    return tables.run_row(backend="torch", precision=precision, epoch_s=epoch_s, final_test_acc=acc, samples_per_epoch=100, batch_size=10)
 
 
 def test_a_bf16_run_is_held_to_the_bf16_floor_and_compared_with_fp32():

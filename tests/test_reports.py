@@ -7,7 +7,6 @@ cannot fail (or pass) these tests; one small real run checks that the report is 
 
 from __future__ import annotations
 
-import copy
 import io
 import json
 import math
@@ -21,97 +20,20 @@ from framebench.errors import FrameBenchError
 from framebench.reports.compare import version_notes
 from framebench.reports.floors import MAX_CREDIBLE_EFFICIENCY, PROBE_DISAGREEMENT, load_with_floors
 from framebench.reports.summary import BUSY_FRACTION, busy_warnings
-from framebench.store.files import append_rows, write_json
-from framebench.store.schema import columns
 from tests.conftest import cli, framebench
-
-SIZES, BATCH, SAMPLES = (64, 32, 10), 16, 1600  # a tiny network: 100 steps per epoch
-CONFIG = {
-    "preset": "mlp",
-    "dataset": "digits",
-    "model": {"hidden": [32]},
-    "train": {"epochs": 3, "batch_size": BATCH},
-    "threads": 2,
-    "sweep": {"field": "", "values": [""]},
-    "target_acc": 0.9,
-    "matrices": [{"axes": {"backend": ["numpy", "jax"], "variant": ["default"], "device": ["cpu"], "seed": ["0"]}, "repeats": 3}],
-}
-NODE = {"machine": "box", "cpu": "Some CPU", "cores": 2, "kernel_settings": {}, "gpus": [], "threads": 2}
-ENV = {**NODE, "nodes": {"box": NODE}, "command": "framebench run ...", "git_commit": "abc"}
-
-
-def run_row(backend: str, repeat: int, epoch_s: float, acc: float, **changes) -> dict:
-    row = dict.fromkeys(columns("runs"), "")
-    row.update(
-        run_id="r",
-        backend=backend,
-        variant="default",
-        device="cpu",
-        precision="fp32",
-        env="current",
-        dataset="digits",
-        preset="mlp",
-        repeat=repeat,
-        seed="0",
-        attempt=1,
-        node="box",
-        host="box",
-        status="ok",
-        epochs_done=3,
-        median_epoch_s=epoch_s,
-        first_epoch_s=epoch_s * 2,
-        samples_per_epoch=SAMPLES,
-        batch_size=BATCH,
-        final_test_acc=acc,
-        gemm_library=backend,
-        threads=2,
-        framework_version="1.0",
-    )
-    row.update(changes)
-    return row
-
-
-def gemm_rows(library: str, step_seconds: float, probe: str = "start", node: str = "box") -> list[dict]:
-    """GEMM rows whose step adds up to `step_seconds`, split evenly over the step's products."""
-    gemms = step_gemms(SIZES, BATCH)
-    return [
-        {
-            "node": node,
-            "library": library,
-            "device": "cpu",
-            "precision": "fp32",
-            "threads": 2,
-            "sweep_value": "",
-            "probe": probe,
-            "kind": g.kind,
-            "layer": g.layer,
-            "m": g.m,
-            "k": g.k,
-            "n": g.n,
-            "seconds": step_seconds / len(gemms),
-            "gflops": g.flops / (step_seconds / len(gemms)) / 1e9,
-        }
-        for g in gemms
-    ]
-
-
-def results(path, runs: list[dict], gemm: list[dict] | None = None, config: dict | None = None, env: dict | None = None):
-    path.mkdir(parents=True)
-    append_rows(path, "runs", runs)
-    append_rows(path, "gemm", gemm or [])
-    write_json(path, "config.json", config or CONFIG)
-    write_json(path, "machine.json", env or ENV)
-    return path
+from tests.tables import BATCH, MACHINE, NODE, SAMPLES, gemm_rows, results_directory, run_config, run_row
 
 
 def baseline_runs(numpy_s=(1.0, 1.01, 1.02), jax_s=(0.5, 0.505, 0.51), acc=0.95) -> list[dict]:
-    return [run_row("numpy", r, t, acc) for r, t in enumerate(numpy_s)] + [run_row("jax", r, t, acc) for r, t in enumerate(jax_s)]
+    """Three repeats of numpy and jax at these steady epoch seconds, each reaching `acc`."""
+    jobs = [("numpy", r, t) for r, t in enumerate(numpy_s)] + [("jax", r, t) for r, t in enumerate(jax_s)]
+    return [run_row(backend=b, repeat=r, epoch_s=t, final_test_acc=acc) for b, r, t in jobs]
 
 
 def test_floors_and_efficiencies_are_derived_from_each_nodes_probes(tmp_path):
     """floor = fastest library's step time x steps per epoch; own floor = the backend's library's."""
     gemm = gemm_rows("numpy", 0.004) + gemm_rows("jax", 0.002) + gemm_rows("numpy", 0.0045, "end") + gemm_rows("jax", 0.0021, "end")
-    runs = load_with_floors(results(tmp_path / "r", baseline_runs(), gemm))["runs"].set_index(["backend", "repeat"])
+    runs = load_with_floors(results_directory(tmp_path / "r", baseline_runs(), gemm=gemm))["runs"].set_index(["backend", "repeat"])
     steps = SAMPLES / BATCH
     numpy_run = runs.loc[("numpy", 1)]
     assert numpy_run["floor_epoch_s"] == pytest.approx(0.002 * steps)  # the faster probe of the faster library
@@ -124,7 +46,7 @@ def test_floors_and_efficiencies_are_derived_from_each_nodes_probes(tmp_path):
 def test_disagreeing_probes_make_efficiencies_unreliable_not_wrong(tmp_path):
     slowed = PROBE_DISAGREEMENT * 1.1
     gemm = gemm_rows("numpy", 0.004) + gemm_rows("numpy", 0.004 * slowed, "end")
-    runs = load_with_floors(results(tmp_path / "r", baseline_runs(), gemm))["runs"]
+    runs = load_with_floors(results_directory(tmp_path / "r", baseline_runs(), gemm=gemm))["runs"]
     numpy_runs = runs[runs["backend"] == "numpy"]
     assert numpy_runs["efficiency"].isna().all() and numpy_runs["floor_epoch_s"].notna().all()
     assert numpy_runs["floor_note"].str.contains("disagree").all()
@@ -140,7 +62,7 @@ def test_a_disagreeing_own_floor_empties_only_the_overhead_efficiency(tmp_path):
         + gemm_rows("numpy", 0.004)
         + gemm_rows("numpy", 0.004 * PROBE_DISAGREEMENT * 1.2, "end")
     )
-    runs = load_with_floors(results(tmp_path / "r", baseline_runs(), gemm))["runs"]
+    runs = load_with_floors(results_directory(tmp_path / "r", baseline_runs(), gemm=gemm))["runs"]
     numpy_runs, jax_runs = runs[runs["backend"] == "numpy"], runs[runs["backend"] == "jax"]
     assert numpy_runs["efficiency"].notna().all() and numpy_runs["overhead_efficiency"].isna().all()
     assert numpy_runs["floor_note"].str.startswith("unreliable own floor").all()
@@ -151,12 +73,12 @@ def test_an_efficiency_above_the_credible_limit_is_left_empty(tmp_path):
     """A floor probe slowed by other work makes a run look faster than the hardware: say so, report nothing."""
     too_fast = 0.004 * SAMPLES / BATCH / (MAX_CREDIBLE_EFFICIENCY * 1.5)
     gemm = gemm_rows("numpy", 0.004) + gemm_rows("numpy", 0.004, "end")
-    runs = load_with_floors(results(tmp_path / "r", [run_row("numpy", 0, too_fast, 0.9)], gemm))["runs"]
+    runs = load_with_floors(results_directory(tmp_path / "r", [run_row(epoch_s=too_fast, final_test_acc=0.9)], gemm=gemm))["runs"]
     assert math.isnan(runs["efficiency"][0]) and "above" in runs["floor_note"][0]
 
 
 def test_one_probe_is_noted(tmp_path):
-    runs = load_with_floors(results(tmp_path / "r", baseline_runs(), gemm_rows("numpy", 0.004)))["runs"]
+    runs = load_with_floors(results_directory(tmp_path / "r", baseline_runs(), gemm=gemm_rows("numpy", 0.004)))["runs"]
     assert (runs[runs["backend"] == "numpy"]["floor_note"] == "one GEMM probe (no end probe)").all()
 
 
@@ -165,7 +87,7 @@ def compare(base, new, *args):
 
 
 def test_compare_identical_runs_finds_no_regression(tmp_path):
-    base = results(tmp_path / "base", baseline_runs())
+    base = results_directory(tmp_path / "base", baseline_runs())
     markdown = tmp_path / "compare.md"
     result = compare(base, base, "--markdown", str(markdown))
     assert result.returncode == 0, result.stdout
@@ -173,37 +95,37 @@ def test_compare_identical_runs_finds_no_regression(tmp_path):
 
 
 def test_compare_flags_an_accuracy_drop_beyond_the_tolerance_only(tmp_path):
-    base = results(tmp_path / "base", baseline_runs(acc=0.95))
-    assert compare(base, results(tmp_path / "small", baseline_runs(acc=0.947))).returncode == 0
-    result = compare(base, results(tmp_path / "big", baseline_runs(acc=0.93)))
+    base = results_directory(tmp_path / "base", baseline_runs(acc=0.95))
+    assert compare(base, results_directory(tmp_path / "small", baseline_runs(acc=0.947))).returncode == 0
+    result = compare(base, results_directory(tmp_path / "big", baseline_runs(acc=0.93)))
     assert result.returncode == 1 and "REGRESSION: accuracy" in result.stdout and "2 regression(s)" in result.stdout
 
 
 def test_compare_reads_the_time_interval_against_the_tolerance(tmp_path):
-    base = results(tmp_path / "base", baseline_runs(numpy_s=(1.0, 1.1, 1.2)))
-    slower = compare(base, results(tmp_path / "slow", baseline_runs(numpy_s=(3.0, 3.3, 3.6))))
+    base = results_directory(tmp_path / "base", baseline_runs(numpy_s=(1.0, 1.1, 1.2)))
+    slower = compare(base, results_directory(tmp_path / "slow", baseline_runs(numpy_s=(3.0, 3.3, 3.6))))
     assert slower.returncode == 1 and "REGRESSION: time" in slower.stdout and "1 regression(s)" in slower.stdout
     assert "×3.000 [" in slower.stdout  # the ratio of medians with its interval
-    within_spread = compare(base, results(tmp_path / "spread", baseline_runs(numpy_s=(1.15, 1.25, 1.4))))
+    within_spread = compare(base, results_directory(tmp_path / "spread", baseline_runs(numpy_s=(1.15, 1.25, 1.4))))
     assert within_spread.returncode == 2, within_spread.stdout  # 14% slower, but the repeats overlap: not settled either way
     assert "inconclusive" in within_spread.stdout
-    tight = results(tmp_path / "tight", baseline_runs())
-    within_tolerance = compare(tight, results(tmp_path / "tol", baseline_runs(numpy_s=(1.05, 1.06, 1.07))))
+    tight = results_directory(tmp_path / "tight", baseline_runs())
+    within_tolerance = compare(tight, results_directory(tmp_path / "tol", baseline_runs(numpy_s=(1.05, 1.06, 1.07))))
     assert within_tolerance.returncode == 0 and "no change" in within_tolerance.stdout  # 5% slower: within 10%
 
 
 def test_compare_one_repeat_is_named_and_cannot_regress(tmp_path):
-    base = results(tmp_path / "base", [run_row("numpy", 0, 1.0, 0.95)])
-    new = results(tmp_path / "new", [run_row("numpy", 0, 3.0, 0.95)])
+    base = results_directory(tmp_path / "base", [run_row()])
+    new = results_directory(tmp_path / "new", [run_row(epoch_s=3.0)])
     result = compare(base, new)
     assert result.returncode == 2 and "1 repeat: the spread between processes is unknown; use --repeats 3" in result.stdout
 
 
 def test_compare_a_busy_new_is_not_verified_and_the_json_says_the_same(tmp_path):
-    base = results(tmp_path / "base", baseline_runs())
+    base = results_directory(tmp_path / "base", baseline_runs())
     runs = [{**r, "other_cpu_frac": 0.47} for r in baseline_runs(numpy_s=(3.0, 3.03, 3.06))]
     output = tmp_path / "compare.json"
-    result = compare(base, results(tmp_path / "new", runs), "--json", str(output))
+    result = compare(base, results_directory(tmp_path / "new", runs), "--json", str(output))
     assert result.returncode == 2 and "not verified (busy: NEW's jobs shared the CPU with other processes, 47%)" in result.stdout
     document = json.loads(output.read_text())
     numpy_row = next(k for k in document["keys"] if k["backend"] == "numpy")
@@ -213,37 +135,37 @@ def test_compare_a_busy_new_is_not_verified_and_the_json_says_the_same(tmp_path)
 
 @pytest.mark.parametrize("status", ["failed", "diverged", "timeout", "unavailable", "unsupported", "interrupted", "lost"])
 def test_compare_a_run_that_did_not_finish_ok_in_new_is_a_regression(tmp_path, status):
-    base = results(tmp_path / "base", baseline_runs())
+    base = results_directory(tmp_path / "base", baseline_runs())
     runs = baseline_runs()
     runs[0] = {**runs[0], "status": status, "error": "it broke", "median_epoch_s": "", "final_test_acc": ""}
-    result = compare(base, results(tmp_path / "new", runs))
+    result = compare(base, results_directory(tmp_path / "new", runs))
     assert result.returncode == 1 and f"REGRESSION: NEW {status}: it broke" in result.stdout
 
 
 def test_compare_a_key_missing_in_new_is_a_regression(tmp_path):
-    base = results(tmp_path / "base", baseline_runs())
-    result = compare(base, results(tmp_path / "new", [r for r in baseline_runs() if r["backend"] == "numpy"]))
+    base = results_directory(tmp_path / "base", baseline_runs())
+    result = compare(base, results_directory(tmp_path / "new", [r for r in baseline_runs() if r["backend"] == "numpy"]))
     assert result.returncode == 1 and "REGRESSION: missing in NEW" in result.stdout
 
 
 def test_compare_against_a_base_that_verified_nothing_is_refused(tmp_path):
     failed = [{**r, "status": "failed", "error": "boom", "median_epoch_s": "", "final_test_acc": ""} for r in baseline_runs()]
-    result = compare(results(tmp_path / "base", failed), results(tmp_path / "new", baseline_runs(acc=0.1)))
+    result = compare(results_directory(tmp_path / "base", failed), results_directory(tmp_path / "new", baseline_runs(acc=0.1)))
     assert result.returncode == 2 and "fixed (BASE failed: boom)" in result.stdout and "nothing was verified" in result.stdout
 
 
 def test_compare_an_ok_row_without_figures_is_not_ok(tmp_path):
-    base = results(tmp_path / "base", baseline_runs())
+    base = results_directory(tmp_path / "base", baseline_runs())
     runs = baseline_runs()
     runs[1] = {**runs[1], "median_epoch_s": ""}
-    result = compare(base, results(tmp_path / "new", runs))
+    result = compare(base, results_directory(tmp_path / "new", runs))
     assert result.returncode == 1 and "ok without accuracy or time" in result.stdout
 
 
 def test_compare_refuses_timings_across_machines_unless_allowed(tmp_path):
-    base = results(tmp_path / "base", baseline_runs())
+    base = results_directory(tmp_path / "base", baseline_runs())
     other = {**NODE, "cpu": "Some Other CPU"}
-    new = results(tmp_path / "new", baseline_runs(numpy_s=(3.0, 3.3, 3.6)), env={**ENV, "nodes": {"box": other}})
+    new = results_directory(tmp_path / "new", baseline_runs(numpy_s=(3.0, 3.3, 3.6)), machine={**MACHINE, "nodes": {"box": other}})
     refused = compare(base, new)
     assert refused.returncode == 2 and "not verified" in refused.stdout and "--allow-machine-diff" in refused.stdout
     assert compare(base, new, "--accuracy-only").returncode == 0
@@ -254,20 +176,23 @@ def test_compare_refuses_timings_across_machines_unless_allowed(tmp_path):
 def test_compare_matches_timings_per_node(tmp_path):
     """Two nodes with different CPUs: each row's time is compared with BASE's on a node like its own."""
     fast, slow = {**NODE, "machine": "a", "cpu": "Fast"}, {**NODE, "machine": "b", "cpu": "Slow"}
-    env = {**ENV, "nodes": {"a": fast, "b": slow}}
-    on = lambda node, seconds: [run_row("numpy", r, seconds * (1 + r / 100), 0.9, node=node) for r in range(2)]  # noqa: E731
-    base = results(tmp_path / "base", on("a", 1.0) + [{**r, "repeat": r["repeat"] + 2} for r in on("b", 3.0)], env=env)
-    swapped = results(tmp_path / "new", on("b", 3.0) + [{**r, "repeat": r["repeat"] + 2} for r in on("a", 1.0)], env=env)
+    env = {**MACHINE, "nodes": {"a": fast, "b": slow}}
+
+    def on(node: str, seconds: float) -> list[dict]:
+        return [run_row(repeat=r, epoch_s=seconds * (1 + r / 100), final_test_acc=0.9, node=node) for r in range(2)]
+
+    base = results_directory(tmp_path / "base", on("a", 1.0) + [{**r, "repeat": r["repeat"] + 2} for r in on("b", 3.0)], machine=env)
+    swapped = results_directory(tmp_path / "new", on("b", 3.0) + [{**r, "repeat": r["repeat"] + 2} for r in on("a", 1.0)], machine=env)
     assert compare(base, swapped).returncode == 0  # the same machines at the same speed, only the job placement changed
-    slower = results(tmp_path / "slower", on("a", 2.0) + [{**r, "repeat": r["repeat"] + 2} for r in on("b", 3.0)], env=env)
+    slower = results_directory(tmp_path / "slower", on("a", 2.0) + [{**r, "repeat": r["repeat"] + 2} for r in on("b", 3.0)], machine=env)
     assert compare(base, slower).returncode == 1
 
 
 def test_compare_refuses_accuracy_across_training_configurations(tmp_path):
-    base = results(tmp_path / "base", baseline_runs())
-    config = copy.deepcopy(CONFIG)
+    base = results_directory(tmp_path / "base", baseline_runs())
+    config = run_config()
     config["train"]["epochs"] = 10
-    new = results(tmp_path / "new", baseline_runs(acc=0.99), config=config)
+    new = results_directory(tmp_path / "new", baseline_runs(acc=0.99), config=config)
     refused = compare(base, new)
     assert refused.returncode == 2 and "configuration differs: train" in refused.stdout and "--allow-config-diff" in refused.stdout
     assert compare(base, new, "--allow-config-diff").returncode == 0
@@ -275,7 +200,7 @@ def test_compare_refuses_accuracy_across_training_configurations(tmp_path):
 
 @pytest.mark.parametrize("flag, value", [("--acc-tol", "-0.1"), ("--acc-tol", "nan"), ("--time-tol", "inf")])
 def test_compare_tolerances_must_be_finite_and_not_negative(tmp_path, flag, value):
-    base = results(tmp_path / "base", baseline_runs())
+    base = results_directory(tmp_path / "base", baseline_runs())
     result = compare(base, base, flag, value)
     assert result.returncode == 2 and f"{flag} must be a finite number >= 0" in result.stderr
 
@@ -305,7 +230,7 @@ def thresholds_file(path, rows: list[tuple[str, float]]) -> str:
 
 
 def test_check_passes_only_runs_it_verified(tmp_path):
-    directory = results(tmp_path / "r", baseline_runs(acc=0.95))
+    directory = results_directory(tmp_path / "r", baseline_runs(acc=0.95))
     good = thresholds_file(tmp_path / "good.csv", [("numpy", 0.9), ("jax", 0.9)])
     assert cli("check", str(directory), "--thresholds", good).returncode == 0
     partial = thresholds_file(tmp_path / "partial.csv", [("numpy", 0.9)])
@@ -324,7 +249,7 @@ def test_check_passes_only_runs_it_verified(tmp_path):
 def test_check_notes_an_unsupported_run_and_thresholds_leave_it_out(tmp_path):
     runs = baseline_runs()
     runs[2] = {**runs[2], "status": "unsupported", "error": "no bf16 here", "final_test_acc": None}
-    directory = results(tmp_path / "r", runs)
+    directory = results_directory(tmp_path / "r", runs)
     result = cli("check", str(directory), "--thresholds", thresholds_file(tmp_path / "t.csv", [("numpy", 0.0), ("jax", 0.0)]))
     assert result.returncode == 0 and "unsupported (no bf16 here)" in result.stdout
     derived = cli("thresholds", str(directory))
@@ -335,7 +260,7 @@ def test_check_notes_an_unsupported_run_and_thresholds_leave_it_out(tmp_path):
 def test_check_fails_a_run_that_did_not_finish_ok_whatever_the_thresholds(tmp_path, status):
     runs = baseline_runs()
     runs[2] = {**runs[2], "status": status, "error": "boom"}
-    directory = results(tmp_path / "r", runs)
+    directory = results_directory(tmp_path / "r", runs)
     result = cli("check", str(directory), "--thresholds", thresholds_file(tmp_path / "t.csv", [("numpy", 0.0), ("jax", 0.0)]))
     assert result.returncode == 1 and f"run {status} (boom)" in result.stdout
 
@@ -352,7 +277,7 @@ def test_check_fails_a_run_that_did_not_finish_ok_whatever_the_thresholds(tmp_pa
     ],
 )
 def test_an_empty_or_nonsense_threshold_is_an_error_when_read(tmp_path, row):
-    directory = results(tmp_path / "r", baseline_runs())
+    directory = results_directory(tmp_path / "r", baseline_runs())
     path = tmp_path / "t.csv"
     thresholds_file(path, [("numpy", 0.9), ("jax", 0.9)])
     path.write_text(path.read_text().replace("jax,3,,,current,0.9", row))
@@ -361,7 +286,7 @@ def test_an_empty_or_nonsense_threshold_is_an_error_when_read(tmp_path, row):
 
 
 def test_check_without_thresholds_file_is_a_one_line_error(tmp_path):
-    directory = results(tmp_path / "r", baseline_runs())
+    directory = results_directory(tmp_path / "r", baseline_runs())
     result = cli("check", str(directory), "--thresholds", str(tmp_path / "none.csv"))
     assert result.returncode == 2 and result.stderr.startswith("error: no thresholds file")
 
@@ -369,7 +294,7 @@ def test_check_without_thresholds_file_is_a_one_line_error(tmp_path):
 def test_thresholds_are_the_lowest_accuracy_minus_the_margin(tmp_path):
     runs = baseline_runs()
     runs[1]["final_test_acc"] = 0.91
-    directory = results(tmp_path / "r", runs)
+    directory = results_directory(tmp_path / "r", runs)
     output = tmp_path / "derived.csv"
     assert cli("thresholds", str(directory), "--margin", "0.01", "--output", str(output)).returncode == 0
     table = pd.read_csv(output, comment="#").set_index("backend")
@@ -383,7 +308,7 @@ def test_thresholds_without_output_print_and_leave_the_shipped_file_alone(tmp_pa
     shipped = tmp_path / "shipped.csv"
     shipped.write_text("as shipped\n")
     monkeypatch.setattr(thresholds, "DEFAULT_FILE", shipped)
-    result = cli("thresholds", str(results(tmp_path / "r", baseline_runs())))
+    result = cli("thresholds", str(results_directory(tmp_path / "r", baseline_runs())))
     assert result.returncode == 0, result.stderr
     assert shipped.read_text() == "as shipped\n"
     printed = pd.read_csv(io.StringIO(result.stdout), comment="#")
@@ -393,13 +318,13 @@ def test_thresholds_without_output_print_and_leave_the_shipped_file_alone(tmp_pa
 def test_thresholds_refuse_an_ok_run_without_accuracy(tmp_path):
     runs = baseline_runs()
     runs[1]["final_test_acc"] = ""
-    result = cli("thresholds", str(results(tmp_path / "r", runs)), "--output", str(tmp_path / "t.csv"))
+    result = cli("thresholds", str(results_directory(tmp_path / "r", runs)), "--output", str(tmp_path / "t.csv"))
     assert result.returncode == 2 and "did not finish ok with an accuracy" in result.stderr and not (tmp_path / "t.csv").exists()
 
 
 @pytest.mark.parametrize("margin", ["-0.01", "inf", "nan"])
 def test_thresholds_margin_must_be_finite_and_not_negative(tmp_path, margin):
-    directory = results(tmp_path / "r", baseline_runs())
+    directory = results_directory(tmp_path / "r", baseline_runs())
     result = cli("thresholds", str(directory), "--margin", margin, "--output", str(tmp_path / "t.csv"))
     assert result.returncode == 2 and "--margin must be a finite number >= 0" in result.stderr
 
@@ -451,10 +376,10 @@ def test_the_perf_matrix_adds_each_tutorial_preset_for_its_own_backend():
 
 def test_busy_warnings_name_each_job_whose_machine_was_busy_in_its_latest_attempt():
     runs = [
-        run_row("numpy", 0, 1.0, 0.9, other_cpu_frac=BUSY_FRACTION + 0.01, node="n1"),
-        run_row("numpy", 1, 1.0, 0.9, other_cpu_frac=BUSY_FRACTION),
-        run_row("jax", 0, 1.0, 0.9, other_cpu_frac=0.9, status="lost"),
-        run_row("jax", 0, 1.0, 0.9, other_cpu_frac=0.0, attempt=2),
+        run_row(other_cpu_frac=BUSY_FRACTION + 0.01, node="n1"),
+        run_row(repeat=1, other_cpu_frac=BUSY_FRACTION),
+        run_row(backend="jax", other_cpu_frac=0.9, status="lost"),
+        run_row(backend="jax", other_cpu_frac=0.0, attempt=2),
     ]
     used = f"{BUSY_FRACTION + 0.01:.0%}"
     assert busy_warnings(pd.DataFrame(runs)) == [
@@ -508,8 +433,10 @@ def test_the_perf_table_keeps_every_preset_of_a_backend(tmp_path):
     """Runs of the same backend and repeat in two presets' directories are two rows, not one."""
     from framebench.reports.summary import perf_table
 
-    first = load_with_floors(results(tmp_path / "a", baseline_runs()))["runs"]
-    second = load_with_floors(results(tmp_path / "b", [{**row, "run_id": "s", "preset": "tutorial000"} for row in baseline_runs()]))["runs"]
+    first = load_with_floors(results_directory(tmp_path / "a", baseline_runs()))["runs"]
+    second = load_with_floors(
+        results_directory(tmp_path / "b", [{**row, "run_id": "s", "preset": "tutorial000"} for row in baseline_runs()])
+    )["runs"]
     table = perf_table(pd.concat([first, second], ignore_index=True))
     assert table[["preset", "backend"]].values.tolist() == [
         ["mlp", "numpy"],
@@ -520,8 +447,18 @@ def test_the_perf_table_keeps_every_preset_of_a_backend(tmp_path):
 
 
 def test_version_notes_pair_rows_at_the_same_point_and_leave_out_rows_without_a_version():
-    base = pd.DataFrame([run_row("numpy", 0, 1.0, 0.9, framework_version="2.3"), run_row("numpy", 0, 1.0, 0.9, precision="bf16")])
-    new = pd.DataFrame([run_row("numpy", 0, 1.0, 0.9, framework_version="2.4"), run_row("jax", 0, 1.0, 0.9, framework_version="0.9")])
+    base = pd.DataFrame(
+        [
+            run_row(framework_version="2.3"),
+            run_row(precision="bf16"),
+        ]
+    )
+    new = pd.DataFrame(
+        [
+            run_row(framework_version="2.4"),
+            run_row(backend="jax", framework_version="0.9"),
+        ]
+    )
     base.loc[1, "framework_version"] = ""
     assert version_notes(base, new) == ["numpy: 2.3 -> 2.4"]
     assert version_notes(new, new) == []

@@ -24,6 +24,7 @@ from framebench.reports.summary import summary
 from framebench.store.job import Job
 from framebench.store.reader import load_results
 from framebench.store.schema import columns
+from tests import tables
 from tests.conftest import framebench
 
 BATCHES = ["16", "64", "256"]
@@ -35,32 +36,16 @@ def run_row(
     repeat: int,
     samples_per_s: float,
     *,
-    efficiency: float = float("nan"),
-    attempt: int = 1,
-    status: str = "ok",
-    field: str = "batch_size",
-    floor_samples_per_s: float = 1e6,
+    efficiency=float("nan"),
+    field="batch_size",
+    floor_samples_per_s=1e6,
+    **fields,
 ) -> dict:
-    """A runs.csv row with what framebench.reports.scaling reads; an epoch is 1000 samples."""
-    return {
-        "run_id": "sweep",
-        "seed": "0",
-        "backend": backend,
-        "variant": "default",
-        "device": "cpu",
-        "env": "current",
-        "precision": "fp32",
-        "sweep_field": field,
-        "sweep_value": value,
-        "repeat": repeat,
-        "attempt": attempt,
-        "status": status,
-        "samples_per_s": samples_per_s,
-        "median_epoch_s": 1000 / samples_per_s,
-        "samples_per_epoch": 1000,
-        "floor_epoch_s": 1000 / floor_samples_per_s,
-        "efficiency": efficiency,
-    }
+    """A runs.csv row of run "sweep" over `field` at `value` (an epoch is 1000 samples), with the floor
+    columns the reports add to it (framebench.reports.floors), which framebench.reports.scaling reads."""
+    sweep = {"run_id": "sweep", "sweep_field": field, "sweep_value": value, "samples_per_epoch": 1000, "samples_per_s": samples_per_s}
+    row = tables.run_row(backend=backend, repeat=repeat, epoch_s=1000 / samples_per_s, **sweep, **fields)
+    return row | {"floor_epoch_s": 1000 / floor_samples_per_s, "efficiency": efficiency}
 
 
 def table_of(rows: list[dict], order: list[str] = BATCHES) -> pd.DataFrame:
@@ -136,26 +121,7 @@ def test_summary_and_floors_are_per_sweep_value():
         ]
     ).drop(columns=["floor_epoch_s", "efficiency"])
     gemm = pd.DataFrame(
-        [
-            {
-                "node": "n",
-                "library": "numpy",
-                "device": "cpu",
-                "precision": "fp32",
-                "threads": 2,
-                "sweep_value": value,
-                "probe": "start",
-                "kind": "forward",
-                "layer": 1,
-                "m": int(value),
-                "k": 8,
-                "n": 4,
-                "seconds": seconds,
-                "gflops": 1.0,
-            }
-            for value, seconds in (("16", 0.001), ("64", 0.002))
-        ],
-        columns=columns("gemm"),
+        [row for value, step_s in (("16", 0.001), ("64", 0.002)) for row in tables.gemm_rows("numpy", step_s, node="n", sweep_value=value)]
     )
     runs = with_efficiencies(runs.reindex(columns=columns("runs")), gemm)
     floors = runs.set_index("sweep_value")["floor_epoch_s"]

@@ -56,6 +56,14 @@ def first_divergence(base: pd.DataFrame, new: pd.DataFrame, optimizer: str) -> s
     return f"epoch {int(row['epoch'])} step {int(row['step'])} ({abs(row['loss_new'] - row['loss_base']) / abs(row['loss_base']):.2g})"
 
 
+def planned_envs(config: dict, recorded) -> list[str]:
+    """The environments in the order the run planned them (the first is the one the others are compared
+    with): its matrices' env axes, which keep the command line's order (config.json's envs do not: its
+    keys are written sorted), then any other it names, then any only the `recorded` rows hold."""
+    axes = [env for matrix in config.get("matrices", []) for env in matrix.get("axes", {}).get("env", [])]
+    return list(dict.fromkeys([*axes, *config.get("envs", {}), *recorded]))
+
+
 def side_by_side(tables: dict) -> pd.DataFrame:
     """One row per point of the matrix (backend, variant, device, precision, sweep value, ...) and
     environment, the environments in the run's order, each compared with the first one at that point."""
@@ -63,7 +71,7 @@ def side_by_side(tables: dict) -> pd.DataFrame:
     ok = runs[runs["status"] == OK]
     point = compared_point()
     steps = tables["steps"].merge(ok[[*point, "env", "repeat", "attempt"]], how="inner")
-    order = [env for env in dict.fromkeys([*tables["config"].get("envs", {}), *runs["env"]]) if env in set(runs["env"])]  # as planned
+    order = [env for env in planned_envs(tables["config"], runs["env"]) if env in set(runs["env"])]
     optimizer = tables["config"].get("train", {}).get("optimizer", "adam")
     rows = []
     for key, group in runs.groupby(point, sort=False):
