@@ -21,7 +21,7 @@ from framebench.store.events import End, Setup
 from framebench.store.job import Job, accuracy_key_columns
 from framebench.store.reader import read_table
 from framebench.store.schema import columns
-from framebench.studies.precision import verdict
+from framebench.studies.precision import busy_warning, verdict
 from framebench.testing import cases
 from tests import tables
 from tests.conftest import framebench, printed_directory
@@ -152,3 +152,8 @@ def test_a_precision_sweep_is_planned_once_per_precision_and_a_repeated_one_refu
     assert config["sweep"] == {"field": "precision", "values": ["fp32", "bf16"]}
     with pytest.raises(FrameBenchError, match="needs distinct values"):
         new_config(RunRequest(backends="torch", sweep="precision=fp32,fp32"), {}, {})
+
+
+def test_a_configuration_measured_beside_busy_neighbours_is_said_to_be_no_verdict():
+    assert busy_warning(pd.DataFrame({"other_cpu_frac": [0.01, 0.02, 0.9]})) == ""  # one busy job of three: the median is quiet
+    assert "**Busy machine**" in busy_warning(pd.DataFrame({"other_cpu_frac": [0.5, 0.6, 0.01]}))

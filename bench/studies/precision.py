@@ -21,7 +21,7 @@ from framebench.reports.opprofile import read_profiles, report_lines
 from framebench.reports.plots import save_figure
 from framebench.reports.precision import precision_table
 from framebench.reports.report import machine_section
-from framebench.reports.summary import machine_load, not_run
+from framebench.reports.summary import BUSY_FRACTION, machine_load, not_run
 
 HELP = "fp32 against bf16 on every backend, one thread, at several batch sizes, with op profiles: results/precision/report.md"
 CONFIGURATIONS = {  # results directory -> (preset, training overrides): batch 128 (mlp), 1024 and 4096 at a fixed step count
@@ -121,6 +121,17 @@ def plot_study(tables: dict[str, pd.DataFrame], path: Path) -> bool:
     return True
 
 
+def busy_warning(runs: pd.DataFrame) -> str:
+    """A configuration measured beside busy neighbours has ratios that are not a verdict: say so where they are."""
+    if not runs["other_cpu_frac"].median() > BUSY_FRACTION:
+        return ""
+    return (
+        f" **Busy machine** (other processes above {BUSY_FRACTION:.0%} of the CPUs): fp32 and bf16 jobs ran one after the other, "
+        "so a load that changed between them moved these ratios; they are not a verdict (the op profiles, taken apart, may disagree). "
+        "Rerun `make bench-precision` on a quiet machine."
+    )
+
+
 def profile_section(directory: Path) -> list[str]:
     """The op profile of a study's configuration (framebench.reports.opprofile), or why there is none."""
     path = directory / PROFILE_FILE
@@ -159,7 +170,7 @@ def write_study(folder: Path, directories: list[Path]) -> Path:
         lines += [
             f"## {study}",
             "",
-            f"`{t['machine'].get('command')}`; {machine_load(t['runs'])}.",
+            f"`{t['machine'].get('command')}`; {machine_load(t['runs'])}.{busy_warning(t['runs'])}",
             "",
             to_markdown(tables[study]),
             *findings(tables[study], study),
