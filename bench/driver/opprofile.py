@@ -28,7 +28,7 @@ from framebench.core.config import PRESETS, check_precisions, config_from_dict, 
 from framebench.core.harness import epoch_order, initial_weights, steps_in
 from framebench.driver.node import device_variables
 from framebench.errors import FrameBenchError
-from framebench.store.files import replace_file
+from framebench.reports.markdown import write_output
 
 DEVICE = "cpu"  # the profiles are of CPU epochs: a framework's host-side trace is where a CPU epoch's time goes
 PROFILED_EPOCH = 1  # the harness's epoch that is profiled (0-based); epoch 0 compiles and warms up
@@ -192,19 +192,12 @@ def run_ops(args: argparse.Namespace) -> int:
     if args.output is None:
         sys.stdout.write(to_json(found))
     else:
-        write_output(Path(args.output), to_json(found))
+        write_output(args.output, "--output", to_json(found))
     return 0
 
 
 def to_json(found: list[Profile]) -> str:
     return json.dumps([dataclasses.asdict(p) for p in found], indent=1) + "\n"
-
-
-def write_output(path: Path, text: str) -> None:
-    try:
-        replace_file(path, text.encode())
-    except OSError as exc:
-        raise FrameBenchError(f"cannot write {path} ({exc.strerror or exc}); pass --output a writable file") from None
 
 
 if __name__ == "__main__":  # the child of run_child: python -m framebench.driver.opprofile --child

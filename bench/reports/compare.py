@@ -10,7 +10,6 @@ not verified (or nothing was verified at all), else 0.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pandas as pd
 
@@ -25,7 +24,7 @@ from framebench.reports.comparison import (
     environment_groups,
     fingerprints,
 )
-from framebench.reports.markdown import escape_markdown, format_table, to_markdown
+from framebench.reports.markdown import escape_markdown, format_table, to_markdown, write_output
 from framebench.reports.verdicts import FAIL, PASS, UNDECIDED, Kind, Verdict, exit_status
 from framebench.store.job import point_names, series_columns
 from framebench.store.reader import load_results, refuse_unreadable
@@ -175,10 +174,3 @@ def finish_comparison(
             key["decision"] = verdict.to_json()
         write_output(json_file, "--json", json.dumps(document, indent=2) + "\n")
     return status
-
-
-def write_output(path: str, flag: str, text: str) -> None:
-    try:
-        Path(path).write_text(text)
-    except OSError as exc:
-        raise FrameBenchError(f"cannot write {flag} {path} ({exc.strerror or exc})") from None

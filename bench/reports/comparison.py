@@ -272,20 +272,27 @@ def time_effect(base_ok: pd.DataFrame, new_ok: pd.DataFrame, options: Options, l
     return next(j for j in judged if j["time_verdict"] is most_severe)
 
 
+def effect_figures(base_ok: pd.DataFrame, new_ok: pd.DataFrame, effect: Interval) -> dict:
+    """What every time verdict reports: both sides' median steady epoch, the effect, how busy each side was."""
+    return {
+        "epoch_s_base": float(np.median(np.concatenate(list(base_ok["steady"])))),
+        "epoch_s_new": float(np.median(np.concatenate(list(new_ok["steady"])))),
+        "time_ratio": effect.estimate,
+        "time_low": effect.low,
+        "time_high": effect.high,
+        "busy_base": base_ok["other_cpu_frac"].max(),
+        "busy_new": new_ok["other_cpu_frac"].max(),
+    }
+
+
 def time_verdict(base_ok: pd.DataFrame, new_ok: pd.DataFrame, tol: float, labels: tuple[str, str]) -> dict:
     """Ratio of medians with its interval, read against the tolerance band, then held back where the
     machine was busy or ran at another speed."""
     effect = ratio_of_medians(list(base_ok["steady"]), list(new_ok["steady"]))
     repeats = min(len(base_ok), len(new_ok))
     figures = {
-        "epoch_s_base": float(np.median(np.concatenate(list(base_ok["steady"])))),
-        "epoch_s_new": float(np.median(np.concatenate(list(new_ok["steady"])))),
-        "time_ratio": effect.estimate,
-        "time_low": effect.low,
-        "time_high": effect.high,
+        **effect_figures(base_ok, new_ok, effect),
         "machine_ratio": new_ok["calibration"].median() / base_ok["calibration"].median(),
-        "busy_base": base_ok["other_cpu_frac"].max(),
-        "busy_new": new_ok["other_cpu_frac"].max(),
         "one_repeat": repeats < 2,
     }
     return {**figures, "time_verdict": held_back(figures, tol, labels) or band_verdict(effect, tol, repeats)}
@@ -296,14 +303,8 @@ def paired_time_verdict(base_ok: pd.DataFrame, new_ok: pd.DataFrame, pairs: list
     band. No guard holds it back: a busy neighbour or a slow host state hits both epochs of a pair."""
     effect = paired_ratio(pairs)
     figures = {
-        "epoch_s_base": float(np.median(np.concatenate(list(base_ok["steady"])))),
-        "epoch_s_new": float(np.median(np.concatenate(list(new_ok["steady"])))),
-        "time_ratio": effect.estimate,
-        "time_low": effect.low,
-        "time_high": effect.high,
+        **effect_figures(base_ok, new_ok, effect),
         "machine_ratio": math.nan,  # both sides ran on the same machine states: nothing to tell apart
-        "busy_base": base_ok["other_cpu_frac"].max(),
-        "busy_new": new_ok["other_cpu_frac"].max(),
         "one_repeat": len(pairs) < 2,
         "pairs": sum(len(p) for p in pairs),
     }

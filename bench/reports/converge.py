@@ -26,7 +26,7 @@ from framebench.reports.convergence import (
     unreachable_line,
     workload_of,
 )
-from framebench.reports.markdown import escape_markdown, format_table, to_markdown
+from framebench.reports.markdown import escape_markdown, format_table, to_markdown, write_output
 from framebench.reports.verdicts import FAIL, PASS, UNDECIDED, Verdict, exit_status
 from framebench.store.job import NOT_RUN
 from framebench.store.metadata import seeds_text, swept_field
@@ -209,13 +209,6 @@ def run_converge(directory: str, *, reference: Path | None, base: str | None, ma
         document = {"directory": directory, "workload": vars(workload), "rule": rule, "notes": lines, "exit_status": status}
         write_output(json_file, "--json", json.dumps({**document, "conclusion": concluded, "keys": keys}, indent=2) + "\n")
     return status
-
-
-def write_output(path: str, flag: str, text: str) -> None:
-    try:
-        Path(path).write_text(text)
-    except OSError as exc:
-        raise FrameBenchError(f"cannot write {flag} {path} ({exc.strerror or exc})") from None
 
 
 def run_rcp(directories: list[str], *, backend: str, output: Path | None) -> int:

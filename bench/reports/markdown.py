@@ -54,3 +54,11 @@ def write_markdown(path: Path, lines: list[str], fix: str) -> Path:
     except OSError as exc:
         raise FrameBenchError(f"cannot write {path} ({exc.strerror or exc}); {fix}") from None
     return path
+
+
+def write_output(path: str, flag: str, text: str) -> None:
+    """A file a command was asked for with `flag` (--json, --markdown, --output), or one line naming the flag."""
+    try:
+        Path(path).write_text(text)
+    except OSError as exc:
+        raise FrameBenchError(f"cannot write {flag} {path} ({exc.strerror or exc})") from None

@@ -16,7 +16,7 @@ from framebench.driver import opprofile
 from framebench.driver.request import RunRequest
 from framebench.driver.session import run as run_matrix
 from framebench.reports.floors import load_with_floors
-from framebench.reports.markdown import to_markdown, write_markdown
+from framebench.reports.markdown import to_markdown, write_markdown, write_output
 from framebench.reports.opprofile import read_profiles, report_lines
 from framebench.reports.plots import save_figure
 from framebench.reports.precision import precision_table
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
             found = opprofile.profiles(
                 opprofile.parse_entries(PROFILED), ["fp32", "bf16"], preset, train, threads=1, dataset=None, data_dir=None
             )
-            opprofile.write_output(profiles, opprofile.to_json(found))
+            write_output(str(profiles), "the study's op profiles", opprofile.to_json(found))
     print(write_study(args.directory, [args.directory / name for name in CONFIGURATIONS]))
     return worst
 
