@@ -57,11 +57,12 @@ def mnist():
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects by the marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The fast tier checks each backend's conformance on its default variant; the other variants' items
-    (tutorial, graph, compile, auto: the same checks on code they mostly share with it) are the slow tier's."""
+    """The fast tier checks each backend's conformance on its default variant, its logits and optimizer
+    steps; the dropout check (400 training steps of one sample) and the other variants' items (tutorial,
+    graph, compile, auto: the same checks on code they mostly share with it) are the slow tier's."""
     for item in items:
         case = case_of(item)
-        if case is not None and ":" in case.subject.name:  # a registry name is backend[:variant]
+        if case is not None and (":" in case.subject.name or case.check is not None and case.check.name == "dropout"):  # backend[:variant]
             item.add_marker(pytest.mark.slow)
 
 
