@@ -8,6 +8,7 @@ import math
 import pytest
 
 from framebench.store import job as contract
+from framebench.store import schema
 from framebench.store.reader import load_results
 from tests import tables
 from tests.conftest import cli
@@ -17,9 +18,9 @@ def test_a_finished_run_fills_every_column_with_cells_the_reader_takes(tmp_path)
     directory = tables.finished_run(tmp_path / "r")
     read = load_results(directory)
     assert read["refused"] == []
-    for table in contract.TABLE_NAMES:
+    for table in schema.TABLE_NAMES:
         rows = read[table]
-        assert list(rows.columns) == contract.columns(table) and len(rows) > 0, table
+        assert list(rows.columns) == schema.columns(table) and len(rows) > 0, table
         empty = {c for c in rows.columns if (rows[c] == "").all() or rows[c].isna().all()}
         # empty in an ok run on one CPU: the error, GPU memory, a sweep, a lockstep partner, an epoch's lockstep slot
         assert empty <= {"error", "peak_gpu_mb", "sweep_field", "sweep_value", "lockstep", "slot"}, (table, empty)
