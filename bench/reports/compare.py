@@ -25,7 +25,7 @@ from framebench.reports.comparison import (
     fingerprints,
 )
 from framebench.reports.markdown import escape_markdown, format_table, to_markdown, write_output
-from framebench.reports.verdicts import FAIL, PASS, UNDECIDED, Kind, Verdict, exit_status
+from framebench.reports.verdicts import FAIL, PASS, UNDECIDED, Kind, Verdict, decided_records, exit_status
 from framebench.store.job import point_names, series_columns
 from framebench.store.reader import load_results, refuse_unreadable
 
@@ -169,8 +169,6 @@ def finish_comparison(
         write_output(markdown, "--markdown", "\n".join(header + notes + [""]) + to_markdown(shown) + f"\n{concluded}\n")
     if json_file:
         document = {**sides, "rule": rule, "notes": lines, "exit_status": status, "conclusion": concluded}
-        document["keys"] = json.loads(table.assign(verdict=table["verdict"].map(str)).to_json(orient="records"))
-        for key, verdict in zip(document["keys"], table["verdict"], strict=True):
-            key["decision"] = verdict.to_json()
+        document["keys"] = decided_records(table)
         write_output(json_file, "--json", json.dumps(document, indent=2) + "\n")
     return status

@@ -27,7 +27,7 @@ from framebench.reports.convergence import (
     workload_of,
 )
 from framebench.reports.markdown import escape_markdown, format_table, to_markdown, write_output
-from framebench.reports.verdicts import FAIL, PASS, UNDECIDED, Verdict, exit_status
+from framebench.reports.verdicts import FAIL, PASS, UNDECIDED, Verdict, decided_records, exit_status
 from framebench.store.job import NOT_RUN
 from framebench.store.metadata import seeds_text, swept_field
 from framebench.store.reader import latest_attempts, load_results, refuse_unreadable
@@ -203,9 +203,7 @@ def run_converge(directory: str, *, reference: Path | None, base: str | None, ma
         header = ["## framebench converge", "", escape_markdown(rule), "", *[f"- {escape_markdown(line)}" for line in lines], ""]
         write_output(markdown, "--markdown", "\n".join(header) + to_markdown(shown) + f"\n{escape_markdown(concluded)}\n")
     if json_file:
-        keys = json.loads(shown.to_json(orient="records"))
-        for key, verdict in zip(keys, table["verdict"], strict=True):
-            key["decision"] = verdict.to_json()
+        keys = decided_records(table)
         document = {"directory": directory, "workload": vars(workload), "rule": rule, "notes": lines, "exit_status": status}
         write_output(json_file, "--json", json.dumps({**document, "conclusion": concluded, "keys": keys}, indent=2) + "\n")
     return status

@@ -4,9 +4,14 @@ the text is made only where a person reads it (the table, Markdown, JSON)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 PASS, FAIL, UNDECIDED = 0, 1, 2  # exit statuses: the gate passed, found a problem, or could not decide
 
@@ -68,3 +73,9 @@ def exit_status(kinds: Iterable[Kind]) -> int:
     """FAIL if any kind fails, else UNDECIDED if any is undecided, else PASS."""
     statuses = {kind.exit_status for kind in kinds}
     return FAIL if FAIL in statuses else UNDECIDED if UNDECIDED in statuses else PASS
+
+
+def decided_records(table: pd.DataFrame) -> list[dict]:
+    """A decided table's rows as JSON records (--json): its `verdict` as text and, beside it, the typed decision."""
+    records = json.loads(table.assign(verdict=table["verdict"].map(str)).to_json(orient="records"))
+    return [{**record, "decision": verdict.to_json()} for record, verdict in zip(records, table["verdict"], strict=True)]
