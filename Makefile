@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 GPU_PINS := "tensorflow[and-cuda]==2.21.0" "jax[cuda12]==0.10.2" "torch==2.13.0" "keras==3.15.1" "ray==2.60.0" \
 	"numpy==2.4.6" "pandas==3.1.1" "matplotlib==3.11.2" "scikit-learn==1.9.1" "threadpoolctl==3.8.0" \
-	"pytest==9.2.0" "pytest-benchmark==5.3.1" "pytest-timeout==2.4.0" "ruff==0.17.6"
+	"pytest==9.2.0" "pytest-benchmark==5.3.1" "pytest-timeout==2.4.0" "pytest-xdist==3.8.0" "ruff==0.17.6"
 
 .PHONY: install install-gpu lock-gpu data bench bench-gpu bench-steps bench-perf bench-scaling bench-history bench-gate bench-precision bench-versions bench-convergence lint test test-fast readme clean
 
@@ -67,11 +67,11 @@ lint:  ## ruff: lint and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint data  ## lint, the datasets (make data), then the whole test suite: what CI runs
-	$(BIN)/python -m pytest -q
+test: test-fast  ## lint, the datasets, the fast tier (make test-fast), then the slow tier one test at a time: what CI runs
+	$(BIN)/python -m pytest -q -m slow
 
-test-fast: lint data  ## lint, the datasets (make data), then every test not marked slow: the edit-test loop (a few minutes)
-	$(BIN)/python -m pytest -q -m "not slow"
+test-fast: lint data  ## lint, the datasets (make data), then every test not marked slow, on up to 4 processes (pytest-xdist): the edit-test loop
+	$(BIN)/python -m pytest -q -m "not slow" -n auto --maxprocesses 4
 
 readme:  ## the generated tables: README.md's example results (from results/example), docs/backends.md's backends (from the registry)
 	$(BIN)/framebench readme

@@ -157,3 +157,14 @@ def test_a_precision_sweep_is_planned_once_per_precision_and_a_repeated_one_refu
 def test_a_configuration_measured_beside_busy_neighbours_is_said_to_be_no_verdict():
     assert busy_warning(pd.DataFrame({"other_cpu_frac": [0.01, 0.02, 0.9]})) == ""  # one busy job of three: the median is quiet
     assert "**Busy machine**" in busy_warning(pd.DataFrame({"other_cpu_frac": [0.5, 0.6, 0.01]}))
+
+
+@pytest.mark.parametrize(("library", "result"), [("jax", "float32"), ("jnp.matmul", "bfloat16")])
+def test_each_jax_floor_times_the_product_form_its_backends_run(library, result):
+    """jax's floor is lax.dot with an fp32 result (framebench's jax backend); keras-jax's is jnp.matmul,
+    whose 16-bit result XLA:CPU multiplies in fp32: held to jax's, Keras on JAX would look slow outside its products."""
+    from framebench.driver.probe import timer
+
+    call, _ = timer(library, "cpu", "bfloat16")(4, 8, 4)
+    assert str(call().dtype) == result
+    assert registry.lookup("keras-jax").gemm_library == "jnp.matmul" and registry.lookup("jax").gemm_library == "jax"

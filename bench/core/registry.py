@@ -29,6 +29,10 @@ GEMM_LIBRARIES = {  # a library whose matrix products are timed (a GEMM floor) -
     "torch": "torch",
     "tf": "tf",
     "jax": "jax",
+    # jnp.matmul as Keras's JAX backend multiplies (keras.ops.matmul): a 16-bit result, which XLA:CPU
+    # runs as an fp32 product of converted operands, where framebench's jax backend asks lax.dot
+    # for an fp32 result and gets the 16-bit kernels
+    "jnp.matmul": "jax",
 }
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")  # a backend or variant name: it becomes part of file names
 
@@ -142,7 +146,7 @@ BUILTIN = [
     *backend(
         "keras-jax",
         KERAS,
-        "jax",
+        "jnp.matmul",
         {"KERAS_BACKEND": "jax"},
         default=("KerasClassifier", "the keras backend's code on Keras's JAX backend, XLA"),
         tutorial=KERAS_TUTORIAL,

@@ -161,9 +161,13 @@ def timer(library: str, device: str, dtype: str):
         import jax
 
         target = jax.devices("gpu" if device == "gpu" else "cpu")[0]
-        # The product as framebench's jax backend runs it: 16-bit operands accumulate into an fp32
-        # result (XLA:CPU runs a 16-bit result in fp32, converting the operands first).
-        matmul = jax.jit(lambda a, b: jax.lax.dot(a, b, preferred_element_type=np.float32))
+        # "jax": the product as framebench's jax backend runs it, 16-bit operands accumulating into an
+        # fp32 result; "jnp.matmul": as Keras's JAX backend runs it, a result in the operands' dtype
+        # (XLA:CPU runs a 16-bit result in fp32, converting the operands first).
+        if library == "jnp.matmul":
+            matmul = jax.jit(jax.numpy.matmul)
+        else:
+            matmul = jax.jit(lambda a, b: jax.lax.dot(a, b, preferred_element_type=np.float32))
 
         def run(m, k, n):
             a, b = (jax.device_put(x.astype(dtype), target) for x in operands(m, k, n))
