@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=None, help="epochs per job (default: the preset's)")
     parser.add_argument("--preset", default="tutorial000", help="the configuration trained")
     parser.add_argument("--dataset", default="digits", help="its data")
-    parser.add_argument("--hidden", default="4096", help="hidden widths (default 4096: a digits epoch of about a tenth of a second)")
+    parser.add_argument("--hidden", default="4096", help="hidden widths (default 4096; the report gives the epoch time it made)")
     parser.add_argument("--threads", type=int, default=1, help="--threads of every run")
     parser.add_argument("--effects", default="0.02,0.05,0.10,0.20", help="the slowdowns of the quiet A/B conditions")
     parser.add_argument("--neighbours", type=int, default=2, help="processes beside the run in the busy and intermittent conditions")

@@ -197,16 +197,20 @@ def write_figure(table: pd.DataFrame, settings: Settings, path: Path) -> None:
 
 
 def machine_load(settings: Settings) -> dict:
-    """How busy the machine was over every job of the study, and its span."""
+    """How busy the machine was over every job of the study, its span and how long an epoch took."""
     folders = [p.parent for p in (settings.directory / RUNS_FOLDER).glob("*/*/runs.csv")]
-    runs = [load_results(folder)["runs"].assign(run_id=f"{folder.parent.name}/{folder.name}") for folder in folders]  # one id per run
+    tables = [load_results(folder) for folder in folders]
+    ids = [f"{folder.parent.name}/{folder.name}" for folder in folders]  # one run id per run
+    runs = [t["runs"].assign(run_id=run_id) for t, run_id in zip(tables, ids, strict=True)]
     jobs = latest_attempts(pd.concat(runs))
+    epochs = pd.concat(t["epochs"] for t in tables)
     spread = lambda values: ", ".join(f"{k} {values.quantile(q):.1%}" for k, q in (("p50", 0.5), ("p90", 0.9), ("max", 1.0)))  # noqa: E731
     return {
         "jobs": len(jobs),
         "other": spread(jobs["other_cpu_frac"]),
         "steal": spread(jobs["steal_frac"]),
         "hours": float(jobs["ended_at"].max() - jobs["started_at"].min()) / 3600,
+        "epoch_s": float(epochs.loc[epochs["epoch"] > 1, "epoch_s"].median()),  # after the warm-up epoch
     }
 
 
@@ -233,7 +237,8 @@ def write_report(settings: Settings) -> Path:
         f"`--time-tol {settings.time_tol:g}`",
         f"- busy: {settings.neighbours} `yes` processes beside the whole verdict; intermittent: {settings.neighbours} processes in phase, "
         f"alternating {INTERMITTENT[0]:g}-{INTERMITTENT[1]:g} s busy and as long idle",
-        f"- {load['jobs']} jobs over {load['hours']:.1f} h; other processes' CPU share {load['other']}; steal {load['steal']}",
+        f"- {load['jobs']} jobs over {load['hours']:.1f} h, a median epoch (after the first) of {load['epoch_s']:.3f} s; "
+        f"other processes' CPU share {load['other']}; steal {load['steal']}",
         "",
         "## Verdicts",
         "",
