@@ -9,8 +9,6 @@ not verified (or nothing was verified at all), else 0.
 
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 
 from framebench.errors import FrameBenchError
@@ -24,8 +22,8 @@ from framebench.reports.comparison import (
     environment_groups,
     fingerprints,
 )
-from framebench.reports.markdown import escape_markdown, format_table, to_markdown, write_output
-from framebench.reports.verdicts import FAIL, PASS, UNDECIDED, Kind, Verdict, decided_records, exit_status
+from framebench.reports.markdown import escape_markdown
+from framebench.reports.verdicts import FAIL, PASS, UNDECIDED, Kind, Report, Verdict, exit_status, publish_decided
 from framebench.store.job import point_names, series_columns
 from framebench.store.reader import load_results, refuse_unreadable
 
@@ -155,20 +153,11 @@ def finish_comparison(
     tolerances = options.tolerances
     status, concluded = conclusion(list(table["verdict"]), options.compare_accuracy and (options.compare_time or accuracy_only))
     shown = table[series_columns() + TABLE_COLUMNS].assign(verdict=table["verdict"].map(str))
-    for line in lines:
-        print(line)
-    print(format_table(shown))
-    print(concluded)
     rule = (
         f"accuracy tolerance {tolerances.acc_tol:g}; time tolerance {tolerances.time_tol:.0%}: a regression's 95% interval lies above 1 "
         f"and its ratio beyond {1 + tolerances.time_tol:g}; no change: the interval inside the tolerance band"
     )
-    if markdown:
-        header = ["## framebench compare", "", f"BASE {escape_markdown(sides['base'])}, NEW {escape_markdown(sides['new'])}; {rule}", ""]
-        notes = [f"- {escape_markdown(line)}" for line in lines]
-        write_output(markdown, "--markdown", "\n".join(header + notes + [""]) + to_markdown(shown) + f"\n{concluded}\n")
-    if json_file:
-        document = {**sides, "rule": rule, "notes": lines, "exit_status": status, "conclusion": concluded}
-        document["keys"] = decided_records(table)
-        write_output(json_file, "--json", json.dumps(document, indent=2) + "\n")
+    intro = f"BASE {escape_markdown(sides['base'])}, NEW {escape_markdown(sides['new'])}; {rule}"
+    report = Report("framebench compare", intro, lines, concluded, status, {**sides, "rule": rule}, markdown, json_file)
+    publish_decided(table, shown, report)
     return status

@@ -7,7 +7,6 @@ and JSON where asked and exits with their status.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -26,8 +25,8 @@ from framebench.reports.convergence import (
     unreachable_line,
     workload_of,
 )
-from framebench.reports.markdown import escape_markdown, format_table, to_markdown, write_output
-from framebench.reports.verdicts import FAIL, PASS, UNDECIDED, Verdict, decided_records, exit_status
+from framebench.reports.markdown import escape_markdown, format_table, write_output
+from framebench.reports.verdicts import FAIL, PASS, UNDECIDED, Report, Verdict, exit_status, publish_decided
 from framebench.store.job import NOT_RUN
 from framebench.store.metadata import seeds_text, swept_field
 from framebench.store.reader import latest_attempts, load_results, refuse_unreadable
@@ -191,21 +190,13 @@ def run_converge(directory: str, *, reference: Path | None, base: str | None, ma
     table, lines, workload = converge_table(directory, reference, base)
     status, concluded = conclusion(list(table["verdict"]))
     shown = table.assign(verdict=table["verdict"].map(str))
-    for line in lines:
-        print(line)
-    print(format_table(shown))
-    print(concluded)
     rule = (
         f"MLPerf's RCP rule: trimmed mean epochs to target (fastest and slowest seed dropped) within [reference mean / max speed-up, "
         f"its mirror], the bounds from a one-sided two-sample t-test at alpha {ALPHA:g}; at least {MIN_SEEDS} seeds, a reference of 2N"
     )
-    if markdown:
-        header = ["## framebench converge", "", escape_markdown(rule), "", *[f"- {escape_markdown(line)}" for line in lines], ""]
-        write_output(markdown, "--markdown", "\n".join(header) + to_markdown(shown) + f"\n{escape_markdown(concluded)}\n")
-    if json_file:
-        keys = decided_records(table)
-        document = {"directory": directory, "workload": vars(workload), "rule": rule, "notes": lines, "exit_status": status}
-        write_output(json_file, "--json", json.dumps({**document, "conclusion": concluded, "keys": keys}, indent=2) + "\n")
+    document = {"directory": directory, "workload": vars(workload), "rule": rule}
+    report = Report("framebench converge", escape_markdown(rule), lines, concluded, status, document, markdown, json_file)
+    publish_decided(table, shown, report)
     return status
 
 

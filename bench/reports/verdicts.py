@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
 
+from framebench.reports.markdown import escape_markdown, format_table, to_markdown, write_output
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -64,6 +66,20 @@ class Verdict:
         return {"kind": self.kind.name, "reason": self.reason, "note": self.note, "text": str(self)}
 
 
+@dataclass(frozen=True)
+class Report:
+    """What a verdict command (compare, converge) publishes beside its decided table."""
+
+    title: str  # the Markdown heading: the command
+    intro: str  # the Markdown line under it (already escaped): the sides and the rule
+    notes: list[str]  # lines printed before the table (text from results: escaped in Markdown)
+    conclusion: str  # the line after it
+    status: int  # the exit status the verdicts give
+    document: dict  # --json's leading fields (the sides or directory, the rule)
+    markdown: str | None  # --markdown FILE
+    json_file: str | None  # --json FILE
+
+
 def worst(verdicts: Iterable[Verdict]) -> Verdict:
     """The most severe of `verdicts` (the first of equals)."""
     return max(verdicts, key=lambda v: v.kind.severity)
@@ -79,3 +95,19 @@ def decided_records(table: pd.DataFrame) -> list[dict]:
     """A decided table's rows as JSON records (--json): its `verdict` as text and, beside it, the typed decision."""
     records = json.loads(table.assign(verdict=table["verdict"].map(str)).to_json(orient="records"))
     return [{**record, "decision": verdict.to_json()} for record, verdict in zip(records, table["verdict"], strict=True)]
+
+
+def publish_decided(table: pd.DataFrame, shown: pd.DataFrame, report: Report) -> None:
+    """A verdict command's one way out: its notes, the decided table and the conclusion printed, and written
+    as Markdown (--markdown) and JSON (--json: the report's own fields, then every key's decision) where asked."""
+    for line in report.notes:
+        print(line)
+    print(format_table(shown))
+    print(report.conclusion)
+    if report.markdown:
+        notes = [f"- {escape_markdown(line)}" for line in report.notes]
+        head = "\n".join([f"## {report.title}", "", report.intro, "", *notes, ""])
+        write_output(report.markdown, "--markdown", head + to_markdown(shown) + f"\n{escape_markdown(report.conclusion)}\n")
+    if report.json_file:
+        fields = {"notes": report.notes, "exit_status": report.status, "conclusion": report.conclusion, "keys": decided_records(table)}
+        write_output(report.json_file, "--json", json.dumps({**report.document, **fields}, indent=2) + "\n")
